@@ -1,0 +1,382 @@
+"""Configuration: load the YAML file, validate every section, check cross-references.
+
+Every problem becomes a :class:`~daemon.errors.ConfigIssue` printed as
+``config.yaml:LINE path.to.field: reason``; all of them are collected before failing, so one
+``reflexd check`` shows everything to fix. Component sections are validated by the model
+their type registers (see :mod:`daemon.registry`); unknown keys are errors everywhere.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails
+
+from daemon.errors import ConfigError, ConfigIssue, ExpressionError
+from daemon.registry import ComponentSpec, Kind, Registry
+from daemon.yamlio import LoadedYaml, format_path, load_yaml_file, load_yaml_text
+from streams.rules.expressions import compile_expression, compile_template
+from streams.rules.pipeline import RuleConfig
+
+__all__ = [
+    "AppConfig",
+    "ComponentPlan",
+    "DaemonConfig",
+    "HttpConfig",
+    "config_json_schema",
+    "load_config",
+    "load_config_text",
+    "parse_listen",
+]
+
+TOP_LEVEL = ("daemon", "sources", "tools", "rules")
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+Path_ = tuple[str | int, ...]
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` (IPv6 in brackets) → (host, port)."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError("must look like host:port, e.g. 127.0.0.1:9108")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError("port must be between 0 and 65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, port
+
+
+class HttpConfig(BaseModel):
+    """The ops HTTP server: /healthz /readyz /metrics /status."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    listen: str = Field(
+        "127.0.0.1:9108", description="host:port to bind; keep it on loopback unless protected."
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+
+class DaemonConfig(BaseModel):
+    """Process-wide settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Lowest level logged."
+    )
+    log_format: Literal["json", "console"] = Field("json", description="JSON lines, or a console format.")
+    http: HttpConfig | None = Field(
+        default_factory=HttpConfig, description="Ops endpoints; null disables them."
+    )
+    state_path: str = Field(
+        "./var/reflexd.db", description="Embedded SQLite state (journal, DLQ, rule state)."
+    )
+    shutdown_timeout_seconds: float = Field(20.0, gt=0, le=3600, description="Budget for a graceful stop.")
+
+
+@dataclass(frozen=True)
+class ComponentPlan:
+    """One validated source or tool."""
+
+    name: str
+    spec: ComponentSpec
+    config: Any
+    line: int | None
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """A validated configuration, ready to build."""
+
+    file: str
+    base_dir: Path
+    daemon: DaemonConfig
+    sources: dict[str, ComponentPlan]
+    tools: dict[str, ComponentPlan]
+    rules: dict[str, RuleConfig]
+    secret_paths: frozenset[Path_] = field(default_factory=frozenset)
+
+    def is_secret(self, path: Sequence[str | int]) -> bool:
+        """True if the value at ``path`` (or inside it) came from the environment."""
+        n = len(path)
+        return any(tuple(p[:n]) == tuple(path) for p in self.secret_paths)
+
+
+def load_config(
+    path: str | os.PathLike[str], registry: Registry, env: Mapping[str, str] | None = None
+) -> AppConfig:
+    """Read and validate a configuration file. Raises :class:`ConfigError`."""
+    loaded = load_yaml_file(path, env)
+    return validate(loaded, registry, Path(path).resolve().parent)
+
+
+def load_config_text(
+    text: str,
+    registry: Registry,
+    *,
+    file: str = "config.yaml",
+    base_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> AppConfig:
+    """Validate configuration text (tests, embedded configs). Raises :class:`ConfigError`."""
+    return validate(
+        load_yaml_text(text, file, env if env is not None else {}), registry, base_dir or Path.cwd()
+    )
+
+
+class _Checker:
+    def __init__(self, loaded: LoadedYaml) -> None:
+        self.loaded = loaded
+        self.issues: list[ConfigIssue] = []
+
+    def add(self, path: Sequence[str | int], reason: str) -> None:
+        self.issues.append(
+            ConfigIssue(self.loaded.file, self.loaded.line_of(path), format_path(path), reason)
+        )
+
+    def pydantic(self, prefix: Path_, exc: ValidationError) -> None:
+        for err in exc.errors(include_url=False):
+            loc = tuple(err["loc"])
+            self.add(prefix + loc, _reason(err))
+
+    def model(self, model: type[BaseModel], raw: Any, prefix: Path_) -> Any:
+        try:
+            return model.model_validate(raw)
+        except ValidationError as exc:
+            self.pydantic(prefix, exc)
+            return None
+
+
+def _reason(err: ErrorDetails) -> str:
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    loc = err["loc"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required"
+    if kind == "literal_error":
+        return f"must be one of: {ctx.get('expected', '')}".replace("'", "")
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"must be an integer, not {_kind(err.get('input'))}"
+    if kind in ("float_type", "float_parsing"):
+        return f"must be a number, not {_kind(err.get('input'))}"
+    if kind in ("string_type",):
+        return f"must be a string, not {_kind(err.get('input'))}"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"must be true or false, not {_kind(err.get('input'))}"
+    if kind in ("list_type",):
+        return f"must be a list, not {_kind(err.get('input'))}"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return f"must be a mapping, not {_kind(err.get('input'))}"
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    msg = err["msg"]
+    del loc
+    return msg[:1].lower() + msg[1:]
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"number {value!r}"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"string {shown!r}"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
+
+
+def _unknown_key_hint(checker: _Checker, path: Path_, key: str, allowed: Sequence[str]) -> None:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else f" (expected one of: {', '.join(allowed)})"
+    checker.add((*path, key), f"unknown key{hint}")
+
+
+def validate(loaded: LoadedYaml, registry: Registry, base_dir: Path) -> AppConfig:
+    """Validate a loaded YAML document against the registry's component models."""
+    c = _Checker(loaded)
+    root = loaded.data
+    if root is None:
+        raise ConfigError([ConfigIssue(loaded.file, 1, "", "the configuration is empty")])
+    if not isinstance(root, dict):
+        raise ConfigError([ConfigIssue(loaded.file, 1, "", f"must be a mapping, not {_kind(root)}")])
+    for key in root:
+        if key not in TOP_LEVEL:
+            _unknown_key_hint(c, (), key, TOP_LEVEL)
+
+    daemon_cfg = c.model(DaemonConfig, root.get("daemon") or {}, ("daemon",)) or DaemonConfig()
+    sources = _components(c, registry, "source", "sources", root.get("sources"))
+    tools = _components(c, registry, "tool", "tools", root.get("tools"))
+    rules = _rules(c, root.get("rules"), sources, tools)
+    if not sources and not any(i.path.startswith("sources") for i in c.issues):
+        c.add(("sources",), "at least one source is required")
+    if c.issues:
+        raise ConfigError(c.issues)
+    return AppConfig(loaded.file, base_dir, daemon_cfg, sources, tools, rules, loaded.secret_paths)
+
+
+def _section(c: _Checker, key: str, raw: Any) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        c.add((key,), f"must be a mapping of names to {key}, not {_kind(raw)}")
+        return {}
+    good = {}
+    for name, body in raw.items():
+        if not NAME_RE.match(name):
+            c.add((key, name), "names start with a letter and use letters, digits, '_' or '-' (at most 64)")
+            continue
+        if not isinstance(body, dict):
+            c.add((key, name), f"must be a mapping, not {_kind(body)}")
+            continue
+        good[name] = body
+    return good
+
+
+def _components(c: _Checker, registry: Registry, kind: Kind, key: str, raw: Any) -> dict[str, ComponentPlan]:
+    plans: dict[str, ComponentPlan] = {}
+    for name, body in _section(c, key, raw).items():
+        type_name = body.get("type")
+        if type_name is None:
+            c.add((key, name, "type"), f"required (one of: {', '.join(registry.types(kind))})")
+            continue
+        if not isinstance(type_name, str):
+            c.add((key, name, "type"), f"must be a string, not {_kind(type_name)}")
+            continue
+        try:
+            spec = registry.get(kind, type_name)
+        except LookupError as exc:
+            c.add((key, name, "type"), str(exc.args[0]))
+            continue
+        model = c.model(spec.config_model, body, (key, name))
+        if model is not None:
+            plans[name] = ComponentPlan(name, spec, model, c.loaded.line_of((key, name)))
+    return plans
+
+
+def _rules(
+    c: _Checker, raw: Any, sources: Mapping[str, ComponentPlan], tools: Mapping[str, ComponentPlan]
+) -> dict[str, RuleConfig]:
+    rules: dict[str, RuleConfig] = {}
+    raw_sources = c.loaded.data.get("sources") if isinstance(c.loaded.data, dict) else None
+    raw_tools = c.loaded.data.get("tools") if isinstance(c.loaded.data, dict) else None
+    for name, body in _section(c, "rules", raw).items():
+        rule = c.model(RuleConfig, body, ("rules", name))
+        if rule is None:
+            continue
+        ok = True
+        for i, src in enumerate(rule.from_):
+            if src not in sources:
+                if isinstance(raw_sources, dict) and src in raw_sources:
+                    continue  # the source itself is invalid and already reported
+                known = ", ".join(sorted(sources)) or "none"
+                path: Path_ = (
+                    ("rules", name, "from", i)
+                    if isinstance(body.get("from"), list)
+                    else ("rules", name, "from")
+                )
+                c.add(path, f"no source named {src!r} (sources: {known})")
+                ok = False
+        if rule.where is not None:
+            ok &= _expression(c, ("rules", name, "where"), rule.where)
+        for i, call in enumerate(rule.then):
+            if call.tool not in tools and not (isinstance(raw_tools, dict) and call.tool in raw_tools):
+                known = ", ".join(sorted(tools)) or "none"
+                c.add(("rules", name, "then", i, "tool"), f"no tool named {call.tool!r} (tools: {known})")
+                ok = False
+            ok &= _templates(c, ("rules", name, "then", i, "args"), call.args)
+        if ok:
+            rules[name] = rule
+    return rules
+
+
+def _expression(c: _Checker, path: Path_, text: str) -> bool:
+    try:
+        compile_expression(text)
+    except ExpressionError as exc:
+        where = f"column {exc.column}: " if exc.column else ""
+        c.add(path, f"{where}{exc.reason} in {text!r}")
+        return False
+    return True
+
+
+def _templates(c: _Checker, path: Path_, value: Any) -> bool:
+    if isinstance(value, dict):
+        return all([_templates(c, (*path, k), v) for k, v in value.items()])
+    if isinstance(value, list):
+        return all([_templates(c, (*path, i), v) for i, v in enumerate(value)])
+    if isinstance(value, str):
+        try:
+            compile_template(value)
+        except ExpressionError as exc:
+            where = f"column {exc.column}: " if exc.column else ""
+            c.add(path, f"{where}{exc.reason} in template {value!r}")
+            return False
+    return True
+
+
+# -- JSON Schema -------------------------------------------------------------------------------
+
+
+def config_json_schema(registry: Registry) -> dict[str, Any]:
+    """JSON Schema of the whole configuration, built from the registered models (for editors)."""
+    defs: dict[str, Any] = {}
+
+    def embed(model: type[BaseModel]) -> dict[str, Any]:
+        schema = model.model_json_schema(ref_template="#/$defs/{model}")
+        defs.update(schema.pop("$defs", {}))
+        return schema
+
+    def variants(kind: Kind) -> dict[str, Any]:
+        options = []
+        for spec in registry.specs(kind):
+            schema = embed(spec.config_model)
+            schema["title"] = f"{spec.type} {kind}"
+            schema["properties"]["type"] = {"const": spec.type, "description": spec.description}
+            options.append(schema)
+        return {
+            "type": "object",
+            "additionalProperties": {"oneOf": options},
+            "propertyNames": {"pattern": NAME_RE.pattern},
+        }
+
+    rules = embed(RuleConfig)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "reflexd configuration",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "daemon": embed(DaemonConfig),
+            "sources": variants("source"),
+            "tools": variants("tool"),
+            "rules": {
+                "type": "object",
+                "additionalProperties": rules,
+                "propertyNames": {"pattern": NAME_RE.pattern},
+            },
+        },
+        "required": ["sources"],
+        "$defs": defs,
+    }

@@ -1,0 +1,122 @@
+"""Logging: JSON lines (default) or a console format, and a rate-limited logger.
+
+Every log call passes structured fields as ``extra={"fields": {...}}``. The JSON formatter
+writes one orjson-encoded object per line: ``ts``, ``level``, ``logger``, ``msg`` and the fields.
+
+What is logged at which level:
+
+=========  ==================================================================================
+ERROR      a component stopped for good (fatal source error, tool crashed), shutdown overran
+WARNING    a reconnect attempt failed, a decode error (first sample, then a summary), a tool
+           call failed or timed out, an expression raised (sample + count)
+INFO       start, ready, stop, connections made, each summary of suppressed repeats,
+           the ``log`` tool's own lines
+DEBUG      per-connection details (subscribe messages sent, close codes)
+=========  ==================================================================================
+
+Per-event paths never log directly: they go through :class:`RateLimitedLog`, which logs the
+first occurrence with a sample and then at most one summary per interval with the count of
+what it held back.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any, Literal
+
+import orjson
+
+__all__ = ["ConsoleFormatter", "JsonFormatter", "RateLimitedLog", "configure_logging", "get_logger"]
+
+LogFormat = Literal["json", "console"]
+
+_RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
+
+
+def get_logger(name: str) -> logging.Logger:
+    return logging.getLogger(f"reflexd.{name}")
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    fields = getattr(record, "fields", None)
+    return fields if isinstance(fields, dict) else {}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": round(record.created, 6),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        out.update(_fields(record))
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(out, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+class ConsoleFormatter(logging.Formatter):
+    """Human-readable: time, level, logger, message, then key=value fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created)) + f".{int(record.msecs):03d}"
+        fields = " ".join(f"{k}={v}" for k, v in _fields(record).items())
+        line = f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        if fields:
+            line = f"{line}  {fields}"
+        if record.exc_info:
+            line = f"{line}\n{self.formatException(record.exc_info)}"
+        return line
+
+
+def configure_logging(level: str = "info", fmt: LogFormat = "json", stream: Any = None) -> None:
+    """Install one handler on the ``reflexd`` logger (idempotent)."""
+    root = logging.getLogger("reflexd")
+    for handler in list(root.handlers):
+        if getattr(handler, "_reflexd", False):
+            root.removeHandler(handler)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler._reflexd = True  # type: ignore[attr-defined]
+    handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+class RateLimitedLog:
+    """Logs the first occurrence of something with a sample, then a summary per interval.
+
+    ``hit()`` is cheap when suppressed: one clock read and an integer increment.
+    """
+
+    __slots__ = ("_interval", "_last", "_level", "_logger", "_msg", "_suppressed")
+
+    def __init__(
+        self, logger: logging.Logger, msg: str, *, level: int = logging.WARNING, interval: float = 10.0
+    ):
+        self._logger = logger
+        self._msg = msg
+        self._level = level
+        self._interval = interval
+        self._last = float("-inf")
+        self._suppressed = 0
+
+    def hit(self, **fields: Any) -> None:
+        now = time.monotonic()
+        if now - self._last < self._interval:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            fields["suppressed_since_last"] = self._suppressed
+            self._suppressed = 0
+        self._last = now
+        self._logger.log(self._level, self._msg, extra={"fields": fields})
+
+    @property
+    def suppressed(self) -> int:
+        return self._suppressed

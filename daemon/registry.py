@@ -1,0 +1,176 @@
+"""The component registry: ``type:`` name → config model, factory and plan summary.
+
+A :class:`Registry` is a value, not a global that modules mutate on import: the daemon uses
+:func:`builtin_registry`, tests and benchmarks build a trimmed or extended one with
+:meth:`Registry.with_specs` / :meth:`Registry.without`. A ``type`` of the form
+``package.module:attr`` loads a plugin whose ``attr`` is a :class:`ComponentSpec`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from handlers.base import Tool, ToolConfig
+from streams.base import Source, SourceConfig
+
+__all__ = ["BuildContext", "ComponentSpec", "Kind", "Registry", "builtin_registry"]
+
+Kind = Literal["source", "tool"]
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a factory may need besides its own config."""
+
+    base_dir: Path  # folder of the configuration file: relative paths resolve against it
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """Everything the daemon needs to know about one component type."""
+
+    kind: Kind
+    type: str
+    config_model: builtins.type[BaseModel]
+    factory: Callable[[str, Any, BuildContext], Source | Tool]
+    #: (field, value) pairs shown by ``reflexd check``; values from the environment are masked.
+    summary: Callable[[Any], list[tuple[str, Any]]]
+    description: str = ""
+
+
+class Registry:
+    """Immutable mapping of (kind, type) to :class:`ComponentSpec`."""
+
+    def __init__(self, specs: Iterable[ComponentSpec] = ()) -> None:
+        self._specs: dict[tuple[Kind, str], ComponentSpec] = {}
+        for spec in specs:
+            key = (spec.kind, spec.type)
+            if key in self._specs:
+                raise ValueError(f"{spec.kind} type {spec.type!r} registered twice")
+            self._specs[key] = spec
+
+    def with_specs(self, *specs: ComponentSpec) -> Registry:
+        """A copy with ``specs`` added or replaced."""
+        replaced = {(s.kind, s.type) for s in specs}
+        return Registry([s for k, s in self._specs.items() if k not in replaced] + list(specs))
+
+    def without(self, kind: Kind, *types: str) -> Registry:
+        return Registry([s for (k, t), s in self._specs.items() if not (k == kind and t in types)])
+
+    def types(self, kind: Kind) -> list[str]:
+        return sorted(t for (k, t) in self._specs if k == kind)
+
+    def specs(self, kind: Kind) -> list[ComponentSpec]:
+        return [self._specs[(kind, t)] for t in self.types(kind)]
+
+    def get(self, kind: Kind, type_name: str) -> ComponentSpec:
+        """The spec for ``type_name``; plugins (``module:attr``) are imported. Raises LookupError."""
+        spec = self._specs.get((kind, type_name))
+        if spec is not None:
+            return spec
+        if ":" in type_name:
+            return _load_plugin(kind, type_name)
+        known = ", ".join(self.types(kind)) or "none"
+        raise LookupError(
+            f"unknown {kind} type {type_name!r} (known: {known}; plugins are written module:attr)"
+        )
+
+
+def _load_plugin(kind: Kind, ref: str) -> ComponentSpec:
+    module_name, _, attr = ref.partition(":")
+    if not module_name or not attr:
+        raise LookupError(f"plugin type {ref!r} must look like package.module:attr")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise LookupError(f"cannot import plugin module {module_name!r}: {exc}") from exc
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as exc:
+            raise LookupError(f"plugin module {module_name!r} has no attribute {attr!r}") from exc
+    if not isinstance(obj, ComponentSpec):
+        raise LookupError(f"plugin {ref!r} is not a reflexd ComponentSpec")
+    if obj.kind != kind:
+        raise LookupError(f"plugin {ref!r} is a {obj.kind}, not a {kind}")
+    return obj
+
+
+def _queue(cfg: SourceConfig, default: str) -> str:
+    return f"{cfg.queue.max_events}/{cfg.queue.when_full or default}"
+
+
+def _tool_common(cfg: ToolConfig, tool_class: builtins.type[Tool]) -> list[tuple[str, Any]]:
+    concurrency = cfg.concurrency
+    if "concurrency" not in cfg.model_fields_set and tool_class.default_concurrency is not None:
+        concurrency = tool_class.default_concurrency
+    return [("concurrency", concurrency), ("timeout_seconds", cfg.timeout_seconds)]
+
+
+def builtin_registry() -> Registry:
+    """The component types that ship with reflexd, registered explicitly."""
+    from handlers.file import FileTool, FileToolConfig
+    from handlers.log import LogTool, LogToolConfig
+    from streams.replay import ReplaySource, ReplaySourceConfig
+    from streams.websocket import WebSocketSource, WebSocketSourceConfig
+
+    def websocket_summary(c: WebSocketSourceConfig) -> list[tuple[str, Any]]:
+        return [
+            ("url", c.url),
+            ("subscribe", len(c.subscribe)),
+            ("headers", sorted(c.headers)),
+            ("idle_timeout_seconds", c.idle_timeout_seconds),
+            ("queue", _queue(c, WebSocketSource.default_when_full)),
+        ]
+
+    def replay_summary(c: ReplaySourceConfig) -> list[tuple[str, Any]]:
+        return [("path", c.path), ("speed", c.speed), ("loop", c.loop), ("queue", _queue(c, "block"))]
+
+    return Registry(
+        [
+            ComponentSpec(
+                "source",
+                "websocket",
+                WebSocketSourceConfig,
+                lambda name, cfg, ctx: WebSocketSource(name, cfg),
+                websocket_summary,
+                "A WebSocket feed.",
+            ),
+            ComponentSpec(
+                "source",
+                "replay",
+                ReplaySourceConfig,
+                lambda name, cfg, ctx: ReplaySource(name, cfg, ctx.resolve(cfg.path)),
+                replay_summary,
+                "A recorded JSON Lines stream, paced by event time.",
+            ),
+            ComponentSpec(
+                "tool",
+                "log",
+                LogToolConfig,
+                lambda name, cfg, ctx: LogTool(name, cfg),
+                lambda c: [("level", c.level), *_tool_common(c, LogTool)],
+                LogTool.description,
+            ),
+            ComponentSpec(
+                "tool",
+                "file",
+                FileToolConfig,
+                lambda name, cfg, ctx: FileTool(name, cfg, ctx.resolve(cfg.path)),
+                lambda c: [("path", c.path), *_tool_common(c, FileTool)],
+                FileTool.description,
+            ),
+        ]
+    )

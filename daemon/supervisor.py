@@ -1,0 +1,233 @@
+"""The daemon: builds components from a validated config, starts and stops them in order.
+
+Start downstream-first — ops server, tools (runner), rules, then sources — and report ready
+once. Stop upstream-first within one budget (``shutdown_timeout_seconds``): sources stop
+reading, their queues drain through the rules, the tool runner finishes queued and running
+calls; whatever is still running when the budget is spent is cancelled and named in the log.
+Every task belongs to the daemon; nothing runs unowned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from reactivex.scheduler.eventloop import AsyncIOScheduler
+
+from daemon import systemd
+from daemon.config import AppConfig, parse_listen
+from daemon.errors import ShutdownTimeout
+from daemon.http import OpsServer
+from daemon.logs import get_logger
+from daemon.registry import BuildContext
+from handlers.base import Tool
+from handlers.runner import ToolRunner
+from streams.backoff import Reconnector
+from streams.base import Source
+from streams.rules.pipeline import Dispatcher, Rule
+
+__all__ = ["Daemon"]
+
+log = get_logger("daemon")
+
+
+class Daemon:
+    """One running reflexd."""
+
+    def __init__(self, config: AppConfig) -> None:
+        self.config = config
+        ctx = BuildContext(config.base_dir)
+        self.tools: dict[str, Tool] = {}
+        for name, plan in config.tools.items():
+            tool = plan.spec.factory(name, plan.config, ctx)
+            assert isinstance(tool, Tool)
+            self.tools[name] = tool
+        self.sources: dict[str, Source] = {}
+        for name, plan in config.sources.items():
+            source = plan.spec.factory(name, plan.config, ctx)
+            assert isinstance(source, Source)
+            self.sources[name] = source
+        self.runner = ToolRunner(self.tools)
+        self.rules: dict[str, Rule] = {}
+        self.http: OpsServer | None = None
+        self.state = "created"  # created | starting | running | stopping | stopped
+        self.started_at: float | None = None
+        self._source_tasks: dict[str, asyncio.Task[None]] = {}
+        self._dispatch_tasks: dict[str, asyncio.Task[None]] = {}
+        self._watchdog: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start everything; raise StartupError (after undoing what started) if something cannot."""
+        self.state = "starting"
+        self.started_at = time.time()
+        try:
+            if self.config.daemon.http is not None:
+                host, port = parse_listen(self.config.daemon.http.listen)
+                self.http = OpsServer(self, host, port)
+                await self.http.start()
+            await self.runner.start()
+        except BaseException:
+            await self._abort_start()
+            raise
+        scheduler = AsyncIOScheduler(asyncio.get_running_loop())
+        for name, rule_cfg in self.config.rules.items():
+            self.rules[name] = Rule(name, rule_cfg, self.runner.submit, scheduler)
+        for name, source in self.sources.items():
+            readers = [r for r in self.rules.values() if name in r.config.from_]
+            dispatcher = Dispatcher(source, readers, self.runner)
+            self._dispatch_tasks[name] = asyncio.create_task(
+                dispatcher.run(), name=f"reflexd:dispatch:{name}"
+            )
+        for name, source in self.sources.items():
+            reconnector = Reconnector(source, source.config.reconnect)
+            self._source_tasks[name] = asyncio.create_task(reconnector.run(), name=f"reflexd:source:{name}")
+        self.state = "running"
+        log.info(
+            "ready",
+            extra={
+                "fields": {
+                    "sources": len(self.sources),
+                    "rules": len(self.rules),
+                    "tools": len(self.tools),
+                    "http": f"{self.http.host}:{self.http.port}" if self.http else None,
+                }
+            },
+        )
+        systemd.notify(f"READY=1\nSTATUS=running {len(self.sources)} sources, {len(self.rules)} rules")
+        interval = systemd.watchdog_interval()
+        if interval:
+            self._watchdog = asyncio.create_task(self._ping_watchdog(interval), name="reflexd:watchdog")
+
+    async def _abort_start(self) -> None:
+        try:
+            await self.runner.stop(1.0)
+        except ShutdownTimeout:
+            pass
+        if self.http is not None:
+            await self.http.stop()
+        self.state = "stopped"
+
+    async def _ping_watchdog(self, interval: float) -> None:
+        while True:
+            systemd.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    async def stop(self) -> list[str]:
+        """Stop upstream-first within the shutdown budget; returns what had to be cancelled."""
+        if self.state in ("stopping", "stopped"):
+            return []
+        self.state = "stopping"
+        budget = self.config.daemon.shutdown_timeout_seconds
+        deadline = time.monotonic() + budget
+        systemd.notify("STOPPING=1")
+        log.info("stopping", extra={"fields": {"budget_seconds": budget}})
+        cancelled: list[str] = []
+
+        # 1. sources stop reading (each session closes its connection on cancellation)
+        for task in self._source_tasks.values():
+            task.cancel()
+        await self._wait(self._source_tasks, deadline, "source", cancelled)
+        # 2. queues drain through the rules into the runner
+        for source in self.sources.values():
+            source.queue.close()
+        await self._wait(self._dispatch_tasks, deadline, "queue of source", cancelled, cancel_first=False)
+        # 3. tools finish their backlog and running calls
+        try:
+            await self.runner.stop(max(0.0, deadline - time.monotonic()))
+        except ShutdownTimeout as exc:
+            cancelled.extend(exc.cancelled)
+        for rule in self.rules.values():
+            rule.dispose()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if self.http is not None:
+            await self.http.stop()
+        self.state = "stopped"
+        if cancelled:
+            log.error(
+                "shutdown budget exceeded",
+                extra={"fields": {"budget_seconds": budget, "cancelled": cancelled}},
+            )
+        else:
+            log.info(
+                "stopped", extra={"fields": {"seconds": round(budget - (deadline - time.monotonic()), 3)}}
+            )
+        return cancelled
+
+    async def _wait(
+        self,
+        tasks: dict[str, asyncio.Task[None]],
+        deadline: float,
+        what: str,
+        cancelled: list[str],
+        *,
+        cancel_first: bool = True,
+    ) -> None:
+        if not tasks:
+            return
+        remaining = max(0.0, deadline - time.monotonic())
+        _done, pending = await asyncio.wait(tasks.values(), timeout=remaining)
+        for name, task in tasks.items():
+            if task in pending:
+                task.cancel()
+                extra = ""
+                if not cancel_first and name in self.sources:
+                    extra = f" ({len(self.sources[name].queue)} events left)"
+                cancelled.append(f"{what} {name}{extra}")
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
+        for task in tasks.values():
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.error(
+                    "task failed", exc_info=task.exception(), extra={"fields": {"task": task.get_name()}}
+                )
+
+    # -- introspection ----------------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, dict[str, str]]:
+        """(ready, reason per source). Not ready while starting or stopping."""
+        now = time.time()
+        reasons: dict[str, str] = {}
+        ready = self.state == "running"
+        for name, source in self.sources.items():
+            ok, reason = source.readiness(now)
+            reasons[name] = reason
+            ready = ready and ok
+        if self.state != "running":
+            reasons["daemon"] = self.state
+        return ready, reasons
+
+    def status(self) -> dict[str, Any]:
+        """Counters and states, never configuration values."""
+        ready, reasons = self.readiness()
+        return {
+            "state": self.state,
+            "ready": ready,
+            "uptime_seconds": None if self.started_at is None else round(time.time() - self.started_at, 3),
+            "sources": {
+                name: {
+                    "type": s.type_name,
+                    "ready": reasons[name],
+                    **s.stats.as_dict(),
+                    "queue": s.queue.stats(),
+                }
+                for name, s in self.sources.items()
+            },
+            "rules": {name: {"from": r.config.from_, **r.stats.as_dict()} for name, r in self.rules.items()},
+            "tools": {
+                name: {
+                    "type": tool.type_name,
+                    "calls": st.calls,
+                    "succeeded": st.succeeded,
+                    "failures": st.failures,
+                    "timeouts": st.timeouts,
+                    "rejected": st.rejected,
+                    "in_flight": st.in_flight,
+                    "pending": pending,
+                }
+                for name, (tool, st, pending) in self.runner.lanes().items()
+            },
+        }

@@ -1,0 +1,80 @@
+"""The tool contract: a named, typed action with a JSON Schema for its arguments.
+
+The same tool can be fired by a rule or, later, called by a language model with the same
+schema. ``call`` may be a coroutine function or a plain function; the runner awaits the
+former and runs the latter in a thread executor, propagating its exceptions.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, NamedTuple
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from streams.event import Event
+
+__all__ = ["CallContext", "Tool", "ToolConfig"]
+
+
+class ToolConfig(BaseModel):
+    """Fields every tool has. Each tool type subclasses this next to its code."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    type: str = Field(description="Component type.")
+    description: str | None = Field(None, description="What the tool does (shown to a language model).")
+    timeout_seconds: float = Field(10.0, gt=0, le=3600, description="One call is cancelled after this long.")
+    concurrency: int = Field(4, ge=1, le=1024, description="Calls of this tool running at once.")
+    max_pending: int = Field(
+        10_000, ge=1, le=1_000_000, description="Calls waiting for a free slot; above it the rules wait."
+    )
+
+
+class CallContext(NamedTuple):
+    """Why a tool is being called."""
+
+    tool: str
+    rule: str | None
+    event: Event | None
+    call_id: str  # stable per (rule, event, call): the idempotency key
+
+
+class Tool(ABC):
+    """Base of every tool type."""
+
+    type_name: ClassVar[str]
+    description: ClassVar[str] = ""
+    #: JSON Schema of the arguments (an object); types override it.
+    args_schema: ClassVar[dict[str, Any]] = {"type": "object"}
+    #: Default concurrency when the configuration does not set one.
+    default_concurrency: ClassVar[int | None] = None
+
+    def __init__(self, name: str, config: ToolConfig) -> None:
+        self.name = name
+        self.config = config
+
+    @property
+    def concurrency(self) -> int:
+        if "concurrency" not in self.config.model_fields_set and self.default_concurrency is not None:
+            return self.default_concurrency
+        return self.config.concurrency
+
+    def schema(self) -> dict[str, Any]:
+        """What a caller (a rule, a language model) needs to know: name, description, argument schema."""
+        return {
+            "name": self.name,
+            "type": self.type_name,
+            "description": self.config.description or self.description,
+            "parameters": self.args_schema,
+        }
+
+    async def start(self) -> None:
+        """Acquire resources (open files, sessions). Raise :class:`daemon.errors.StartupError` on failure."""
+
+    async def stop(self) -> None:
+        """Release resources; must not raise."""
+
+    @abstractmethod
+    def call(self, args: dict[str, Any], ctx: CallContext) -> Any:
+        """Perform the action. A coroutine function is awaited; a plain one runs in a thread."""

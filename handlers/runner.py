@@ -1,0 +1,260 @@
+"""The tool runner: one lane per tool, each with a bounded backlog and N workers.
+
+Rules ``submit()`` calls synchronously (they run inside reactivex ``on_next``). A lane whose
+backlog reaches ``max_pending`` marks the runner ``full``; the dispatcher feeding the rules
+checks that flag after each event and waits for room, so the pressure moves back to the
+source's bounded queue and its ``when_full`` policy. A lane accepts at most
+``max_pending + CALL_SLACK`` calls (the slack absorbs the calls of the event that filled it);
+past that a call is rejected and counted, never silently lost.
+
+Each call runs under the tool's timeout. Coroutine tools are awaited on the loop; plain
+functions run in a thread pool and their exceptions come back to the runner, which counts
+and logs them with the traceback (rate-limited).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple
+
+from daemon.errors import ShutdownTimeout
+from daemon.logs import RateLimitedLog, get_logger
+from handlers.base import CallContext, Tool
+
+__all__ = ["DURATION_BUCKETS", "Invocation", "ToolRunner", "ToolStats"]
+
+log = get_logger("runner")
+
+CALL_SLACK = 256
+DURATION_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+
+class Invocation(NamedTuple):
+    args: dict[str, Any]
+    ctx: CallContext
+
+
+class ToolStats:
+    """Counters and a latency histogram of one tool, read at scrape time."""
+
+    __slots__ = (
+        "buckets",
+        "calls",
+        "duration_sum",
+        "failures",
+        "in_flight",
+        "rejected",
+        "succeeded",
+        "timeouts",
+    )
+
+    def __init__(self) -> None:
+        self.calls = 0  # calls started
+        self.succeeded = 0
+        self.failures = 0  # raised (timeouts included)
+        self.timeouts = 0
+        self.rejected = 0  # backlog over its hard bound
+        self.in_flight = 0
+        self.duration_sum = 0.0
+        self.buckets = [0] * (len(DURATION_BUCKETS) + 1)  # last = +Inf
+
+    def observe(self, seconds: float) -> None:
+        self.duration_sum += seconds
+        for i, bound in enumerate(DURATION_BUCKETS):
+            if seconds <= bound:
+                self.buckets[i] += 1
+                return
+        self.buckets[-1] += 1
+
+
+class _Lane:
+    __slots__ = ("fail_log", "full", "is_async", "queue", "stats", "tool", "workers")
+
+    def __init__(self, tool: Tool) -> None:
+        self.tool = tool
+        self.queue: asyncio.Queue[Invocation] = asyncio.Queue(maxsize=tool.config.max_pending + CALL_SLACK)
+        self.stats = ToolStats()
+        self.is_async = inspect.iscoroutinefunction(tool.call)
+        self.full = False
+        self.workers: list[asyncio.Task[None]] = []
+        self.fail_log = RateLimitedLog(log, "tool call failed", level=logging.WARNING, interval=10.0)
+
+
+class ToolRunner:
+    """Runs tool calls with per-tool concurrency, timeout and a bounded backlog."""
+
+    def __init__(self, tools: Mapping[str, Tool]) -> None:
+        self.tools = dict(tools)
+        self._lanes = {name: _Lane(tool) for name, tool in self.tools.items()}
+        self._full_lanes = 0
+        self.full = False  # read by the dispatcher after every event: keep it a plain attribute
+        self._room = asyncio.Event()
+        self._room.set()
+        self._executor: ThreadPoolExecutor | None = None
+        self._started: list[Tool] = []
+        self._closed = False
+
+    # -- submitting (hot path) ---------------------------------------------------------------
+
+    def submit(self, tool: str, args: dict[str, Any], ctx: CallContext) -> bool:
+        """Queue one call; False if it had to be rejected (counted)."""
+        lane = self._lanes[tool]
+        if self._closed:
+            lane.stats.rejected += 1
+            return False
+        try:
+            lane.queue.put_nowait(Invocation(args, ctx))
+        except asyncio.QueueFull:
+            lane.stats.rejected += 1
+            lane.fail_log.hit(tool=tool, rule=ctx.rule, error="backlog above max_pending; call rejected")
+            return False
+        if not lane.full and lane.queue.qsize() >= lane.tool.config.max_pending:
+            lane.full = True
+            self._full_lanes += 1
+            self.full = True
+            self._room.clear()
+        return True
+
+    async def wait_for_room(self) -> None:
+        await self._room.wait()
+
+    def _taken(self, lane: _Lane) -> None:
+        if lane.full and lane.queue.qsize() < lane.tool.config.max_pending:
+            lane.full = False
+            self._full_lanes -= 1
+            if self._full_lanes == 0:
+                self.full = False
+                self._room.set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start every tool (raising StartupError if one cannot), then the workers."""
+        sync_slots = sum(lane.tool.concurrency for lane in self._lanes.values() if not lane.is_async)
+        if sync_slots:
+            self._executor = ThreadPoolExecutor(
+                max_workers=min(sync_slots, 64), thread_name_prefix="reflexd-tool"
+            )
+        for lane in self._lanes.values():
+            await lane.tool.start()
+            self._started.append(lane.tool)
+        for name, lane in self._lanes.items():
+            lane.workers = [
+                asyncio.create_task(self._work(lane), name=f"reflexd:tool:{name}:{i}")
+                for i in range(lane.tool.concurrency)
+            ]
+
+    async def _work(self, lane: _Lane) -> None:
+        queue = lane.queue
+        while True:
+            inv = await queue.get()
+            self._taken(lane)
+            try:
+                await self._invoke(lane, inv)
+            finally:
+                queue.task_done()
+
+    async def _invoke(self, lane: _Lane, inv: Invocation) -> None:
+        tool = lane.tool
+        stats = lane.stats
+        stats.calls += 1
+        stats.in_flight += 1
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(tool.config.timeout_seconds):
+                if lane.is_async:
+                    await tool.call(inv.args, inv.ctx)
+                else:
+                    loop = asyncio.get_running_loop()
+                    await loop.run_in_executor(
+                        self._executor, functools.partial(tool.call, inv.args, inv.ctx)
+                    )
+            stats.succeeded += 1
+        except TimeoutError:
+            stats.failures += 1
+            stats.timeouts += 1
+            lane.fail_log.hit(
+                tool=tool.name, rule=inv.ctx.rule, error=f"timed out after {tool.config.timeout_seconds:g}s"
+            )
+        except Exception as exc:
+            stats.failures += 1
+            self._log_failure(lane, inv, exc)
+        finally:
+            stats.in_flight -= 1
+            stats.observe(time.perf_counter() - started)
+
+    def _log_failure(self, lane: _Lane, inv: Invocation, exc: Exception) -> None:
+        before = lane.fail_log.suppressed
+        lane.fail_log.hit(tool=lane.tool.name, rule=inv.ctx.rule, error=f"{type(exc).__name__}: {exc}")
+        if lane.fail_log.suppressed == before:  # it was logged: add the traceback once, at debug-free level
+            log.warning(
+                "tool call traceback",
+                exc_info=(type(exc), exc, exc.__traceback__),
+                extra={"fields": {"tool": lane.tool.name}},
+            )
+
+    async def stop(self, budget: float) -> None:
+        """Finish queued and running calls within ``budget`` seconds, then stop the tools.
+
+        Raises :class:`ShutdownTimeout` naming the tools whose calls had to be cancelled.
+        """
+        self._closed = True
+        self._room.set()
+        cut: list[str] = []
+        try:
+            async with asyncio.timeout(budget):
+                for lane in self._lanes.values():
+                    await lane.queue.join()
+        except TimeoutError:
+            for name, lane in self._lanes.items():
+                left = lane.queue.qsize() + lane.stats.in_flight
+                if left:
+                    cut.append(f"tool {name} ({left} calls)")
+        for lane in self._lanes.values():
+            for task in lane.workers:
+                task.cancel()
+        for lane in self._lanes.values():
+            if lane.workers:
+                await asyncio.gather(*lane.workers, return_exceptions=True)
+        for tool in reversed(self._started):
+            try:
+                await tool.stop()
+            except Exception:
+                log.exception("tool stop failed", extra={"fields": {"tool": tool.name}})
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        if cut:
+            raise ShutdownTimeout(budget, cut)
+
+    # -- introspection ----------------------------------------------------------------------
+
+    def stats(self, tool: str) -> ToolStats:
+        return self._lanes[tool].stats
+
+    def pending(self, tool: str) -> int:
+        return self._lanes[tool].queue.qsize()
+
+    def lanes(self) -> dict[str, tuple[Tool, ToolStats, int]]:
+        return {name: (lane.tool, lane.stats, lane.queue.qsize()) for name, lane in self._lanes.items()}

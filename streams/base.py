@@ -1,0 +1,165 @@
+"""The source contract: what every source type implements, and its shared config.
+
+A source is driven by the engine (:class:`streams.backoff.Reconnector`):
+
+- ``connect()`` opens one session (raises on failure);
+- ``read()`` hands events to ``self.queue`` until the session ends (returns or raises);
+- ``close()`` releases the session (always called, also after a failure);
+- ``classify_error(exc)`` says whether the engine should try again (True) or give up.
+
+Sources never write their own retry loop and never block on slow consumers: they put
+events into their bounded queue, whose ``when_full`` policy decides.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from streams.backoff import ReconnectConfig
+from streams.event import Event
+from streams.queue import BoundedQueue, QueueConfig, WhenFull
+
+__all__ = ["Source", "SourceConfig", "SourceStats"]
+
+
+class SourceConfig(BaseModel):
+    """Fields every source has. Each source type subclasses this next to its code."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    type: str = Field(description="Component type.")
+    queue: QueueConfig = Field(
+        default_factory=QueueConfig, description="Bounded queue in front of the rules."
+    )
+    reconnect: ReconnectConfig = Field(
+        default_factory=ReconnectConfig, description="Backoff between sessions."
+    )
+
+
+class SourceStats:
+    """Plain counters, read by /status and /metrics at scrape time (never locked, never logged per event)."""
+
+    __slots__ = (
+        "attempts",
+        "connected_since",
+        "connects",
+        "decode_errors",
+        "disconnects",
+        "errors",
+        "gaps",
+        "last_error",
+        "last_error_at",
+        "last_event_at",
+        "next_attempt_in",
+        "received",
+        "reconnect_attempts",
+        "state",
+    )
+
+    def __init__(self) -> None:
+        self.state = "idle"  # idle | connecting | connected | backoff | failed | finished | stopped
+        self.attempts = 0  # sessions started (first connect included)
+        self.reconnect_attempts = 0  # sessions started after the first
+        self.connects = 0  # sessions that connected
+        self.disconnects = 0  # connected sessions that ended
+        self.gaps = 0  # gap events emitted
+        self.received = 0  # messages received from the peer
+        self.decode_errors = 0
+        self.errors: dict[str, int] = {}  # other per-reason error counts (e.g. message_too_big)
+        self.last_event_at: float | None = None  # wall clock of the last data event
+        self.connected_since: float | None = None
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self.next_attempt_in: float | None = None
+
+    def count_error(self, reason: str) -> None:
+        self.errors[reason] = self.errors.get(reason, 0) + 1
+
+    def as_dict(self) -> dict[str, Any]:
+        now = time.time()
+        return {
+            "state": self.state,
+            "attempts": self.attempts,
+            "reconnect_attempts": self.reconnect_attempts,
+            "connects": self.connects,
+            "disconnects": self.disconnects,
+            "gaps": self.gaps,
+            "received": self.received,
+            "decode_errors": self.decode_errors,
+            "errors": dict(self.errors),
+            "last_event_age_seconds": None
+            if self.last_event_at is None
+            else round(now - self.last_event_at, 3),
+            "connected_for_seconds": None
+            if self.connected_since is None
+            else round(now - self.connected_since, 3),
+            "last_error": self.last_error,
+        }
+
+
+class Source(ABC):
+    """Base of every source type."""
+
+    type_name: ClassVar[str]
+    #: Sources that can lose data across reconnects emit ``gap`` events; replay cannot.
+    emits_gaps: ClassVar[bool] = True
+    #: ``queue.when_full`` when the configuration does not say.
+    default_when_full: ClassVar[WhenFull] = "block"
+
+    def __init__(self, name: str, config: SourceConfig) -> None:
+        self.name = name
+        self.config = config
+        self.queue: BoundedQueue[Event] = BoundedQueue(
+            config.queue.max_events, config.queue.when_full or self.default_when_full
+        )
+        self.stats = SourceStats()
+
+    @abstractmethod
+    async def connect(self) -> None:
+        """Open one session; raise on failure."""
+
+    @abstractmethod
+    async def read(self) -> None:
+        """Queue events until the session ends."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release the session; must not raise."""
+
+    def classify_error(self, exc: BaseException) -> bool:
+        """True if the engine should try again after ``exc``.
+
+        The default honours a ``retryable`` attribute (set by :class:`daemon.errors.SourceError`
+        and its subclasses) and retries everything else: a daemon that must stay up for weeks
+        backs off from the unexpected rather than stopping.
+        """
+        return bool(getattr(exc, "retryable", True))
+
+    @property
+    def idle_timeout(self) -> float | None:
+        """Seconds without data after which the source is not ready (None: no such limit)."""
+        return None
+
+    def readiness(self, now: float | None = None) -> tuple[bool, str]:
+        """(ready, reason): connected, and delivering data within its idle timeout."""
+        stats = self.stats
+        if stats.state != "connected":
+            detail = f" ({stats.last_error})" if stats.last_error else ""
+            return False, f"{stats.state}{detail}"
+        idle = self.idle_timeout
+        if idle is None:
+            return True, "connected"
+        now = time.time() if now is None else now
+        last = stats.last_event_at
+        since = stats.connected_since or now
+        if last is None or last < since:
+            if now - since > idle:
+                return False, f"connected but no data for {now - since:.1f}s"
+            return False, "connected, waiting for the first message"
+        if now - last > idle:
+            return False, f"no data for {now - last:.1f}s"
+        return True, "connected"

@@ -1,0 +1,132 @@
+"""``replay`` source: a recorded JSON Lines file, paced by event time.
+
+Each line is one message. With ``time_field`` set, messages are released at their
+event-time spacing divided by ``speed`` (``speed: 0`` releases them as fast as the queue
+takes them). ``loop: true`` starts over at the end, shifting event times forward so they
+keep increasing. Relative paths are resolved against the configuration file's folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import IO, Any, ClassVar, Literal
+
+import orjson
+from pydantic import Field
+
+from daemon.errors import EndOfStream, NotConnected
+from daemon.logs import RateLimitedLog, get_logger
+from streams.base import Source, SourceConfig
+from streams.event import Event
+from streams.queue import WhenFull
+from streams.websocket import TIME_SCALE
+
+__all__ = ["ReplaySource", "ReplaySourceConfig"]
+
+log = get_logger("source.replay")
+
+
+class ReplaySourceConfig(SourceConfig):
+    """A recorded stream, one JSON message per line."""
+
+    path: str = Field(description="JSONL file; relative to the configuration file's folder.")
+    speed: float = Field(1.0, ge=0, description="Event-time speed-up; 0 = as fast as possible.")
+    loop: bool = Field(False, description="Start again at the end of the file.")
+    time_field: str | None = Field(None, description="Field holding the event time (needed for pacing).")
+    time_unit: Literal["s", "ms", "us", "ns"] = Field("ms", description="Unit of `time_field`.")
+    key_field: str | None = Field(None, description="Field used as the event key.")
+
+
+class ReplaySource(Source):
+    type_name: ClassVar[str] = "replay"
+    emits_gaps: ClassVar[bool] = False
+    default_when_full: ClassVar[WhenFull] = "block"
+    config: ReplaySourceConfig
+
+    def __init__(self, name: str, config: ReplaySourceConfig, path: Path) -> None:
+        super().__init__(name, config)
+        self.path = path
+        self._file: IO[bytes] | None = None
+        self._bad_line_log = RateLimitedLog(log, "undecodable line skipped", interval=10.0)
+        self.laps = 0
+
+    async def connect(self) -> None:
+        try:
+            self._file = self.path.open("rb")
+        except OSError as exc:
+            raise NotConnected(
+                self.name, f"cannot open {self.path}: {exc.strerror}", retryable=False
+            ) from exc
+
+    async def read(self) -> None:
+        f = self._file
+        assert f is not None
+        cfg = self.config
+        name = self.name
+        stats = self.stats
+        queue = self.queue
+        loads = orjson.loads
+        clock = time.time
+        scale = TIME_SCALE[cfg.time_unit]
+        key_field, time_field, speed = cfg.key_field, cfg.time_field, cfg.speed
+        offset = 0.0  # added to event times on later laps
+        wall0 = 0.0
+        ts0: float | None = None
+        while True:
+            first_ts: float | None = None
+            last_ts: float | None = None
+            count = 0
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                stats.received += 1
+                try:
+                    data: Any = loads(line)
+                except orjson.JSONDecodeError:
+                    self._bad_line(lineno, line)
+                    continue
+                now = clock()
+                ts = now
+                key = None
+                if type(data) is dict:
+                    if key_field is not None:
+                        key = data.get(key_field)
+                    if time_field is not None:
+                        raw_ts = data.get(time_field)
+                        if type(raw_ts) is int or type(raw_ts) is float:
+                            ts = raw_ts / scale + offset
+                            if first_ts is None:
+                                first_ts = ts
+                            last_ts = ts
+                            if speed > 0:
+                                if ts0 is None:
+                                    ts0, wall0 = ts, time.monotonic()
+                                delay = wall0 + (ts - ts0) / speed - time.monotonic()
+                                if delay > 0.001:
+                                    await asyncio.sleep(delay)
+                                    now = clock()
+                count += 1
+                await queue.put(Event(name, ts, now, key, data, {"line": lineno, "lap": self.laps}))
+                stats.last_event_at = now
+                if count % 256 == 0:
+                    await asyncio.sleep(0)  # let the rules run when the queue never fills
+            if not cfg.loop:
+                raise EndOfStream(name, f"end of {self.path}")
+            if count == 0:
+                raise NotConnected(name, f"{self.path} has no events to loop over", retryable=False)
+            self.laps += 1
+            if first_ts is not None and last_ts is not None:
+                span = last_ts - first_ts
+                offset += span + (span / max(count - 1, 1) if span > 0 else 1.0)
+            f.seek(0)
+
+    def _bad_line(self, lineno: int, line: bytes) -> None:
+        self.stats.decode_errors += 1
+        self._bad_line_log.hit(source=self.name, line=lineno, sample=line[:200].decode("utf-8", "replace"))
+
+    async def close(self) -> None:
+        f, self._file = self._file, None
+        if f is not None:
+            f.close()

@@ -1,0 +1,1 @@
+"""Rule layer: expressions, templates and the reactive pipeline."""

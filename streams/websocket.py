@@ -1,0 +1,234 @@
+"""``websocket`` source: a WebSocket feed (websockets asyncio client) into a bounded queue.
+
+One session = one connection: connect (with headers, size limit, keepalive), send the
+``subscribe`` messages, then read. The reader only decodes and ``put_nowait``s into the
+queue, whose drop policy decides when the rules fall behind; it never awaits slow work,
+so keepalive pongs keep flowing. An idle watchdog closes a connection that delivered no
+message for ``idle_timeout_seconds``; the engine then reconnects and queues a ``gap``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, ClassVar, Literal
+
+import orjson
+from pydantic import Field, field_validator
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidProxy,
+    InvalidStatus,
+    InvalidURI,
+)
+
+from daemon.errors import IdleTimeout, NotConnected
+from daemon.logs import RateLimitedLog, get_logger
+from streams.base import Source, SourceConfig
+from streams.event import Event
+from streams.queue import QueueConfig, WhenFull
+
+__all__ = ["WebSocketSource", "WebSocketSourceConfig"]
+
+log = get_logger("source.websocket")
+
+TIME_SCALE = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
+#: Handshake answers worth retrying: rate limits, timeouts and server-side failures.
+RETRYABLE_STATUS = frozenset({408, 425, 429})
+
+
+class WebSocketSourceConfig(SourceConfig):
+    """A WebSocket feed."""
+
+    url: str = Field(
+        description="ws:// or wss:// URL.", examples=["wss://stream.binance.com:9443/ws/btcusdt@trade"]
+    )
+    subscribe: list[dict[str, Any] | list[Any] | str] = Field(
+        default_factory=list,
+        description="Messages sent after every (re)connect; mappings and lists are sent as JSON text.",
+    )
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers for the handshake.")
+    decode: Literal["json", "text"] = Field("json", description="How a message becomes `data`.")
+    key_field: str | None = Field(None, description="Field of a JSON message used as the event key.")
+    time_field: str | None = Field(None, description="Field of a JSON message holding the event time.")
+    time_unit: Literal["s", "ms", "us", "ns"] = Field("ms", description="Unit of `time_field`.")
+    ping_interval_seconds: float | None = Field(
+        20.0, gt=0, description="Keepalive ping interval; null disables."
+    )
+    ping_timeout_seconds: float | None = Field(20.0, gt=0, description="A pong must come within this.")
+    close_timeout_seconds: float = Field(5.0, gt=0, description="Wait this long for the closing handshake.")
+    open_timeout_seconds: float = Field(10.0, gt=0, description="Connect + handshake budget.")
+    idle_timeout_seconds: float | None = Field(
+        None, gt=0, description="No message for this long forces a reconnect; null disables."
+    )
+    max_message_bytes: int = Field(
+        1 << 20, gt=0, description="Larger messages close the connection with 1009."
+    )
+    compression: Literal["deflate", "none"] = Field("deflate", description="permessage-deflate offer.")
+
+    @field_validator("url")
+    @classmethod
+    def _ws_url(cls, value: str) -> str:
+        if not value.startswith(("ws://", "wss://")):
+            raise ValueError("must start with ws:// or wss://")
+        return value
+
+    @field_validator("queue")
+    @classmethod
+    def _never_block(cls, value: QueueConfig) -> QueueConfig:
+        if value.when_full == "block":
+            raise ValueError(
+                "when_full: block is not allowed for websocket sources (blocking the reader would stall "
+                "keepalive pings); use drop_oldest or drop_newest"
+            )
+        return value
+
+
+class WebSocketSource(Source):
+    type_name: ClassVar[str] = "websocket"
+    default_when_full: ClassVar[WhenFull] = "drop_oldest"
+    config: WebSocketSourceConfig
+
+    def __init__(self, name: str, config: WebSocketSourceConfig) -> None:
+        super().__init__(name, config)
+        self._ws: ClientConnection | None = None
+        self._idle_fired = False
+        self._subscribe_frames = [
+            m if isinstance(m, str) else orjson.dumps(m).decode() for m in config.subscribe
+        ]
+        self._bad_frame_log = RateLimitedLog(log, "undecodable message dropped", interval=10.0)
+
+    @property
+    def idle_timeout(self) -> float | None:
+        return self.config.idle_timeout_seconds
+
+    async def connect(self) -> None:
+        cfg = self.config
+        try:
+            self._ws = await connect(
+                cfg.url,
+                additional_headers=cfg.headers or None,
+                max_size=cfg.max_message_bytes,
+                ping_interval=cfg.ping_interval_seconds,
+                ping_timeout=cfg.ping_timeout_seconds,
+                close_timeout=cfg.close_timeout_seconds,
+                open_timeout=cfg.open_timeout_seconds,
+                compression="deflate" if cfg.compression == "deflate" else None,
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            self.stats.count_error(f"http_{status}")
+            retryable = status in RETRYABLE_STATUS or status >= 500
+            raise NotConnected(
+                self.name, f"handshake rejected with HTTP {status}", retryable=retryable
+            ) from exc
+        except (InvalidURI, InvalidProxy) as exc:
+            raise NotConnected(self.name, str(exc), retryable=False) from exc
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            self.stats.count_error("connect")
+            raise NotConnected(self.name, f"{type(exc).__name__}: {exc}") from exc
+        try:
+            for frame in self._subscribe_frames:
+                await self._ws.send(frame)
+        except ConnectionClosed as exc:
+            raise NotConnected(self.name, f"closed while subscribing: {exc}") from exc
+        if self._subscribe_frames:
+            log.debug(
+                "subscribed", extra={"fields": {"source": self.name, "messages": len(self._subscribe_frames)}}
+            )
+
+    async def read(self) -> None:
+        ws = self._ws
+        assert ws is not None
+        self._idle_fired = False
+        watchdog = None
+        if self.config.idle_timeout_seconds is not None:
+            watchdog = asyncio.create_task(self._watch_idle(ws), name=f"reflexd:idle:{self.name}")
+        try:
+            await self._read_loop(ws)
+        except ConnectionClosed as exc:
+            if self._idle_fired:
+                raise IdleTimeout(self.name, self.config.idle_timeout_seconds or 0.0) from exc
+            sent = exc.sent
+            if sent is not None and sent.code == 1009:
+                self.stats.count_error("message_too_big")
+                raise NotConnected(self.name, f"message above max_message_bytes ({sent.reason})") from exc
+            rcvd = exc.rcvd
+            if rcvd is None and sent is None:
+                raise NotConnected(self.name, "connection dropped (no close frame)") from exc
+            code = rcvd.code if rcvd is not None else sent.code if sent is not None else 1006
+            why = rcvd.reason if rcvd is not None else ""
+            raise NotConnected(self.name, f"closed by peer: code {code} {why}".rstrip()) from exc
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+
+    async def _read_loop(self, ws: ClientConnection) -> None:
+        name = self.name
+        stats = self.stats
+        put = self.queue.put_nowait
+        clock = time.time
+        recv = ws.recv
+        as_json = self.config.decode == "json"
+        loads = orjson.loads
+        decode_error = orjson.JSONDecodeError
+        key_field = self.config.key_field
+        time_field = self.config.time_field
+        scale = TIME_SCALE[self.config.time_unit]
+        while True:
+            raw = await recv(decode=False)
+            now = clock()
+            stats.received += 1
+            if as_json:
+                try:
+                    data = loads(raw)
+                except decode_error:
+                    self._bad_frame(raw)
+                    continue
+            else:
+                data = raw.decode("utf-8", "replace")
+            key = None
+            ts = now
+            if type(data) is dict:
+                if key_field is not None:
+                    key = data.get(key_field)
+                if time_field is not None:
+                    t = data.get(time_field)
+                    if type(t) is int or type(t) is float:
+                        ts = t / scale
+            put(Event(name, ts, now, key, data, {"seq": stats.received}))
+            stats.last_event_at = now
+
+    def _bad_frame(self, raw: bytes) -> None:
+        self.stats.decode_errors += 1
+        self._bad_frame_log.hit(source=self.name, sample=raw[:200].decode("utf-8", "replace"), bytes=len(raw))
+
+    async def _watch_idle(self, ws: ClientConnection) -> None:
+        idle = self.config.idle_timeout_seconds
+        assert idle is not None
+        step = max(0.01, idle / 8)
+        started = time.time()
+        while True:
+            await asyncio.sleep(step)
+            last = self.stats.last_event_at
+            reference = last if last is not None and last > started else started
+            if time.time() - reference >= idle:
+                self._idle_fired = True
+                self.stats.count_error("idle_timeout")
+                log.warning(
+                    "no data within idle timeout; reconnecting",
+                    extra={"fields": {"source": self.name, "idle_timeout_seconds": idle}},
+                )
+                await ws.close(4000, "idle timeout")
+                return
+
+    async def close(self) -> None:
+        ws, self._ws = self._ws, None
+        if ws is None:
+            return
+        try:
+            await ws.close()
+        except Exception:
+            ws.transport.abort()
