@@ -164,7 +164,8 @@ def render_plan(config: AppConfig, out: TextIO | None = None) -> str:
         if rule.where:
             parts.append(f"where {rule.where}")
         if rule.cooldown_seconds:
-            parts.append(f"cooldown {_value(config, ('rules', name, 'cooldown_seconds'), rule.cooldown_seconds)}s per key")
+            cooldown = _value(config, ("rules", name, "cooldown_seconds"), rule.cooldown_seconds)
+            parts.append(f"cooldown {cooldown}s per key")
         if rule.kinds != ["data"]:
             parts.append(f"kinds {', '.join(rule.kinds)}")
         calls = ", ".join(c.tool for c in rule.then)

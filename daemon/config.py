@@ -57,7 +57,7 @@ def parse_listen(value: str) -> tuple[str, int]:
 class HttpConfig(BaseModel):
     """The ops HTTP server: /healthz /readyz /metrics /status."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
     listen: str = Field(
         "127.0.0.1:9108", description="host:port to bind; keep it on loopback unless protected."
@@ -73,7 +73,7 @@ class HttpConfig(BaseModel):
 class DaemonConfig(BaseModel):
     """Process-wide settings."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Lowest level logged."
@@ -170,7 +170,8 @@ def _reason(err: ErrorDetails) -> str:
     if kind == "missing":
         return "required"
     if kind == "literal_error":
-        return f"must be one of: {ctx.get('expected', '')}".replace("'", "")
+        expected = str(ctx.get("expected", "")).replace("'", "").replace(" or ", ", ")
+        return f"must be one of: {expected}"
     if kind in ("int_type", "int_parsing", "int_from_float"):
         return f"must be an integer, not {_kind(err.get('input'))}"
     if kind in ("float_type", "float_parsing"):

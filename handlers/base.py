@@ -20,7 +20,7 @@ __all__ = ["CallContext", "Tool", "ToolConfig"]
 class ToolConfig(BaseModel):
     """Fields every tool has. Each tool type subclasses this next to its code."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
     type: str = Field(description="Component type.")
     description: str | None = Field(None, description="What the tool does (shown to a language model).")

@@ -39,7 +39,7 @@ log = get_logger("reconnect")
 class ReconnectConfig(BaseModel):
     """``reconnect:`` of a source."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
     initial_seconds: float = Field(0.1, gt=0, le=60, description="First backoff delay.")
     multiplier: float = Field(2.0, ge=1.0, le=10, description="Growth factor between attempts.")

@@ -29,7 +29,7 @@ __all__ = ["Source", "SourceConfig", "SourceStats"]
 class SourceConfig(BaseModel):
     """Fields every source has. Each source type subclasses this next to its code."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
     type: str = Field(description="Component type.")
     queue: QueueConfig = Field(

@@ -30,7 +30,7 @@ WhenFull = Literal["block", "drop_oldest", "drop_newest"]
 class QueueConfig(BaseModel):
     """``queue: {max_events, when_full}`` of a source."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
     max_events: int = Field(
         10_000, gt=0, le=10_000_000, description="Most events held before `when_full` applies."

@@ -807,7 +807,7 @@ class _Compiler:
                 hint = f"; the functions are: {', '.join(FUNCTIONS)}"
             self.fail(f"method calls are not allowed{hint}", column=self.name_end_column(func))
         if not isinstance(func, ast.Name):
-            self.fail("only functions can be called, by name, as in len(data.items)", node)
+            self.fail("only functions can be called, by name, as in len(data.items)", func)
         name = func.id
         function = FUNCTIONS.get(name)
         if function is None:

@@ -46,7 +46,7 @@ def _data_only() -> list[EventKind]:
 class ToolCallConfig(BaseModel):
     """One entry of a rule's ``then``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
     tool: str = Field(description="Name of a tool under `tools:`.")
     args: dict[str, Any] = Field(
@@ -57,7 +57,7 @@ class ToolCallConfig(BaseModel):
 class RuleConfig(BaseModel):
     """A reactive rule: which sources it reads, when it matches, what it fires."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True, populate_by_name=True)
 
     from_: list[str] = Field(alias="from", min_length=1, description="Source names the rule reads.")
     where: str | None = Field(None, description="Expression; the rule matches when it is true.")

@@ -1,0 +1,187 @@
+"""The tool runner: concurrency limits, timeouts, propagated exceptions, bounded backlog, drain on stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from pathlib import Path
+from typing import Any, ClassVar
+
+import orjson
+import pytest
+
+from daemon.errors import ShutdownTimeout
+from handlers.base import CallContext, Tool, ToolConfig
+from handlers.file import FileTool, FileToolConfig
+from handlers.log import LogTool, LogToolConfig
+from handlers.runner import ToolRunner
+from streams.event import Event
+
+
+def ctx(i: int = 0, tool: str = "t") -> CallContext:
+    return CallContext(tool, "rule", Event("src", float(i), float(i), "k", {"i": i}, {}), f"rule:{i}:0")
+
+
+class SlowTool(Tool):
+    type_name: ClassVar[str] = "slow"
+
+    def __init__(self, name: str, config: ToolConfig, delay: float = 0.0) -> None:
+        super().__init__(name, config)
+        self.delay = delay
+        self.running = 0
+        self.max_running = 0
+        self.done: list[int] = []
+        self.release = asyncio.Event()
+
+    async def call(self, args: dict[str, Any], ctx: CallContext) -> None:
+        self.running += 1
+        self.max_running = max(self.max_running, self.running)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            else:
+                await self.release.wait()
+            self.done.append(args["i"])
+        finally:
+            self.running -= 1
+
+
+class SyncBoom(Tool):
+    type_name: ClassVar[str] = "boom"
+
+    def __init__(self, name: str, config: ToolConfig) -> None:
+        super().__init__(name, config)
+        self.threads: set[str] = set()
+
+    def call(self, args: dict[str, Any], ctx: CallContext) -> None:
+        self.threads.add(threading.current_thread().name)
+        if args["i"] % 2:
+            raise ValueError(f"odd {args['i']}")
+
+
+def cfg(**kw: Any) -> ToolConfig:
+    return ToolConfig(type="x", **kw)
+
+
+async def wait_for(pred: Any, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not pred():
+            await asyncio.sleep(0.005)
+
+
+async def test_concurrency_limit_is_respected() -> None:
+    """No more than `concurrency` calls of a tool run at once."""
+    tool = SlowTool("t", cfg(concurrency=3), delay=0.01)
+    runner = ToolRunner({"t": tool})
+    await runner.start()
+    for i in range(30):
+        assert runner.submit("t", {"i": i}, ctx(i))
+    await wait_for(lambda: len(tool.done) == 30)
+    await runner.stop(5)
+    assert tool.max_running == 3 and sorted(tool.done) == list(range(30))
+
+
+async def test_sync_tool_runs_in_thread_and_exceptions_are_counted_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A plain-function tool runs in the executor; its exceptions come back, are counted and logged."""
+    tool = SyncBoom("b", cfg())
+    runner = ToolRunner({"b": tool})
+    await runner.start()
+    with caplog.at_level(logging.WARNING, logger="reflexd"):
+        for i in range(10):
+            runner.submit("b", {"i": i}, ctx(i, "b"))
+        await wait_for(lambda: runner.stats("b").calls == 10 and runner.stats("b").in_flight == 0)
+    await runner.stop(5)
+    st = runner.stats("b")
+    assert st.succeeded == 5 and st.failures == 5
+    assert all(name.startswith("reflexd-tool") for name in tool.threads)
+    assert any("ValueError: odd" in str(getattr(r, "fields", {}).get("error")) for r in caplog.records)
+    assert any(r.exc_info and r.exc_info[0] is ValueError for r in caplog.records)
+
+
+async def test_timeout_cancels_the_call() -> None:
+    """A call running past timeout_seconds is cancelled and counted as a timeout."""
+    tool = SlowTool("t", cfg(timeout_seconds=0.05))
+    runner = ToolRunner({"t": tool})
+    await runner.start()
+    runner.submit("t", {"i": 1}, ctx(1))
+    await wait_for(lambda: runner.stats("t").timeouts == 1)
+    await runner.stop(1)
+    assert tool.done == [] and runner.stats("t").failures == 1
+
+
+async def test_backlog_marks_runner_full_and_recovers() -> None:
+    """Reaching max_pending marks the runner full; draining below it releases waiters."""
+    tool = SlowTool("t", cfg(concurrency=1, max_pending=5))
+    runner = ToolRunner({"t": tool})
+    await runner.start()
+    for i in range(7):
+        runner.submit("t", {"i": i}, ctx(i))
+    await asyncio.sleep(0)
+    assert runner.full
+    waiter = asyncio.create_task(runner.wait_for_room())
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    tool.release.set()
+    await asyncio.wait_for(waiter, 2)
+    await wait_for(lambda: len(tool.done) == 7)
+    assert not runner.full
+    await runner.stop(1)
+
+
+async def test_backlog_has_a_hard_bound() -> None:
+    """Past max_pending + slack, calls are rejected and counted — never an unbounded backlog."""
+    tool = SlowTool("t", cfg(concurrency=1, max_pending=1))
+    runner = ToolRunner({"t": tool})
+    accepted = sum(runner.submit("t", {"i": i}, ctx(i)) for i in range(1000))
+    assert accepted == runner.pending("t") < 1000
+    assert runner.stats("t").rejected == 1000 - accepted
+
+
+async def test_stop_drains_queued_calls_within_budget() -> None:
+    """stop() lets queued and running calls finish when the budget allows."""
+    tool = SlowTool("t", cfg(concurrency=2), delay=0.01)
+    runner = ToolRunner({"t": tool})
+    await runner.start()
+    for i in range(20):
+        runner.submit("t", {"i": i}, ctx(i))
+    await runner.stop(5)
+    assert sorted(tool.done) == list(range(20))
+
+
+async def test_stop_names_what_it_cancelled() -> None:
+    """When the budget runs out, stop() cancels and names the tool with unfinished calls."""
+    tool = SlowTool("t", cfg(concurrency=1))
+    runner = ToolRunner({"t": tool})
+    await runner.start()
+    for i in range(3):
+        runner.submit("t", {"i": i}, ctx(i))
+    with pytest.raises(ShutdownTimeout) as info:
+        await runner.stop(0.05)
+    assert info.value.cancelled == ["tool t (3 calls)"]
+
+
+async def test_file_tool_appends_json_lines(tmp_path: Path) -> None:
+    """The file tool appends one JSON object per call, creating parent folders."""
+    path = tmp_path / "out" / "alerts.jsonl"
+    tool = FileTool("f", FileToolConfig(type="file", path=str(path)), path)
+    runner = ToolRunner({"f": tool})
+    await runner.start()
+    for i in range(50):
+        runner.submit("f", {"i": i, "text": "a\nb"}, ctx(i, "f"))
+    await runner.stop(5)
+    lines = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    assert [rec["args"]["i"] for rec in lines] == list(range(50))
+    assert lines[0]["rule"] == "rule" and lines[0]["source"] == "src" and lines[0]["args"]["text"] == "a\nb"
+
+
+async def test_log_tool_writes_structured_line(caplog: pytest.LogCaptureFixture) -> None:
+    """The log tool logs the `text` argument with the rule, source and arguments as fields."""
+    tool = LogTool("l", LogToolConfig(type="log", level="warning"))
+    with caplog.at_level(logging.INFO, logger="reflexd"):
+        await tool.call({"text": "big trade", "n": 3}, ctx(1, "l"))
+    (record,) = [r for r in caplog.records if r.name == "reflexd.tool.l"]
+    assert record.levelno == logging.WARNING and record.getMessage() == "big trade"
+    assert record.fields["args"] == {"text": "big trade", "n": 3} and record.fields["rule"] == "rule"  # type: ignore[attr-defined]
