@@ -271,3 +271,12 @@ def test_missing_config_file_exits_2(tmp_path: Path) -> None:
     """A missing configuration file is a configuration error, not a crash."""
     result = run_cli("check", "-c", str(tmp_path / "nope.yaml"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_readme_configuration_example_is_valid() -> None:
+    """The configuration walk-through in README.md is a valid configuration."""
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("```yaml\n", readme.index("## Configuration walk-through")) + len("```yaml\n")
+    example = readme[start : readme.index("```", start)]
+    cfg = load_config_text(example, builtin_registry(), base_dir=ROOT, env={"BINANCE_KEY": "k"})
+    assert set(cfg.sources) == {"binance", "recorded"} and set(cfg.rules) == {"big_trade", "feed_gap"}
