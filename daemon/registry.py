@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import builtins
 import importlib
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,6 +47,8 @@ class ComponentSpec:
     #: (field, value) pairs shown by ``reflexd check``; values from the environment are masked.
     summary: Callable[[Any], list[tuple[str, Any]]]
     description: str = ""
+    #: A minimal valid configuration (docs, and the registry test that validates every type).
+    example: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Registry:
@@ -147,6 +149,13 @@ def builtin_registry() -> Registry:
                 lambda name, cfg, ctx: WebSocketSource(name, cfg),
                 websocket_summary,
                 "A WebSocket feed.",
+                {
+                    "type": "websocket",
+                    "url": "wss://stream.binance.com:9443/ws",
+                    "subscribe": [{"method": "SUBSCRIBE", "params": ["btcusdt@trade"], "id": 1}],
+                    "key_field": "s",
+                    "time_field": "T",
+                },
             ),
             ComponentSpec(
                 "source",
@@ -155,6 +164,7 @@ def builtin_registry() -> Registry:
                 lambda name, cfg, ctx: ReplaySource(name, cfg, ctx.resolve(cfg.path)),
                 replay_summary,
                 "A recorded JSON Lines stream, paced by event time.",
+                {"type": "replay", "path": "data/sample-trades.jsonl", "time_field": "T", "speed": 1, "loop": True},
             ),
             ComponentSpec(
                 "tool",
@@ -163,6 +173,7 @@ def builtin_registry() -> Registry:
                 lambda name, cfg, ctx: LogTool(name, cfg),
                 lambda c: [("level", c.level), *_tool_common(c, LogTool)],
                 LogTool.description,
+                {"type": "log", "level": "warning"},
             ),
             ComponentSpec(
                 "tool",
@@ -171,6 +182,7 @@ def builtin_registry() -> Registry:
                 lambda name, cfg, ctx: FileTool(name, cfg, ctx.resolve(cfg.path)),
                 lambda c: [("path", c.path), *_tool_common(c, FileTool)],
                 FileTool.description,
+                {"type": "file", "path": "var/alerts.jsonl"},
             ),
         ]
     )

@@ -1,0 +1,41 @@
+"""A third-party-style component, loaded by the registry as ``type: tests.plugins:COUNTER``."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from daemon.registry import ComponentSpec
+from handlers.base import CallContext, Tool, ToolConfig
+
+
+class CounterToolConfig(ToolConfig):
+    """Counts its calls."""
+
+    step: int = Field(1, ge=1)
+
+
+class CounterTool(Tool):
+    type_name: ClassVar[str] = "counter"
+    description: ClassVar[str] = "Count calls."
+
+    def __init__(self, name: str, config: CounterToolConfig) -> None:
+        super().__init__(name, config)
+        self.step = config.step
+        self.count = 0
+
+    async def call(self, args: dict[str, Any], ctx: CallContext) -> None:
+        self.count += self.step
+
+
+COUNTER = ComponentSpec(
+    "tool",
+    "counter",
+    CounterToolConfig,
+    lambda name, cfg, ctx: CounterTool(name, cfg),
+    lambda c: [("step", c.step)],
+    "Count calls.",
+    {"type": "counter"},
+)
+NOT_A_SPEC = object()
