@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 import orjson
 
-from daemon.config import AppConfig, config_json_schema, load_config
+from daemon.config import AppConfig, ComponentPlan, config_json_schema, load_config
 from daemon.errors import ConfigError, StartupError
 from daemon.logs import configure_logging, get_logger
 from daemon.registry import BuildContext, Registry, builtin_registry
@@ -145,6 +145,19 @@ def _value(config: AppConfig, path: tuple[str | int, ...], value: Any) -> str:
     return "null" if value is None else str(value)
 
 
+def _component_lines(
+    config: AppConfig, section: str, plans: dict[str, ComponentPlan], used: set[str], unused_note: str
+) -> list[str]:
+    lines = []
+    for name, plan in plans.items():
+        fields = " ".join(
+            f"{k}={_value(config, (section, name, k), v)}" for k, v in plan.spec.summary(plan.config)
+        )
+        unused = f"  ({unused_note})" if name not in used else ""
+        lines.append(f"  {name} [{plan.spec.type}] {fields}{unused}")
+    return lines
+
+
 def render_plan(config: AppConfig, out: TextIO | None = None) -> str:
     """What ``reflexd check`` prints: sources → rules → tools."""
     counts = f"{len(config.sources)} sources, {len(config.rules)} rules, {len(config.tools)} tools"
@@ -152,12 +165,7 @@ def render_plan(config: AppConfig, out: TextIO | None = None) -> str:
     used_sources = {s for r in config.rules.values() for s in r.from_}
     used_tools = {c.tool for r in config.rules.values() for c in r.then}
     lines.append("sources")
-    for name, plan in config.sources.items():
-        fields = " ".join(
-            f"{k}={_value(config, ('sources', name, k), v)}" for k, v in plan.spec.summary(plan.config)
-        )
-        unused = "  (no rule reads it)" if name not in used_sources else ""
-        lines.append(f"  {name} [{plan.spec.type}] {fields}{unused}")
+    lines.extend(_component_lines(config, "sources", config.sources, used_sources, "no rule reads it"))
     lines.append("rules")
     for name, rule in config.rules.items():
         parts = [f"from {', '.join(rule.from_)}"]
@@ -171,12 +179,7 @@ def render_plan(config: AppConfig, out: TextIO | None = None) -> str:
         calls = ", ".join(c.tool for c in rule.then)
         lines.append(f"  {name}: {'; '.join(parts)} → {calls}")
     lines.append("tools")
-    for name, plan in config.tools.items():
-        fields = " ".join(
-            f"{k}={_value(config, ('tools', name, k), v)}" for k, v in plan.spec.summary(plan.config)
-        )
-        unused = "  (no rule calls it)" if name not in used_tools else ""
-        lines.append(f"  {name} [{plan.spec.type}] {fields}{unused}")
+    lines.extend(_component_lines(config, "tools", config.tools, used_tools, "no rule calls it"))
     text = "\n".join(lines) + "\n"
     if out is not None:
         out.write(text)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -312,14 +312,18 @@ def _rules(
     return rules
 
 
-def _expression(c: _Checker, path: Path_, text: str) -> bool:
+def _compiles(c: _Checker, path: Path_, text: str, compiler: Callable[[str], object], what: str) -> bool:
     try:
-        compile_expression(text)
+        compiler(text)
     except ExpressionError as exc:
         where = f"column {exc.column}: " if exc.column else ""
-        c.add(path, f"{where}{exc.reason} in {text!r}")
+        c.add(path, f"{where}{exc.reason} in {what}{text!r}")
         return False
     return True
+
+
+def _expression(c: _Checker, path: Path_, text: str) -> bool:
+    return _compiles(c, path, text, compile_expression, "")
 
 
 def _templates(c: _Checker, path: Path_, value: Any) -> bool:
@@ -328,12 +332,7 @@ def _templates(c: _Checker, path: Path_, value: Any) -> bool:
     if isinstance(value, list):
         return all([_templates(c, (*path, i), v) for i, v in enumerate(value)])
     if isinstance(value, str):
-        try:
-            compile_template(value)
-        except ExpressionError as exc:
-            where = f"column {exc.column}: " if exc.column else ""
-            c.add(path, f"{where}{exc.reason} in template {value!r}")
-            return False
+        return _compiles(c, path, value, compile_template, "template ")
     return True
 
 

@@ -164,7 +164,13 @@ def builtin_registry() -> Registry:
                 lambda name, cfg, ctx: ReplaySource(name, cfg, ctx.resolve(cfg.path)),
                 replay_summary,
                 "A recorded JSON Lines stream, paced by event time.",
-                {"type": "replay", "path": "data/sample-trades.jsonl", "time_field": "T", "speed": 1, "loop": True},
+                {
+                    "type": "replay",
+                    "path": "data/sample-trades.jsonl",
+                    "time_field": "T",
+                    "speed": 1,
+                    "loop": True,
+                },
             ),
             ComponentSpec(
                 "tool",

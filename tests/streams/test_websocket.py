@@ -9,6 +9,7 @@ Tools that record their calls are registered as a test tool type (``recorder``).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from dataclasses import dataclass
@@ -192,7 +193,9 @@ async def test_twenty_server_closes_give_twenty_reconnects_resubscriptions_and_g
             "gaps": {
                 "from": ["feed"],
                 "kinds": ["gap"],
-                "then": [{"tool": "on_gap", "args": {"outage": "{data.outage_seconds}", "why": "{data.reason}"}}],
+                "then": [
+                    {"tool": "on_gap", "args": {"outage": "{data.outage_seconds}", "why": "{data.reason}"}}
+                ],
             },
         },
     )
@@ -235,7 +238,7 @@ async def test_accept_then_close_server_gets_backoff_not_a_hot_loop(
     within_bound = await holds_for(lambda: len(server.connections) <= 7, remaining)
 
     opened = server.opened_at()
-    intervals = [b - a for a, b in zip(opened, opened[1:], strict=False)]
+    intervals = [b - a for a, b in itertools.pairwise(opened)]
     assert within_bound, f"{len(opened)} connections within {window}s: intervals {intervals}"
     assert len(opened) >= 6, f"the slow phase was not reached: intervals {intervals}"
     assert all(d >= 1.0 for d in intervals[4:]), f"intervals after the 5th attempt: {intervals}"
@@ -353,10 +356,13 @@ async def test_malformed_json_is_counted_and_the_stream_continues(
 # -- 7. slow tool, bounded queue, drop accounting -------------------------------------------------
 
 
-@pytest.mark.parametrize(("policy", "counter", "other"), [
-    ("drop_oldest", "queue_full_oldest", "queue_full_newest"),
-    ("drop_newest", "queue_full_newest", "queue_full_oldest"),
-])
+@pytest.mark.parametrize(
+    ("policy", "counter", "other"),
+    [
+        ("drop_oldest", "queue_full_oldest", "queue_full_newest"),
+        ("drop_newest", "queue_full_newest", "queue_full_oldest"),
+    ],
+)
 async def test_slow_tool_keeps_queue_bounded_and_drops_are_counted_exactly(
     feed_server: StartServer, run_daemon: StartDaemon, policy: str, counter: str, other: str
 ) -> None:
@@ -385,9 +391,10 @@ async def test_slow_tool_keeps_queue_bounded_and_drops_are_counted_exactly(
     dropped = q["dropped"][counter]
     assert q["high_water"] <= max_events
     assert source.stats.received == q["put"] == n  # no gaps, no decode errors: every message was offered
-    assert q["put"] == q["taken"] + q["dropped"]["queue_full_oldest"] + q["dropped"]["queue_full_newest"] + q[
-        "depth"
-    ]
+    assert (
+        q["put"]
+        == q["taken"] + q["dropped"]["queue_full_oldest"] + q["dropped"]["queue_full_newest"] + q["depth"]
+    )
     assert dropped > 0 and q["dropped"][other] == 0
     assert (queue.evicted, queue.rejected) == ((dropped, 0) if policy == "drop_oldest" else (0, dropped))
     seen = calls.args("rec", "n")
