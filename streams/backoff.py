@@ -88,7 +88,6 @@ class Reconnector:
         self._attempt_log = RateLimitedLog(log, "connect attempt failed", level=logging.WARNING, interval=5.0)
         self._disconnected_at: float | None = None
         self._outage_reason: str | None = None
-        self._failed_attempts = 0
 
     def _wait(self, state: RetryCallState) -> float:
         return backoff_delay(self.cfg, state.attempt_number, self._rng.random())
@@ -158,6 +157,7 @@ class Reconnector:
                 connected_at = time.monotonic()
                 stats.connects += 1
                 stats.state = "connected"
+                stats.next_attempt_in = None
                 stats.connected_since = time.time()
                 if stats.connects > 1 or self._disconnected_at is not None:
                     log.info(

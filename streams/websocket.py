@@ -177,6 +177,7 @@ class WebSocketSource(Source):
         key_field = self.config.key_field
         time_field = self.config.time_field
         scale = TIME_SCALE[self.config.time_unit]
+        sleep0 = asyncio.sleep
         while True:
             raw = await recv(decode=False)
             now = clock()
@@ -200,6 +201,10 @@ class WebSocketSource(Source):
                         ts = t / scale
             put(Event(name, ts, now, key, data, {"seq": stats.received}))
             stats.last_event_at = now
+            if not stats.received & 511:
+                # One socket read can hold thousands of frames; let the dispatcher take its share
+                # before the queue's drop policy has to act on a burst the CPU can keep up with.
+                await sleep0(0)
 
     def _bad_frame(self, raw: bytes) -> None:
         self.stats.decode_errors += 1

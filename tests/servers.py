@@ -120,6 +120,7 @@ class FeedServer:
         self.handshakes: list[Handshake] = []
         self.connections: list[ConnectionRecord] = []
         self._server: Server | None = None
+        self._open: dict[int, ServerConnection] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -167,6 +168,18 @@ class FeedServer:
         """Monotonic times at which connections were accepted."""
         return [c.opened_at for c in self.connections]
 
+    async def broadcast(self, frame: Frame) -> int:
+        """Send ``frame`` to every open connection now; returns how many got it."""
+        sent = 0
+        for index, ws in list(self._open.items()):
+            try:
+                await ws.send(frame)
+            except ConnectionClosed:
+                continue
+            self.connections[index].sent += 1
+            sent += 1
+        return sent
+
     # -- protocol ----------------------------------------------------------------------------
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -181,6 +194,7 @@ class FeedServer:
         index = len(self.connections)
         record = ConnectionRecord(index, time.monotonic(), ws.request.headers if ws.request else Headers())
         self.connections.append(record)
+        self._open[index] = ws
         plan = self._plan(index)
         reader = asyncio.create_task(self._record_messages(ws, record))
         try:
@@ -192,6 +206,7 @@ class FeedServer:
                 ws.transport.abort()
             await ws.wait_closed()
             await reader
+            self._open.pop(index, None)
             record.closed_at = time.monotonic()
             record.close_code = ws.close_code
             record.close_reason = ws.close_reason

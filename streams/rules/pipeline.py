@@ -2,8 +2,8 @@
 
 ::
 
-    source queue ──► Dispatcher (one task per source, batches) ──► Rule.on_next (Subject)
-        ──► filter(kind + where, errors counted) ──► cooldown per key ──► fire: render args ──► runner.submit
+    source queue ──► Dispatcher (one task per source, batches) ──► Rule.on_next: kind + where
+        (errors counted) ──► Subject ──► cooldown per key ──► fire: render args ──► runner.submit
 
 The dispatcher calls ``on_next`` from a task on the event loop (no ``observe_on``: it costs a
 loop callback per event). Pipelines are subscribed with the AsyncIOScheduler so that time
@@ -19,7 +19,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from reactivex import Observable, abc
-from reactivex import operators as ops
 from reactivex.subject import Subject
 
 from daemon.logs import RateLimitedLog, get_logger
@@ -121,7 +120,7 @@ class Rule:
         self._error_log = RateLimitedLog(log, "rule expression raised; event dropped", interval=10.0)
         self._render_log = RateLimitedLog(log, "argument template raised; call skipped", interval=10.0)
         self.subject: Subject[Event] = Subject()
-        steps: list[Callable[[Observable[Event]], Observable[Event]]] = [ops.filter(self._match)]
+        steps: list[Callable[[Observable[Event]], Observable[Event]]] = []
         if config.cooldown_seconds > 0:
             steps.append(
                 cooldown_by_key(
@@ -131,7 +130,16 @@ class Rule:
         self._subscription = self.subject.pipe(*steps).subscribe(
             on_next=self._fire, on_error=self._on_error, scheduler=scheduler
         )
-        self.on_next: Callable[[Event], None] = self.subject.on_next
+        # The `where` filter runs before the Subject: most events do not match, and a Subject
+        # hop (lock, observer list copy, several frames) would cost more than the test itself.
+        match = self._match
+        push = self.subject.on_next
+
+        def on_next(event: Event) -> None:
+            if match(event):
+                push(event)
+
+        self.on_next: Callable[[Event], None] = on_next
 
     def _match(self, event: Event) -> bool:
         if event.kind not in self._kinds:

@@ -40,9 +40,16 @@ def issues_of(text: str, env: dict[str, str] | None = None) -> list[str]:
     return [str(i) for i in info.value.issues]
 
 
-def run_cli(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "daemon.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=60, env=env
+        [sys.executable, "-m", "daemon.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
     )
 
 
@@ -79,7 +86,9 @@ def test_yes_is_not_a_boolean_in_a_string_field() -> None:
 def test_wrong_type() -> None:
     """A value of the wrong type names what was expected and what was found."""
     text = GOOD.replace("max_events: 100", "max_events: lots")
-    assert issues_of(text) == ["config.yaml:6 sources.feed.queue.max_events: must be an integer, not string 'lots'"]
+    assert issues_of(text) == [
+        "config.yaml:6 sources.feed.queue.max_events: must be an integer, not string 'lots'"
+    ]
 
 
 def test_bad_enum_value() -> None:
@@ -137,7 +146,9 @@ def test_alias_bomb_is_refused() -> None:
     bomb = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
     for i in range(ord("b"), ord("j")):
         prev = chr(i - 1)
-        bomb += f"{chr(i)}: &{chr(i)} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"
+        bomb += (
+            f"{chr(i)}: &{chr(i)} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"
+        )
     (issue,) = issues_of(bomb)
     assert issue.startswith("config.yaml:1") and "aliases are not allowed" in issue
 
@@ -158,7 +169,10 @@ def test_several_errors_reported_together() -> None:
 
 def test_websocket_source_refuses_block_policy() -> None:
     """A websocket source cannot use `block`: blocking the reader would starve keepalive pings."""
-    text = GOOD.replace("type: replay\n    path: data/sample-trades.jsonl\n    time_field: T", "type: websocket\n    url: ws://x")
+    text = GOOD.replace(
+        "type: replay\n    path: data/sample-trades.jsonl\n    time_field: T",
+        "type: websocket\n    url: ws://x",
+    )
     (issue,) = issues_of(text)
     assert issue.startswith("config.yaml:5 sources.feed.queue: when_full: block is not allowed")
 

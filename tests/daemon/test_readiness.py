@@ -20,7 +20,7 @@ async def test_readyz_follows_the_websocket_source_and_status_hides_secrets(
 ) -> None:
     """/readyz is 503 while the feed is unreachable, 200 once it reconnected and delivered data, 503 after it drops;
     /healthz stays 200; /metrics has the source counters; no endpoint shows the secret header value."""
-    server = await feed_server(Plan(frames=['{"n": 1}', '{"n": 2}']))
+    server = await feed_server(Plan())  # accepts, then sends only what the test broadcasts
     await server.stop()  # the port is known but nothing listens: the source cannot connect
     text = f"""
 daemon:
@@ -62,9 +62,14 @@ sources:
         assert as_json(body)["sources"]["feed"].startswith(("connecting", "backoff"))
         assert (await get("/healthz"))[0] == 200
 
-        # 2. the feed comes back on the same port: ready once connected and data arrived
+        # 2. the feed comes back on the same port: connected is not enough, ready once data arrived
         await server.start()
-        await wait_for(lambda: status_is("/readyz", 200), what="/readyz 200 after the feed came back")
+        await wait_for(lambda: source.stats.state == "connected", what="the source connected")
+        status, body = await get("/readyz")
+        assert (status, as_json(body)["sources"]["feed"]) == (503, "connected, waiting for the first message")
+        assert await server.broadcast('{"n": 1}') == 1
+        assert await server.broadcast('{"n": 2}') == 1
+        await wait_for(lambda: status_is("/readyz", 200), what="/readyz 200 after data arrived")
         assert source.stats.received >= 1 and source.stats.connects == 1
         assert server.connections[0].headers["X-Api-Key"] == CANARY  # the secret was used, not lost
 

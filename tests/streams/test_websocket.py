@@ -298,6 +298,48 @@ async def test_silent_server_triggers_idle_timeout_reconnect(
     assert source.stats.gaps >= 1
 
 
+async def test_quiet_server_that_answers_pings_is_kept_without_idle_timeout(
+    feed_server: StartServer, run_daemon: StartDaemon
+) -> None:
+    """Without idle_timeout_seconds, a quiet peer answering frequent keepalive pings stays connected (W9)."""
+    server = await feed_server(Plan(frames=frames({"n": 1}), after="hold"))
+    cfg = config(
+        builtin_registry(),
+        sources={
+            "feed": ws_source(
+                server.url, ping_interval_seconds=0.05, ping_timeout_seconds=0.5, reconnect=FAST_RECONNECT
+            )
+        },
+    )
+    daemon = await run_daemon(cfg)
+    source = daemon.sources["feed"]
+    await wait_for(lambda: source.stats.received == 1, what="the first message")
+    stayed = await holds_for(lambda: source.stats.disconnects == 0, 1.0)
+    assert stayed, f"disconnected: {source.stats.last_error}"
+    assert len(server.connections) == 1 and source.stats.errors == {}
+
+
+async def test_tcp_drop_without_close_frame_is_a_reconnect(
+    feed_server: StartServer, run_daemon: StartDaemon
+) -> None:
+    """A connection dropped without a close frame (TCP abort) is reported as such and reconnected, with a gap."""
+    server = await feed_server([Plan(frames=frames({"n": 1}), after="abort"), Plan(frames=frames({"n": 2}))])
+    calls = Calls()
+    cfg = config(
+        registry_with_recorder(calls),
+        sources={"feed": ws_source(server.url, reconnect=FAST_RECONNECT)},
+        tools={"rec": {"type": "recorder"}},
+        rules={"data": data_rule()},
+    )
+    daemon = await run_daemon(cfg)
+    source = daemon.sources["feed"]
+    await wait_for(lambda: calls.args("rec", "n") == [1, 2], what=lambda: f"events 1 and 2, got {calls}")
+
+    assert server.connections[0].close_code == 1006  # no close frame from either side
+    assert (source.stats.connects, source.stats.disconnects, source.stats.gaps) == (2, 1, 1)
+    assert "no close frame" in (source.stats.last_error or "")
+
+
 # -- 5. oversized frame --------------------------------------------------------------------------
 
 

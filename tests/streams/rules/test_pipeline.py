@@ -91,7 +91,11 @@ def test_gap_events_only_reach_rules_that_ask_for_them() -> None:
     gap_rule = Rule(
         "g",
         RuleConfig.model_validate(
-            {"from": "feed", "kinds": ["gap"], "then": [{"tool": "t", "args": {"s": "{data.outage_seconds}"}}]}
+            {
+                "from": "feed",
+                "kinds": ["gap"],
+                "then": [{"tool": "t", "args": {"s": "{data.outage_seconds}"}}],
+            }
         ),
         rec_gap,
     )
@@ -109,7 +113,10 @@ def test_render_error_skips_only_that_call() -> None:
     r = Rule(
         "r",
         RuleConfig.model_validate(
-            {"from": "feed", "then": [{"tool": "a", "args": {"x": "{data.nope}"}}, {"tool": "b", "args": {"y": 1}}]}
+            {
+                "from": "feed",
+                "then": [{"tool": "a", "args": {"x": "{data.nope}"}}, {"tool": "b", "args": {"y": 1}}],
+            }
         ),
         rec,
     )
