@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, ClassVar
 
 from pydantic import Field
@@ -39,3 +40,32 @@ COUNTER = ComponentSpec(
     {"type": "counter"},
 )
 NOT_A_SPEC = object()
+
+
+class SleeperToolConfig(ToolConfig):
+    """Sleeps on every call (slow-tool and shutdown tests)."""
+
+    seconds: float = Field(1.0, ge=0)
+
+
+class SleeperTool(Tool):
+    type_name: ClassVar[str] = "sleeper"
+    description: ClassVar[str] = "Sleep."
+
+    def __init__(self, name: str, config: SleeperToolConfig) -> None:
+        super().__init__(name, config)
+        self.seconds = config.seconds
+
+    async def call(self, args: dict[str, Any], ctx: CallContext) -> None:
+        await asyncio.sleep(self.seconds)
+
+
+SLEEPER = ComponentSpec(
+    "tool",
+    "sleeper",
+    SleeperToolConfig,
+    lambda name, cfg, ctx: SleeperTool(name, cfg),
+    lambda c: [("seconds", c.seconds)],
+    "Sleep.",
+    {"type": "sleeper"},
+)

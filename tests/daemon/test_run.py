@@ -112,3 +112,68 @@ def test_config_error_exits_2(tmp_path: Path) -> None:
         [sys.executable, "-m", "daemon.cli", "run", "-c", str(path)], capture_output=True, timeout=30
     )
     assert result.returncode == 2 and b"sources.s.path: required" in result.stderr
+
+
+def slow_tool_config(tmp_path: Path, shutdown_seconds: float) -> Path:
+    """Every sample trade fires a tool that sleeps 10 s, so stopping has real work to wait for."""
+    path = tmp_path / "slow.yaml"
+    path.write_text(
+        f"""\
+daemon: {{http: null, shutdown_timeout_seconds: {shutdown_seconds}}}
+sources:
+  trades: {{type: replay, path: {ROOT / "data" / "sample-trades.jsonl"}, speed: 0}}
+tools:
+  slow: {{type: "tests.plugins:SLEEPER", seconds: 10, concurrency: 2, timeout_seconds: 60}}
+rules:
+  every: {{from: trades, then: [{{tool: slow}}]}}
+"""
+    )
+    return path
+
+
+def start_with_tests_importable(config: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "daemon.cli", "run", "-c", str(config)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+
+
+def test_shutdown_budget_cancels_and_names_what_was_cut(tmp_path: Path) -> None:
+    """When tools cannot finish within shutdown_timeout_seconds, they are cancelled, named, and exit is 0."""
+    proc = start_with_tests_importable(slow_tool_config(tmp_path, shutdown_seconds=1))
+    try:
+        read_log_until(proc, "ready", timeout=15)
+        time.sleep(0.2)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        took = time.monotonic() - sent
+        assert proc.stderr is not None
+        tail = [orjson.loads(line) for line in proc.stderr.read().splitlines()]
+    finally:
+        proc.kill()
+        proc.wait()
+    (overrun,) = [r for r in tail if r.get("msg") == "shutdown budget exceeded"]
+    assert any(str(c).startswith("tool slow (") for c in overrun["cancelled"])  # type: ignore[union-attr]
+    assert took < 10  # well before the 10 s tool calls could have finished on their own
+
+
+def test_second_sigint_forces_the_stop(tmp_path: Path) -> None:
+    """A second SIGINT abandons a graceful stop that is still waiting, with exit code 1."""
+    proc = start_with_tests_importable(slow_tool_config(tmp_path, shutdown_seconds=60))
+    try:
+        read_log_until(proc, "ready", timeout=15)
+        proc.send_signal(signal.SIGINT)
+        read_log_until(proc, "stopping", timeout=10)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 1
+        assert proc.stderr is not None
+        rest = proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert b"forced stop" in rest

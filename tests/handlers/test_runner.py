@@ -17,6 +17,7 @@ from handlers.file import FileTool, FileToolConfig
 from handlers.log import LogTool, LogToolConfig
 from handlers.runner import ToolRunner
 from streams.event import Event
+from tests.servers import wait_for
 
 
 def ctx(i: int = 0, tool: str = "t") -> CallContext:
@@ -62,12 +63,6 @@ class SyncBoom(Tool):
 
 def cfg(**kw: Any) -> ToolConfig:
     return ToolConfig(type="x", **kw)
-
-
-async def wait_for(pred: Any, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not pred():
-            await asyncio.sleep(0.005)
 
 
 async def test_concurrency_limit_is_respected() -> None:

@@ -1,0 +1,119 @@
+"""The component reference (``docs/components.md``), generated from the registered config models.
+
+``python -m daemon.reference > docs/components.md`` (or ``make docs``) rewrites it; a test
+fails when the committed file is stale.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+from daemon.config import DaemonConfig, HttpConfig
+from daemon.registry import Kind, Registry, builtin_registry
+from handlers.base import ToolConfig
+from streams.backoff import ReconnectConfig
+from streams.base import SourceConfig
+from streams.queue import QueueConfig
+from streams.rules.pipeline import RuleConfig, ToolCallConfig
+
+__all__ = ["render_reference"]
+
+
+def _type_name(annotation: Any) -> str:
+    origin = get_origin(annotation)
+    args = get_args(annotation)
+    if origin is Literal:
+        return " \\| ".join(f"`{a}`" for a in args)
+    if origin in (Union, UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is list:
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if origin is dict:
+        return "mapping"
+    if annotation is type(None):
+        return "null"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "mapping"
+    if annotation is Any:
+        return "any"
+    return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(annotation, str(annotation))
+
+
+def _default(info: FieldInfo) -> str:
+    if info.default_factory is not None:
+        value = info.default_factory()  # type: ignore[call-arg]
+    elif info.default is PydanticUndefined:
+        return "**required**"
+    else:
+        value = info.default
+    if isinstance(value, BaseModel):
+        return "see below"
+    return f"`{yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}`"
+
+
+def _fields(model: type[BaseModel], skip: frozenset[str] = frozenset()) -> list[str]:
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for name, info in model.model_fields.items():
+        if name in skip:
+            continue
+        key = info.alias or name
+        description = (info.description or "").replace("|", "\\|")
+        rows.append(f"| `{key}` | {_type_name(info.annotation)} | {_default(info)} | {description} |")
+    return rows
+
+
+def _kind_section(
+    title: str, kind: Kind, registry: Registry, base: type[BaseModel], nested: list[str]
+) -> list[str]:
+    common = frozenset(base.model_fields)
+    out = [
+        f"## {title}",
+        "",
+        f"Every {kind} has `type` and these keys:",
+        "",
+        *_fields(base, frozenset({"type"})),
+    ]
+    out += ["", *nested]
+    for spec in registry.specs(kind):
+        own = _fields(spec.config_model, common)
+        example = yaml.safe_dump({f"my_{kind}": dict(spec.example)}, sort_keys=False).strip()
+        out += [f"### `type: {spec.type}`", "", spec.description, ""]
+        out += [*own, ""] if len(own) > 2 else ["No keys of its own.", ""]
+        out += ["```yaml", example, "```", ""]
+    return out
+
+
+def render_reference(registry: Registry) -> str:
+    """Markdown describing every configuration key of every registered component type."""
+    out = [
+        "# Component reference",
+        "",
+        "Generated from the configuration models by `python -m daemon.reference` (`make docs`);",
+        "do not edit by hand. Unknown keys are errors everywhere.",
+        "",
+        "## daemon",
+        "",
+        *_fields(DaemonConfig),
+        "",
+        "`http`:",
+        "",
+        *_fields(HttpConfig),
+        "",
+    ]
+    nested = ["`queue`:", "", *_fields(QueueConfig), "", "`reconnect`:", "", *_fields(ReconnectConfig), ""]
+    out += _kind_section("Sources", "source", registry, SourceConfig, nested)
+    out += _kind_section("Tools", "tool", registry, ToolConfig, [])
+    out += ["## Rules", "", *_fields(RuleConfig), ""]
+    out += ["Each entry of `then`:", "", *_fields(ToolCallConfig), ""]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.stdout.write(render_reference(builtin_registry()))
