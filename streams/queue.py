@@ -57,7 +57,6 @@ class BoundedQueue(Generic[T]):
         "evicted",
         "high_water",
         "max_events",
-        "put_total",
         "rejected",
         "taken",
         "when_full",
@@ -72,11 +71,15 @@ class BoundedQueue(Generic[T]):
         self._getter: asyncio.Future[None] | None = None
         self._putters: deque[asyncio.Future[None]] = deque()
         self._closed = False
-        self.put_total = 0  # events offered to the queue
         self.taken = 0  # events handed to the consumer
         self.evicted = 0  # drop_oldest: queued events pushed out
         self.rejected = 0  # drop_newest: incoming events discarded
         self.high_water = 0  # deepest the queue has been
+
+    @property
+    def put_total(self) -> int:
+        """Events offered to the queue: taken + evicted + rejected + still queued (derived, not counted)."""
+        return self.taken + self.evicted + self.rejected + len(self._items)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -97,12 +100,10 @@ class BoundedQueue(Generic[T]):
                 items.popleft()
                 self.evicted += 1
             elif policy == "drop_newest":
-                self.put_total += 1
                 self.rejected += 1
                 return False
             else:
                 raise QueueFull
-        self.put_total += 1
         items.append(item)
         n = len(items)
         if n > self.high_water:
