@@ -133,7 +133,7 @@ class Daemon:
         # 2. queues drain through the rules into the runner
         for source in self.sources.values():
             source.queue.close()
-        await self._wait(self._dispatch_tasks, deadline, "queue of source", cancelled, cancel_first=False)
+        await self._wait(self._dispatch_tasks, deadline, "queue of source", cancelled, count_left=True)
         # 3. tools finish their backlog and running calls
         try:
             await self.runner.stop(max(0.0, deadline - time.monotonic()))
@@ -164,8 +164,9 @@ class Daemon:
         what: str,
         cancelled: list[str],
         *,
-        cancel_first: bool = True,
+        count_left: bool = False,
     ) -> None:
+        """Wait for ``tasks`` until ``deadline``; cancel and name the ones still running."""
         if not tasks:
             return
         remaining = max(0.0, deadline - time.monotonic())
@@ -174,7 +175,7 @@ class Daemon:
             if task in pending:
                 task.cancel()
                 extra = ""
-                if not cancel_first and name in self.sources:
+                if count_left and name in self.sources:
                     extra = f" ({len(self.sources[name].queue)} events left)"
                 cancelled.append(f"{what} {name}{extra}")
         if pending:

@@ -23,6 +23,7 @@ from reactivex.subject import Subject
 
 from daemon.logs import RateLimitedLog, get_logger
 from handlers.base import CallContext
+from handlers.runner import ToolRunner
 from streams.base import Source
 from streams.event import Event
 from streams.rules.expressions import compile_expression, compile_template
@@ -205,7 +206,9 @@ class Rule:
 class Dispatcher:
     """Feeds one source's queue to the rules that read it, in batches, with backpressure."""
 
-    def __init__(self, source: Source, rules: Sequence[Rule], runner: Any, batch_size: int = 512) -> None:
+    def __init__(
+        self, source: Source, rules: Sequence[Rule], runner: ToolRunner, batch_size: int = 512
+    ) -> None:
         self.source = source
         self.rules = list(rules)
         self.runner = runner
