@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Literal
 import orjson
 from pydantic import Field, field_validator
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.uri import parse_uri
 from websockets.exceptions import (
     ConnectionClosed,
     InvalidHandshake,
@@ -73,6 +74,12 @@ class WebSocketSourceConfig(SourceConfig):
     def _ws_url(cls, value: str) -> str:
         if not value.startswith(("ws://", "wss://")):
             raise ValueError("must start with ws:// or wss://")
+        try:
+            parse_uri(value)
+        except (InvalidURI, ValueError) as exc:
+            # say what is wrong without repeating the URL: it may carry a token from the environment
+            reason = exc.msg if isinstance(exc, InvalidURI) else str(exc)
+            raise ValueError(f"not a valid WebSocket URL: {reason}") from None
         return value
 
     @field_validator("queue")
@@ -125,7 +132,9 @@ class WebSocketSource(Source):
                 self.name, f"handshake rejected with HTTP {status}", retryable=retryable
             ) from exc
         except (InvalidURI, InvalidProxy) as exc:
-            raise NotConnected(self.name, str(exc), retryable=False) from exc
+            # the message would repeat the URL, which may carry a token from the environment
+            what = "url" if isinstance(exc, InvalidURI) else "proxy"
+            raise NotConnected(self.name, f"invalid {what}: {exc.msg}", retryable=False) from None
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             self.stats.count_error("connect")
             raise NotConnected(self.name, f"{type(exc).__name__}: {exc}") from exc

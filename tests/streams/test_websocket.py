@@ -494,3 +494,16 @@ async def test_handshake_rejected_with_auth_error_is_fatal(feed_server: StartSer
     assert source.stats.attempts == 1 and len(server.handshakes) == 1 and not server.connections
     ready, reason = source.readiness()
     assert not ready and reason.startswith("failed") and str(status) in reason
+
+
+def test_invalid_url_is_a_config_error_that_does_not_echo_the_url() -> None:
+    """A malformed URL fails at config time, and the reason does not repeat the URL (it may hold a secret)."""
+    from daemon.config import load_config_text
+    from daemon.errors import ConfigError
+
+    text = 'sources: {feed: {type: websocket, url: "ws://host:${PORT}/?token=${TOKEN}"}}\n'
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, builtin_registry(), env={"PORT": "notaport", "TOKEN": "s3cr3t"})
+    (issue,) = info.value.issues
+    assert str(issue).startswith("config.yaml:1 sources.feed.url: not a valid WebSocket URL")
+    assert "s3cr3t" not in str(issue)
