@@ -16,7 +16,6 @@ from typing import Any, ClassVar, Literal
 import orjson
 from pydantic import Field, field_validator
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.uri import parse_uri
 from websockets.exceptions import (
     ConnectionClosed,
     InvalidHandshake,
@@ -24,6 +23,7 @@ from websockets.exceptions import (
     InvalidStatus,
     InvalidURI,
 )
+from websockets.uri import parse_uri
 
 from daemon.errors import IdleTimeout, NotConnected
 from daemon.logs import RateLimitedLog, get_logger
