@@ -12,7 +12,7 @@
     │   └── IdleTimeout        no data for ``idle_timeout_seconds``
     ├── RuleError              a rule could not be built
     │   └── ExpressionError    an expression or template failed to compile; ``.column`` is 1-based
-    ├── ToolError              a tool invocation failed; ``.retryable`` says whether trying again may help
+    ├── ToolError              a tool invocation failed; ``.retryable``, ``.retry_after`` (seconds)
     └── ShutdownTimeout        the shutdown budget ran out; ``.cancelled`` names what was cut off
 
 Third-party exceptions (websockets, aiohttp, ...) are mapped to these at the module edge
@@ -128,12 +128,19 @@ class ExpressionError(RuleError):
 
 
 class ToolError(ReflexdError):
-    """A tool invocation failed."""
+    """A tool invocation failed.
 
-    def __init__(self, tool: str, reason: str, *, retryable: bool = False) -> None:
+    ``retryable``: trying again may help (a 5xx, a timeout, a dropped connection).
+    ``retry_after``: the peer asked to wait this many seconds first (e.g. HTTP ``Retry-After``).
+    """
+
+    def __init__(
+        self, tool: str, reason: str, *, retryable: bool = False, retry_after: float | None = None
+    ) -> None:
         self.tool = tool
         self.reason = reason
         self.retryable = retryable
+        self.retry_after = retry_after
         super().__init__(f"tool {tool}: {reason}")
 
 

@@ -17,7 +17,7 @@ from pydantic_core import PydanticUndefined
 
 from daemon.config import DaemonConfig, HttpConfig
 from daemon.registry import Kind, Registry, builtin_registry
-from handlers.base import ToolConfig
+from handlers.base import RetryConfig, ToolConfig
 from streams.backoff import ReconnectConfig
 from streams.base import SourceConfig
 from streams.queue import QueueConfig
@@ -109,7 +109,7 @@ def render_reference(registry: Registry) -> str:
     ]
     nested = ["`queue`:", "", *_fields(QueueConfig), "", "`reconnect`:", "", *_fields(ReconnectConfig), ""]
     out += _kind_section("Sources", "source", registry, SourceConfig, nested)
-    out += _kind_section("Tools", "tool", registry, ToolConfig, [])
+    out += _kind_section("Tools", "tool", registry, ToolConfig, ["`retry`:", "", *_fields(RetryConfig), ""])
     out += ["## Rules", "", *_fields(RuleConfig), ""]
     out += ["Each entry of `then`:", "", *_fields(ToolCallConfig), ""]
     return "\n".join(out)

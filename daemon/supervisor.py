@@ -225,6 +225,8 @@ class Daemon:
                     "succeeded": st.succeeded,
                     "failures": st.failures,
                     "timeouts": st.timeouts,
+                    "attempts": st.attempts,
+                    "retries": st.retries,
                     "rejected": st.rejected,
                     "in_flight": st.in_flight,
                     "pending": pending,

@@ -25,8 +25,9 @@ reflexd_rule_errors_total{rule}                         `where` raised (event dr
 reflexd_rule_suppressed_total{rule}                     matched inside the cooldown
 reflexd_rule_fired_total{rule}                          fired its tool calls
 reflexd_tool_calls_total{tool}                          calls started
-reflexd_tool_failures_total{tool}                       calls that raised or timed out
-reflexd_tool_timeouts_total{tool}                       calls that timed out
+reflexd_tool_failures_total{tool}                       calls that failed for good (after retries)
+reflexd_tool_timeouts_total{tool}                       attempts that timed out
+reflexd_tool_retries_total{tool}                        attempts after the first
 reflexd_tool_rejected_total{tool}                       calls refused: backlog over its bound
 reflexd_tool_in_flight{tool} / reflexd_tool_pending     running / waiting calls
 reflexd_tool_duration_seconds{tool}                     histogram of call durations
@@ -140,8 +141,9 @@ class DaemonCollector(Collector):
 
     def _tools(self, d: Daemon) -> Iterator[Metric]:
         calls = _counter("reflexd_tool_calls_total", "Tool calls started.", ["tool"])
-        failures = _counter("reflexd_tool_failures_total", "Tool calls that raised or timed out.", ["tool"])
-        timeouts = _counter("reflexd_tool_timeouts_total", "Tool calls that timed out.", ["tool"])
+        failures = _counter("reflexd_tool_failures_total", "Tool calls that failed for good.", ["tool"])
+        timeouts = _counter("reflexd_tool_timeouts_total", "Tool call attempts that timed out.", ["tool"])
+        retries = _counter("reflexd_tool_retries_total", "Tool call attempts after the first.", ["tool"])
         rejected = _counter("reflexd_tool_rejected_total", "Tool calls refused (backlog full).", ["tool"])
         in_flight = _gauge("reflexd_tool_in_flight", "Tool calls running.", ["tool"])
         pending = _gauge("reflexd_tool_pending", "Tool calls waiting for a slot.", ["tool"])
@@ -152,6 +154,7 @@ class DaemonCollector(Collector):
             calls.add_metric([name], s.calls)
             failures.add_metric([name], s.failures)
             timeouts.add_metric([name], s.timeouts)
+            retries.add_metric([name], s.retries)
             rejected.add_metric([name], s.rejected)
             in_flight.add_metric([name], s.in_flight)
             pending.add_metric([name], waiting)
@@ -161,7 +164,7 @@ class DaemonCollector(Collector):
                 cumulative += count
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
             duration.add_metric([name], buckets, s.duration_sum)
-        yield from (calls, failures, timeouts, rejected, in_flight, pending, duration)
+        yield from (calls, failures, timeouts, retries, rejected, in_flight, pending, duration)
 
 
 def metrics_registry(daemon: Daemon) -> CollectorRegistry:

@@ -14,7 +14,20 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from streams.event import Event
 
-__all__ = ["CallContext", "Tool", "ToolConfig"]
+__all__ = ["CallContext", "RetryConfig", "Tool", "ToolConfig"]
+
+
+class RetryConfig(BaseModel):
+    """``retry:`` of a tool. Only failures the tool marks retryable (and timeouts) are retried."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+    max_attempts: int = Field(3, ge=1, le=100, description="Attempts in all, the first one included.")
+    initial_seconds: float = Field(0.5, gt=0, le=600, description="Wait before the second attempt.")
+    multiplier: float = Field(2.0, ge=1, le=10, description="Growth of the wait between attempts.")
+    max_seconds: float = Field(30.0, gt=0, le=3600, description="Cap on one wait (before jitter).")
+    jitter_ratio: float = Field(0.3, ge=0, le=1, description="Each wait is stretched by a random 0..ratio.")
+    retry_timeouts: bool = Field(True, description="Retry a call that ran past timeout_seconds.")
 
 
 class ToolConfig(BaseModel):
@@ -29,6 +42,7 @@ class ToolConfig(BaseModel):
     max_pending: int = Field(
         10_000, ge=1, le=1_000_000, description="Calls waiting for a free slot; above it the rules wait."
     )
+    retry: RetryConfig = Field(default_factory=RetryConfig, description="Retries of failed calls.")
 
 
 class CallContext(NamedTuple):
@@ -37,7 +51,8 @@ class CallContext(NamedTuple):
     tool: str
     rule: str | None
     event: Event | None
-    call_id: str  # stable per (rule, event, call): the idempotency key
+    call_id: str  # stable per (rule, event, call) and across retries: the idempotency key
+    attempt: int = 1  # 1 for the first attempt, 2 for the first retry, ...
 
 
 class Tool(ABC):

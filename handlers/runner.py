@@ -18,14 +18,17 @@ import asyncio
 import functools
 import inspect
 import logging
+import random
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
-from daemon.errors import ShutdownTimeout
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from daemon.errors import ShutdownTimeout, ToolError
 from daemon.logs import RateLimitedLog, get_logger
-from handlers.base import CallContext, Tool
+from handlers.base import CallContext, RetryConfig, Tool
 
 __all__ = ["DURATION_BUCKETS", "Invocation", "ToolRunner", "ToolStats"]
 
@@ -51,6 +54,31 @@ DURATION_BUCKETS = (
 )
 
 
+class _AttemptTimeout(Exception):
+    def __init__(self, seconds: float, attempt: int) -> None:
+        super().__init__(f"timed out after {seconds:g}s (attempt {attempt})")
+
+
+def _retryable(policy: RetryConfig, exc: BaseException) -> bool:
+    """Retry what the tool marked retryable, and timeouts if the policy says so; never bugs."""
+    if isinstance(exc, _AttemptTimeout):
+        return policy.retry_timeouts
+    return isinstance(exc, ToolError) and exc.retryable
+
+
+def _retry_wait(policy: RetryConfig, rng: random.Random, state: RetryCallState) -> float:
+    """Exponential backoff with jitter, but never sooner than the peer's Retry-After."""
+    base = min(policy.max_seconds, policy.initial_seconds * policy.multiplier ** (state.attempt_number - 1))
+    delay = base * (1.0 + policy.jitter_ratio * rng.random())
+    exc = state.outcome.exception() if state.outcome else None
+    retry_after = exc.retry_after if isinstance(exc, ToolError) else None
+    return max(delay, retry_after) if retry_after is not None else delay
+
+
+def _count_retry(stats: ToolStats, state: RetryCallState) -> None:
+    stats.retries += 1
+
+
 class Invocation(NamedTuple):
     args: dict[str, Any]
     ctx: CallContext
@@ -60,21 +88,25 @@ class ToolStats:
     """Counters and a latency histogram of one tool, read at scrape time."""
 
     __slots__ = (
+        "attempts",
         "buckets",
         "calls",
         "duration_sum",
         "failures",
         "in_flight",
         "rejected",
+        "retries",
         "succeeded",
         "timeouts",
     )
 
     def __init__(self) -> None:
-        self.calls = 0  # calls started
-        self.succeeded = 0
-        self.failures = 0  # raised (timeouts included)
-        self.timeouts = 0
+        self.calls = 0  # invocations started
+        self.attempts = 0  # attempts, retries included
+        self.retries = 0  # attempts after the first
+        self.succeeded = 0  # invocations that succeeded (possibly after retries)
+        self.failures = 0  # invocations that failed for good (retries exhausted or not retryable)
+        self.timeouts = 0  # attempts that ran past timeout_seconds
         self.rejected = 0  # backlog over its hard bound
         self.in_flight = 0
         self.duration_sum = 0.0
@@ -114,6 +146,7 @@ class ToolRunner:
         self._room.set()
         self._executor: ThreadPoolExecutor | None = None
         self._started: list[Tool] = []
+        self._rng = random.Random()
         self._closed = False
 
     # -- submitting (hot path) ---------------------------------------------------------------
@@ -177,32 +210,54 @@ class ToolRunner:
                 queue.task_done()
 
     async def _invoke(self, lane: _Lane, inv: Invocation) -> None:
+        """One invocation: attempts under the tool's timeout, retried per its ``retry`` policy.
+
+        Every attempt carries the same ``call_id`` (the idempotency key) and its own ``attempt``.
+        """
         tool = lane.tool
+        policy = tool.config.retry
         stats = lane.stats
         stats.calls += 1
         stats.in_flight += 1
-        started = time.perf_counter()
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(policy.max_attempts),
+            wait=functools.partial(_retry_wait, policy, self._rng),
+            retry=retry_if_exception(functools.partial(_retryable, policy)),
+            before_sleep=functools.partial(_count_retry, stats),
+            reraise=True,
+            sleep=asyncio.sleep,
+        )
         try:
-            async with asyncio.timeout(tool.config.timeout_seconds):
-                if lane.is_async:
-                    await tool.call(inv.args, inv.ctx)
-                else:
-                    loop = asyncio.get_running_loop()
-                    await loop.run_in_executor(
-                        self._executor, functools.partial(tool.call, inv.args, inv.ctx)
-                    )
+            async for attempt in retrying:
+                with attempt:
+                    ctx = inv.ctx._replace(attempt=attempt.retry_state.attempt_number)
+                    await self._attempt(lane, inv.args, ctx)
             stats.succeeded += 1
-        except TimeoutError:
+        except _AttemptTimeout as exc:
             stats.failures += 1
-            stats.timeouts += 1
-            lane.fail_log.hit(
-                tool=tool.name, rule=inv.ctx.rule, error=f"timed out after {tool.config.timeout_seconds:g}s"
-            )
+            lane.fail_log.hit(tool=tool.name, rule=inv.ctx.rule, error=str(exc))
         except Exception as exc:
             stats.failures += 1
             self._log_failure(lane, inv, exc)
         finally:
             stats.in_flight -= 1
+
+    async def _attempt(self, lane: _Lane, args: dict[str, Any], ctx: CallContext) -> None:
+        tool = lane.tool
+        stats = lane.stats
+        stats.attempts += 1
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(tool.config.timeout_seconds):
+                if lane.is_async:
+                    await tool.call(args, ctx)
+                else:
+                    loop = asyncio.get_running_loop()
+                    await loop.run_in_executor(self._executor, functools.partial(tool.call, args, ctx))
+        except TimeoutError as exc:
+            stats.timeouts += 1
+            raise _AttemptTimeout(tool.config.timeout_seconds, ctx.attempt) from exc
+        finally:
             stats.observe(time.perf_counter() - started)
 
     def _log_failure(self, lane: _Lane, inv: Invocation, exc: Exception) -> None:

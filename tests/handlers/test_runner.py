@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
 import orjson
 import pytest
 
-from daemon.errors import ShutdownTimeout
+from daemon.errors import ShutdownTimeout, ToolError
 from handlers.base import CallContext, Tool, ToolConfig
 from handlers.file import FileTool, FileToolConfig
 from handlers.log import LogTool, LogToolConfig
@@ -98,7 +99,7 @@ async def test_sync_tool_runs_in_thread_and_exceptions_are_counted_and_logged(
 
 async def test_timeout_cancels_the_call() -> None:
     """A call running past timeout_seconds is cancelled and counted as a timeout."""
-    tool = SlowTool("t", cfg(timeout_seconds=0.05))
+    tool = SlowTool("t", cfg(timeout_seconds=0.05, retry={"max_attempts": 1}))
     runner = ToolRunner({"t": tool})
     await runner.start()
     runner.submit("t", {"i": 1}, ctx(1))
@@ -180,3 +181,73 @@ async def test_log_tool_writes_structured_line(caplog: pytest.LogCaptureFixture)
     (record,) = [r for r in caplog.records if r.name == "reflexd.tool.l"]
     assert record.levelno == logging.WARNING and record.getMessage() == "big trade"
     assert record.fields["args"] == {"text": "big trade", "n": 3} and record.fields["rule"] == "rule"  # type: ignore[attr-defined]
+
+
+class Flaky(Tool):
+    type_name: ClassVar[str] = "flaky"
+
+    def __init__(self, name: str, config: ToolConfig, failures: int, error: Exception) -> None:
+        super().__init__(name, config)
+        self.failures = failures
+        self.error = error
+        self.seen: list[tuple[str, int, float]] = []
+
+    async def call(self, args: dict[str, Any], ctx: CallContext) -> None:
+        self.seen.append((ctx.call_id, ctx.attempt, time.monotonic()))
+        if len(self.seen) <= self.failures:
+            raise self.error
+
+
+FAST_RETRY = {"max_attempts": 4, "initial_seconds": 0.01, "max_seconds": 0.05}
+
+
+async def run_one(tool: Tool) -> ToolRunner:
+    runner = ToolRunner({tool.name: tool})
+    await runner.start()
+    runner.submit(tool.name, {"i": 1}, ctx(1, tool.name))
+    await wait_for(lambda: runner.stats(tool.name).calls == 1 and runner.stats(tool.name).in_flight == 0)
+    await runner.stop(5)
+    return runner
+
+
+async def test_retryable_failures_are_retried_with_the_same_call_id() -> None:
+    """A retryable error is retried; every attempt carries the same call id and its own attempt number."""
+    tool = Flaky("f", cfg(retry=FAST_RETRY), failures=2, error=ToolError("f", "503", retryable=True))
+    st = (await run_one(tool)).stats("f")
+    assert [a for _, a, _ in tool.seen] == [1, 2, 3] and len({c for c, _, _ in tool.seen}) == 1
+    assert (st.calls, st.attempts, st.retries, st.succeeded, st.failures) == (1, 3, 2, 1, 0)
+
+
+async def test_non_retryable_failure_is_not_retried() -> None:
+    """An error the tool does not mark retryable (or a bug) fails after one attempt."""
+    for error in (ToolError("f", "400", retryable=False), KeyError("bug")):
+        tool = Flaky("f", cfg(retry=FAST_RETRY), failures=1, error=error)
+        st = (await run_one(tool)).stats("f")
+        assert (st.attempts, st.failures, st.succeeded) == (1, 1, 0)
+
+
+async def test_retries_stop_at_max_attempts() -> None:
+    """A target that keeps failing is tried exactly max_attempts times, then counted as failed."""
+    tool = Flaky("f", cfg(retry=FAST_RETRY), failures=99, error=ToolError("f", "503", retryable=True))
+    st = (await run_one(tool)).stats("f")
+    assert (st.attempts, st.retries, st.failures) == (4, 3, 1)
+
+
+async def test_retry_after_is_honoured() -> None:
+    """A Retry-After longer than the backoff delays the next attempt at least that long."""
+    error = ToolError("f", "429", retryable=True, retry_after=0.3)
+    tool = Flaky("f", cfg(retry=FAST_RETRY), failures=1, error=error)
+    await run_one(tool)
+    (_, _, first), (_, _, second) = tool.seen
+    assert second - first >= 0.3  # a sleep never returns early; no upper bound is asserted
+
+
+async def test_timeouts_are_retried_by_default() -> None:
+    """An attempt that runs past timeout_seconds is retried (the call id lets the target drop duplicates)."""
+    tool = SlowTool("t", cfg(timeout_seconds=0.02, retry=FAST_RETRY))
+    runner = ToolRunner({"t": tool})
+    await runner.start()
+    runner.submit("t", {"i": 1}, ctx(1))
+    await wait_for(lambda: runner.stats("t").failures == 1)
+    await runner.stop(1)
+    assert runner.stats("t").timeouts == 4 and runner.stats("t").attempts == 4
