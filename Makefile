@@ -1,10 +1,12 @@
 # Two commands for a fresh machine: `make run` and `make test`.
+# `make test` also fetches the jars of the real Kafka broker the tests start (needs a JDK 17+ and Maven once);
+# `make run` needs neither. `make kafka` runs that broker in the foreground on 127.0.0.1:9092.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench docs clean
+.PHONY: run test lint typecheck bench docs clean kafka-jars kafka
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "reflexd needs Python >= 3.11"; exit 1; }
@@ -16,10 +18,18 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/reflexd run -c config.yaml
 
-test: $(STAMP)
+test: $(STAMP) kafka-jars
 	$(BIN)/ruff check daemon streams handlers tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest -q
+
+# Kafka 4.x jars from Maven Central into .cache/kafka-<version>/ (tests/kafka/pom.xml); a no-op once present.
+kafka-jars:
+	@bash scripts/kafka-jars.sh
+
+# The tests' single-node KRaft broker, in the foreground; data kept in var/kafka (add ARGS=--fresh to wipe it).
+kafka: $(STAMP) kafka-jars
+	$(BIN)/python -m tests.kafka_broker --port 9092 --controller-port 9093 --data-dir var/kafka $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check daemon streams handlers tests bench

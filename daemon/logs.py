@@ -32,7 +32,7 @@ __all__ = ["ConsoleFormatter", "JsonFormatter", "RateLimitedLog", "configure_log
 
 LogFormat = Literal["json", "console"]
 
-_RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
+THIRD_PARTY_LOGGERS = ("aiokafka", "websockets", "aiohttp", "ccxt")
 
 
 def get_logger(name: str) -> logging.Logger:
@@ -86,6 +86,15 @@ def configure_logging(level: str = "info", fmt: LogFormat = "json", stream: Any 
     root.addHandler(handler)
     root.setLevel(level.upper())
     root.propagate = False
+    # libraries we drive log through the same handler and format, warnings and up only
+    for name in THIRD_PARTY_LOGGERS:
+        lib = logging.getLogger(name)
+        for old in list(lib.handlers):
+            if getattr(old, "_reflexd", False):
+                lib.removeHandler(old)
+        lib.addHandler(handler)
+        lib.setLevel(logging.WARNING)
+        lib.propagate = False
 
 
 class RateLimitedLog:

@@ -124,7 +124,9 @@ def _tool_common(cfg: ToolConfig, tool_class: builtins.type[Tool]) -> list[tuple
 def builtin_registry() -> Registry:
     """The component types that ship with reflexd, registered explicitly."""
     from handlers.file import FileTool, FileToolConfig
+    from handlers.kafka import KafkaTool, KafkaToolConfig
     from handlers.log import LogTool, LogToolConfig
+    from streams.kafka import KafkaSource, KafkaSourceConfig
     from streams.replay import ReplaySource, ReplaySourceConfig
     from streams.websocket import WebSocketSource, WebSocketSourceConfig
 
@@ -135,6 +137,16 @@ def builtin_registry() -> Registry:
             ("headers", sorted(c.headers)),
             ("idle_timeout_seconds", c.idle_timeout_seconds),
             ("queue", _queue(c, WebSocketSource.default_when_full)),
+        ]
+
+    def kafka_summary(c: KafkaSourceConfig) -> list[tuple[str, Any]]:
+        return [
+            ("bootstrap_servers", c.bootstrap_servers),
+            ("topics" if c.topics else "pattern", c.topics or c.pattern),
+            ("group_id", c.group_id),
+            ("value_format", c.value_format),
+            ("dead_letter_topic", c.dead_letter_topic),
+            ("queue", _queue(c, "block")),
         ]
 
     def replay_summary(c: ReplaySourceConfig) -> list[tuple[str, Any]]:
@@ -171,6 +183,34 @@ def builtin_registry() -> Registry:
                     "speed": 1,
                     "loop": True,
                 },
+            ),
+            ComponentSpec(
+                "source",
+                "kafka",
+                KafkaSourceConfig,
+                lambda name, cfg, ctx: KafkaSource(name, cfg),
+                kafka_summary,
+                "Kafka topics in a consumer group, at least once.",
+                {
+                    "type": "kafka",
+                    "bootstrap_servers": "localhost:9092",
+                    "topics": ["orders"],
+                    "group_id": "reflexd",
+                    "dead_letter_topic": "orders.dlq",
+                },
+            ),
+            ComponentSpec(
+                "tool",
+                "kafka",
+                KafkaToolConfig,
+                lambda name, cfg, ctx: KafkaTool(name, cfg),
+                lambda c: [
+                    ("bootstrap_servers", c.bootstrap_servers),
+                    ("topic", c.topic),
+                    *_tool_common(c, KafkaTool),
+                ],
+                KafkaTool.description,
+                {"type": "kafka", "bootstrap_servers": "localhost:9092", "topic": "alerts", "key": "{key}"},
             ),
             ComponentSpec(
                 "tool",

@@ -31,6 +31,8 @@ __all__ = ["Daemon"]
 
 log = get_logger("daemon")
 
+FINISH_GRACE_SECONDS = 3.0
+
 
 class Daemon:
     """One running reflexd."""
@@ -127,6 +129,8 @@ class Daemon:
         cancelled: list[str] = []
 
         # 1. sources stop reading (each session closes its connection on cancellation)
+        for source in self.sources.values():
+            source.begin_stop()
         for task in self._source_tasks.values():
             task.cancel()
         await self._wait(self._source_tasks, deadline, "source", cancelled)
@@ -139,6 +143,14 @@ class Daemon:
             await self.runner.stop(max(0.0, deadline - time.monotonic()))
         except ShutdownTimeout as exc:
             cancelled.extend(exc.cancelled)
+        # 4. sources settle what the drained work allows (Kafka commits finished offsets);
+        #    they get a short grace even when the budget is spent, since this loses nothing
+        for name, source in self.sources.items():
+            try:
+                async with asyncio.timeout(max(deadline - time.monotonic(), FINISH_GRACE_SECONDS)):
+                    await source.finish()
+            except TimeoutError:
+                cancelled.append(f"finishing source {name}")
         for rule in self.rules.values():
             rule.dispose()
         if self._watchdog is not None:
@@ -214,6 +226,7 @@ class Daemon:
                     "ready": reasons[name],
                     **s.stats.as_dict(),
                     "queue": s.queue.stats(),
+                    **s.extra_status(),
                 }
                 for name, s in self.sources.items()
             },

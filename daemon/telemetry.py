@@ -31,6 +31,10 @@ reflexd_tool_retries_total{tool}                        attempts after the first
 reflexd_tool_rejected_total{tool}                       calls refused: backlog over its bound
 reflexd_tool_in_flight{tool} / reflexd_tool_pending     running / waiting calls
 reflexd_tool_duration_seconds{tool}                     histogram of call durations
+reflexd_kafka_*{source}                                 Kafka sources: assigned_partitions, paused,
+                                                        pauses_total, rebalances_total, commits_total,
+                                                        commit_failures_total, dead_lettered_total,
+                                                        in_flight_records
 =====================================================  ===========================================
 """
 
@@ -124,6 +128,19 @@ class DaemonCollector(Collector):
             capacity,
             high,
         )
+        yield from self._source_specific(d)
+
+    def _source_specific(self, d: Daemon) -> Iterator[Metric]:
+        """Metrics a source type adds (e.g. Kafka pauses and commits), one family per name."""
+        families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
+        for name, src in d.sources.items():
+            for metric, kind, doc, value in src.metric_samples():
+                family = families.get(metric)
+                if family is None:
+                    make = _counter if kind == "counter" else _gauge
+                    family = families[metric] = make(metric, doc, ["source"])
+                family.add_metric([name], value)
+        yield from families.values()
 
     def _rules(self, d: Daemon) -> Iterator[Metric]:
         fields = {

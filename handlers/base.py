@@ -40,7 +40,7 @@ class ToolConfig(BaseModel):
     timeout_seconds: float = Field(10.0, gt=0, le=3600, description="One call is cancelled after this long.")
     concurrency: int = Field(4, ge=1, le=1024, description="Calls of this tool running at once.")
     max_pending: int = Field(
-        10_000, ge=1, le=1_000_000, description="Calls waiting for a free slot; above it the rules wait."
+        1_000, ge=1, le=1_000_000, description="Calls waiting for a free slot; above it the rules wait."
     )
     retry: RetryConfig = Field(default_factory=RetryConfig, description="Retries of failed calls.")
 

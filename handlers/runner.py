@@ -7,6 +7,11 @@ source's bounded queue and its ``when_full`` policy. A lane accepts at most
 ``max_pending + CALL_SLACK`` calls (the slack absorbs the calls of the event that filled it);
 past that a call is rejected and counted, never silently lost.
 
+A call whose event carries an acknowledgement (``meta["ack"]``, Kafka records) holds it until
+the call has ended — succeeded, or failed for good — so the record's offset is committed only
+after every tool it triggered has finished. A rejected call keeps its hold: the record is never
+committed and is delivered again after a restart.
+
 Each call runs under the tool's timeout. Coroutine tools are awaited on the loop; plain
 functions run in a thread pool and their exceptions come back to the runner, which counts
 and logs them with the traceback (rate-limited).
@@ -29,6 +34,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from daemon.errors import ShutdownTimeout, ToolError
 from daemon.logs import RateLimitedLog, get_logger
 from handlers.base import CallContext, RetryConfig, Tool
+from streams.ack import Ack
 
 __all__ = ["DURATION_BUCKETS", "Invocation", "ToolRunner", "ToolStats"]
 
@@ -82,6 +88,7 @@ def _count_retry(stats: ToolStats, state: RetryCallState) -> None:
 class Invocation(NamedTuple):
     args: dict[str, Any]
     ctx: CallContext
+    ack: Ack | None  # the record this call must finish before it may be committed (Kafka)
 
 
 class ToolStats:
@@ -156,13 +163,21 @@ class ToolRunner:
         lane = self._lanes[tool]
         if self._closed:
             lane.stats.rejected += 1
+            if ctx.event is not None and (closed_ack := ctx.event.meta.get("ack")) is not None:
+                closed_ack.hold()  # stopping: leave the record uncommitted
             return False
+        event = ctx.event
+        ack = event.meta.get("ack") if event is not None else None
         try:
-            lane.queue.put_nowait(Invocation(args, ctx))
+            lane.queue.put_nowait(Invocation(args, ctx, ack))
         except asyncio.QueueFull:
             lane.stats.rejected += 1
             lane.fail_log.hit(tool=tool, rule=ctx.rule, error="backlog above max_pending; call rejected")
+            if ack is not None:
+                ack.hold()  # never released: the record stays uncommitted and is delivered again
             return False
+        if ack is not None:
+            ack.hold()
         if not lane.full and lane.queue.qsize() >= lane.tool.config.max_pending:
             lane.full = True
             self._full_lanes += 1
@@ -241,6 +256,8 @@ class ToolRunner:
             self._log_failure(lane, inv, exc)
         finally:
             stats.in_flight -= 1
+            if inv.ack is not None:
+                inv.ack.release()
 
     async def _attempt(self, lane: _Lane, args: dict[str, Any], ctx: CallContext) -> None:
         tool = lane.tool

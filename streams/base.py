@@ -109,6 +109,8 @@ class Source(ABC):
     emits_gaps: ClassVar[bool] = True
     #: ``queue.when_full`` when the configuration does not say.
     default_when_full: ClassVar[WhenFull] = "block"
+    #: Events carry an acknowledgement (``meta["ack"]``) that must be released when finished.
+    acknowledges: ClassVar[bool] = False
 
     def __init__(self, name: str, config: SourceConfig) -> None:
         self.name = name
@@ -117,6 +119,14 @@ class Source(ABC):
             config.queue.max_events, config.queue.when_full or self.default_when_full
         )
         self.stats = SourceStats()
+        self.stopping = False
+
+    def begin_stop(self) -> None:
+        """The daemon is stopping: the next ``close()`` may keep what ``finish()`` still needs."""
+        self.stopping = True
+
+    async def finish(self) -> None:
+        """Called once the queue and the tools have drained (e.g. commit offsets); must not raise."""
 
     @abstractmethod
     async def connect(self) -> None:
@@ -129,6 +139,14 @@ class Source(ABC):
     @abstractmethod
     async def close(self) -> None:
         """Release the session; must not raise."""
+
+    def extra_status(self) -> dict[str, Any]:
+        """Type-specific fields for /status (never configuration values)."""
+        return {}
+
+    def metric_samples(self) -> list[tuple[str, str, str, float]]:
+        """Type-specific metrics as (name, "gauge" | "counter", help, value); labelled by source."""
+        return []
 
     def classify_error(self, exc: BaseException) -> bool:
         """True if the engine should try again after ``exc``.

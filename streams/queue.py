@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -168,6 +169,18 @@ class BoundedQueue(Generic[T]):
             if not fut.done():
                 fut.set_result(None)
                 room -= 1
+
+    def discard(self, predicate: Callable[[T], bool]) -> list[T]:
+        """Remove and return the queued items matching ``predicate`` (rare: O(n))."""
+        kept: deque[T] = deque()
+        removed: list[T] = []
+        for item in self._items:
+            (removed if predicate(item) else kept).append(item)
+        if removed:
+            self._items = kept
+            self.taken += len(removed)
+            self._wake_putters()
+        return removed
 
     def close(self) -> None:
         """No more puts; the consumer drains what is left, then gets []."""

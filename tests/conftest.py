@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import contextlib
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
 
 from daemon.config import AppConfig
 from daemon.supervisor import Daemon
+from tests.kafka_broker import AnyKafkaBroker, ExternalKafkaBroker, KafkaBroker, delete_topics_on
 from tests.servers import FeedServer
 
 StartServer = Callable[..., Awaitable[FeedServer]]
@@ -48,3 +51,85 @@ async def run_daemon() -> AsyncIterator[StartDaemon]:
     finally:
         for daemon in reversed(started):
             await daemon.stop()
+
+
+# -- Kafka: a real single-node KRaft broker (tests/kafka_broker.py) -----------------------------------------------
+
+KafkaTopicFactory = Callable[..., Awaitable[str]]
+KafkaBrokerFactory = Callable[..., KafkaBroker]
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AnyKafkaBroker]:
+    """The session's Kafka broker: started on first use (a run without Kafka tests starts none), stopped at the end.
+
+    ``KAFKA_BOOTSTRAP_SERVERS=host:port`` → a handle on that broker instead (its lifecycle calls raise; tests that
+    stop, kill or restart the broker use ``restartable_kafka_broker`` and are skipped). Missing jars or java fail the
+    tests with the command to run (``make kafka-jars``); they are never skipped.
+    """
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        yield ExternalKafkaBroker(external).wait_ready()
+        return
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def restartable_kafka_broker(kafka_broker: AnyKafkaBroker) -> Iterator[KafkaBroker]:
+    """The session broker for tests that stop, kill or restart it; running again after the test, whatever it did."""
+    if not isinstance(kafka_broker, KafkaBroker):
+        pytest.skip(kafka_broker.reason)
+    try:
+        yield kafka_broker
+    finally:
+        if not kafka_broker.running:
+            kafka_broker.start()
+
+
+@pytest.fixture
+async def kafka_topic(
+    kafka_broker: AnyKafkaBroker, request: pytest.FixtureRequest
+) -> AsyncIterator[KafkaTopicFactory]:
+    """``await kafka_topic(4)`` → the name of a new topic with 4 partitions, unique to this test (named after it).
+
+    Keyword arguments: ``prefix`` (default: the test's name), ``config`` (topic configs, e.g. ``{"retention.ms":
+    "1000"}``). Topics created on an external broker are deleted after the test.
+    """
+    created: list[str] = []
+
+    async def create(
+        partitions: int = 1, *, prefix: str | None = None, config: Mapping[str, str] | None = None
+    ) -> str:
+        name = await kafka_broker.create_topic(
+            partitions=partitions, prefix=prefix or request.node.name, config=config
+        )
+        created.append(name)
+        return name
+
+    yield create
+    if created and isinstance(kafka_broker, ExternalKafkaBroker):
+        with contextlib.suppress(Exception):
+            await delete_topics_on(kafka_broker.bootstrap, created)
+
+
+@pytest.fixture
+def kafka_broker_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBrokerFactory]:
+    """``kafka_broker_factory(start=True, **KafkaBroker kwargs)`` → a broker of the test's own (own ports and data
+    dir), for tests that must not disturb the session broker; all are stopped after the test."""
+    brokers: list[KafkaBroker] = []
+
+    def make(*, start: bool = True, **kwargs: Any) -> KafkaBroker:
+        broker = KafkaBroker(tmp_path_factory.mktemp("kafka-own"), **kwargs)
+        brokers.append(broker)
+        return broker.start() if start else broker
+
+    try:
+        yield make
+    finally:
+        for broker in reversed(brokers):
+            broker.stop()

@@ -214,9 +214,13 @@ class Dispatcher:
         self.runner = runner
         self.batch_size = batch_size
         self.dispatched = 0
+        self.skipped = 0  # records of partitions revoked before they were dispatched
 
     async def run(self) -> None:
         """Until the source's queue is closed and drained."""
+        if self.source.acknowledges:
+            await self._run_acknowledged()
+            return
         queue = self.source.queue
         runner = self.runner
         targets = [rule.on_next for rule in self.rules]
@@ -240,3 +244,34 @@ class Dispatcher:
             self.dispatched += len(batch)
             if not runner.full:
                 await asyncio.sleep(0)  # a long backlog must not starve the sources and the tools
+
+    async def _run_acknowledged(self) -> None:
+        """The same loop for records promised at-least-once: each carries an Ack in meta.
+
+        Records of a partition this consumer no longer owns are skipped (the new owner reads them
+        again); every other record is released after the rules saw it, so it finishes once its
+        tool calls have too.
+        """
+        queue = self.source.queue
+        runner = self.runner
+        targets = [rule.on_next for rule in self.rules]
+        size = self.batch_size
+        while True:
+            batch = await queue.get_batch(size)
+            if not batch:
+                return
+            for event in batch:
+                ack = event.meta.get("ack")
+                if ack is not None and ack.tracker.revoked:
+                    ack.tracker.forget({ack.offset})  # the partition's next owner reads it again
+                    self.skipped += 1
+                    continue
+                for target in targets:
+                    target(event)
+                if ack is not None:
+                    ack.release()
+                if runner.full:
+                    await runner.wait_for_room()
+            self.dispatched += len(batch)
+            if not runner.full:
+                await asyncio.sleep(0)

@@ -1,0 +1,444 @@
+"""``kafka`` source (aiokafka): at-least-once delivery of records to the rules and their tools.
+
+- Auto-commit is off. Each record carries an :class:`~streams.ack.Ack`; it is finished when
+  the rules have seen it and every tool call it triggered has ended. Per partition the source
+  commits the last contiguous finished offset + 1: every ``commit_interval_seconds``, when
+  partitions are revoked (after giving their in-flight records a short while to finish), and
+  on shutdown once the queue and the tools have drained.
+- Backpressure without blocking the poll loop: above a high-water mark every assigned
+  partition is paused (``getmany`` keeps being called, so the consumer stays in its group)
+  and resumed below a low-water mark; the pause is re-applied after a rebalance.
+- A record that cannot be decoded goes to ``dead_letter_topic`` (if set) with error headers,
+  and counts as finished; it never blocks its partition.
+- Connection and start failures go through the engine's backoff; aiokafka reconnects to
+  brokers by itself while a session runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterable
+from typing import Any, ClassVar, Literal
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.helpers import create_ssl_context
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from daemon.errors import NotConnected
+from daemon.logs import RateLimitedLog, get_logger
+from streams.ack import OffsetTracker
+from streams.base import Source, SourceConfig
+from streams.event import DATA, Event
+from streams.queue import QueueConfig, QueueFull, WhenFull
+
+__all__ = ["KafkaSecurityConfig", "KafkaSource", "KafkaSourceConfig", "client_options"]
+
+log = get_logger("source.kafka")
+
+#: Test-only switch for the checker's control run: commit records as soon as they are received
+#: (the bug at-least-once delivery exists to prevent). Never set it in production.
+COMMIT_ON_RECEIPT_ENV = "REFLEXD_TEST_KAFKA_COMMIT_ON_RECEIPT"
+
+
+class KafkaSecurityConfig(BaseModel):
+    """``security:`` of Kafka sources and tools (passed through to aiokafka)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field("PLAINTEXT")
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(None)
+    username: str | None = Field(None, description="SASL user; use ${VAR}.")
+    password: str | None = Field(None, description="SASL password; use ${VAR}. Never logged or shown.")
+    ssl_cafile: str | None = Field(None, description="CA bundle for SSL.")
+    ssl_certfile: str | None = Field(None, description="Client certificate for SSL.")
+    ssl_keyfile: str | None = Field(None, description="Client key for SSL.")
+
+
+def client_options(bootstrap_servers: str | list[str], security: KafkaSecurityConfig) -> dict[str, Any]:
+    """Keyword arguments shared by aiokafka consumers and producers."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": bootstrap_servers,
+        "security_protocol": security.protocol,
+    }
+    if security.protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = create_ssl_context(
+            cafile=security.ssl_cafile, certfile=security.ssl_certfile, keyfile=security.ssl_keyfile
+        )
+    if security.protocol.startswith("SASL"):
+        options["sasl_mechanism"] = security.sasl_mechanism or "PLAIN"
+        options["sasl_plain_username"] = security.username
+        options["sasl_plain_password"] = security.password
+    return options
+
+
+class KafkaSourceConfig(SourceConfig):
+    """Kafka topics, consumed in a consumer group, at least once."""
+
+    bootstrap_servers: str | list[str] = Field(description="host:port, or a list of them.")
+    topics: list[str] = Field(default_factory=list, description="Topics to consume (or use `pattern`).")
+    pattern: str | None = Field(None, description="Regular expression of topic names (instead of `topics`).")
+    group_id: str = Field(description="Consumer group; instances with the same group share the partitions.")
+    value_format: Literal["json", "text", "bytes"] = Field(
+        "json", description="How a record value becomes `data`."
+    )
+    dead_letter_topic: str | None = Field(
+        None, description="Where undecodable records go, with error headers."
+    )
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="Where a group without committed offsets starts."
+    )
+    commit_interval_seconds: float = Field(
+        1.0, gt=0, le=300, description="How often finished offsets are committed."
+    )
+    max_poll_records: int = Field(500, ge=1, le=100_000, description="Most records taken per poll.")
+    fetch_max_bytes: int = Field(16 << 20, ge=1024, description="Bound on one fetch response.")
+    max_partition_fetch_bytes: int = Field(1 << 20, ge=1024, description="Bound per partition in one fetch.")
+    session_timeout_seconds: float = Field(10.0, gt=0, description="Group session timeout.")
+    heartbeat_interval_seconds: float = Field(3.0, gt=0, description="Group heartbeat interval.")
+    max_poll_interval_seconds: float = Field(
+        300.0, gt=0, description="Max time between polls before eviction."
+    )
+    connect_timeout_seconds: float = Field(30.0, gt=0, description="Budget for starting the consumer.")
+    revoke_drain_seconds: float = Field(
+        2.0, ge=0, description="On rebalance, wait this long for in-flight records before committing."
+    )
+    security: KafkaSecurityConfig = Field(default_factory=KafkaSecurityConfig)
+
+    @field_validator("queue")
+    @classmethod
+    def _lossless(cls, value: QueueConfig) -> QueueConfig:
+        if value.when_full not in (None, "block"):
+            raise ValueError(
+                "kafka sources are lossless: when_full must be block (full queues pause the partitions)"
+            )
+        if value.max_events < 2:
+            raise ValueError("kafka sources need max_events of at least 2")
+        return value
+
+    @model_validator(mode="after")
+    def _topics_or_pattern(self) -> KafkaSourceConfig:
+        if bool(self.topics) == bool(self.pattern):
+            raise ValueError("set exactly one of `topics` and `pattern`")
+        return self
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, source: KafkaSource) -> None:
+        self.source = source
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self.source._on_revoked(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self.source._on_assigned(list(assigned))
+
+
+class KafkaSource(Source):
+    type_name: ClassVar[str] = "kafka"
+    default_when_full: ClassVar[WhenFull] = "block"
+    acknowledges: ClassVar[bool] = True
+    emits_gaps: ClassVar[bool] = False  # offsets resume where they were committed: nothing is skipped
+    config: KafkaSourceConfig
+
+    def __init__(self, name: str, config: KafkaSourceConfig) -> None:
+        super().__init__(name, config)
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self.trackers: dict[TopicPartition, OffsetTracker] = {}
+        cap = config.queue.max_events
+        self._max_records = max(1, min(config.max_poll_records, cap // 2))
+        self._high = cap - self._max_records  # pause when a full poll might not fit any more
+        self._low = self._high // 2
+        self.paused = False
+        self.pauses = 0
+        self.rebalances = 0
+        self.commits = 0
+        self.commit_failures = 0
+        self.dead_lettered = 0
+        self._commit_on_receipt = os.environ.get(COMMIT_ON_RECEIPT_ENV) == "1"
+        self._commit_log = RateLimitedLog(log, "offset commit failed", interval=10.0)
+        self._poison_log = RateLimitedLog(log, "undecodable record", interval=10.0)
+
+    # -- session -----------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        cfg = self.config
+        common = client_options(cfg.bootstrap_servers, cfg.security)
+        consumer = AIOKafkaConsumer(
+            group_id=cfg.group_id,
+            client_id=f"reflexd-{self.name}",
+            enable_auto_commit=False,
+            auto_offset_reset=cfg.auto_offset_reset,
+            max_poll_records=self._max_records,
+            fetch_max_bytes=cfg.fetch_max_bytes,
+            max_partition_fetch_bytes=cfg.max_partition_fetch_bytes,
+            session_timeout_ms=int(cfg.session_timeout_seconds * 1000),
+            heartbeat_interval_ms=int(cfg.heartbeat_interval_seconds * 1000),
+            max_poll_interval_ms=int(cfg.max_poll_interval_seconds * 1000),
+            **common,
+        )
+        consumer.subscribe(topics=cfg.topics or (), pattern=cfg.pattern, listener=_Rebalance(self))
+        try:
+            async with asyncio.timeout(cfg.connect_timeout_seconds):
+                await consumer.start()
+                if cfg.dead_letter_topic:
+                    self._producer = AIOKafkaProducer(
+                        acks="all", enable_idempotence=True, client_id=f"reflexd-{self.name}-dlq", **common
+                    )
+                    await self._producer.start()
+        except (KafkaError, OSError, TimeoutError) as exc:
+            await self._stop_clients(consumer)
+            self.stats.count_error("connect")
+            raise NotConnected(self.name, f"cannot start the consumer: {type(exc).__name__}: {exc}") from exc
+        self._consumer = consumer
+
+    async def read(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        cfg = self.config
+        next_commit = time.monotonic() + cfg.commit_interval_seconds
+        while True:
+            self._backpressure(consumer)
+            try:
+                batch = await consumer.getmany(timeout_ms=100, max_records=self._max_records)
+            except KafkaError as exc:
+                raise NotConnected(self.name, f"poll failed: {type(exc).__name__}: {exc}") from exc
+            for tp, records in batch.items():
+                tracker = self.trackers.get(tp)
+                if tracker is None:
+                    tracker = self.trackers[tp] = OffsetTracker()
+                for record in records:
+                    await self._deliver(tp, tracker, record)
+            if time.monotonic() >= next_commit:
+                await self._commit()
+                next_commit = time.monotonic() + cfg.commit_interval_seconds
+
+    async def _deliver(self, tp: TopicPartition, tracker: OffsetTracker, record: Any) -> None:
+        stats = self.stats
+        stats.received += 1
+        ack = tracker.received(record.offset)
+        try:
+            data = self._decode(record.value)
+        except (ValueError, UnicodeDecodeError) as exc:
+            await self._dead_letter(record, exc)
+            ack.release()
+            return
+        now = time.time()
+        key = record.key.decode("utf-8", "replace") if record.key is not None else None
+        meta: dict[str, Any] = {
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "timestamp": record.timestamp,
+        }
+        if record.headers:
+            meta["headers"] = {
+                k: v.decode("utf-8", "replace") if v is not None else None for k, v in record.headers
+            }
+        if self._commit_on_receipt:
+            ack.release()  # the control run's bug: finished before any rule or tool saw it
+        else:
+            meta["ack"] = ack
+        event = tuple.__new__(Event, (self.name, record.timestamp / 1000.0, now, key, data, meta, DATA))
+        try:
+            self.queue.put_nowait(event)
+        except QueueFull:  # cannot happen while the pause threshold leaves room for a full poll
+            await self.queue.put(event)
+        stats.last_event_at = now
+
+    def _decode(self, value: bytes | None) -> Any:
+        if value is None:
+            return None  # a tombstone
+        fmt = self.config.value_format
+        if fmt == "json":
+            return orjson.loads(value)
+        if fmt == "text":
+            return value.decode("utf-8")
+        return value
+
+    def _backpressure(self, consumer: AIOKafkaConsumer) -> None:
+        depth = len(self.queue)
+        if not self.paused and depth >= self._high:
+            self.paused = True
+            self.pauses += 1
+            consumer.pause(*consumer.assignment())
+        elif self.paused and depth <= self._low:
+            self.paused = False
+            consumer.resume(*consumer.paused())
+
+    async def _dead_letter(self, record: Any, exc: Exception) -> None:
+        self.stats.decode_errors += 1
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        self._poison_log.hit(
+            source=self.name,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            error=error,
+        )
+        producer = self._producer
+        if producer is None or self.config.dead_letter_topic is None:
+            return
+        headers = [
+            ("reflexd-error", error.encode()),
+            ("reflexd-source", self.name.encode()),
+            ("reflexd-topic", record.topic.encode()),
+            ("reflexd-partition", str(record.partition).encode()),
+            ("reflexd-offset", str(record.offset).encode()),
+            *(record.headers or ()),
+        ]
+        try:
+            async with asyncio.timeout(30):
+                fut = await producer.send(
+                    self.config.dead_letter_topic, record.value, key=record.key, headers=headers
+                )
+                await fut
+        except (KafkaError, TimeoutError) as send_error:
+            # not dead-lettered: keep the record unfinished by failing the session, so it is read again
+            raise NotConnected(self.name, f"dead-letter send failed: {send_error!r}") from send_error
+        self.dead_lettered += 1
+
+    # -- offsets -----------------------------------------------------------------------------
+
+    async def _commit(self, only: Iterable[TopicPartition] | None = None) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        chosen = (
+            self.trackers if only is None else {tp: self.trackers[tp] for tp in only if tp in self.trackers}
+        )
+        offsets = {tp: c for tp, t in chosen.items() if (c := t.pending_commit()) is not None}
+        if not offsets:
+            return
+        try:
+            async with asyncio.timeout(10):
+                await consumer.commit(offsets)
+        except (KafkaError, TimeoutError) as exc:
+            self.commit_failures += 1
+            self._commit_log.hit(source=self.name, error=f"{type(exc).__name__}: {exc}")
+            return
+        self.commits += 1
+        for tp, offset in offsets.items():
+            chosen[tp].committed = offset
+
+    async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
+        if not revoked:
+            return  # the listener is also called before the first assignment
+        self.rebalances += 1
+        trackers = [self.trackers[tp] for tp in revoked if tp in self.trackers]
+        dropped = self._drop_queued(trackers)
+        deadline = time.monotonic() + self.config.revoke_drain_seconds
+        while any(t.in_flight for t in trackers) and time.monotonic() < deadline:  # noqa: ASYNC110 - counters
+            await asyncio.sleep(0.02)
+        await self._commit(revoked)
+        for tp in revoked:
+            self.trackers.pop(tp, None)
+        log.info(
+            "partitions revoked",
+            extra={
+                "fields": {"source": self.name, "partitions": len(revoked), "dropped_from_queue": dropped}
+            },
+        )
+
+    def _drop_queued(self, trackers: list[OffsetTracker]) -> int:
+        """Mark partitions as no longer ours and take their undelivered records out of the queue.
+
+        Their offsets stay uncommitted, so whoever owns the partitions next reads them again.
+        """
+        for tracker in trackers:
+            tracker.revoked = True
+        removed = self.queue.discard(lambda e: (a := e.meta.get("ack")) is not None and a.tracker.revoked)
+        by_tracker: dict[int, tuple[OffsetTracker, set[int]]] = {}
+        for event in removed:
+            ack = event.meta["ack"]
+            by_tracker.setdefault(id(ack.tracker), (ack.tracker, set()))[1].add(ack.offset)
+        for tracker, offsets in by_tracker.values():
+            tracker.forget(offsets)
+        return len(removed)
+
+    def _on_assigned(self, assigned: list[TopicPartition]) -> None:
+        consumer = self._consumer
+        if self.paused and consumer is not None and assigned:
+            consumer.pause(*assigned)  # pause state does not survive a rebalance
+        log.info("partitions assigned", extra={"fields": {"source": self.name, "partitions": len(assigned)}})
+
+    # -- stop --------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        if self.stopping:
+            return  # keep the consumer: finish() commits once the queue and the tools drained
+        await self._commit()
+        self._drop_queued(list(self.trackers.values()))  # the next session reads them again
+        self.trackers.clear()
+        consumer, self._consumer = self._consumer, None
+        await self._stop_clients(consumer)
+
+    async def finish(self) -> None:
+        await self._commit()
+        consumer, self._consumer = self._consumer, None
+        await self._stop_clients(consumer)
+
+    async def _stop_clients(self, consumer: AIOKafkaConsumer | None) -> None:
+        producer, self._producer = self._producer, None
+        for client in (consumer, producer):
+            if client is None:
+                continue
+            try:
+                async with asyncio.timeout(10):
+                    await client.stop()
+            except Exception as exc:
+                log.warning(
+                    "kafka client stop failed", extra={"fields": {"source": self.name, "error": repr(exc)}}
+                )
+
+    # -- introspection -----------------------------------------------------------------------
+
+    def metric_samples(self) -> list[tuple[str, str, str, float]]:
+        s = self.extra_status()
+        return [
+            ("reflexd_kafka_assigned_partitions", "gauge", "Partitions assigned.", s["assigned_partitions"]),
+            (
+                "reflexd_kafka_paused",
+                "gauge",
+                "1 while partitions are paused (queue full).",
+                int(s["paused"]),
+            ),
+            ("reflexd_kafka_pauses_total", "counter", "Times the partitions were paused.", s["pauses"]),
+            ("reflexd_kafka_rebalances_total", "counter", "Partition revocations.", s["rebalances"]),
+            ("reflexd_kafka_commits_total", "counter", "Offset commits.", s["commits"]),
+            (
+                "reflexd_kafka_commit_failures_total",
+                "counter",
+                "Failed offset commits.",
+                s["commit_failures"],
+            ),
+            (
+                "reflexd_kafka_dead_lettered_total",
+                "counter",
+                "Records sent to the dead-letter topic.",
+                s["dead_lettered"],
+            ),
+            (
+                "reflexd_kafka_in_flight_records",
+                "gauge",
+                "Records received, not yet finished.",
+                s["in_flight_records"],
+            ),
+        ]
+
+    def extra_status(self) -> dict[str, Any]:
+        consumer = self._consumer
+        return {
+            "assigned_partitions": len(consumer.assignment()) if consumer is not None else 0,
+            "paused": self.paused,
+            "pauses": self.pauses,
+            "rebalances": self.rebalances,
+            "commits": self.commits,
+            "commit_failures": self.commit_failures,
+            "dead_lettered": self.dead_lettered,
+            "in_flight_records": sum(t.in_flight for t in self.trackers.values()),
+        }

@@ -1,0 +1,156 @@
+"""The kafka source and tool against a real broker: delivery, backpressure, poison records, broker restart."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+import time
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from daemon.config import AppConfig, load_config_text
+from daemon.registry import builtin_registry
+from streams.kafka import COMMIT_ON_RECEIPT_ENV, KafkaSource
+from tests.conftest import KafkaTopicFactory, StartDaemon
+from tests.kafka_broker import unique_name
+from tests.kafka_ledger import committed_total, produce_ids, read_output
+from tests.plugins import SLEEPER
+from tests.servers import wait_for
+
+__all__ = ["COMMIT_ON_RECEIPT_ENV"]
+
+
+def pipeline(
+    bootstrap: str, src: str, out: str, group: str, *, where: str = "", extra: str = "", max_events: int = 1000
+) -> AppConfig:
+    text = f"""\
+    daemon: {{http: null, shutdown_timeout_seconds: 20}}
+    sources:
+      in:
+        type: kafka
+        bootstrap_servers: "{bootstrap}"
+        topics: [{src}]
+        group_id: {group}
+        commit_interval_seconds: 0.2
+        queue: {{max_events: {max_events}}}
+        {extra}
+    tools:
+      out: {{type: kafka, bootstrap_servers: "{bootstrap}", topic: {out}, key: "{{key}}"}}
+    rules:
+      pick:
+        from: in
+        {f'where: "{where}"' if where else ""}
+        then: [{{tool: out, args: {{id: "{{data.id}}"}}}}]
+    """
+    return load_config_text(textwrap.dedent(text), builtin_registry())
+
+
+async def test_matching_subset_reaches_output_topic(
+    kafka_broker: object, kafka_topic: KafkaTopicFactory, run_daemon: StartDaemon
+) -> None:
+    """10,000 records on 4 partitions → the rule's subset is written to the output topic, none missing."""
+    bootstrap = kafka_broker.bootstrap  # type: ignore[attr-defined]
+    src, out = await kafka_topic(4), await kafka_topic(4, prefix="out")
+    group = unique_name("g")
+    await produce_ids(bootstrap, src, range(10_000))
+    daemon = await run_daemon(pipeline(bootstrap, src, out, group, where="data.v == 3"))
+    expected = {i for i in range(10_000) if i % 10 == 3}
+    ledger = await read_output(bootstrap, out, until=len(expected), timeout=90)
+    assert ledger.lost(expected) == [] and set(ledger.counts) == expected
+    source = daemon.sources["in"]
+    assert isinstance(source, KafkaSource)
+    await wait_for(lambda: sum(t.committed or 0 for t in source.trackers.values()) == 10_000, within=10)
+    await daemon.stop()
+    assert await committed_total(bootstrap, group, src) == 10_000
+
+
+async def test_slow_tool_pauses_partitions_without_leaving_the_group(
+    kafka_broker: object, kafka_topic: KafkaTopicFactory, run_daemon: StartDaemon
+) -> None:
+    """A slow tool fills the queue → partitions pause; polling continues (no rebalance); all records processed."""
+    bootstrap = kafka_broker.bootstrap  # type: ignore[attr-defined]
+    src = await kafka_topic(4)
+    await produce_ids(bootstrap, src, range(2_000))
+    text = f"""\
+    daemon: {{http: null}}
+    sources:
+      in:
+        type: kafka
+        bootstrap_servers: "{bootstrap}"
+        topics: [{src}]
+        group_id: {unique_name("g")}
+        max_poll_records: 50
+        max_poll_interval_seconds: 3
+        session_timeout_seconds: 6
+        heartbeat_interval_seconds: 1
+        queue: {{max_events: 100}}
+    tools:
+      slow: {{type: sleeper, seconds: 0.002, concurrency: 1, max_pending: 10}}
+    rules:
+      all: {{from: in, then: [{{tool: slow}}]}}
+    """
+    registry = builtin_registry().with_specs(SLEEPER)
+    daemon = await run_daemon(load_config_text(textwrap.dedent(text), registry))
+    source = daemon.sources["in"]
+    assert isinstance(source, KafkaSource)
+    max_depth = 0
+
+    def done() -> bool:
+        nonlocal max_depth
+        max_depth = max(max_depth, len(source.queue))
+        return daemon.runner.stats("slow").succeeded == 2_000
+
+    await wait_for(done, within=60, interval=0.01)
+    assert source.pauses > 0, "the queue never filled up: the test did not exercise backpressure"
+    assert source.rebalances == 0, "the consumer was kicked out of its group"
+    assert source.queue.high_water <= 100 and max_depth <= 100
+    assert daemon.runner.stats("slow").calls == 2_000
+
+
+async def test_poison_record_goes_to_dead_letter_topic_and_partition_keeps_flowing(
+    kafka_broker: object, kafka_topic: KafkaTopicFactory, run_daemon: StartDaemon
+) -> None:
+    """An undecodable record lands on the dead-letter topic with error headers; later records still arrive."""
+    bootstrap = kafka_broker.bootstrap  # type: ignore[attr-defined]
+    src, out, dlq = await kafka_topic(1), await kafka_topic(1, prefix="out"), await kafka_topic(1, prefix="dlq")
+    poison = {250, 700}
+    await produce_ids(bootstrap, src, range(1_000), poison=poison)
+    daemon = await run_daemon(pipeline(bootstrap, src, out, unique_name("g"), extra=f"dead_letter_topic: {dlq}"))
+    ledger = await read_output(bootstrap, out, until=998, timeout=60)
+    assert ledger.lost(set(range(1_000)) - poison) == []
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(dlq, 0)])
+        await consumer.seek_to_beginning(TopicPartition(dlq, 0))
+        got: list[object] = []
+        deadline = time.monotonic() + 30
+        while len(got) < 2 and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                got.extend(records)
+    finally:
+        await consumer.stop()
+    assert [r.value for r in got] == [b"{not json", b"{not json"]  # type: ignore[attr-defined]
+    headers = dict(got[0].headers)  # type: ignore[attr-defined]
+    assert b"JSONDecodeError" in headers["reflexd-error"] and headers["reflexd-topic"] == src.encode()
+    assert {int(dict(r.headers)["reflexd-offset"]) for r in got} == poison  # type: ignore[attr-defined]
+    assert daemon.sources["in"].stats.decode_errors == 2
+
+
+async def test_broker_restart_mid_stream_loses_nothing(
+    restartable_kafka_broker: object, kafka_topic: KafkaTopicFactory, run_daemon: StartDaemon
+) -> None:
+    """Stopping the broker mid-stream and starting it again on the same ports and data: reflexd recovers, 0 lost."""
+    broker = restartable_kafka_broker
+    bootstrap = broker.bootstrap  # type: ignore[attr-defined]
+    src, out = await kafka_topic(4), await kafka_topic(4, prefix="out")
+    await produce_ids(bootstrap, src, range(10_000))
+    cfg = pipeline(bootstrap, src, out, unique_name("g"), max_events=200)
+    daemon = await run_daemon(cfg)
+    await wait_for(lambda: daemon.runner.stats("out").succeeded >= 1_000, within=60)
+    await broker.astop()  # type: ignore[attr-defined]
+    assert daemon.runner.stats("out").succeeded < 10_000, "the stream had finished: the restart came too late"
+    await asyncio.sleep(2)
+    await broker.astart()  # type: ignore[attr-defined]
+    ledger = await read_output(bootstrap, out, until=10_000, timeout=120)
+    assert ledger.lost(range(10_000)) == []
