@@ -8,10 +8,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
-from typing import Any, TextIO
+from pathlib import Path
+from typing import Any, BinaryIO, TextIO
 
 import orjson
 
@@ -19,6 +22,19 @@ from daemon.config import AppConfig, ComponentPlan, config_json_schema, load_con
 from daemon.errors import ConfigError, StartupError
 from daemon.logs import configure_logging, get_logger
 from daemon.registry import BuildContext, Registry, builtin_registry
+from streams.rules.pipeline import plan_rule
+from streams.rules.replay import (
+    Fired,
+    Pacer,
+    RecordResult,
+    ReplayInput,
+    format_fired,
+    is_record,
+    merge_by_time,
+    read_input,
+    record_source,
+    replay_rules,
+)
 
 __all__ = ["EXIT_CONFIG", "EXIT_OK", "EXIT_STARTUP", "main", "render_plan"]
 
@@ -43,6 +59,35 @@ def _parser() -> argparse.ArgumentParser:
     with_config("run", "run the daemon")
     with_config("check", "validate the configuration and print the plan; exit 2 on an error")
     with_config("tools", "list the configured tools with their argument schemas")
+    replay = with_config(
+        "replay",
+        "run the rules over recorded JSONL in event time, deterministically, every tool in dry-run; "
+        "print what would have fired",
+    )
+    replay.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="a recording made by `reflexd record`, or SOURCE=FILE: raw messages decoded as SOURCE "
+        "decodes them (its key_field/time_field); several files are merged by event time",
+    )
+    replay.add_argument(
+        "--speed",
+        type=float,
+        default=0.0,
+        help="pace events at their event-time spacing divided by N (default 0: as fast as possible); "
+        "the output does not depend on it",
+    )
+    replay.add_argument("--rule", action="append", metavar="NAME", help="replay only this rule (repeatable)")
+    replay.add_argument(
+        "--format", choices=("text", "jsonl"), default="text", help="text lines (default) or JSON lines"
+    )
+    record = with_config("record", "capture what a live source receives into the replay format (JSONL)")
+    record.add_argument("source", metavar="SOURCE", help="name of a source in the configuration")
+    record.add_argument("--out", required=True, metavar="FILE", help="recording to write (replaced)")
+    record.add_argument(
+        "--duration", type=float, metavar="S", help="stop after S seconds (default: until Ctrl-C or the end)"
+    )
     verbs.add_parser("schema", help="print the JSON Schema of the configuration (for editors)")
     return parser
 
@@ -68,6 +113,10 @@ def main(argv: Sequence[str] | None = None, registry: Registry | None = None) ->
     if args.verb == "tools":
         return _tools(config)
     configure_logging(config.daemon.log_level, config.daemon.log_format)
+    if args.verb == "replay":
+        return _replay(config, args.files, args.speed, args.rule, args.format)
+    if args.verb == "record":
+        return _record(config, args.source, args.out, args.duration)
     try:
         return asyncio.run(serve(config))
     except KeyboardInterrupt:  # pragma: no cover - signal handlers normally catch it
@@ -123,6 +172,182 @@ async def serve(config: AppConfig) -> int:
         loop.remove_signal_handler(signal.SIGINT)
 
 
+class _InputError(Exception):
+    """A replay input that cannot be used; the message says why."""
+
+
+def _first_value(path: Path, lines: int = 20) -> Any:
+    """The first JSON value among the first ``lines`` non-empty lines of ``path`` (None if none)."""
+    with path.open("rb") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                return orjson.loads(line)
+            except orjson.JSONDecodeError:
+                lines -= 1
+                if lines <= 0:
+                    return None
+    return None
+
+
+def _replay_input(config: AppConfig, spec: str) -> ReplayInput:
+    source: str | None = None
+    text = spec
+    name, sep, rest = spec.partition("=")
+    if sep and name in config.sources:
+        source, text = name, rest
+    elif sep and not Path(spec).exists():
+        known = ", ".join(config.sources)
+        raise _InputError(f"{spec}: no source named {name!r} (sources: {known})")
+    path = Path(text)
+    if not path.is_file():
+        raise _InputError(f"{text}: no such file")
+    if source is None:
+        if is_record(_first_value(path)):
+            return ReplayInput(path)
+        ctx = BuildContext(config.base_dir)
+        for candidate, plan in config.sources.items():
+            configured = getattr(plan.config, "path", None)
+            if plan.spec.type != "replay" or not configured:
+                continue
+            if ctx.resolve(configured).resolve() == path.resolve():
+                source = candidate
+                break
+        else:
+            raise _InputError(
+                f"{text}: not a reflexd recording (lines with source, ts and data); "
+                f"to replay raw messages write SOURCE={text} (sources: {', '.join(config.sources)})"
+            )
+    cfg = config.sources[source].config
+    time_field = getattr(cfg, "time_field", None)
+    if not time_field:
+        raise _InputError(
+            f"{text}: source {source!r} has no time_field, and a replay needs event times "
+            "(record the source with `reflexd record`, or set its time_field)"
+        )
+    return ReplayInput(
+        path,
+        source,
+        key_field=getattr(cfg, "key_field", None),
+        time_field=time_field,
+        time_unit=getattr(cfg, "time_unit", "ms"),
+    )
+
+
+def _replay(config: AppConfig, specs: Sequence[str], speed: float, only: list[str] | None, fmt: str) -> int:
+    """``reflexd replay``: rules over recordings in event time; tools are never called."""
+    rules = config.rules
+    if only:
+        unknown = [name for name in only if name not in rules]
+        if unknown:
+            print(f"reflexd: no rule named {', '.join(unknown)} (rules: {', '.join(rules)})", file=sys.stderr)
+            return EXIT_ERROR
+        rules = {name: rule for name, rule in rules.items() if name in only}
+    if speed < 0:
+        print("reflexd: --speed must be 0 (as fast as possible) or positive", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        inputs = [_replay_input(config, spec) for spec in specs]
+    except _InputError as exc:
+        print(f"reflexd: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    out = sys.stdout
+    started = time.monotonic()
+    closed = False  # the reader went away (`reflexd replay ... | head`): stop writing, quietly
+
+    def report(fired: Fired) -> None:
+        nonlocal closed
+        if closed:
+            return
+        try:
+            out.write(format_fired(fired, fmt) + "\n")
+            if speed:
+                out.flush()
+        except BrokenPipeError:
+            closed = True
+
+    try:
+        result = replay_rules(
+            rules,
+            config.sources,
+            merge_by_time(read_input(i) for i in inputs),
+            report,
+            pace=Pacer(speed) if speed else None,
+        )
+    except OSError as exc:
+        print(f"reflexd: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        out.flush()
+    except BrokenPipeError:
+        closed = True
+    if closed:  # keep the interpreter's final flush from failing again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+    took = time.monotonic() - started
+    err = sys.stderr
+    print(
+        f"reflexd: replayed {result.events} events from {len(inputs)} file(s) in {took:.2f}s; "
+        f"{result.fired} tool call(s) would have been made (dry run: no tool was called)",
+        file=err,
+    )
+    for item in inputs:
+        if item.bad_lines:
+            print(f"  {item.path}: {item.bad_lines} line(s) skipped, first: {item.first_error}", file=err)
+    for source, count in sorted(result.skipped.items()):
+        print(f"  {count} event(s) of source {source!r} skipped: not in the configuration", file=err)
+    for name, rule in result.rules.items():
+        st = rule.stats
+        print(
+            f"  rule {name}: seen {st.seen}, fired {st.fired}, errors {st.errors}, late {st.late}, "
+            f"suppressed {st.suppressed}",
+            file=err,
+        )
+    return EXIT_OK
+
+
+def _record(config: AppConfig, name: str, out_path: str, duration: float | None) -> int:
+    """``reflexd record``: one source, its events written as a recording."""
+    plan = config.sources.get(name)
+    if plan is None:
+        print(f"reflexd: no source named {name!r} (sources: {', '.join(config.sources)})", file=sys.stderr)
+        return EXIT_ERROR
+    if duration is not None and duration <= 0:
+        print("reflexd: --duration must be positive", file=sys.stderr)
+        return EXIT_ERROR
+    source = plan.spec.factory(name, plan.config, BuildContext(config.base_dir))
+    started = time.monotonic()
+    try:
+        with open(out_path, "wb") as out:
+            result = asyncio.run(_record_until_stopped(source, out, duration))
+    except OSError as exc:
+        print(f"reflexd: cannot write {out_path}: {exc.strerror}", file=sys.stderr)
+        return EXIT_ERROR
+    took = time.monotonic() - started
+    print(
+        f"reflexd: recorded {result.events} event(s) ({result.gaps} gap(s)) from {name} into {out_path} "
+        f"in {took:.1f}s",
+        file=sys.stderr,
+    )
+    if result.error is not None:
+        print(f"reflexd: source {name} failed: {result.error}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+async def _record_until_stopped(source: Any, out: BinaryIO, duration: float | None) -> RecordResult:
+    """Record until ``duration``, SIGINT/SIGTERM, or the end of the source."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        return await record_source(source, out, duration=duration, stop=stop)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
 def _tools(config: AppConfig) -> int:
     ctx = BuildContext(config.base_dir)
     out: list[dict[str, Any]] = []
@@ -171,11 +396,15 @@ def render_plan(config: AppConfig, out: TextIO | None = None) -> str:
         parts = [f"from {', '.join(rule.from_)}"]
         if rule.where:
             parts.append(f"where {rule.where}")
+        for summary in plan_rule(rule).steps:
+            parts.append(summary.summary)
         if rule.cooldown_seconds:
             cooldown = _value(config, ("rules", name, "cooldown_seconds"), rule.cooldown_seconds)
             parts.append(f"cooldown {cooldown}s per key")
         if rule.kinds != ["data"]:
             parts.append(f"kinds {', '.join(rule.kinds)}")
+        if rule.allowed_lateness_seconds:
+            parts.append(f"allowed lateness {rule.allowed_lateness_seconds:g}s")
         calls = ", ".join(c.tool for c in rule.then)
         lines.append(f"  {name}: {'; '.join(parts)} → {calls}")
     lines.append("tools")

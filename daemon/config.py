@@ -23,7 +23,8 @@ from daemon.errors import ConfigError, ConfigIssue, ExpressionError
 from daemon.registry import ComponentSpec, Kind, Registry
 from daemon.yamlio import LoadedYaml, format_path, load_yaml_file, load_yaml_text
 from streams.rules.expressions import compile_expression, compile_template
-from streams.rules.pipeline import RuleConfig
+from streams.rules.pipeline import RuleConfig, plan_rule
+from streams.rules.steps import STEP_KINDS
 
 __all__ = [
     "AppConfig",
@@ -283,8 +284,18 @@ def _rules(
     raw_sources = c.loaded.data.get("sources") if isinstance(c.loaded.data, dict) else None
     raw_tools = c.loaded.data.get("tools") if isinstance(c.loaded.data, dict) else None
     for name, body in _section(c, "rules", raw).items():
-        rule = c.model(RuleConfig, body, ("rules", name))
-        if rule is None:
+        prefix: Path_ = ("rules", name)
+        reported = _precheck_steps(c, prefix, body.get("steps"))
+        try:
+            rule = RuleConfig.model_validate(body)
+        except ValidationError as exc:
+            for err in exc.errors(include_url=False):
+                loc = _step_loc(tuple(err["loc"]))
+                if len(loc) >= 2 and loc[0] == "steps" and loc[1] in reported:
+                    continue  # already explained by the pre-check
+                c.add(prefix + loc, _reason(err))
+            continue
+        if reported:
             continue
         ok = True
         for i, src in enumerate(rule.from_):
@@ -292,24 +303,57 @@ def _rules(
                 if isinstance(raw_sources, dict) and src in raw_sources:
                     continue  # the source itself is invalid and already reported
                 known = ", ".join(sorted(sources)) or "none"
-                path: Path_ = (
-                    ("rules", name, "from", i)
-                    if isinstance(body.get("from"), list)
-                    else ("rules", name, "from")
-                )
+                listed = isinstance(body.get("from"), list)
+                path: Path_ = (*prefix, "from", i) if listed else (*prefix, "from")
                 c.add(path, f"no source named {src!r} (sources: {known})")
                 ok = False
         if rule.where is not None:
-            ok &= _expression(c, ("rules", name, "where"), rule.where)
+            ok &= _expression(c, (*prefix, "where"), rule.where)
+        plan = plan_rule(rule)
+        for issue in plan.issues:
+            c.add(prefix + issue.path, issue.reason)
+            ok = False
         for i, call in enumerate(rule.then):
             if call.tool not in tools and not (isinstance(raw_tools, dict) and call.tool in raw_tools):
                 known = ", ".join(sorted(tools)) or "none"
-                c.add(("rules", name, "then", i, "tool"), f"no tool named {call.tool!r} (tools: {known})")
+                c.add((*prefix, "then", i, "tool"), f"no tool named {call.tool!r} (tools: {known})")
                 ok = False
-            ok &= _templates(c, ("rules", name, "then", i, "args"), call.args)
+            ok &= _templates(c, (*prefix, "then", i, "args"), call.args, plan.names)
         if ok:
             rules[name] = rule
     return rules
+
+
+def _step_loc(loc: Path_) -> Path_:
+    """pydantic puts a tagged union's tag in the error location: ``steps.0.window.window.seconds``."""
+    if len(loc) >= 4 and loc[0] == "steps" and loc[2] == loc[3]:
+        return loc[:2] + loc[3:]
+    return loc
+
+
+def _precheck_steps(c: _Checker, prefix: Path_, raw: Any) -> set[int]:
+    """Explain steps that are not one-key mappings of a known step name; returns their indexes."""
+    reported: set[int] = set()
+    if not isinstance(raw, list):
+        return reported
+    for i, step in enumerate(raw):
+        at = (*prefix, "steps", i)
+        if not isinstance(step, dict):
+            c.add(at, f"must be a mapping with one key, the step's name ({', '.join(STEP_KINDS)})")
+            reported.add(i)
+            continue
+        if len(step) != 1:
+            keys = ", ".join(str(k) for k in step) or "none"
+            c.add(at, f"a step has exactly one key, the step's name (found: {keys}); write one step per item")
+            reported.add(i)
+            continue
+        (kind,) = step
+        if kind not in STEP_KINDS:
+            close = difflib.get_close_matches(str(kind), STEP_KINDS, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"steps are: {', '.join(STEP_KINDS)}"
+            c.add((*at, kind), f"unknown step ({hint})")
+            reported.add(i)
+    return reported
 
 
 def _compiles(c: _Checker, path: Path_, text: str, compiler: Callable[[str], object], what: str) -> bool:
@@ -326,13 +370,13 @@ def _expression(c: _Checker, path: Path_, text: str) -> bool:
     return _compiles(c, path, text, compile_expression, "")
 
 
-def _templates(c: _Checker, path: Path_, value: Any) -> bool:
+def _templates(c: _Checker, path: Path_, value: Any, names: frozenset[str] = frozenset()) -> bool:
     if isinstance(value, dict):
-        return all([_templates(c, (*path, k), v) for k, v in value.items()])
+        return all([_templates(c, (*path, k), v, names) for k, v in value.items()])
     if isinstance(value, list):
-        return all([_templates(c, (*path, i), v) for i, v in enumerate(value)])
+        return all([_templates(c, (*path, i), v, names) for i, v in enumerate(value)])
     if isinstance(value, str):
-        return _compiles(c, path, value, compile_template, "template ")
+        return _compiles(c, path, value, lambda text: compile_template(text, names), "template ")
     return True
 
 

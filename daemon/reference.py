@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel
@@ -22,6 +22,7 @@ from streams.backoff import ReconnectConfig
 from streams.base import SourceConfig
 from streams.queue import QueueConfig
 from streams.rules.pipeline import RuleConfig, ToolCallConfig
+from streams.rules.steps import STEP_BODIES
 
 __all__ = ["render_reference"]
 
@@ -29,10 +30,12 @@ __all__ = ["render_reference"]
 def _type_name(annotation: Any) -> str:
     origin = get_origin(annotation)
     args = get_args(annotation)
+    if origin is Annotated:
+        return _type_name(args[0])
     if origin is Literal:
         return " \\| ".join(f"`{a}`" for a in args)
     if origin in (Union, UnionType):
-        return " or ".join(_type_name(a) for a in args)
+        return " or ".join(dict.fromkeys(_type_name(a) for a in args))
     if origin is list:
         return f"list of {_type_name(args[0])}" if args else "list"
     if origin is dict:
@@ -112,6 +115,22 @@ def render_reference(registry: Registry) -> str:
     out += _kind_section("Tools", "tool", registry, ToolConfig, ["`retry`:", "", *_fields(RetryConfig), ""])
     out += ["## Rules", "", *_fields(RuleConfig), ""]
     out += ["Each entry of `then`:", "", *_fields(ToolCallConfig), ""]
+    out += [
+        "### Steps",
+        "",
+        "Each entry of `steps` is a mapping with one key, the step's name. Semantics, examples and",
+        "timelines: [rules.md](rules.md).",
+        "",
+    ]
+    for kind, (body, shorthand) in STEP_BODIES.items():
+        out += [f"#### `{kind}`", ""]
+        if isinstance(body, str):
+            out += [body, ""]
+            continue
+        out += [(body.__doc__ or "").strip(), ""]
+        if shorthand:
+            out += [shorthand, ""]
+        out += [*_fields(body), ""]
     return "\n".join(out)
 
 

@@ -9,7 +9,10 @@ every node is checked against a whitelist, and nothing is ever passed to ``eval`
 
 Names
     ``data meta key source ts received_at kind`` are the fields of the :class:`Event` being
-    evaluated; ``True False None`` and str/int/float literals are allowed too.
+    evaluated; ``True False None`` and str/int/float literals are allowed too. Inside a rule's
+    steps, the computed fields added by earlier steps (``set``, ``window`` aggregates, ...) are
+    names too: they are passed to :func:`compile_expression` as ``names`` and read from the
+    :class:`~streams.rules.row.Row`'s field dict.
 Fields
     ``a.b`` reads key ``"b"`` of the mapping ``a`` (never a real attribute); names starting with
     ``_`` are refused (write ``data["_id"]`` for such keys). ``a[i]`` and ``a[i:j:k]`` index
@@ -19,8 +22,10 @@ Operators
     too), ``x if c else y``, list and tuple literals.
 Functions
     only the names in :data:`FUNCTIONS`, called by name with positional arguments:
-    ``abs min max round float int str bool len lower upper strip startswith endswith contains
-    coalesce now``. Method calls (``data.s.upper()``) are refused with a hint (``upper(data.s)``).
+    ``abs min max round floor ceil sqrt pct float int str bool len lower upper strip startswith
+    endswith contains get coalesce now``. Method calls (``data.s.upper()``) are refused with a
+    hint (``upper(data.s)``). ``now()`` is the wall clock, unless the caller passes another
+    clock (a replay passes its event-time clock, so replays stay deterministic).
 
 Resource guards, checked while evaluating: ``*`` refuses str/list/tuple operands, ``+`` refuses
 to build a str/list/tuple longer than :data:`MAX_SEQUENCE_LENGTH`, ``%`` refuses string
@@ -40,10 +45,12 @@ placeholders (``{{`` and ``}}`` are literal braces), recursively inside dicts an
 from __future__ import annotations
 
 import ast
+import keyword
+import math
 import re
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from types import MappingProxyType
@@ -65,6 +72,7 @@ __all__ = [
     "Compiled",
     "compile_expression",
     "compile_template",
+    "field_name_problem",
     "is_constant_template",
 ]
 
@@ -150,12 +158,51 @@ def _now() -> float:
     return time.time()
 
 
+def _floor(x: Any) -> Any:
+    return math.floor(x)
+
+
+def _ceil(x: Any) -> Any:
+    return math.ceil(x)
+
+
+def _sqrt(x: Any) -> float:
+    return math.sqrt(x)
+
+
+def _pct(value: Any, reference: Any) -> Any:
+    """Percent change from ``reference`` to ``value``: ``(value - reference) / reference * 100``."""
+    return (value - reference) / reference * 100.0
+
+
+_MISSING: Final = object()
+
+
+def _get(container: Any, index: Any, default: Any = None) -> Any:
+    """``container[index]`` for mappings, lists, tuples and strings; ``default`` when it is missing."""
+    if isinstance(container, Mapping):
+        value = container.get(index, _MISSING)
+        return default if value is _MISSING else value
+    if isinstance(container, str | list | tuple):
+        try:
+            return container[index]
+        except (IndexError, TypeError):
+            return default
+    if container is None:
+        return default
+    raise TypeError(f"get() needs a mapping, list or string, got {type(container).__name__}")
+
+
 FUNCTIONS: Final[Mapping[str, Callable[..., Any]]] = MappingProxyType(
     {
         "abs": abs,
         "min": min,
         "max": max,
         "round": _round,
+        "floor": _floor,
+        "ceil": _ceil,
+        "sqrt": _sqrt,
+        "pct": _pct,
         "float": float,
         "int": _int,
         "str": str,
@@ -167,6 +214,7 @@ FUNCTIONS: Final[Mapping[str, Callable[..., Any]]] = MappingProxyType(
         "startswith": _startswith,
         "endswith": _endswith,
         "contains": _contains,
+        "get": _get,
         "coalesce": _coalesce,
         "now": _now,
     }
@@ -179,6 +227,10 @@ _ARITY: Final[Mapping[str, tuple[int, int | None]]] = {
     "min": (1, None),
     "max": (1, None),
     "round": (1, 2),
+    "floor": (1, 1),
+    "ceil": (1, 1),
+    "sqrt": (1, 1),
+    "pct": (2, 2),
     "float": (0, 1),
     "int": (0, 2),
     "str": (0, 1),
@@ -190,14 +242,34 @@ _ARITY: Final[Mapping[str, tuple[int, int | None]]] = {
     "startswith": (2, 2),
     "endswith": (2, 2),
     "contains": (2, 2),
+    "get": (2, 3),
     "coalesce": (1, None),
     "now": (0, 0),
 }
+# Aggregates of the `window` step (streams.rules.aggregates): named in errors when called here.
+_WINDOW_AGGREGATES: Final = frozenset(
+    {"count", "sum", "avg", "first", "last", "stddev", "vwap", "pct_change"}
+)
 # Functions whose result never depends on anything but their arguments (may be constant-folded).
 _IMPURE: Final = frozenset({"now"})
 # Functions that always return a number or a bool (or raise): their results need no sequence guard.
 _NUMERIC_RESULT: Final = frozenset(
-    {"abs", "round", "float", "int", "bool", "len", "startswith", "endswith", "contains", "now"}
+    {
+        "abs",
+        "round",
+        "floor",
+        "ceil",
+        "sqrt",
+        "float",
+        "int",
+        "bool",
+        "len",
+        "startswith",
+        "endswith",
+        "contains",
+        "pct",
+        "now",
+    }
 )
 
 # --------------------------------------------------------------------------------------------
@@ -460,10 +532,19 @@ _LEADING_SPACE: Final = re.compile(r"[ \t\f\r\n]*")
 class _Compiler:
     """Validates one parsed expression and builds its closure tree."""
 
-    def __init__(self, text: str, source: str, prefix: int) -> None:
+    def __init__(
+        self,
+        text: str,
+        source: str,
+        prefix: int,
+        names: Collection[str] = (),
+        now: Callable[[], float] | None = None,
+    ) -> None:
         self.text = text  # what the user wrote (for errors)
         self.source = source  # what was parsed: ``text`` without leading white space
         self.prefix = prefix  # len(text) - len(source)
+        self.names = names  # computed fields in scope
+        self.now = now
         self.line_starts = [0] + [m.end() for m in _LINE_BREAK.finditer(source)]
 
     # -- columns and errors -----------------------------------------------------------------
@@ -550,10 +631,18 @@ class _Compiler:
         index = _FIELD_INDEX.get(node.id)
         if index is not None:
             return _Part(itemgetter(index))
-        if node.id in FUNCTIONS:
-            self.fail(f"function {node.id!r} must be called, as in {node.id}(...)", node)
+        name = node.id
+        if name in self.names:
+
+            def computed_field(e: Event) -> Any:
+                return e[7][name]  # type: ignore[misc]  # a Row: the computed-field dict
+
+            return _Part(computed_field)
+        if name in FUNCTIONS:
+            self.fail(f"function {name!r} must be called, as in {name}(...)", node)
         allowed = ", ".join(Event._fields)
-        self.fail(f"unknown name {node.id!r} (an expression can use {allowed})", node)
+        computed = f"; computed fields here: {', '.join(sorted(self.names))}" if self.names else ""
+        self.fail(f"unknown name {name!r} (an expression can use {allowed}{computed})", node)
 
     # -- access -----------------------------------------------------------------------------
 
@@ -810,6 +899,14 @@ class _Compiler:
             self.fail("only functions can be called, by name, as in len(data.items)", func)
         name = func.id
         function = FUNCTIONS.get(name)
+        if name == "now" and self.now is not None:
+            function = self.now
+        if function is None and name in _WINDOW_AGGREGATES:
+            self.fail(
+                f"{name!r} is a window aggregate: compute it in a window step "
+                f"(aggregates: {{my_{name}: {name}(...)}}) and use my_{name} here",
+                func,
+            )
         if function is None:
             what = "is not a function" if name in _FIELD_INDEX else "is not an allowed function"
             self.fail(f"{name!r} {what} (the functions are: {', '.join(FUNCTIONS)})", func)
@@ -897,8 +994,28 @@ _HANDLERS: Final[Mapping[type[ast.AST], Callable[[_Compiler, Any], _Part]]] = {
 }
 
 
-def compile_expression(text: str) -> Compiled:
+def field_name_problem(name: Any) -> str | None:
+    """Why ``name`` cannot be a computed field, or None if it can."""
+    if not isinstance(name, str) or not name.isidentifier() or not name.isascii():
+        return "a computed field name must be an identifier (letters, digits, '_')"
+    if name.startswith("_"):
+        return "computed field names must not start with '_'"
+    if keyword.iskeyword(name) or name in ("True", "False", "None"):
+        return f"{name!r} is a Python keyword"
+    if name in _FIELD_INDEX:
+        return f"{name!r} is an event field (data, meta, key, source, ts, received_at, kind)"
+    if name in FUNCTIONS:
+        return f"{name!r} is a function name"
+    return None
+
+
+def compile_expression(
+    text: str, names: Collection[str] = (), *, now: Callable[[], float] | None = None
+) -> Compiled:
     """Compile ``text`` into a function of an :class:`Event`.
+
+    ``names`` are computed fields in scope (read from a :class:`~streams.rules.row.Row`);
+    ``now`` replaces the wall clock behind ``now()``.
 
     Raises :class:`ExpressionError` (with a 1-based column) if the text is not a valid, allowed
     expression. The returned function raises ordinary exceptions (``KeyError``, ``TypeError``,
@@ -914,7 +1031,7 @@ def compile_expression(text: str) -> Compiled:
     source = text[skipped:]
     if not source.strip():
         raise ExpressionError(text, "expression is empty", 1)
-    compiler = _Compiler(text, source, skipped)
+    compiler = _Compiler(text, source, skipped, names, now)
     try:
         with warnings.catch_warnings():  # SyntaxWarnings ("is" with a literal, ...) are not for the log
             warnings.simplefilter("ignore")
@@ -974,7 +1091,7 @@ def _to_text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _compile_string(text: str) -> Compiled:
+def _compile_string(text: str, names: Collection[str], now: Callable[[], float] | None) -> Compiled:
     literal: list[str] = []  # text collected since the last placeholder
     prefix = ""
     pieces: list[tuple[Compiled, str]] = []  # (placeholder, literal text after it)
@@ -1002,7 +1119,7 @@ def _compile_string(text: str) -> Compiled:
         if not source.strip():
             raise ExpressionError(text, "empty placeholder '{}'", brace + 1)
         try:
-            fn = compile_expression(source)
+            fn = compile_expression(source, names, now=now)
         except ExpressionError as exc:
             column = brace + 1 + (exc.column if exc.column is not None else 0)
             raise ExpressionError(text, f"in placeholder {{{source}}}: {exc.reason}", column) from None
@@ -1048,7 +1165,9 @@ def is_constant_template(value: Any) -> bool:
     return True
 
 
-def compile_template(value: Any) -> Compiled:
+def compile_template(
+    value: Any, names: Collection[str] = (), *, now: Callable[[], float] | None = None
+) -> Compiled:
     """Compile a tool-argument template into a function of an :class:`Event`.
 
     - a string with ``{expr}`` placeholders renders each value with ``str()`` (``None`` gives
@@ -1062,20 +1181,22 @@ def compile_template(value: Any) -> Compiled:
     The event's values are never templates themselves: a placeholder whose value contains
     ``{...}`` inserts that text literally.
 
+    ``names`` and ``now`` are as for :func:`compile_expression`.
+
     Raises :class:`ExpressionError` whose column is 1-based within the offending template string.
     """
     if is_constant_template(value):
         return _constant(value)
     if isinstance(value, str):
-        return _compile_string(value)
+        return _compile_string(value, names, now)
     if isinstance(value, Mapping):
-        items = tuple((k, compile_template(v)) for k, v in value.items())
+        items = tuple((k, compile_template(v, names, now=now)) for k, v in value.items())
 
         def render_dict(e: Event) -> dict[Any, Any]:
             return {k: f(e) for k, f in items}
 
         return render_dict
-    fns = tuple(compile_template(v) for v in value)
+    fns = tuple(compile_template(v, names, now=now) for v in value)
 
     def render_list(e: Event) -> list[Any]:
         return [f(e) for f in fns]

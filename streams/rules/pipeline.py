@@ -2,18 +2,28 @@
 
 ::
 
-    source queue ──► Dispatcher (one task per source, batches) ──► Rule.on_next: kind + where
-        (errors counted) ──► Subject ──► cooldown per key ──► fire: render args ──► runner.submit
+    source queue ──► Dispatcher (one task per source, batches) ──► Rule.on_next: kind, event
+        clock, where (errors counted) ──► Subject ──► steps (where, set, window, crossing,
+        throttle, debounce, sequence, join_latest, absence, ...) ──► cooldown per key
+        ──► fire: render args ──► runner.submit
 
 The dispatcher calls ``on_next`` from a task on the event loop (no ``observe_on``: it costs a
 loop callback per event). Pipelines are subscribed with the AsyncIOScheduler so that time
-operators run on the loop, never on timer threads. A ``where`` that raises drops that event
-and is counted per rule; the rule keeps running.
+operators run on the loop, never on timer threads. An expression that raises, in ``where``
+or in any step, drops that event and is counted per rule; the rule keeps running.
+
+A rule with a time-driven step owns an :class:`~streams.rules.clock.EventClock`: every event
+the rule reads moves its watermark (firing due timers) before the event enters the pipeline,
+and an event-time gate in front of the first time-driven step drops late events and releases
+the others in time order. Given a scheduler, the clock also ticks during silence (live);
+without one (``reflexd replay``) only events move time and ``now()`` is the replay's clock.
+See ``docs/rules.md``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -21,15 +31,19 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from reactivex import Observable, abc
 from reactivex.subject import Subject
 
+from daemon.errors import RuleError
 from daemon.logs import RateLimitedLog, get_logger
 from handlers.base import CallContext
 from handlers.runner import ToolRunner
 from streams.base import Source
 from streams.event import Event
+from streams.rules.clock import EventClock
 from streams.rules.expressions import compile_expression, compile_template
-from streams.rules.operators import cooldown_by_key
+from streams.rules.operators import StepContext, cooldown_by_key, event_time_gate
+from streams.rules.stats import RuleStats
+from streams.rules.steps import StepConfig, StepPlan, compile_steps
 
-__all__ = ["Dispatcher", "Rule", "RuleConfig", "RuleStats", "ToolCallConfig"]
+__all__ = ["Dispatcher", "Rule", "RuleConfig", "RuleStats", "ToolCallConfig", "plan_rule"]
 
 log = get_logger("rule")
 
@@ -61,9 +75,21 @@ class RuleConfig(BaseModel):
 
     from_: list[str] = Field(alias="from", min_length=1, description="Source names the rule reads.")
     where: str | None = Field(None, description="Expression; the rule matches when it is true.")
+    steps: list[StepConfig] = Field(
+        default_factory=list,
+        description="Pipeline after `where`: where, set, key, window, crossing, changed, distinct, "
+        "throttle, debounce, cooldown, sample, sequence, join_latest, absence (see docs/rules.md).",
+    )
     cooldown_seconds: float = Field(0.0, ge=0, description="After firing for a key, stay quiet this long.")
     kinds: list[EventKind] = Field(
         default_factory=_data_only, min_length=1, description="Event kinds the rule sees: data, gap."
+    )
+    allowed_lateness_seconds: float = Field(
+        0.0,
+        ge=0,
+        le=3600,
+        description="Time-driven steps wait this long (event time) for out-of-order events; "
+        "older ones are late: counted and dropped.",
     )
     max_keys: int = Field(100_000, ge=1, description="Most keys whose state the rule keeps.")
     then: list[ToolCallConfig] = Field(min_length=1, description="Tool calls made when the rule fires.")
@@ -74,23 +100,9 @@ class RuleConfig(BaseModel):
         return [value] if isinstance(value, str) else value
 
 
-class RuleStats:
-    """Counters of one rule, read at scrape time."""
-
-    __slots__ = ("errors", "fired", "matched", "rejected", "render_errors", "seen", "submitted", "suppressed")
-
-    def __init__(self) -> None:
-        self.seen = 0  # events of the kinds the rule reads
-        self.matched = 0  # `where` was true
-        self.errors = 0  # `where` raised: event dropped
-        self.suppressed = 0  # matched but inside the cooldown
-        self.fired = 0  # made it through every step
-        self.render_errors = 0  # an argument template raised: that call skipped
-        self.submitted = 0  # tool calls handed to the runner
-        self.rejected = 0  # tool calls the runner refused (backlog over its bound)
-
-    def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__}
+def plan_rule(config: RuleConfig, now: Callable[[], float] | None = None) -> StepPlan:
+    """Compile a rule's steps (problems are in ``.issues``, paths relative to the rule)."""
+    return compile_steps(config.steps, sources=config.from_, now=now)
 
 
 def _event_ref(event: Event) -> str:
@@ -102,7 +114,13 @@ def _event_ref(event: Event) -> str:
 
 
 class Rule:
-    """One configured rule, built on a reactivex Subject."""
+    """One configured rule, built on a reactivex Subject.
+
+    ``scheduler`` is the reactivex scheduler time-driven steps tick on during silence (the
+    daemon's AsyncIOScheduler, or a TestScheduler). Without one the rule runs in event time
+    only, as ``reflexd replay`` does: silence is noticed when the next event arrives (or at
+    :meth:`finish`), and ``now()`` in expressions is the rule's event-time clock.
+    """
 
     def __init__(
         self,
@@ -116,35 +134,98 @@ class Rule:
         self.stats = RuleStats()
         self._submit = submit
         self._kinds = frozenset(config.kinds)
-        self._where = compile_expression(config.where) if config.where else None
-        self._calls = [(call.tool, compile_template(call.args)) for call in config.then]
+        self._latest_ts = -math.inf
+        self.clock: EventClock | None = None
+        now = self._event_time if scheduler is None else None
+        plan = plan_rule(config, now)
+        if plan.issues:
+            problems = "; ".join(f"{'.'.join(str(p) for p in i.path)}: {i.reason}" for i in plan.issues)
+            raise RuleError(f"rule {name}: {problems}")
+        self._where = compile_expression(config.where, now=now) if config.where else None
+        self._calls = [(call.tool, compile_template(call.args, plan.names, now=now)) for call in config.then]
         self._error_log = RateLimitedLog(log, "rule expression raised; event dropped", interval=10.0)
         self._render_log = RateLimitedLog(log, "argument template raised; call skipped", interval=10.0)
         self.subject: Subject[Event] = Subject()
-        steps: list[Callable[[Observable[Event]], Observable[Event]]] = []
+        if any(step.uses_clock for step in plan.steps):
+            self.clock = EventClock(config.allowed_lateness_seconds, scheduler)
+            self.clock.on_error = self._timer_failed
+        ctx = StepContext(self.stats, self.clock, config.max_keys, self._step_failed)
+        operators: list[Callable[[Observable[Event]], Observable[Event]]] = []
+        gated = False
+        for step in plan.steps:
+            if step.uses_clock and not gated:  # late events stop here; the rest go on in time order
+                operators.append(event_time_gate(ctx))
+                gated = True
+            operators.append(step.make(ctx))
         if config.cooldown_seconds > 0:
-            steps.append(
+            operators.append(
                 cooldown_by_key(
-                    config.cooldown_seconds, max_keys=config.max_keys, on_suppressed=self._suppressed
+                    config.cooldown_seconds,
+                    max_keys=config.max_keys,
+                    on_suppressed=self._suppressed,
+                    on_evicted=self._evicted,
                 )
             )
-        self._subscription = self.subject.pipe(*steps).subscribe(
+        self.summary = [step.summary for step in plan.steps]
+        self._subscription = self.subject.pipe(*operators).subscribe(
             on_next=self._fire, on_error=self._on_error, scheduler=scheduler
         )
         # The `where` filter runs before the Subject: most events do not match, and a Subject
         # hop (lock, observer list copy, several frames) would cost more than the test itself.
+        self.on_next: Callable[[Event], None] = self._entry(scheduler is None)
+
+    def _entry(self, replay: bool) -> Callable[[Event], None]:
         match = self._match
         push = self.subject.on_next
+        kinds = self._kinds
+        crashed = self._crashed
+        clock = self.clock
+        if clock is not None:
+            observe = clock.observe
+
+            def on_next_timed(event: Event) -> None:
+                if event.kind not in kinds:
+                    return
+                try:
+                    observe(event.ts)  # fires the timers that are due first
+                    if match(event):
+                        push(event)
+                except Exception as exc:
+                    crashed(exc, event)
+
+            return on_next_timed
+        if replay:
+
+            def on_next_replay(event: Event) -> None:
+                if event.kind not in kinds:
+                    return
+                if event.ts > self._latest_ts:
+                    self._latest_ts = event.ts
+                try:
+                    if match(event):
+                        push(event)
+                except Exception as exc:
+                    crashed(exc, event)
+
+            return on_next_replay
 
         def on_next(event: Event) -> None:
-            if match(event):
-                push(event)
+            if event.kind not in kinds:
+                return
+            try:
+                if match(event):
+                    push(event)
+            except Exception as exc:
+                crashed(exc, event)
 
-        self.on_next: Callable[[Event], None] = on_next
+        return on_next
+
+    def _event_time(self) -> float:
+        """``now()`` without a scheduler: how far the rule has got in event time."""
+        clock = self.clock
+        return clock.now if clock is not None else self._latest_ts
 
     def _match(self, event: Event) -> bool:
-        if event.kind not in self._kinds:
-            return False
         stats = self.stats
         stats.seen += 1
         where = self._where
@@ -157,6 +238,7 @@ class Rule:
             stats.errors += 1
             self._error_log.hit(
                 rule=self.name,
+                step="where",
                 error=f"{type(exc).__name__}: {exc}",
                 source=event.source,
                 data=repr(event.data)[:200],
@@ -167,8 +249,34 @@ class Rule:
             return True
         return False
 
+    def _step_failed(self, label: str, exc: BaseException, item: Event) -> None:
+        self.stats.errors += 1
+        self._error_log.hit(
+            rule=self.name,
+            step=label,
+            error=f"{type(exc).__name__}: {exc}",
+            source=item.source,
+            data=repr(item.data)[:200],
+        )
+
+    def _timer_failed(self, exc: BaseException) -> None:
+        self.stats.errors += 1
+        self._error_log.hit(rule=self.name, step="timer", error=f"{type(exc).__name__}: {exc}")
+
+    def _crashed(self, exc: BaseException, event: Event) -> None:
+        """A bug below the steps' own guards: count it, keep the rule (and the dispatcher) running."""
+        self.stats.errors += 1
+        log.error(
+            "rule step failed unexpectedly; event dropped",
+            exc_info=exc,
+            extra={"fields": {"rule": self.name, "source": event.source}},
+        )
+
     def _suppressed(self, event: Event) -> None:
         self.stats.suppressed += 1
+
+    def _evicted(self) -> None:
+        self.stats.evicted += 1
 
     def _fire(self, event: Event) -> None:
         stats = self.stats
@@ -199,8 +307,24 @@ class Rule:
     def _on_error(self, exc: Exception) -> None:  # pragma: no cover - every step catches its own errors
         log.error("rule pipeline failed", exc_info=exc, extra={"fields": {"rule": self.name}})
 
+    def tick(self, now: float) -> None:
+        """A replay reached event time ``now`` (in any source): fire the timers due by then.
+
+        Live, the scheduler's clock plays this part during silences.
+        """
+        if self.clock is not None:
+            self.clock.tick(now)
+
+    def finish(self, until: float | None = None) -> None:
+        """End of a finite input (a replay): fire the timers due by the newest event time (or by
+        ``until``, the last event time of the whole input)."""
+        if self.clock is not None:
+            self.clock.finish(until)
+
     def dispose(self) -> None:
         self._subscription.dispose()
+        if self.clock is not None:
+            self.clock.dispose()
 
 
 class Dispatcher:

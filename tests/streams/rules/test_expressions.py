@@ -19,8 +19,10 @@ from streams.rules.expressions import (
     MAX_EXPRESSION_LENGTH,
     compile_expression,
     compile_template,
+    field_name_problem,
     is_constant_template,
 )
+from streams.rules.row import make_row
 
 DATA: dict[str, Any] = {
     "p": "65000.1",
@@ -216,8 +218,8 @@ def test_functions_mapping_is_read_only() -> None:
         FUNCTIONS["getattr"] = getattr  # type: ignore[index]
     assert "getattr" not in FUNCTIONS
     assert set(FUNCTIONS) == {
-        "abs", "min", "max", "round", "float", "int", "str", "bool", "len", "lower", "upper",
-        "strip", "startswith", "endswith", "contains", "coalesce", "now",
+        "abs", "min", "max", "round", "floor", "ceil", "sqrt", "pct", "float", "int", "str", "bool",
+        "len", "lower", "upper", "strip", "startswith", "endswith", "contains", "get", "coalesce", "now",
     }  # fmt: skip
 
 
@@ -234,6 +236,9 @@ ERRORS: list[tuple[str, str, int]] = [
     ("data.__class__", "starting with '_'", 6),
     ("data._x", "starting with '_'", 6),
     ("data.a.__globals__.x", "starting with '_'", 8),
+    ("().__class__", "starting with '_'", 4),
+    ("().__class__.__bases__[0].__subclasses__()", "method calls are not allowed", 27),
+    ("vwap(data.p, data.q)", "'vwap' is a window aggregate", 1),
     ("1 + (lambda: 1)()", "only functions can be called", 6),
     ("1 + (lambda: 1)", "lambda", 6),
     ("[x for x in data.l]", "comprehensions", 1),
@@ -359,6 +364,7 @@ GUARDED: list[tuple[str, type[Exception], str]] = [
     ("data.l * 1000000", TypeError, "refuses to repeat"),
     ("3 * data.side", TypeError, "refuses to repeat"),
     ("10**10**10", ValueError, "exponents beyond"),
+    ("9**9**9", ValueError, "exponents beyond"),
     ("2 ** 1000", ValueError, "exponents beyond"),
     ("(10 ** 100) ** 100", ValueError, "bits"),
     ("(-8) ** 0.5", ValueError, "complex"),
@@ -733,3 +739,63 @@ def test_float_rendering_is_repr_like() -> None:
     """Floats in text render with Python's shortest round-trip form."""
     assert render("{data.v}!", event_with({"v": 0.1 + 0.2})) == "0.30000000000000004!"
     assert math.isclose(render("{data.v}", event_with({"v": 1e-7})), 1e-7)
+
+
+# --------------------------------------------------------------------------------------------
+# Computed fields, the replay clock and the functions added for rule steps
+# --------------------------------------------------------------------------------------------
+
+
+def test_computed_fields_are_names_in_scope() -> None:
+    """Names passed as computed fields read the row's field dict; others stay unknown."""
+    row = make_row(EVENT, {"price": 10.0, "vwap": 9.5})
+    assert compile_expression("price - vwap", {"price", "vwap"})(row) == 0.5
+    assert compile_template("{key} {round(price * 2)}", {"price"})(row) == "BTCUSDT 20"
+    with pytest.raises(ExpressionError, match="computed fields here: price, vwap") as caught:
+        compile_expression("price + volume", {"price", "vwap"})
+    assert caught.value.column == 9
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [("price", None), ("basis_bps", None), ("data", "event field"), ("max", "function name"),
+     ("_x", "must not start"), ("1x", "identifier"), ("a-b", "identifier"), ("class", "keyword"),
+     ("None", "keyword")],
+)  # fmt: skip
+def test_computed_field_names_are_checked(name: str, problem: str | None) -> None:
+    """Field names must be identifiers that shadow nothing the language already means."""
+    reason = field_name_problem(name)
+    assert (reason is None) if problem is None else (reason is not None and problem in reason)
+
+
+def test_now_can_be_replaced_by_a_replay_clock() -> None:
+    """`now()` reads the clock the caller passes (a replay passes event time); default the wall clock."""
+    assert compile_expression("now() - ts", now=lambda: 1_700_000_010.5)(EVENT) == 10.0
+    assert compile_template("{now()}", now=lambda: 7.0)(EVENT) == 7.0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("get(data, 'p')", "65000.1"),
+        ("get(data, 'missing')", None),
+        ("get(data, 'missing', 0)", 0),
+        ("get(data.l, 10, -1)", -1),
+        ("get(data.l, 1)", 2),
+        ("get(data.none, 'x', 3)", 3),
+        ("pct(110, 100)", 10.0),
+        ("round(pct(float(data.p), 65000), 6)", round((65000.1 - 65000) / 65000 * 100, 6)),
+        ("floor(data.x)", 2),
+        ("ceil(data.x)", 3),
+        ("sqrt(16)", 4.0),
+    ],
+)
+def test_added_functions(text: str, expected: Any) -> None:
+    """get (with a default), pct, floor, ceil and sqrt."""
+    assert evaluate(text) == expected
+
+
+def test_get_refuses_what_is_not_a_container() -> None:
+    """get() reads mappings, lists and strings only."""
+    with pytest.raises(TypeError, match="get\\(\\) needs a mapping"):
+        evaluate("get(data.n, 'x')")

@@ -45,7 +45,15 @@ def test_cooldown_is_per_key_in_event_time() -> None:
     """After firing for a key the rule stays quiet for that key only, for cooldown_seconds of event time."""
     rec = Recorder()
     r = rule(rec, cooldown_seconds=10)
-    for ts, key in [(0, "BTC"), (1, "ETH"), (5, "BTC"), (9.999, "BTC"), (10, "BTC"), (10.5, "ETH"), (11, "ETH")]:
+    for ts, key in [
+        (0, "BTC"),
+        (1, "ETH"),
+        (5, "BTC"),
+        (9.999, "BTC"),
+        (10, "BTC"),
+        (10.5, "ETH"),
+        (11, "ETH"),
+    ]:
         r.on_next(ev(ts, key, p=str(ts)))
     fired = [(c[2].event.key, c[2].event.ts) for c in rec.calls if c[2].event]
     assert fired == [("BTC", 0), ("ETH", 1), ("BTC", 10), ("ETH", 11)]

@@ -1,0 +1,429 @@
+"""Window aggregates: ``count sum avg min max first last stddev vwap pct_change``.
+
+An aggregate is written as a call, ``vwap(price, float(data.q))``, whose arguments are ordinary
+expressions evaluated once per event when it enters the window (the same argument written in
+several aggregates is evaluated once). :func:`compile_aggregates` checks and compiles them;
+:class:`WindowProgram` keeps the per-window state and computes the results.
+
+Sliding windows remove events as they leave, so sums are running sums (added and subtracted);
+they are recomputed exactly from the window's events once as many events have left as it holds
+(bounding floating-point drift at an amortised O(1) cost), and at once when a departing value
+was so large that what remains would be mostly rounding error. ``stddev`` sums deviations from
+a shift (a value in the window) to avoid cancellation, and re-shifts when the values in the
+window have moved far from it. ``min``/``max`` use monotonic queues.
+
+=============  =========================================================================
+``count()``     events in the window
+``sum(x)``      sum of ``x``
+``avg(x)``      mean of ``x``
+``min(x)``      smallest ``x``
+``max(x)``      largest ``x``
+``first(x)``    ``x`` of the oldest event in the window (any value, not only numbers)
+``last(x)``     ``x`` of the newest event (any value)
+``stddev(x)``   population standard deviation of ``x`` (0 for one event)
+``vwap(p, v)``  ``sum(p * v) / sum(v)``; null when ``sum(v)`` is 0
+``pct_change(x)``  ``(last(x) - first(x)) / first(x) * 100``, in percent; null when ``first(x)`` is 0
+=============  =========================================================================
+
+Arguments of every aggregate but ``first``/``last`` must be finite numbers (int or float);
+an event whose argument is not is refused by the window (an error counted by the rule).
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import warnings
+from collections import deque
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from daemon.errors import ExpressionError
+from streams.rules.expressions import Compiled, compile_expression
+
+__all__ = [
+    "AGGREGATES",
+    "RECOMPUTE_SLACK",
+    "WindowProgram",
+    "WindowState",
+    "compile_aggregates",
+]
+
+#: name → (fewest, most) arguments
+AGGREGATES: Final[Mapping[str, tuple[int, int]]] = {
+    "count": (0, 0),
+    "sum": (1, 1),
+    "avg": (1, 1),
+    "min": (1, 1),
+    "max": (1, 1),
+    "first": (1, 1),
+    "last": (1, 1),
+    "stddev": (1, 1),
+    "vwap": (2, 2),
+    "pct_change": (1, 1),
+}
+_ANY_VALUE: Final = frozenset({"first", "last"})
+
+RECOMPUTE_SLACK: Final = 64
+"""Running sums are recomputed after ``len(window) + RECOMPUTE_SLACK`` removals."""
+_CANCELLATION: Final = 1e8  # removing a term this many times larger than what is left: recompute
+
+# result ops
+_COUNT, _SUM, _AVG, _VWAP, _STDDEV, _FIRST, _LAST, _PCT, _MIN, _MAX = range(10)
+# running-sum term ops
+_T_X, _T_XY, _T_DX, _T_DX2 = range(4)
+
+
+def _char_offset(text: str, lineno: int, byte_col: int) -> int:
+    """0-based character index in ``text`` of an AST (line, UTF-8 byte column) position."""
+    lines = text.splitlines(keepends=True)
+    before = sum(len(line) for line in lines[: max(lineno - 1, 0)])
+    line = lines[lineno - 1] if 0 < lineno <= len(lines) else ""
+    return before + len(line.encode("utf-8")[:byte_col].decode("utf-8", errors="ignore"))
+
+
+def _parse_call(text: str) -> tuple[str, list[tuple[str, int]]]:
+    """``name(arg, ...)`` → (name, [(argument text, 0-based start column in ``text``)])."""
+    if not isinstance(text, str) or not text.strip():
+        raise ExpressionError(str(text), "an aggregate looks like vwap(price, qty) or count()", 1)
+    stripped = text.lstrip()
+    skipped = len(text) - len(stripped)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tree = ast.parse(stripped, mode="eval")
+    except SyntaxError as exc:
+        column = skipped + (exc.offset or 1)
+        raise ExpressionError(text, f"syntax error: {exc.msg}", min(column, len(text) + 1)) from None
+    except (ValueError, RecursionError, MemoryError):
+        raise ExpressionError(text, "syntax error", 1) from None
+    call = tree.body
+    known = ", ".join(AGGREGATES)
+    if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name):
+        raise ExpressionError(text, f"an aggregate is a call of one of: {known}", skipped + 1)
+    name = call.func.id
+    if name not in AGGREGATES:
+        raise ExpressionError(text, f"unknown aggregate {name!r} (one of: {known})", skipped + 1)
+    if call.keywords or any(isinstance(a, ast.Starred) for a in call.args):
+        raise ExpressionError(text, f"{name}() takes plain positional arguments", skipped + 1)
+    fewest, most = AGGREGATES[name]
+    if not fewest <= len(call.args) <= most:
+        expected = str(fewest) if fewest == most else f"{fewest} to {most}"
+        raise ExpressionError(
+            text, f"{name}() takes {expected} argument(s), got {len(call.args)}", skipped + 1
+        )
+    args = []
+    for arg in call.args:
+        segment = ast.get_source_segment(stripped, arg)
+        assert segment is not None
+        start = _char_offset(stripped, arg.lineno, arg.col_offset)
+        args.append((segment, skipped + start))
+    return name, args
+
+
+@dataclass(frozen=True)
+class _Aggregate:
+    name: str  # output field
+    op: int
+    a: int = 0
+    b: int = 0
+
+
+class WindowState:
+    """One window's contents (per key): a sliding window keeps its events, a tumbling one only sums."""
+
+    __slots__ = (
+        "entries",
+        "ext",
+        "first",
+        "item",
+        "last",
+        "mono",
+        "n",
+        "removed",
+        "seq",
+        "shift",
+        "start",
+        "sums",
+    )
+
+    def __init__(self, program: WindowProgram, sliding: bool) -> None:
+        self.n = 0
+        self.sums: list[Any] = [0] * len(program.terms)
+        self.shift: tuple[Any, ...] = ()
+        self.entries: deque[tuple[float, int, tuple[Any, ...]]] | None = deque() if sliding else None
+        self.mono: list[deque[tuple[Any, int]]] = [deque() for _ in program.extremes] if sliding else []
+        self.ext: list[Any] = [None] * len(program.extremes)
+        self.first: tuple[Any, ...] = ()
+        self.last: tuple[Any, ...] = ()
+        self.removed = 0
+        self.seq = 0
+        self.start = 0.0  # tumbling: the window's start
+        self.item: Any = None  # tumbling: the newest event (emitted when the window closes)
+
+
+class WindowProgram:
+    """Compiled aggregates of one ``window`` step."""
+
+    def __init__(
+        self,
+        inputs: list[Compiled],
+        numeric: set[int],
+        aggregates: list[_Aggregate],
+        terms: list[tuple[int, int, int]],
+        extremes: list[tuple[int, bool]],
+    ) -> None:
+        self.inputs = tuple(inputs)
+        self.numeric = tuple(sorted(numeric))
+        self.aggregates = tuple(aggregates)
+        # (slot, op, i, j): running sum number `slot` of `op` over inputs i (and j)
+        self.terms = tuple((k, op, i, j) for k, (op, i, j) in enumerate(terms))
+        # (slot, input, is_max)
+        self.extremes = tuple((m, i, is_max) for m, (i, is_max) in enumerate(extremes))
+        self.names = tuple(a.name for a in aggregates)
+
+    def evaluate(self, item: Any) -> tuple[Any, ...]:
+        """The inputs of one event; raises if an expression does, or if a number is not a finite number."""
+        values = tuple([fn(item) for fn in self.inputs])
+        for i in self.numeric:
+            x = values[i]
+            kind = type(x)
+            if kind is float:
+                if not math.isfinite(x):
+                    raise ValueError(f"window aggregates need finite numbers, got {x!r}")
+            elif kind is not int:
+                raise TypeError(f"window aggregates need numbers, got {kind.__name__} {x!r:.40}")
+        return values
+
+    # -- changes ---------------------------------------------------------------------------------
+
+    def add(self, st: WindowState, ts: float, values: tuple[Any, ...]) -> None:
+        st.n += 1
+        if st.n == 1:
+            st.shift = values
+            st.first = values
+        st.last = values
+        shift = st.shift
+        sums = st.sums
+        for k, op, i, j in self.terms:
+            x = values[i]
+            if op == _T_X:
+                sums[k] += x
+            elif op == _T_XY:
+                sums[k] += x * values[j]
+            elif op == _T_DX:
+                sums[k] += x - shift[i]
+            else:
+                d = x - shift[i]
+                sums[k] += d * d
+        entries = st.entries
+        if entries is not None:
+            st.seq += 1
+            seq = st.seq
+            entries.append((ts, seq, values))
+            for m, i, is_max in self.extremes:
+                dq = st.mono[m]
+                x = values[i]
+                if is_max:
+                    while dq and dq[-1][0] <= x:
+                        dq.pop()
+                else:
+                    while dq and dq[-1][0] >= x:
+                        dq.pop()
+                dq.append((x, seq))
+        else:
+            ext = st.ext
+            for m, i, is_max in self.extremes:
+                x = values[i]
+                current = ext[m]
+                if st.n == 1 or (x > current if is_max else x < current):
+                    ext[m] = x
+
+    def remove_oldest(self, st: WindowState) -> None:
+        """Drop the oldest event of a sliding window."""
+        entries = st.entries
+        assert entries is not None
+        _ts, seq, values = entries.popleft()
+        st.n -= 1
+        if st.n == 0:
+            st.sums = [0] * len(self.terms)
+            for dq in st.mono:
+                dq.clear()
+            st.removed = 0
+            return
+        for dq in st.mono:
+            if dq[0][1] == seq:
+                dq.popleft()
+        shift = st.shift
+        sums = st.sums
+        lost = False  # a term so large that what remains is mostly rounding error
+        for k, op, i, j in self.terms:
+            x = values[i]
+            if op == _T_X:
+                c = x
+            elif op == _T_XY:
+                c = x * values[j]
+            elif op == _T_DX:
+                c = x - shift[i]
+            else:
+                d = x - shift[i]
+                c = d * d
+            left = sums[k] - c
+            sums[k] = left
+            if abs(c) > _CANCELLATION * abs(left):
+                lost = True
+        st.removed += 1
+        if lost or st.removed > st.n + RECOMPUTE_SLACK:
+            self.recompute(st)
+
+    def recompute(self, st: WindowState) -> None:
+        """Rebuild the running sums of a sliding window from its events (bounds float drift)."""
+        entries = st.entries
+        assert entries is not None
+        st.removed = 0
+        if not entries:
+            st.sums = [0] * len(self.terms)
+            return
+        st.shift = shift = entries[0][2]
+        sums: list[Any] = [0] * len(self.terms)
+        for _ts, _seq, values in entries:
+            for k, op, i, j in self.terms:
+                x = values[i]
+                if op == _T_X:
+                    sums[k] += x
+                elif op == _T_XY:
+                    sums[k] += x * values[j]
+                elif op == _T_DX:
+                    sums[k] += x - shift[i]
+                else:
+                    d = x - shift[i]
+                    sums[k] += d * d
+        st.sums = sums
+
+    # -- results ---------------------------------------------------------------------------------
+
+    def results(self, st: WindowState, out: dict[str, Any]) -> dict[str, Any]:
+        """Write every aggregate of a non-empty window into ``out`` and return it."""
+        n = st.n
+        sums = st.sums
+        entries = st.entries
+        if entries is not None:
+            first = entries[0][2]
+            last = entries[-1][2]
+        else:
+            first = st.first
+            last = st.last
+        for agg in self.aggregates:
+            op = agg.op
+            value: Any
+            if op == _COUNT:
+                value = n
+            elif op == _SUM:
+                value = sums[agg.a]
+            elif op == _AVG:
+                value = sums[agg.a] / n
+            elif op == _VWAP:
+                den = sums[agg.b]
+                value = sums[agg.a] / den if den else None
+            elif op == _PCT:
+                f = first[agg.a]
+                value = (last[agg.a] - f) / f * 100.0 if f else None
+            elif op == _FIRST:
+                value = first[agg.a]
+            elif op == _LAST:
+                value = last[agg.a]
+            elif op == _STDDEV:
+                mean = sums[agg.a] / n
+                var = sums[agg.b] / n - mean * mean
+                if entries is not None and mean * mean > 16 * n * max(var, 0.0) and mean:
+                    # the shift (a value that has left the window) is far from the values still
+                    # in it: E[d²] - E[d]² cancels. Re-shift to a value in the window, exactly.
+                    self.recompute(st)
+                    sums = st.sums
+                    mean = sums[agg.a] / n
+                    var = sums[agg.b] / n - mean * mean
+                value = math.sqrt(var) if var > 0 else 0.0
+            else:  # _MIN, _MAX
+                value = st.mono[agg.a][0][0] if entries is not None else st.ext[agg.a]
+            out[agg.name] = value
+        return out
+
+
+def compile_aggregates(
+    specs: Mapping[str, str],
+    names: Collection[str],
+    *,
+    now: Callable[[], float] | None = None,
+    on_error: Callable[[str, ExpressionError], None] | None = None,
+) -> WindowProgram | None:
+    """Compile ``{output name: "agg(args)"}``; report each bad one to ``on_error(name, error)``.
+
+    Returns None if any failed (and ``on_error`` was given); raises the first
+    :class:`ExpressionError` otherwise.
+    """
+    inputs: list[Compiled] = []
+    input_index: dict[str, int] = {}  # normalised argument text → input index
+    numeric: set[int] = set()
+    terms: list[tuple[int, int, int]] = []
+    term_index: dict[tuple[int, int, int], int] = {}
+    extremes: list[tuple[int, bool]] = []
+    extreme_index: dict[tuple[int, bool], int] = {}
+    aggregates: list[_Aggregate] = []
+    failed = False
+
+    def term(op: int, i: int, j: int = 0) -> int:
+        key = (op, i, j)
+        if key not in term_index:
+            term_index[key] = len(terms)
+            terms.append(key)
+        return term_index[key]
+
+    for out_name, text in specs.items():
+        try:
+            kind, args = _parse_call(text)
+            indexes = []
+            for arg_text, column in args:
+                try:
+                    fn = compile_expression(arg_text, names, now=now)
+                except ExpressionError as exc:
+                    inner = exc.column if exc.column is not None else 1
+                    raise ExpressionError(text, exc.reason, column + inner) from None
+                normal = ast.dump(ast.parse(arg_text.strip(), mode="eval"))
+                if normal not in input_index:
+                    input_index[normal] = len(inputs)
+                    inputs.append(fn)
+                index = input_index[normal]
+                if kind not in _ANY_VALUE:
+                    numeric.add(index)
+                indexes.append(index)
+        except ExpressionError as exc:
+            if on_error is None:
+                raise
+            on_error(out_name, exc)
+            failed = True
+            continue
+        if kind == "count":
+            aggregates.append(_Aggregate(out_name, _COUNT))
+        elif kind == "sum":
+            aggregates.append(_Aggregate(out_name, _SUM, term(_T_X, indexes[0])))
+        elif kind == "avg":
+            aggregates.append(_Aggregate(out_name, _AVG, term(_T_X, indexes[0])))
+        elif kind == "vwap":
+            p, v = indexes
+            aggregates.append(_Aggregate(out_name, _VWAP, term(_T_XY, p, v), term(_T_X, v)))
+        elif kind == "stddev":
+            x = indexes[0]
+            aggregates.append(_Aggregate(out_name, _STDDEV, term(_T_DX, x), term(_T_DX2, x)))
+        elif kind in ("first", "last", "pct_change"):
+            op = {"first": _FIRST, "last": _LAST, "pct_change": _PCT}[kind]
+            aggregates.append(_Aggregate(out_name, op, indexes[0]))
+        else:
+            key = (indexes[0], kind == "max")
+            if key not in extreme_index:
+                extreme_index[key] = len(extremes)
+                extremes.append(key)
+            aggregates.append(_Aggregate(out_name, _MAX if kind == "max" else _MIN, extreme_index[key]))
+    if failed:
+        return None
+    return WindowProgram(inputs, numeric, aggregates, terms, extremes)
