@@ -59,6 +59,7 @@ import platform
 import pstats
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -271,12 +272,18 @@ def bench_registry() -> Registry:
     )
 
 
-def daemon_config(url: str, cooldown: float) -> str:
+#: --journal: the daemon journals tool calls in a fresh temporary SQLite file per run.
+JOURNAL = False
+
+def daemon_config(url: str, cooldown: float, state_dir: str | None = None) -> str:
+    """The daemon under test; with ``state_dir`` every tool call is journaled in SQLite there."""
+    journal = f'state_path: "{state_dir}/state.db"' if state_dir else "journal: {enabled: false}"
     return f"""
 daemon:
   log_level: warning
   http: null
   shutdown_timeout_seconds: 5
+  {journal}
 sources:
   trades:
     type: websocket
@@ -391,7 +398,8 @@ class DaemonRun:
 
 
 async def start_daemon(url: str, cooldown: float, last_seq: int) -> DaemonRun:
-    config = load_config_text(daemon_config(url, cooldown), bench_registry())
+    state_dir = tempfile.mkdtemp(prefix="reflexd-bench-") if JOURNAL else None
+    config = load_config_text(daemon_config(url, cooldown, state_dir), bench_registry())
     daemon = Daemon(config)
     tool = cast(BenchSink, daemon.tools["sink"])
     tool.last_seq = last_seq
@@ -587,11 +595,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--profile", action="store_true", help="also run (b) once under cProfile")
     parser.add_argument(
+        "--journal", action="store_true", help="(b) journals every tool call in SQLite (default: journal off)"
+    )
+    parser.add_argument(
         "--strict",
         action="store_true",
         help="exit 1 if a queue dropped or a target (ratio 0.5, p99 2 ms) missed",
     )
     args = parser.parse_args(argv)
+    global JOURNAL
+    JOURNAL = bool(args.journal)
     if args.n < 2 or args.runs < 1 or args.rate <= 0 or args.seconds <= 0 or args.burst < 1:
         parser.error("need --n >= 2, --runs >= 1, --rate > 0, --seconds > 0, --burst >= 1")
 
@@ -606,7 +619,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "setup: server in a separate process writes pre-serialised frames; compression=None on both "
         "sides; daemon queue max_events=10000 drop_oldest; "
-        f"(a) uses {'asyncio.Queue(maxsize=10000)' if args.raw_queue == 'asyncio' else 'BoundedQueue'}"
+        f"(a) uses {'asyncio.Queue(maxsize=10000)' if args.raw_queue == 'asyncio' else 'BoundedQueue'}; "
+        f"(b) journal {'ON (SQLite, every tool call)' if JOURNAL else 'off'}"
     )
 
     thr = StreamSpec(args.n, THROUGHPUT_MATCH_EVERY, 0.0)

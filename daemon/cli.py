@@ -19,6 +19,7 @@ from typing import Any, BinaryIO, TextIO
 import orjson
 
 from daemon.config import AppConfig, ComponentPlan, config_json_schema, load_config
+from daemon.dlq import add_dlq_parser, run_dlq
 from daemon.errors import ConfigError, StartupError
 from daemon.logs import configure_logging, get_logger
 from daemon.registry import BuildContext, Registry, builtin_registry
@@ -88,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     record.add_argument(
         "--duration", type=float, metavar="S", help="stop after S seconds (default: until Ctrl-C or the end)"
     )
+    add_dlq_parser(with_config("dlq", "inspect and retry dead-lettered tool invocations"))
     verbs.add_parser("schema", help="print the JSON Schema of the configuration (for editors)")
     return parser
 
@@ -112,6 +114,8 @@ def main(argv: Sequence[str] | None = None, registry: Registry | None = None) ->
         return EXIT_OK
     if args.verb == "tools":
         return _tools(config)
+    if args.verb == "dlq":
+        return run_dlq(config, args)
     configure_logging(config.daemon.log_level, config.daemon.log_format)
     if args.verb == "replay":
         return _replay(config, args.files, args.speed, args.rule, args.format)

@@ -31,6 +31,7 @@ __all__ = [
     "ComponentPlan",
     "DaemonConfig",
     "HttpConfig",
+    "JournalConfig",
     "config_json_schema",
     "load_config",
     "load_config_text",
@@ -71,6 +72,18 @@ class HttpConfig(BaseModel):
         return value
 
 
+class JournalConfig(BaseModel):
+    """The invocation journal and dead-letter queue in ``state_path``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+    enabled: bool = Field(True, description="Journal every tool invocation; dead-letter final failures.")
+    retention_seconds: float = Field(
+        7 * 86400.0, gt=0, description="Journal rows older than this are dropped."
+    )
+    max_rows: int = Field(1_000_000, ge=1000, description="Most journal rows kept (oldest dropped first).")
+
+
 class DaemonConfig(BaseModel):
     """Process-wide settings."""
 
@@ -86,6 +99,7 @@ class DaemonConfig(BaseModel):
     state_path: str = Field(
         "./var/reflexd.db", description="Embedded SQLite state (journal, DLQ, rule state)."
     )
+    journal: JournalConfig = Field(default_factory=JournalConfig, description="Invocation journal and DLQ.")
     shutdown_timeout_seconds: float = Field(20.0, gt=0, le=3600, description="Budget for a graceful stop.")
 
 

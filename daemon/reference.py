@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from daemon.config import DaemonConfig, HttpConfig
+from daemon.config import DaemonConfig, HttpConfig, JournalConfig
 from daemon.registry import Kind, Registry, builtin_registry
 from handlers.base import RetryConfig, ToolConfig
 from streams.backoff import ReconnectConfig
@@ -108,6 +108,10 @@ def render_reference(registry: Registry) -> str:
         "`http`:",
         "",
         *_fields(HttpConfig),
+        "",
+        "`journal`:",
+        "",
+        *_fields(JournalConfig),
         "",
     ]
     nested = ["`queue`:", "", *_fields(QueueConfig), "", "`reconnect`:", "", *_fields(ReconnectConfig), ""]

@@ -123,9 +123,14 @@ def _tool_common(cfg: ToolConfig, tool_class: builtins.type[Tool]) -> list[tuple
 
 def builtin_registry() -> Registry:
     """The component types that ship with reflexd, registered explicitly."""
+    from handlers.ccxt_order import CcxtOrderTool, CcxtOrderToolConfig  # ccxt itself: imported when live
+    from handlers.exec import SPEC as EXEC
     from handlers.file import FileTool, FileToolConfig
     from handlers.kafka import KafkaTool, KafkaToolConfig
     from handlers.log import LogTool, LogToolConfig
+    from handlers.python import SPEC as PYTHON
+    from handlers.webhook import SPEC as WEBHOOK
+    from streams.ccxt import CcxtSource, CcxtSourceConfig  # ccxt itself: imported when a source is built
     from streams.kafka import KafkaSource, KafkaSourceConfig
     from streams.replay import ReplaySource, ReplaySourceConfig
     from streams.websocket import WebSocketSource, WebSocketSourceConfig
@@ -151,6 +156,31 @@ def builtin_registry() -> Registry:
 
     def replay_summary(c: ReplaySourceConfig) -> list[tuple[str, Any]]:
         return [("path", c.path), ("speed", c.speed), ("loop", c.loop), ("queue", _queue(c, "block"))]
+
+    def ccxt_order_factory(name: str, cfg: CcxtOrderToolConfig, ctx: BuildContext) -> Tool:
+        path = ctx.resolve(cfg.kill_switch_path) if cfg.kill_switch_path else None
+        return CcxtOrderTool(name, cfg, path)
+
+    def ccxt_order_summary(c: CcxtOrderToolConfig) -> list[tuple[str, Any]]:
+        return [
+            ("exchange", c.exchange),
+            ("mode", "DRY RUN" if c.dry_run else "LIVE"),
+            ("allowed_symbols", c.allowed_symbols),
+            ("max_notional", c.max_notional),
+            ("max_orders", f"{c.max_orders}/{c.window_seconds:g}s"),
+            ("kill_switch_path", c.kill_switch_path),
+            *_tool_common(c, CcxtOrderTool),
+        ]
+
+    def ccxt_summary(c: CcxtSourceConfig) -> list[tuple[str, Any]]:
+        return [
+            ("exchange", c.exchange),
+            ("channel", c.channel if c.channel != "ohlcv" else f"ohlcv {c.timeframe}"),
+            ("symbols", c.symbols),
+            ("mode", c.mode),
+            ("credentials", "from environment" if c.credentials else "none"),
+            ("queue", _queue(c, "drop_oldest")),
+        ]
 
     return Registry(
         [
@@ -213,6 +243,40 @@ def builtin_registry() -> Registry:
                 {"type": "kafka", "bootstrap_servers": "localhost:9092", "topic": "alerts", "key": "{key}"},
             ),
             ComponentSpec(
+                "source",
+                "ccxt",
+                CcxtSourceConfig,
+                lambda name, cfg, ctx: CcxtSource(name, cfg),
+                ccxt_summary,
+                "Exchange market data through ccxt: trades, ticker, order book or candles, "
+                "over WebSocket (ccxt.pro) or REST polling.",
+                {
+                    "type": "ccxt",
+                    "exchange": "binance",
+                    "channel": "trades",
+                    "symbols": ["BTC/USDT", "ETH/USDT"],
+                    "stall_timeout_seconds": 30,
+                },
+            ),
+            ComponentSpec(
+                "tool",
+                "ccxt_order",
+                CcxtOrderToolConfig,
+                ccxt_order_factory,
+                ccxt_order_summary,
+                "Market and limit orders through ccxt, guarded (allowed symbols, max notional, max orders "
+                "per window, kill switch), idempotent (clientOrderId), dry-run by default.",
+                {
+                    "type": "ccxt_order",
+                    "exchange": "binance",
+                    "allowed_symbols": ["BTC/USDT"],
+                    "max_notional": 500,
+                    "max_orders": 5,
+                    "window_seconds": 60,
+                    "kill_switch_path": "var/kill-switch",
+                },
+            ),
+            ComponentSpec(
                 "tool",
                 "log",
                 LogToolConfig,
@@ -230,5 +294,8 @@ def builtin_registry() -> Registry:
                 FileTool.description,
                 {"type": "file", "path": "var/alerts.jsonl"},
             ),
+            WEBHOOK,
+            EXEC,
+            PYTHON,
         ]
     )

@@ -21,7 +21,8 @@ from daemon.errors import ShutdownTimeout
 from daemon.http import OpsServer
 from daemon.logs import get_logger
 from daemon.registry import BuildContext
-from handlers.base import Tool
+from daemon.state import Journal, StateStore, event_from_record
+from handlers.base import CallContext, Tool
 from handlers.runner import ToolRunner
 from streams.backoff import Reconnector
 from streams.base import Source
@@ -50,7 +51,18 @@ class Daemon:
             source = plan.spec.factory(name, plan.config, ctx)
             assert isinstance(source, Source)
             self.sources[name] = source
-        self.runner = ToolRunner(self.tools)
+        self.store: StateStore | None = None
+        self.journal: Journal | None = None
+        journal_cfg = config.daemon.journal
+        if journal_cfg.enabled:
+            self.store = StateStore(
+                ctx.resolve(config.daemon.state_path),
+                retention_seconds=journal_cfg.retention_seconds,
+                max_rows=journal_cfg.max_rows,
+            )
+            self.journal = Journal(self.store)
+        self.runner = ToolRunner(self.tools, journal=self.journal, secret_args=_secret_args(config))
+        self.recovered = 0
         self.rules: dict[str, Rule] = {}
         self.http: OpsServer | None = None
         self.state = "created"  # created | starting | running | stopping | stopped
@@ -70,7 +82,11 @@ class Daemon:
                 host, port = parse_listen(self.config.daemon.http.listen)
                 self.http = OpsServer(self, host, port)
                 await self.http.start()
+            if self.store is not None and self.journal is not None:
+                self.store.open()
+                await self.journal.start()
             await self.runner.start()
+            await self._recover()
         except BaseException:
             await self._abort_start()
             raise
@@ -103,14 +119,45 @@ class Daemon:
         if interval:
             self._watchdog = asyncio.create_task(self._ping_watchdog(interval), name="reflexd:watchdog")
 
+    async def _recover(self) -> None:
+        """Invocations a previous process left running are retried with their idempotency keys."""
+        if self.store is None or self.journal is None:
+            return
+        for item in self.store.take_unfinished():
+            event = event_from_record(item.event)
+            if item.tool in self.tools:
+                ctx = CallContext(item.tool, item.rule, event, item.key)
+                if self.runner.submit(item.tool, item.args, ctx):
+                    self.recovered += 1
+                    continue
+            await self.journal.dead_letter(
+                item.key,
+                item.rule,
+                item.tool,
+                item.args,
+                item.event,
+                "interrupted by a restart and could not be resumed (tool gone or backlog full)",
+                item.attempts,
+            )
+        if self.recovered:
+            log.info("resuming interrupted tool calls", extra={"fields": {"calls": self.recovered}})
+
     async def _abort_start(self) -> None:
         try:
             await self.runner.stop(1.0)
         except ShutdownTimeout:
             pass
+        await self._close_state()
         if self.http is not None:
             await self.http.stop()
         self.state = "stopped"
+
+    async def _close_state(self) -> None:
+        journal, self.journal = self.journal, None
+        if journal is not None and journal.running:
+            await journal.stop()
+        if self.store is not None:
+            self.store.close()
 
     async def _ping_watchdog(self, interval: float) -> None:
         while True:
@@ -151,6 +198,7 @@ class Daemon:
                     await source.finish()
             except TimeoutError:
                 cancelled.append(f"finishing source {name}")
+        await self._close_state()
         for rule in self.rules.values():
             rule.dispose()
         if self._watchdog is not None:
@@ -238,6 +286,10 @@ class Daemon:
                     "succeeded": st.succeeded,
                     "failures": st.failures,
                     "timeouts": st.timeouts,
+                    "deduplicated": st.deduplicated,
+                    "dead_lettered": st.dead_lettered,
+                    "short_circuited": st.short_circuited,
+                    "circuit": self.runner.breaker(name).state,
                     "attempts": st.attempts,
                     "retries": st.retries,
                     "rejected": st.rejected,
@@ -247,3 +299,13 @@ class Daemon:
                 for name, (tool, st, pending) in self.runner.lanes().items()
             },
         }
+
+
+def _secret_args(config: AppConfig) -> dict[tuple[str | None, str], frozenset[str]]:
+    """Per (rule, tool): argument names whose configured value came from the environment."""
+    out: dict[tuple[str | None, str], set[str]] = {}
+    for rule_name, rule in config.rules.items():
+        for i, call in enumerate(rule.then):
+            names = {k for k in call.args if config.is_secret(("rules", rule_name, "then", i, "args", k))}
+            out.setdefault((rule_name, call.tool), set()).update(names)
+    return {k: frozenset(v) for k, v in out.items()}

@@ -21,8 +21,11 @@ reflexd_source_last_event_age_seconds{source}           seconds since the last e
 reflexd_queue_depth / _capacity / _high_water{source}   bounded queue in front of the rules
 reflexd_rule_events_total{rule}                         events the rule looked at
 reflexd_rule_matched_total{rule}                        `where` was true
-reflexd_rule_errors_total{rule}                         `where` raised (event dropped)
-reflexd_rule_suppressed_total{rule}                     matched inside the cooldown
+reflexd_rule_errors_total{rule}                         an expression raised (event dropped)
+reflexd_rule_late_total{rule}                           behind the watermark (dropped)
+reflexd_rule_suppressed_total{rule}                     muted by cooldown or throttle
+reflexd_rule_evicted_total{rule}                        per-key state forgotten at max_keys
+reflexd_rule_overflow_total{rule}                       dropped from a full window / reorder buffer
 reflexd_rule_fired_total{rule}                          fired its tool calls
 reflexd_tool_calls_total{tool}                          calls started
 reflexd_tool_failures_total{tool}                       calls that failed for good (after retries)
@@ -146,8 +149,14 @@ class DaemonCollector(Collector):
         fields = {
             "seen": ("reflexd_rule_events_total", "Events the rule looked at."),
             "matched": ("reflexd_rule_matched_total", "Events whose `where` was true."),
-            "errors": ("reflexd_rule_errors_total", "Events dropped because `where` raised."),
-            "suppressed": ("reflexd_rule_suppressed_total", "Matches muted by the cooldown."),
+            "errors": ("reflexd_rule_errors_total", "Events dropped because an expression raised."),
+            "late": ("reflexd_rule_late_total", "Events behind the watermark, dropped by time-driven steps."),
+            "suppressed": ("reflexd_rule_suppressed_total", "Matches muted by cooldown or throttle."),
+            "evicted": ("reflexd_rule_evicted_total", "Per-key states forgotten at max_keys."),
+            "overflow": (
+                "reflexd_rule_overflow_total",
+                "Events dropped from a full window or reorder buffer.",
+            ),
             "fired": ("reflexd_rule_fired_total", "Times the rule fired its tool calls."),
         }
         families = {f: _counter(n, doc, ["rule"]) for f, (n, doc) in fields.items()}
@@ -161,6 +170,12 @@ class DaemonCollector(Collector):
         failures = _counter("reflexd_tool_failures_total", "Tool calls that failed for good.", ["tool"])
         timeouts = _counter("reflexd_tool_timeouts_total", "Tool call attempts that timed out.", ["tool"])
         retries = _counter("reflexd_tool_retries_total", "Tool call attempts after the first.", ["tool"])
+        dedup = _counter("reflexd_tool_deduplicated_total", "Calls skipped: key already succeeded.", ["tool"])
+        dlq = _counter("reflexd_tool_dead_lettered_total", "Calls parked in the dead-letter queue.", ["tool"])
+        shorted = _counter("reflexd_tool_short_circuited_total", "Calls refused: circuit open.", ["tool"])
+        circuit = _gauge(
+            "reflexd_tool_circuit_state", "Circuit breaker: 0 closed, 1 open, 2 half-open.", ["tool"]
+        )
         rejected = _counter("reflexd_tool_rejected_total", "Tool calls refused (backlog full).", ["tool"])
         in_flight = _gauge("reflexd_tool_in_flight", "Tool calls running.", ["tool"])
         pending = _gauge("reflexd_tool_pending", "Tool calls waiting for a slot.", ["tool"])
@@ -172,6 +187,10 @@ class DaemonCollector(Collector):
             failures.add_metric([name], s.failures)
             timeouts.add_metric([name], s.timeouts)
             retries.add_metric([name], s.retries)
+            dedup.add_metric([name], s.deduplicated)
+            dlq.add_metric([name], s.dead_lettered)
+            shorted.add_metric([name], s.short_circuited)
+            circuit.add_metric([name], d.runner.breaker(name).code)
             rejected.add_metric([name], s.rejected)
             in_flight.add_metric([name], s.in_flight)
             pending.add_metric([name], waiting)
@@ -181,7 +200,20 @@ class DaemonCollector(Collector):
                 cumulative += count
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
             duration.add_metric([name], buckets, s.duration_sum)
-        yield from (calls, failures, timeouts, retries, rejected, in_flight, pending, duration)
+        yield from (
+            calls,
+            failures,
+            timeouts,
+            retries,
+            dedup,
+            dlq,
+            shorted,
+            circuit,
+            rejected,
+            in_flight,
+            pending,
+        )
+        yield duration
 
 
 def metrics_registry(daemon: Daemon) -> CollectorRegistry:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from streams.event import Event
 
-__all__ = ["CallContext", "RetryConfig", "Tool", "ToolConfig"]
+__all__ = ["CallContext", "CircuitConfig", "RetryConfig", "Tool", "ToolConfig"]
 
 
 class RetryConfig(BaseModel):
@@ -30,6 +30,19 @@ class RetryConfig(BaseModel):
     retry_timeouts: bool = Field(True, description="Retry a call that ran past timeout_seconds.")
 
 
+class CircuitConfig(BaseModel):
+    """``circuit:`` of a tool: stop calling a target that keeps failing, probe it now and then."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+    failures: int = Field(
+        5, ge=0, le=10_000, description="Consecutive failed calls (after retries) that open it; 0 = never."
+    )
+    open_seconds: float = Field(
+        30.0, gt=0, le=86_400, description="How long it stays open before one probe call."
+    )
+
+
 class ToolConfig(BaseModel):
     """Fields every tool has. Each tool type subclasses this next to its code."""
 
@@ -43,6 +56,7 @@ class ToolConfig(BaseModel):
         1_000, ge=1, le=1_000_000, description="Calls waiting for a free slot; above it the rules wait."
     )
     retry: RetryConfig = Field(default_factory=RetryConfig, description="Retries of failed calls.")
+    circuit: CircuitConfig = Field(default_factory=CircuitConfig, description="Circuit breaker of the tool.")
 
 
 class CallContext(NamedTuple):

@@ -14,7 +14,13 @@ from typing import Any, ClassVar
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerClosed,
+    UnknownProducerId,
+)
 from pydantic import Field
 
 from daemon.errors import ToolError
@@ -26,6 +32,9 @@ from streams.rules.expressions import compile_template
 __all__ = ["KafkaTool", "KafkaToolConfig"]
 
 log = get_logger("tool.kafka")
+
+#: Errors after which this producer instance cannot be used again, but a new one can.
+PRODUCER_STATE_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch, ProducerClosed)
 
 
 class KafkaToolConfig(ToolConfig):
@@ -107,11 +116,22 @@ class KafkaTool(Tool):
         try:
             fut = await producer.send(self.config.topic, value, key=key, headers=headers)
             await fut  # the runner's timeout bounds the wait
+        except PRODUCER_STATE_ERRORS as exc:
+            # the idempotent producer's sequence state no longer matches the broker's (e.g. after a
+            # broker restart lost it): this producer cannot send again; a fresh one can
+            await self._reset(producer)
+            raise ToolError(self.name, f"producer reset after {type(exc).__name__}", retryable=True) from exc
         except KafkaError as exc:
             retryable = bool(getattr(exc, "retriable", False)) or isinstance(exc, (OSError, TimeoutError))
             raise ToolError(
                 self.name, f"send failed: {type(exc).__name__}: {exc}", retryable=retryable
             ) from exc
+
+    async def _reset(self, producer: AIOKafkaProducer) -> None:
+        if self._producer is producer:
+            self._producer = None
+            log.warning("kafka producer reset", extra={"fields": {"tool": self.name}})
+            await self._stop_producer(producer)
 
     async def stop(self) -> None:
         producer, self._producer = self._producer, None

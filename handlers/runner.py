@@ -25,6 +25,7 @@ import inspect
 import logging
 import random
 import time
+import traceback
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
@@ -33,10 +34,11 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from daemon.errors import ShutdownTimeout, ToolError
 from daemon.logs import RateLimitedLog, get_logger
-from handlers.base import CallContext, RetryConfig, Tool
+from daemon.state import Journal, event_record
+from handlers.base import CallContext, CircuitConfig, RetryConfig, Tool
 from streams.ack import Ack
 
-__all__ = ["DURATION_BUCKETS", "Invocation", "ToolRunner", "ToolStats"]
+__all__ = ["DURATION_BUCKETS", "CircuitBreaker", "Invocation", "ToolRunner", "ToolStats"]
 
 log = get_logger("runner")
 
@@ -89,6 +91,52 @@ class Invocation(NamedTuple):
     args: dict[str, Any]
     ctx: CallContext
     ack: Ack | None  # the record this call must finish before it may be committed (Kafka)
+    done: asyncio.Future[str] | None = None  # resolved with the outcome (dead-letter replays wait on it)
+    dead_letter: bool = True  # park a final failure in the DLQ (a replay keeps its original entry instead)
+    journal_id: str | None = None  # its journal row, written when it was queued
+
+
+class CircuitBreaker:
+    """Per tool: opens after ``failures`` consecutive failed calls, lets one probe through after
+    ``open_seconds``, closes again when the probe succeeds."""
+
+    __slots__ = ("consecutive", "failures", "open_seconds", "opened_at", "probing", "state")
+
+    def __init__(self, config: CircuitConfig) -> None:
+        self.failures = config.failures
+        self.open_seconds = config.open_seconds
+        self.state = "closed"  # closed | open | half_open
+        self.consecutive = 0
+        self.opened_at = 0.0
+        self.probing = False
+
+    def allow(self) -> bool:
+        if self.state == "closed":
+            return True
+        if self.state == "open" and time.monotonic() - self.opened_at >= self.open_seconds:
+            self.state = "half_open"
+        if self.state == "half_open" and not self.probing:
+            self.probing = True
+            return True
+        return False
+
+    def success(self) -> None:
+        self.state = "closed"
+        self.consecutive = 0
+        self.probing = False
+
+    def failure(self) -> None:
+        self.consecutive += 1
+        self.probing = False
+        if self.failures and (self.state == "half_open" or self.consecutive >= self.failures):
+            if self.state != "open":
+                log.warning("circuit opened", extra={"fields": {"failures": self.consecutive}})
+            self.state = "open"
+            self.opened_at = time.monotonic()
+
+    @property
+    def code(self) -> int:
+        return {"closed": 0, "open": 1, "half_open": 2}[self.state]
 
 
 class ToolStats:
@@ -98,11 +146,14 @@ class ToolStats:
         "attempts",
         "buckets",
         "calls",
+        "dead_lettered",
+        "deduplicated",
         "duration_sum",
         "failures",
         "in_flight",
         "rejected",
         "retries",
+        "short_circuited",
         "succeeded",
         "timeouts",
     )
@@ -114,6 +165,9 @@ class ToolStats:
         self.succeeded = 0  # invocations that succeeded (possibly after retries)
         self.failures = 0  # invocations that failed for good (retries exhausted or not retryable)
         self.timeouts = 0  # attempts that ran past timeout_seconds
+        self.deduplicated = 0  # skipped: the idempotency key already succeeded
+        self.dead_lettered = 0  # parked in the dead-letter queue after failing
+        self.short_circuited = 0  # refused while the circuit was open
         self.rejected = 0  # backlog over its hard bound
         self.in_flight = 0
         self.duration_sum = 0.0
@@ -129,7 +183,7 @@ class ToolStats:
 
 
 class _Lane:
-    __slots__ = ("fail_log", "full", "is_async", "queue", "stats", "tool", "workers")
+    __slots__ = ("breaker", "fail_log", "full", "is_async", "queue", "stats", "tool", "workers")
 
     def __init__(self, tool: Tool) -> None:
         self.tool = tool
@@ -139,13 +193,22 @@ class _Lane:
         self.full = False
         self.workers: list[asyncio.Task[None]] = []
         self.fail_log = RateLimitedLog(log, "tool call failed", level=logging.WARNING, interval=10.0)
+        self.breaker = CircuitBreaker(tool.config.circuit)
 
 
 class ToolRunner:
     """Runs tool calls with per-tool concurrency, timeout and a bounded backlog."""
 
-    def __init__(self, tools: Mapping[str, Tool]) -> None:
+    def __init__(
+        self,
+        tools: Mapping[str, Tool],
+        *,
+        journal: Journal | None = None,
+        secret_args: Mapping[tuple[str | None, str], frozenset[str]] | None = None,
+    ) -> None:
         self.tools = dict(tools)
+        self.journal = journal
+        self._secret_args = dict(secret_args or {})
         self._lanes = {name: _Lane(tool) for name, tool in self.tools.items()}
         self._full_lanes = 0
         self.full = False  # read by the dispatcher after every event: keep it a plain attribute
@@ -158,7 +221,15 @@ class ToolRunner:
 
     # -- submitting (hot path) ---------------------------------------------------------------
 
-    def submit(self, tool: str, args: dict[str, Any], ctx: CallContext) -> bool:
+    def submit(
+        self,
+        tool: str,
+        args: dict[str, Any],
+        ctx: CallContext,
+        *,
+        done: asyncio.Future[str] | None = None,
+        dead_letter: bool = True,
+    ) -> bool:
         """Queue one call; False if it had to be rejected (counted)."""
         lane = self._lanes[tool]
         if self._closed:
@@ -169,7 +240,8 @@ class ToolRunner:
         event = ctx.event
         ack = event.meta.get("ack") if event is not None else None
         try:
-            lane.queue.put_nowait(Invocation(args, ctx, ack))
+            journal_id = self._journal_queued(lane, args, ctx)
+            lane.queue.put_nowait(Invocation(args, ctx, ack, done, dead_letter, journal_id))
         except asyncio.QueueFull:
             lane.stats.rejected += 1
             lane.fail_log.hit(tool=tool, rule=ctx.rule, error="backlog above max_pending; call rejected")
@@ -184,6 +256,19 @@ class ToolRunner:
             self.full = True
             self._room.clear()
         return True
+
+    def _journal_queued(self, lane: _Lane, args: dict[str, Any], ctx: CallContext) -> str | None:
+        """Journal the call as soon as it is accepted: a crash before it ran still leaves a row to resume."""
+        journal = self.journal
+        if journal is None:
+            return None
+        if lane.queue.full():
+            return None  # put_nowait is about to refuse it: nothing to resume
+        journal_id = journal.new_id()
+        name = lane.tool.name
+        secrets = self._secret_args.get((ctx.rule, name), frozenset())
+        journal.started(journal_id, ctx.call_id, ctx.rule, name, args, event_record(ctx.event), secrets)
+        return journal_id
 
     async def wait_for_room(self) -> None:
         await self._room.wait()
@@ -225,41 +310,104 @@ class ToolRunner:
                 queue.task_done()
 
     async def _invoke(self, lane: _Lane, inv: Invocation) -> None:
-        """One invocation: attempts under the tool's timeout, retried per its ``retry`` policy.
+        """One invocation: journaled, deduplicated by its key, guarded by the circuit breaker, its
+        attempts run under the tool's timeout and retried per its ``retry`` policy; a final
+        failure is parked in the dead-letter queue before the record (if any) is released.
 
         Every attempt carries the same ``call_id`` (the idempotency key) and its own ``attempt``.
         """
-        tool = lane.tool
-        policy = tool.config.retry
         stats = lane.stats
+        ctx = inv.ctx
+        key = ctx.call_id
+        journal = self.journal
         stats.calls += 1
         stats.in_flight += 1
+        outcome = "failed"
+        inv_id = inv.journal_id
+        try:
+            if journal is not None and journal.succeeded(key):
+                stats.deduplicated += 1
+                outcome = "duplicate"
+                if inv_id is not None:
+                    journal.ended(inv_id, key, 0, outcome, None, None)
+                return
+            if not lane.breaker.allow():
+                stats.short_circuited += 1
+                stats.failures += 1
+                outcome = await self._give_up(lane, inv, "circuit open: the tool failed too often", 0, inv_id)
+                return
+            attempts, result, error = await self._attempts(lane, inv)
+            if error is None:
+                stats.succeeded += 1
+                lane.breaker.success()
+                outcome = "succeeded"
+                if journal is not None and inv_id is not None:
+                    journal.ended(inv_id, key, attempts, outcome, None, result)
+            else:
+                stats.failures += 1
+                lane.breaker.failure()
+                outcome = await self._give_up(lane, inv, error, attempts, inv_id)
+        finally:
+            stats.in_flight -= 1
+            if inv.done is not None and not inv.done.done():
+                inv.done.set_result(outcome)
+            if inv.ack is not None:
+                inv.ack.release()
+
+    async def _attempts(self, lane: _Lane, inv: Invocation) -> tuple[int, Any, str | None]:
+        """Run the attempts; (attempts, result, None) on success, (attempts, None, error text) on failure."""
+        policy = lane.tool.config.retry
         retrying = AsyncRetrying(
             stop=stop_after_attempt(policy.max_attempts),
             wait=functools.partial(_retry_wait, policy, self._rng),
             retry=retry_if_exception(functools.partial(_retryable, policy)),
-            before_sleep=functools.partial(_count_retry, stats),
+            before_sleep=functools.partial(_count_retry, lane.stats),
             reraise=True,
             sleep=asyncio.sleep,
         )
+        attempts = 0
+        result: Any = None
         try:
             async for attempt in retrying:
                 with attempt:
-                    ctx = inv.ctx._replace(attempt=attempt.retry_state.attempt_number)
-                    await self._attempt(lane, inv.args, ctx)
-            stats.succeeded += 1
+                    attempts = attempt.retry_state.attempt_number
+                    result = await self._attempt(lane, inv.args, inv.ctx._replace(attempt=attempts))
         except _AttemptTimeout as exc:
-            stats.failures += 1
-            lane.fail_log.hit(tool=tool.name, rule=inv.ctx.rule, error=str(exc))
+            lane.fail_log.hit(tool=lane.tool.name, rule=inv.ctx.rule, error=str(exc))
+            return attempts, None, str(exc)
         except Exception as exc:
-            stats.failures += 1
             self._log_failure(lane, inv, exc)
-        finally:
-            stats.in_flight -= 1
-            if inv.ack is not None:
-                inv.ack.release()
+            if isinstance(exc, ToolError):
+                return attempts, None, exc.reason
+            trace = "".join(traceback.format_exception(exc))
+            return attempts, None, f"{type(exc).__name__}: {exc}\n{trace}"
+        return attempts, result, None
 
-    async def _attempt(self, lane: _Lane, args: dict[str, Any], ctx: CallContext) -> None:
+    async def _give_up(
+        self, lane: _Lane, inv: Invocation, error: str, attempts: int, inv_id: str | None
+    ) -> str:
+        """A final failure: into the dead-letter queue (durably, before the record is released)."""
+        journal = self.journal
+        ctx = inv.ctx
+        if journal is None or not inv.dead_letter:
+            if journal is not None and inv_id is not None:
+                journal.ended(inv_id, ctx.call_id, attempts, "failed", error, None)
+            return "failed"
+        try:
+            await journal.dead_letter(
+                ctx.call_id, ctx.rule, lane.tool.name, inv.args, event_record(ctx.event), error, attempts
+            )
+        except Exception:
+            log.exception("could not write the dead-letter queue", extra={"fields": {"tool": lane.tool.name}})
+            if inv.ack is not None:
+                inv.ack.hold()  # not parked: keep the record uncommitted so it is delivered again
+            return "failed"
+        lane.stats.dead_lettered += 1
+        if inv_id is not None:
+            journal.ended(inv_id, ctx.call_id, attempts, "dead_lettered", error, None)
+        return "dead_lettered"
+
+    async def _attempt(self, lane: _Lane, args: dict[str, Any], ctx: CallContext) -> Any:
         tool = lane.tool
         stats = lane.stats
         stats.attempts += 1
@@ -267,10 +415,9 @@ class ToolRunner:
         try:
             async with asyncio.timeout(tool.config.timeout_seconds):
                 if lane.is_async:
-                    await tool.call(args, ctx)
-                else:
-                    loop = asyncio.get_running_loop()
-                    await loop.run_in_executor(self._executor, functools.partial(tool.call, args, ctx))
+                    return await tool.call(args, ctx)
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self._executor, functools.partial(tool.call, args, ctx))
         except TimeoutError as exc:
             stats.timeouts += 1
             raise _AttemptTimeout(tool.config.timeout_seconds, ctx.attempt) from exc
@@ -324,6 +471,9 @@ class ToolRunner:
 
     def stats(self, tool: str) -> ToolStats:
         return self._lanes[tool].stats
+
+    def breaker(self, tool: str) -> CircuitBreaker:
+        return self._lanes[tool].breaker
 
     def pending(self, tool: str) -> int:
         return self._lanes[tool].queue.qsize()

@@ -18,6 +18,14 @@ StartServer = Callable[..., Awaitable[FeedServer]]
 StartDaemon = Callable[[AppConfig], Awaitable[Daemon]]
 
 
+
+@pytest.fixture(autouse=True)
+def _private_working_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test runs in a folder of its own: relative paths (``./var/reflexd.db``, the journal that
+    remembers which idempotency keys succeeded) never leak from one test or run into another."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
 @pytest.fixture
 async def feed_server() -> AsyncIterator[StartServer]:
     """``await feed_server(plans, reject=[...])`` → a started :class:`FeedServer`; all are stopped after the test."""

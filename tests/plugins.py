@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import Field
 
+from daemon.errors import ToolError
 from daemon.registry import ComponentSpec
 from handlers.base import CallContext, Tool, ToolConfig
 
@@ -68,4 +70,39 @@ SLEEPER = ComponentSpec(
     lambda c: [("seconds", c.seconds)],
     "Sleep.",
     {"type": "sleeper"},
+)
+
+
+class GateToolConfig(ToolConfig):
+    """Fails (retryably) while the file `gate` does not exist; then appends each call id to `out`."""
+
+    gate: str
+    out: str
+
+
+class GateTool(Tool):
+    type_name: ClassVar[str] = "gate"
+    description: ClassVar[str] = "Deliver to a file once a gate file exists."
+
+    def __init__(self, name: str, config: GateToolConfig) -> None:
+        super().__init__(name, config)
+        self.gate = Path(config.gate)
+        self.out = Path(config.out)
+
+    async def call(self, args: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        if not self.gate.exists():
+            raise ToolError(self.name, "gate closed", retryable=True)
+        with self.out.open("a") as f:
+            f.write(f"{ctx.call_id}\t{args.get('id')}\n")
+        return {"delivered": ctx.call_id}
+
+
+GATE = ComponentSpec(
+    "tool",
+    "gate",
+    GateToolConfig,
+    lambda name, cfg, ctx: GateTool(name, cfg),
+    lambda c: [("gate", c.gate)],
+    "Deliver to a file once a gate file exists.",
+    {"type": "gate", "gate": "/tmp/gate", "out": "/tmp/out"},
 )

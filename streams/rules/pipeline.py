@@ -106,8 +106,11 @@ def plan_rule(config: RuleConfig, now: Callable[[], float] | None = None) -> Ste
 
 
 def _event_ref(event: Event) -> str:
+    """A stable name for an event: the same record gives the same name after a restart."""
     meta = event.meta
-    for field in ("offset", "seq", "line"):
+    if "offset" in meta:  # Kafka: topic, partition and offset name a record exactly
+        return f"{event.source}:{meta.get('topic')}/{meta.get('partition')}@{meta['offset']}"
+    for field in ("seq", "line"):
         if field in meta:
             return f"{event.source}:{field}={meta[field]}:lap={meta.get('lap', 0)}:ts={event.ts!r}"
     return f"{event.source}:ts={event.ts!r}"

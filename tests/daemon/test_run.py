@@ -19,7 +19,9 @@ def shipped_config(tmp_path: Path, listen: str = "127.0.0.1:0") -> Path:
     """The shipped config.yaml, with its paths pointed into tmp_path and the ops port made free."""
     text = (ROOT / "config.yaml").read_text()
     text = text.replace("path: data/sample-trades.jsonl", f"path: {ROOT / 'data' / 'sample-trades.jsonl'}")
-    text = text.replace('listen: "127.0.0.1:9108"', f'listen: "{listen}"')
+    default_listen = 'listen: "${REFLEXD_HTTP_LISTEN:-127.0.0.1:9108}"'
+    assert default_listen in text
+    text = text.replace(default_listen, f'listen: "{listen}"')
     path = tmp_path / "config.yaml"
     path.write_text(text)
     return path

@@ -57,16 +57,18 @@ async def test_daemon_reports_ready_and_stopping(tmp_path: Path, monkeypatch: py
         assert sock.recv(200) == b"STOPPING=1"
 
 
-def test_unit_file_is_hardened() -> None:
-    """deploy/reflexd.service scores an exposure of at most 2.0 in systemd-analyze security."""
+def test_unit_file_is_hardened(tmp_path: Path) -> None:
+    """deploy/reflexd@.service (as instance reflexd@main) scores an exposure ≤ 2.0 in systemd-analyze security."""
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")
+    unit = tmp_path / "reflexd@main.service"  # an instance of the template, as systemd would load it
+    unit.write_text((ROOT / "deploy" / "reflexd@.service").read_text())
     result = subprocess.run(
-        ["systemd-analyze", "security", "--offline=yes", "--threshold=20", str(ROOT / "deploy" / "reflexd.service")],
+        ["systemd-analyze", "security", "--offline=yes", "--threshold=20", str(unit)],
         capture_output=True,
         text=True,
         timeout=60,
     )
-    match = re.search(r"Overall exposure level for reflexd.service: (\d+\.\d+)", result.stdout)
+    match = re.search(r"Overall exposure level for reflexd@main.service: (\d+\.\d+)", result.stdout)
     assert match, result.stdout + result.stderr
     assert float(match.group(1)) <= 2.0 and result.returncode == 0

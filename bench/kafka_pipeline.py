@@ -1,0 +1,520 @@
+"""Kafka → reflexd → Kafka pipeline benchmark: a raw aiokafka loop vs the real Daemon.
+
+A real single-node KRaft broker (``tests/kafka_broker.py``, jars from ``make kafka-jars``) runs in a
+temporary directory, or ``--bootstrap host:port`` names one that already runs. The input topic
+(4 partitions) is pre-filled with ``--n`` JSON records of 100 bytes each (``{"id": i, "sym":
+"BTCUSDT", "p": "65000.12", "q": "0.01234", "pad": "xx..."}``, round-robin over the partitions, no
+key). On this 2-core machine **the broker shares the cores with the process measured**: the numbers
+are for the whole pipeline (client + broker), and each run prints the CPU seconds of both.
+
+Measured in the same run, alternating (a→b, then b→a, ...), ``--runs`` times each, after one small
+warm-up run of each on a separate topic. Every run uses a fresh consumer group and a fresh output
+topic (4 partitions), and writes one 100-byte JSON record ``{"id", "sym", "p", "q", "pad"}`` (the
+same bytes in (a) and (b)) per input record:
+
+(a) raw aiokafka loop: ``AIOKafkaConsumer`` (group, ``enable_auto_commit=False``, the source's fetch
+    bounds, ``max_records=--raw-batch``, 500 like the source) → ``getmany`` → per record
+    ``orjson.loads`` + ``orjson.dumps`` + ``await producer.send()`` (``acks="all"``,
+    ``enable_idempotence=True``, ``linger_ms=5``), then ``gather`` of the batch's futures; the
+    processed positions are committed every ~1 s and at the end. Done when N sends are acknowledged.
+(b) reflexd: the real :class:`daemon.supervisor.Daemon` from config text (``http: null``): ``kafka``
+    source (same topic, fresh group, default queue: 10,000 events, block) → rule ``every`` with no
+    ``where`` → ``kafka`` tool (``acks=all``, idempotent, ``linger_ms: 5``, ``concurrency:
+    --concurrency``, default 256, ``max_pending`` default 1,000) with args ``{id: "{data.id}", sym:
+    ..., pad: "{data.pad}"}``. The tool also adds its ``reflexd-call-id`` header (~40 bytes) to every
+    record; the raw loop sends no header. Done when ``daemon.runner.stats("out").succeeded`` reaches
+    N (polled every 10 ms, so the end is at most ~10 ms late: < 0.3 % of a run).
+
+Time = first record returned by the consumer → N-th acknowledgement (for (b) the first record is
+seen by polling ``source.stats.received`` every 1 ms). Rate = N / time. The time from the client's
+start (producer + consumer start, group join) is printed too. After each run the output topic must
+hold exactly N records and the group's committed offsets must sum to N (checked: anything else
+fails the run), so both sides really did at-least-once work with nothing lost or duplicated.
+
+Usage::
+
+    .venv/bin/python bench/kafka_pipeline.py [--n 200000] [--runs 3] [--bootstrap host:port]
+                                             [--concurrency 256] [--raw-batch 500] [--uvloop]
+                                             [--profile] [--strict]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import os
+import platform
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiokafka
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from daemon.config import load_config_text
+from daemon.registry import builtin_registry
+from daemon.supervisor import Daemon
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the broker harness lives in tests/, which is not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from tests.kafka_broker import (  # noqa: E402
+    KafkaBroker,
+    create_topic_on,
+    delete_topics_on,
+    kafka_version,
+    unique_name,
+    wait_for_metadata,
+)
+from tests.kafka_ledger import committed_total, end_offsets_total  # noqa: E402
+
+T = TypeVar("T")
+
+PARTITIONS = 4
+RECORD_BYTES = 100
+RAW_COMMIT_INTERVAL = 1.0
+POLL_END_SECONDS = 0.01
+POLL_FIRST_SECONDS = 0.001
+RUN_TIMEOUT = 180.0
+WARMUP_N = 20_000
+TOOL = "out"
+SOURCE = "in"
+
+
+# -- records -------------------------------------------------------------------------------------
+
+
+def input_record(i: int) -> bytes:
+    """A JSON trade-like record padded to exactly RECORD_BYTES bytes."""
+    head = {"id": i, "sym": "BTCUSDT", "p": "65000.12", "q": "0.01234", "pad": ""}
+    pad = RECORD_BYTES - len(orjson.dumps(head))
+    return orjson.dumps({**head, "pad": "x" * max(0, pad)})
+
+
+def output_record(d: dict[str, Any]) -> bytes:
+    """What both sides write per record (the reflexd tool renders the same dict)."""
+    return orjson.dumps({"id": d["id"], "sym": d["sym"], "p": d["p"], "q": d["q"], "pad": d["pad"]})
+
+
+async def prefill(bootstrap: str, topic: str, n: int) -> float:
+    """Write ``n`` input records round-robin over the partitions (acks=all); return the seconds it took."""
+    t0 = time.perf_counter()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=20,
+        max_batch_size=256 * 1024,
+    )
+    await producer.start()
+    try:
+        futures: list[asyncio.Future[Any]] = []
+        for i in range(n):
+            futures.append(await producer.send(topic, input_record(i), partition=i % PARTITIONS))
+            if len(futures) >= 5000:
+                await asyncio.gather(*futures)
+                futures.clear()
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return time.perf_counter() - t0
+
+
+# -- CPU accounting --------------------------------------------------------------------------------
+
+
+def proc_cpu_seconds(pid: int | None) -> float | None:
+    """utime + stime of another process (the broker JVM), from /proc; None if unknown."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+@dataclass
+class CpuMeter:
+    broker_pid: int | None
+    client0: float = 0.0
+    broker0: float | None = None
+
+    def start(self) -> None:
+        self.client0 = time.process_time()
+        self.broker0 = proc_cpu_seconds(self.broker_pid)
+
+    def read(self) -> tuple[float, float | None]:
+        client = time.process_time() - self.client0
+        now = proc_cpu_seconds(self.broker_pid)
+        broker = None if now is None or self.broker0 is None else now - self.broker0
+        return client, broker
+
+
+# -- results -------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    n: int
+    seconds: float  # first record returned by the consumer → N-th acknowledgement
+    from_start: float  # client start → N-th acknowledgement
+    client_cpu: float  # CPU seconds of this process from client start to the N-th ack
+    broker_cpu: float | None  # CPU seconds of the broker JVM over the same span
+    info: str
+
+    @property
+    def rate(self) -> float:
+        return self.n / self.seconds
+
+    def describe(self) -> str:
+        broker = "?" if self.broker_cpu is None else f"{self.broker_cpu:.1f}"
+        return (
+            f"{self.rate:>8,.0f} rec/s ({self.seconds:.2f} s; {self.from_start:.2f} s from start; "
+            f"cpu client {self.client_cpu:.1f} s broker {broker} s{self.info})"
+        )
+
+
+async def verify(bootstrap: str, src: str, out: str, group: str, n: int) -> None:
+    """The output topic holds exactly ``n`` records and the group committed all ``n`` input records."""
+    written = await end_offsets_total(bootstrap, out, PARTITIONS)
+    committed = await committed_total(bootstrap, group, src)
+    if written != n or committed != n:
+        raise RuntimeError(
+            f"run not clean: output holds {written} records, group committed {committed}, want {n}"
+        )
+
+
+# -- (a) raw loop --------------------------------------------------------------------------------
+
+
+async def raw_run(bootstrap: str, src: str, n: int, batch_size: int, cpu: CpuMeter) -> RunResult:
+    out = await create_topic_on(bootstrap, unique_name("bench-out-raw"), PARTITIONS)
+    group = unique_name("bench-raw")
+    clock = time.perf_counter
+    cpu.start()
+    t_start = clock()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5, client_id="bench-raw"
+    )
+    consumer = AIOKafkaConsumer(
+        src,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        client_id="bench-raw",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=batch_size,
+        fetch_max_bytes=16 << 20,
+        max_partition_fetch_bytes=1 << 20,
+    )
+    await producer.start()
+    await consumer.start()
+    loads, send, gather = orjson.loads, producer.send, asyncio.gather
+    positions: dict[TopicPartition, int] = {}
+    done = 0
+    commits = 0
+    t_first: float | None = None
+    try:
+        async with asyncio.timeout(RUN_TIMEOUT):
+            next_commit = clock() + RAW_COMMIT_INTERVAL
+            while done < n:
+                got = await consumer.getmany(timeout_ms=100, max_records=batch_size)
+                if not got:
+                    continue
+                if t_first is None:
+                    t_first = clock()
+                futures = []
+                for tp, records in got.items():
+                    for r in records:
+                        futures.append(await send(out, output_record(loads(r.value))))
+                    positions[tp] = records[-1].offset + 1
+                await gather(*futures)
+                done += len(futures)
+                if clock() >= next_commit:
+                    await consumer.commit(positions)
+                    commits += 1
+                    next_commit = clock() + RAW_COMMIT_INTERVAL
+            t_end = clock()
+            client_cpu, broker_cpu = cpu.read()
+            await consumer.commit(positions)
+            commits += 1
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    assert t_first is not None
+    await verify(bootstrap, src, out, group, n)
+    await delete_topics_on(bootstrap, [out])
+    return RunResult(
+        n,
+        t_end - t_first,
+        t_end - t_start,
+        client_cpu,
+        broker_cpu,
+        f"; batch {batch_size}, commits {commits}",
+    )
+
+
+# -- (b) reflexd ---------------------------------------------------------------------------------
+
+
+def daemon_config(
+    bootstrap: str, src: str, out: str, group: str, concurrency: int, state_path: Path, journal: bool
+) -> str:
+    return f"""
+daemon:
+  log_level: warning
+  http: null
+  shutdown_timeout_seconds: 30
+  state_path: "{state_path}"
+  journal: {{enabled: {str(journal).lower()}}}
+sources:
+  {SOURCE}:
+    type: kafka
+    bootstrap_servers: "{bootstrap}"
+    topics: [{src}]
+    group_id: {group}
+tools:
+  {TOOL}:
+    type: kafka
+    bootstrap_servers: "{bootstrap}"
+    topic: {out}
+    linger_ms: 5
+    concurrency: {concurrency}
+rules:
+  every:
+    from: {SOURCE}
+    then:
+      - tool: {TOOL}
+        args:
+          {{id: "{{data.id}}", sym: "{{data.sym}}", p: "{{data.p}}", q: "{{data.q}}", pad: "{{data.pad}}"}}
+"""
+
+
+async def reflexd_run(
+    bootstrap: str,
+    src: str,
+    n: int,
+    args: argparse.Namespace,
+    cpu: CpuMeter,
+    profiler: cProfile.Profile | None = None,
+) -> RunResult:
+    out = await create_topic_on(bootstrap, unique_name("bench-out-reflexd"), PARTITIONS)
+    group = unique_name("bench-reflexd")
+    concurrency: int = args.concurrency
+    journal = args.journal == "on"
+    with tempfile.TemporaryDirectory(prefix="reflexd-bench-state-") as state_dir:
+        text = daemon_config(bootstrap, src, out, group, concurrency, Path(state_dir) / "reflexd.db", journal)
+        return await _reflexd_run(bootstrap, src, out, group, n, text, cpu, profiler)
+
+
+async def _reflexd_run(
+    bootstrap: str,
+    src: str,
+    out: str,
+    group: str,
+    n: int,
+    config_text: str,
+    cpu: CpuMeter,
+    profiler: cProfile.Profile | None,
+) -> RunResult:
+    config = load_config_text(config_text, builtin_registry())
+    daemon = Daemon(config)
+    concurrency = daemon.tools[TOOL].concurrency
+    source = daemon.sources[SOURCE]
+    stats = daemon.runner.stats(TOOL)
+    clock = time.perf_counter
+
+    def check() -> None:
+        skipped = getattr(stats, "deduplicated", 0)  # the journal skips keys that already succeeded
+        if source.stats.state == "failed" or stats.failures or stats.rejected or skipped:
+            raise RuntimeError(
+                f"reflexd run failed: source {source.stats.state} ({source.stats.last_error}), "
+                f"tool failures {stats.failures}, rejected {stats.rejected}, deduplicated {skipped}"
+            )
+
+    if profiler is not None:
+        profiler.enable()
+    cpu.start()
+    t_start = clock()
+    try:
+        await daemon.start()
+        async with asyncio.timeout(RUN_TIMEOUT):
+            while source.stats.received == 0:
+                check()
+                await asyncio.sleep(POLL_FIRST_SECONDS)
+            t_first = clock()
+            while stats.succeeded < n:
+                check()
+                await asyncio.sleep(POLL_END_SECONDS)
+            t_end = clock()
+            client_cpu, broker_cpu = cpu.read()
+        if profiler is not None:
+            profiler.disable()
+    finally:
+        cancelled = await daemon.stop()
+    if cancelled:
+        raise RuntimeError(f"daemon stop had to cancel: {cancelled}")
+    await verify(bootstrap, src, out, group, n)
+    await delete_topics_on(bootstrap, [out])
+    st = daemon.status()["sources"][SOURCE]
+    journal = "on" if config.daemon.journal.enabled else "off"
+    info = (
+        f"; journal {journal}, concurrency {concurrency}, pauses {st['pauses']}, "
+        f"commits {st['commits']}, queue high water {source.queue.high_water}"
+    )
+    return RunResult(n, t_end - t_first, t_end - t_start, client_cpu, broker_cpu, info)
+
+
+# -- main ----------------------------------------------------------------------------------------
+
+
+def run_loop(coro: Coroutine[Any, Any, T], use_uvloop: bool) -> T:
+    if use_uvloop:
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(coro)
+    return asyncio.run(coro)
+
+
+def uvloop_available() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+async def measure(args: argparse.Namespace, bootstrap: str, broker_pid: int | None) -> int:
+    await wait_for_metadata(bootstrap, 30)
+    n = args.n
+    cpu = CpuMeter(broker_pid)
+    created: list[str] = []
+    try:
+        src = await create_topic_on(bootstrap, unique_name("bench-in"), PARTITIONS)
+        created.append(src)
+        warm_n = min(n, WARMUP_N)
+        warm = await create_topic_on(bootstrap, unique_name("bench-warm"), PARTITIONS)
+        created.append(warm)
+        took = await prefill(bootstrap, src, n)
+        took += await prefill(bootstrap, warm, warm_n)
+        print(
+            f"pre-filled {n:,} records of {len(input_record(n - 1))} bytes into {PARTITIONS} partitions "
+            f"(+ {warm_n:,} for the warm-up) in {took:.1f} s"
+        )
+
+        # warm-up (not counted): imports, JIT of the broker, first connections
+        await raw_run(bootstrap, warm, warm_n, args.raw_batch, cpu)
+        await reflexd_run(bootstrap, warm, warm_n, args, cpu)
+
+        if args.profile:
+            profiler = cProfile.Profile()
+            res = await reflexd_run(bootstrap, src, n, args, cpu, profiler)
+            print(
+                f"[profile] reflexd under cProfile: {res.rate:,.0f} rec/s (inflated cost, see ranking only)"
+            )
+            buf = io.StringIO()
+            ps = pstats.Stats(profiler, stream=buf)
+            ps.sort_stats("tottime").print_stats(35)
+            print(buf.getvalue())
+            if args.profile_out:
+                ps.dump_stats(args.profile_out)
+                print(f"[profile] pstats written to {args.profile_out}")
+
+        print(f"throughput: N={n:,} records per run, {args.runs} runs, alternating order")
+        ratios: list[float] = []
+        for i in range(args.runs):
+            order = ("a", "b") if i % 2 == 0 else ("b", "a")
+            got: dict[str, RunResult] = {}
+            for which in order:
+                if which == "a":
+                    got["a"] = await raw_run(bootstrap, src, n, args.raw_batch, cpu)
+                else:
+                    got["b"] = await reflexd_run(bootstrap, src, n, args, cpu)
+            a, b = got["a"], got["b"]
+            ratios.append(b.rate / a.rate)
+            print(f"  run {i + 1} ({order[0]}→{order[1]}) b/a = {ratios[-1]:.3f}")
+            print(f"    (a) raw     {a.describe()}")
+            print(f"    (b) reflexd {b.describe()}")
+        med = statistics.median(ratios)
+        verdict = "meets target" if med >= 0.5 else "MISSES target"
+        print(
+            f"  median b/a = {med:.3f} over {len(ratios)} runs (per run: "
+            f"{', '.join(f'{r:.3f}' for r in ratios)}; target >= 0.5: {verdict})"
+        )
+        return 1 if args.strict and med < 0.5 else 0
+    finally:
+        if created:
+            await delete_topics_on(bootstrap, created)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", type=int, default=200_000, help="records per run")
+    parser.add_argument("--runs", type=int, default=3, help="runs of (a) and (b) each")
+    parser.add_argument(
+        "--bootstrap", help="host:port of a running broker (default: start one in a temp dir)"
+    )
+    parser.add_argument("--concurrency", type=int, default=256, help="kafka tool concurrency in (b)")
+    parser.add_argument("--raw-batch", type=int, default=500, help="max records per getmany in (a)")
+    parser.add_argument(
+        "--journal",
+        choices=("on", "off"),
+        default="on",
+        help="reflexd's invocation journal (default on, as configs default; SQLite in a temp dir per run)",
+    )
+    parser.add_argument("--uvloop", action="store_true", help="use uvloop if importable")
+    parser.add_argument("--profile", action="store_true", help="also run (b) once under cProfile first")
+    parser.add_argument("--profile-out", help="with --profile: also dump the pstats to this file")
+    parser.add_argument("--strict", action="store_true", help="exit 1 if the median ratio is below 0.5")
+    args = parser.parse_args(argv)
+    if args.n < 1 or args.runs < 1 or args.concurrency < 1 or args.raw_batch < 1:
+        parser.error("need --n, --runs, --concurrency and --raw-batch >= 1")
+
+    use_uvloop = bool(args.uvloop) and uvloop_available()
+    loop_name = "uvloop" if use_uvloop else "asyncio (default)"
+    if args.uvloop and not use_uvloop:
+        loop_name += " [--uvloop given but uvloop is not importable]"
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(
+        f"python {platform.python_version()}, aiokafka {aiokafka.__version__}, orjson {orjson.__version__}, "
+        f"loop: {loop_name}; {os.cpu_count()} CPUs, load average {load} at start"
+    )
+    started = time.monotonic()
+    code: int
+    if args.bootstrap:
+        print(f"broker: {args.bootstrap} (external; its CPU is not measured)")
+        code = run_loop(measure(args, args.bootstrap, None), use_uvloop)
+    else:
+        with tempfile.TemporaryDirectory(prefix="reflexd-bench-kafka-") as tmp:
+            broker = KafkaBroker(Path(tmp))
+            broker.start()
+            try:
+                print(
+                    f"broker: Kafka {kafka_version()} single-node KRaft on {broker.bootstrap} "
+                    f"(pid {broker.pid}, started in {broker.timings.get('start', 0.0):.1f} s); it SHARES the "
+                    "CPUs with this process, so the rates are for client + broker together"
+                )
+                code = run_loop(measure(args, broker.bootstrap, broker.pid), use_uvloop)
+            finally:
+                broker.stop()
+    print(f"total wall time {time.monotonic() - started:.1f} s")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

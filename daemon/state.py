@@ -1,0 +1,489 @@
+"""Embedded state in SQLite (WAL): the invocation journal and the dead-letter queue.
+
+- **Journal**: one row per tool invocation — idempotency key, rule, tool, rendered arguments
+  (secrets redacted), the event, start and end, attempts, outcome, error (with traceback) and
+  result. Rows are written in batches by one background thread, never on the per-event path;
+  retention is bounded by age and by row count.
+- **Dead-letter queue**: invocations that failed for good, with the event and the error. Writes
+  are durable before they return (a Kafka record may be committed once its call is here).
+- **Recovery**: an invocation still marked ``running`` when the process died is handed back at
+  the next start (:meth:`StateStore.take_unfinished`) and retried with the same idempotency key.
+- **Idempotency**: keys that succeeded within the retention are remembered, so a call whose key
+  already succeeded (a redelivered Kafka record, a DLQ replay) is skipped.
+
+The store is used from the event loop through :class:`Journal` (batched, async) and directly,
+synchronously, by the ``reflexd dlq`` commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from daemon.errors import StartupError
+from daemon.logs import RateLimitedLog, get_logger
+from streams.event import Event
+
+__all__ = ["DeadLetter", "Journal", "StateStore", "Unfinished", "event_from_record", "event_record"]
+
+log = get_logger("state")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS invocations (
+    id TEXT PRIMARY KEY,
+    key TEXT NOT NULL,
+    rule TEXT,
+    tool TEXT NOT NULL,
+    args TEXT,
+    payload TEXT,
+    event TEXT,
+    started REAL NOT NULL,
+    ended REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    outcome TEXT NOT NULL,
+    error TEXT,
+    result TEXT
+);
+CREATE INDEX IF NOT EXISTS invocations_key ON invocations (key, outcome);
+CREATE INDEX IF NOT EXISTS invocations_started ON invocations (started);
+CREATE INDEX IF NOT EXISTS invocations_outcome ON invocations (outcome);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    rule TEXT,
+    tool TEXT NOT NULL,
+    args TEXT,
+    event TEXT,
+    error TEXT,
+    attempts INTEGER NOT NULL,
+    failed_at REAL NOT NULL,
+    replayed_at REAL,
+    replay_outcome TEXT
+);
+CREATE INDEX IF NOT EXISTS dead_letters_tool ON dead_letters (tool, replayed_at);
+"""
+
+REDACTED = "***"
+_SECRET_NAMES = ("password", "passwd", "secret", "token", "authorization", "api_key", "apikey", "private_key")
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+def redact(args: dict[str, Any], secret_names: Iterable[str] = ()) -> dict[str, Any]:
+    """A copy of ``args`` with secret-looking or configured-secret values replaced by ``***``."""
+    explicit = set(secret_names)
+    out: dict[str, Any] = {}
+    for name, value in args.items():
+        lowered = name.lower()
+        if name in explicit or any(marker in lowered for marker in _SECRET_NAMES):
+            out[name] = REDACTED
+        elif isinstance(value, dict):
+            out[name] = redact(value)
+        else:
+            out[name] = value
+    return out
+
+
+def event_record(event: Any) -> dict[str, Any] | None:
+    """The journaled form of an event: everything but transport handles (the Kafka ack)."""
+    if event is None:
+        return None
+    meta = {k: v for k, v in event.meta.items() if k != "ack"}
+    return {
+        "source": event.source,
+        "ts": event.ts,
+        "received_at": event.received_at,
+        "key": event.key,
+        "data": event.data,
+        "meta": meta,
+        "kind": event.kind,
+    }
+
+
+def event_from_record(record: dict[str, Any] | None) -> Event | None:
+    """Rebuild an event from its journaled form (for recovered and replayed invocations)."""
+    if not record:
+        return None
+    return Event(
+        record.get("source", ""),
+        float(record.get("ts") or 0.0),
+        float(record.get("received_at") or 0.0),
+        record.get("key"),
+        record.get("data"),
+        dict(record.get("meta") or {}),
+        record.get("kind", "data"),
+    )
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: int
+    key: str
+    rule: str | None
+    tool: str
+    args: dict[str, Any]
+    event: dict[str, Any] | None
+    error: str | None
+    attempts: int
+    failed_at: float
+    replayed_at: float | None
+    replay_outcome: str | None
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    id: str
+    key: str
+    rule: str | None
+    tool: str
+    args: dict[str, Any]
+    event: dict[str, Any] | None
+    attempts: int
+
+
+class StateStore:
+    """The SQLite file. One connection per store; calls are serialised by a lock."""
+
+    def __init__(
+        self, path: Path, *, retention_seconds: float = 7 * 86400, max_rows: int = 1_000_000
+    ) -> None:
+        self.path = path
+        self.retention_seconds = retention_seconds
+        self.max_rows = max_rows
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+
+    def open(self) -> StateStore:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise StartupError("state", f"cannot open {self.path}: {exc}") from exc
+        with contextlib.suppress(OSError):
+            os.chmod(self.path, 0o600)
+        self._db = db
+        return self
+
+    def close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("state store is not open")
+        return self._db
+
+    # -- journal (called from the journal's writer thread) -----------------------------------
+
+    def write_batch(self, ops: list[tuple[str, tuple[Any, ...]]]) -> None:
+        with self._lock:
+            db = self.db
+            db.execute("BEGIN")
+            try:
+                for sql, params in ops:
+                    db.execute(sql, params)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def prune(self, now: float | None = None) -> int:
+        """Drop journal rows past the retention age or beyond ``max_rows`` (oldest first)."""
+        cutoff = (now or time.time()) - self.retention_seconds
+        with self._lock:
+            db = self.db
+            n = db.execute(
+                "DELETE FROM invocations WHERE started < ? AND outcome != 'running'", (cutoff,)
+            ).rowcount
+            total = db.execute("SELECT COUNT(*) FROM invocations").fetchone()[0]
+            if total > self.max_rows:
+                n += db.execute(
+                    "DELETE FROM invocations WHERE id IN"
+                    " (SELECT id FROM invocations WHERE outcome != 'running' ORDER BY started LIMIT ?)",
+                    (total - self.max_rows,),
+                ).rowcount
+        return n
+
+    def succeeded_keys(self, limit: int) -> list[str]:
+        """Keys that succeeded within the retention, newest last (to seed the dedupe memory)."""
+        cutoff = time.time() - self.retention_seconds
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT key FROM (SELECT key, MAX(ended) AS e FROM invocations WHERE outcome = 'succeeded'"
+                " AND started >= ? GROUP BY key ORDER BY e DESC LIMIT ?) ORDER BY e",
+                (cutoff, limit),
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def has_succeeded(self, key: str) -> bool:
+        cutoff = time.time() - self.retention_seconds
+        with self._lock:
+            row = self.db.execute(
+                "SELECT 1 FROM invocations WHERE key = ? AND outcome = 'succeeded' AND started >= ? LIMIT 1",
+                (key, cutoff),
+            ).fetchone()
+        return row is not None
+
+    def take_unfinished(self) -> list[Unfinished]:
+        """Invocations a previous process left ``running``; marked ``interrupted`` as they are taken."""
+        with self._lock:
+            db = self.db
+            rows = db.execute(
+                "SELECT id, key, rule, tool, payload, event, attempts FROM invocations"
+                " WHERE outcome = 'running' ORDER BY started"
+            ).fetchall()
+            db.execute(
+                "UPDATE invocations SET outcome = 'interrupted', ended = ?, payload = NULL"
+                " WHERE outcome = 'running'",
+                (time.time(),),
+            )
+        return [Unfinished(r[0], r[1], r[2], r[3], _loads(r[4]) or {}, _loads(r[5]), r[6]) for r in rows]
+
+    def journal(self, *, tool: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        sql = "SELECT id, key, rule, tool, started, ended, attempts, outcome, error FROM invocations"
+        params: tuple[Any, ...] = ()
+        if tool:
+            sql += " WHERE tool = ?"
+            params = (tool,)
+        sql += " ORDER BY started DESC LIMIT ?"
+        with self._lock:
+            rows = self.db.execute(sql, (*params, limit)).fetchall()
+        names = ("id", "key", "rule", "tool", "started", "ended", "attempts", "outcome", "error")
+        return [dict(zip(names, r, strict=True)) for r in rows]
+
+    # -- dead letters ------------------------------------------------------------------------
+
+    def add_dead_letter(
+        self,
+        key: str,
+        rule: str | None,
+        tool: str,
+        args: dict[str, Any],
+        event: dict[str, Any] | None,
+        error: str,
+        attempts: int,
+    ) -> int:
+        with self._lock:
+            cur = self.db.execute(
+                "INSERT INTO dead_letters (key, rule, tool, args, event, error, attempts, failed_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, rule, tool, _dumps(args), _dumps(event), error, attempts, time.time()),
+            )
+            return int(cur.lastrowid or 0)
+
+    def dead_letters(self, *, tool: str | None = None, include_replayed: bool = False) -> list[DeadLetter]:
+        sql = "SELECT * FROM dead_letters WHERE 1=1"
+        params: list[Any] = []
+        if tool:
+            sql += " AND tool = ?"
+            params.append(tool)
+        if not include_replayed:
+            sql += " AND (replayed_at IS NULL OR replay_outcome != 'succeeded')"
+        sql += " ORDER BY id"
+        with self._lock:
+            rows = self.db.execute(sql, params).fetchall()
+        return [
+            DeadLetter(
+                r[0], r[1], r[2], r[3], _loads(r[4]) or {}, _loads(r[5]), r[6], r[7], r[8], r[9], r[10]
+            )
+            for r in rows
+        ]
+
+    def mark_replayed(self, dead_letter_id: int, outcome: str) -> None:
+        with self._lock:
+            self.db.execute(
+                "UPDATE dead_letters SET replayed_at = ?, replay_outcome = ? WHERE id = ?",
+                (time.time(), outcome, dead_letter_id),
+            )
+
+    def purge_dead_letters(self, *, tool: str | None = None) -> int:
+        with self._lock:
+            if tool:
+                return self.db.execute("DELETE FROM dead_letters WHERE tool = ?", (tool,)).rowcount
+            return self.db.execute("DELETE FROM dead_letters").rowcount
+
+
+class Journal:
+    """The runner's view of the store: batched journal writes, durable dead letters, dedupe memory."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        *,
+        flush_seconds: float = 0.05,
+        max_buffered: int = 100_000,
+        remember_keys: int = 100_000,
+    ) -> None:
+        self.store = store
+        self.flush_seconds = flush_seconds
+        self.max_buffered = max_buffered
+        self.remember_keys = remember_keys
+        self._ops: list[tuple[str, tuple[Any, ...]]] = []
+        self._succeeded: OrderedDict[str, None] = OrderedDict()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reflexd-state")
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._counter = 0
+        self._prefix = f"{os.getpid():x}-{int(time.time() * 1000):x}"
+        self.dropped = 0  # journal rows dropped because the disk could not keep up
+        self.write_errors = 0
+        self.dead_lettered = 0
+        self.deduplicated = 0
+        self._error_log = RateLimitedLog(log, "journal write failed", interval=30.0)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for key in await loop.run_in_executor(self._executor, self.store.succeeded_keys, self.remember_keys):
+            self._succeeded[key] = None
+        self._task = asyncio.create_task(self._writer(), name="reflexd:journal")
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None
+
+    async def stop(self) -> None:
+        """Write what is buffered and stop the writer (never cancelled mid-batch: a batch queued
+        in the executor and then cancelled would be lost)."""
+        task, self._task = self._task, None
+        self._closing = True
+        self._wake.set()
+        if task is not None:
+            await task
+        await self._flush()
+        self._executor.shutdown(wait=True)
+
+    # -- hot-ish path (once per tool invocation, never per event) ----------------------------
+
+    def new_id(self) -> str:
+        self._counter += 1
+        return f"{self._prefix}-{self._counter:x}"
+
+    def succeeded(self, key: str) -> bool:
+        if key in self._succeeded:
+            self.deduplicated += 1
+            return True
+        return False
+
+    def started(
+        self,
+        inv_id: str,
+        key: str,
+        rule: str | None,
+        tool: str,
+        args: dict[str, Any],
+        event: dict[str, Any] | None,
+        secret_args: Iterable[str] = (),
+    ) -> None:
+        """Record an invocation as running. ``payload`` keeps the real arguments until it ends, so
+        an invocation interrupted by a crash can be retried at the next start; ``args`` is redacted."""
+        self._queue(
+            "INSERT OR REPLACE INTO invocations"
+            " (id, key, rule, tool, args, payload, event, started, outcome)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running')",
+            (
+                inv_id,
+                key,
+                rule,
+                tool,
+                _dumps(redact(args, secret_args)),
+                _dumps(args),
+                _dumps(event),
+                time.time(),
+            ),
+        )
+
+    def ended(
+        self, inv_id: str, key: str, attempts: int, outcome: str, error: str | None, result: Any
+    ) -> None:
+        if outcome == "succeeded":
+            self._succeeded[key] = None
+            self._succeeded.move_to_end(key)
+            if len(self._succeeded) > self.remember_keys:
+                self._succeeded.popitem(last=False)
+        self._queue(
+            "UPDATE invocations SET ended = ?, attempts = ?, outcome = ?, error = ?, result = ?,"
+            " payload = NULL WHERE id = ?",
+            (
+                time.time(),
+                attempts,
+                outcome,
+                error,
+                None if result is None else _dumps(result)[:65536],
+                inv_id,
+            ),
+        )
+
+    def _queue(self, sql: str, params: tuple[Any, ...]) -> None:
+        if len(self._ops) >= self.max_buffered:
+            self.dropped += 1
+            return
+        self._ops.append((sql, params))
+        if len(self._ops) == 1:
+            self._wake.set()
+
+    async def dead_letter(
+        self,
+        key: str,
+        rule: str | None,
+        tool: str,
+        args: dict[str, Any],
+        event: dict[str, Any] | None,
+        error: str,
+        attempts: int,
+    ) -> None:
+        """Durably park a failed invocation (awaited: a Kafka record may be committed right after)."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(
+            self._executor, self.store.add_dead_letter, key, rule, tool, args, event, error, attempts
+        )
+        self.dead_lettered += 1
+
+    # -- writer ------------------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        last_prune = time.monotonic()
+        loop = asyncio.get_running_loop()
+        while not self._closing:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._closing:
+                await asyncio.sleep(self.flush_seconds)  # gather a batch
+            await self._flush()
+            if time.monotonic() - last_prune > 60:
+                last_prune = time.monotonic()
+                with contextlib.suppress(sqlite3.Error):
+                    await loop.run_in_executor(self._executor, self.store.prune)
+
+    async def _flush(self) -> None:
+        ops, self._ops = self._ops, []
+        if not ops:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.store.write_batch, ops)
+        except sqlite3.Error as exc:
+            self.write_errors += 1
+            self._error_log.hit(error=str(exc), rows=len(ops))

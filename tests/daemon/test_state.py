@@ -1,0 +1,189 @@
+"""Journal, dead-letter queue, idempotency and the circuit breaker, with a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from daemon.errors import ToolError
+from daemon.state import Journal, StateStore
+from handlers.base import CallContext, Tool, ToolConfig
+from handlers.runner import ToolRunner
+from streams.ack import OffsetTracker
+from streams.event import Event
+from tests.servers import wait_for
+
+FAST = {"max_attempts": 2, "initial_seconds": 0.01, "max_seconds": 0.02}
+
+
+class Target(Tool):
+    """Fails while ``failing`` is true (retryably unless told otherwise); records what it delivered."""
+
+    type_name: ClassVar[str] = "target"
+
+    def __init__(self, name: str, config: ToolConfig, *, retryable: bool = True) -> None:
+        super().__init__(name, config)
+        self.failing = True
+        self.retryable = retryable
+        self.delivered: list[str] = []
+        self.calls = 0
+
+    async def call(self, args: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        self.calls += 1
+        if self.failing:
+            raise ToolError(self.name, "target down", retryable=self.retryable)
+        self.delivered.append(ctx.call_id)
+        return {"ok": args.get("i")}
+
+
+class Crash(Tool):
+    type_name: ClassVar[str] = "crash"
+
+    def call(self, args: dict[str, Any], ctx: CallContext) -> None:
+        raise ZeroDivisionError("a bug in a plain-function tool")
+
+
+def ctx(key: str, tool: str = "t", event: Event | None = None) -> CallContext:
+    return CallContext(tool, "rule", event, key)
+
+
+async def journaled(tmp_path: Path, *tools: Tool) -> tuple[StateStore, Journal, ToolRunner]:
+    store = StateStore(tmp_path / "state.db").open()
+    journal = Journal(store, flush_seconds=0.005)
+    runner = ToolRunner({t.name: t for t in tools}, journal=journal, secret_args={("rule", "t"): frozenset({"pin"})})
+    await journal.start()
+    await runner.start()
+    return store, journal, runner
+
+
+async def finish(store: StateStore, journal: Journal, runner: ToolRunner) -> None:
+    await runner.stop(5)
+    await journal.stop()
+
+
+def rows(store: StateStore, sql: str) -> list[tuple[Any, ...]]:
+    return store.db.execute(sql).fetchall()
+
+
+async def test_success_is_journaled_with_secrets_redacted(tmp_path: Path) -> None:
+    """A call is journaled with key, attempts, outcome and result; secret arguments are redacted."""
+    target = Target("t", ToolConfig(type="x", retry=FAST))
+    target.failing = False
+    store, journal, runner = await journaled(tmp_path, target)
+    runner.submit("t", {"i": 1, "token": "s3cr3t", "pin": "1234", "text": "hello"}, ctx("k1"))
+    await wait_for(lambda: runner.stats("t").succeeded == 1)
+    await finish(store, journal, runner)
+    ((key, args, payload, outcome, attempts, result),) = rows(
+        store, "SELECT key, args, payload, outcome, attempts, result FROM invocations"
+    )
+    assert (key, outcome, attempts, result) == ("k1", "succeeded", 1, '{"ok":1}')
+    assert "s3cr3t" not in args and "1234" not in args and '"text":"hello"' in args
+    assert payload is None  # the unredacted copy only lives while the call runs
+
+
+async def test_same_key_runs_once_even_across_restarts(tmp_path: Path) -> None:
+    """A key that already succeeded is skipped — in the same process and after a restart."""
+    target = Target("t", ToolConfig(type="x"))
+    target.failing = False
+    store, journal, runner = await journaled(tmp_path, target)
+    runner.submit("t", {}, ctx("same"))
+    runner.submit("t", {}, ctx("same"))
+    await wait_for(lambda: runner.stats("t").calls == 2 and runner.stats("t").in_flight == 0)
+    await finish(store, journal, runner)
+    store.close()
+    again = Target("t", ToolConfig(type="x"))
+    again.failing = False
+    store, journal, runner = await journaled(tmp_path, again)
+    runner.submit("t", {}, ctx("same"))
+    await wait_for(lambda: runner.stats("t").deduplicated == 1)
+    await finish(store, journal, runner)
+    assert target.delivered == ["same"] and again.delivered == []
+
+
+async def test_final_failure_is_dead_lettered_before_the_record_is_released(tmp_path: Path) -> None:
+    """After its retries a failing call lands in the DLQ with its event; only then is its record finished."""
+    target = Target("t", ToolConfig(type="x", retry=FAST))
+    store, journal, runner = await journaled(tmp_path, target)
+    tracker = OffsetTracker()
+    ack = tracker.received(41)
+    event = Event("orders", 1.0, 2.0, "k", {"id": 7}, {"topic": "orders", "offset": 41, "ack": ack})
+    runner.submit("t", {"i": 7}, ctx("dl-1", event=event))
+    ack.release()  # the dispatcher's hold
+    await wait_for(lambda: tracker.committable == 42, within=5)
+    (letter,) = store.dead_letters()
+    assert (letter.key, letter.tool, letter.attempts, letter.args) == ("dl-1", "t", 2, {"i": 7})
+    assert letter.error == "target down" and letter.event is not None and letter.event["data"] == {"id": 7}
+    assert "ack" not in letter.event["meta"]
+    await finish(store, journal, runner)
+    assert rows(store, "SELECT outcome FROM invocations") == [("dead_lettered",)]
+
+
+async def test_plain_function_exception_is_journaled_with_traceback(tmp_path: Path) -> None:
+    """A bug in a sync tool is propagated from the thread, dead-lettered, and journaled with its traceback."""
+    store, journal, runner = await journaled(tmp_path, Crash("c", ToolConfig(type="x")))
+    runner.submit("c", {}, ctx("boom", tool="c"))
+    await wait_for(lambda: runner.stats("c").dead_lettered == 1)
+    await finish(store, journal, runner)
+    ((error,),) = rows(store, "SELECT error FROM invocations")
+    assert error.startswith("ZeroDivisionError: a bug") and "Traceback" in error and "def call" not in error
+
+
+async def test_circuit_opens_refuses_fast_and_closes_after_a_probe(tmp_path: Path) -> None:
+    """3 failed calls open the circuit; calls are then refused without reaching the tool; a probe closes it."""
+    target = Target("t", ToolConfig(type="x", retry={"max_attempts": 1}, circuit={"failures": 3, "open_seconds": 0.2}))
+    store, journal, runner = await journaled(tmp_path, target)
+    for i in range(3):
+        runner.submit("t", {}, ctx(f"f{i}"))
+    await wait_for(lambda: runner.stats("t").failures == 3)
+    assert runner.breaker("t").state == "open" and target.calls == 3
+    for i in range(5):
+        runner.submit("t", {}, ctx(f"refused{i}"))
+    await wait_for(lambda: runner.stats("t").short_circuited == 5)
+    assert target.calls == 3  # refused fast: the target saw nothing
+    await asyncio.sleep(0.25)
+    target.failing = False
+    runner.submit("t", {}, ctx("probe"))
+    await wait_for(lambda: runner.stats("t").succeeded == 1)
+    assert runner.breaker("t").state == "closed"
+    await finish(store, journal, runner)
+    assert len(store.dead_letters()) == 8
+
+
+async def test_journal_retention_by_age_and_rows(tmp_path: Path) -> None:
+    """prune() drops rows past the age limit and beyond max_rows, oldest first; running rows stay."""
+    store = StateStore(tmp_path / "s.db", retention_seconds=100, max_rows=1000).open()
+    now = time.time()
+    ops = [
+        ("INSERT INTO invocations (id, key, tool, started, outcome) VALUES (?, ?, 't', ?, ?)",
+         (f"i{n}", f"k{n}", now - 150 + n * 0.1, "running" if n == 0 else "succeeded"))
+        for n in range(1500)
+    ]
+    store.write_batch(ops)
+    store.prune(now)
+    left = rows(store, "SELECT COUNT(*), MIN(started) FROM invocations WHERE outcome = 'succeeded'")[0]
+    assert left[0] == 999 and left[1] >= now - 100
+    assert rows(store, "SELECT COUNT(*) FROM invocations WHERE outcome = 'running'") == [(1,)]
+
+
+def test_unwritable_state_path_is_a_startup_error(tmp_path: Path) -> None:
+    """A state file that cannot be created stops the start with a clear reason (exit code 3 upstream)."""
+    from daemon.errors import StartupError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StartupError):
+        StateStore(blocker / "state.db").open()
+
+
+def test_wal_mode_and_private_file(tmp_path: Path) -> None:
+    """The state file uses WAL and is readable by its owner only."""
+    store = StateStore(tmp_path / "s.db").open()
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert (tmp_path / "s.db").stat().st_mode & 0o077 == 0
+    store.close()
+    assert sqlite3.connect(tmp_path / "s.db").execute("SELECT COUNT(*) FROM dead_letters").fetchone() == (0,)
