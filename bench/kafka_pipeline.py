@@ -22,8 +22,11 @@ same bytes in (a) and (b)) per input record:
     ``where`` → ``kafka`` tool (``acks=all``, idempotent, ``linger_ms: 5``, ``concurrency:
     --concurrency``, default 256, ``max_pending`` default 1,000) with args ``{id: "{data.id}", sym:
     ..., pad: "{data.pad}"}``. The tool also adds its ``reflexd-call-id`` header (~40 bytes) to every
-    record; the raw loop sends no header. Done when ``daemon.runner.stats("out").succeeded`` reaches
-    N (polled every 10 ms, so the end is at most ~10 ms late: < 0.3 % of a run).
+    record; the raw loop sends no header. The invocation journal is on, as in a default config
+    (``--journal off`` turns it off), with ``state_path`` in a fresh temp dir per run: a shared one
+    would deduplicate every call of a later run on the same input. Done when
+    ``daemon.runner.stats("out").succeeded`` reaches N (polled every 10 ms, so the end is at most
+    ~10 ms late: < 0.3 % of a run).
 
 Time = first record returned by the consumer → N-th acknowledgement (for (b) the first record is
 seen by polling ``source.stats.received`` every 1 ms). Rate = N / time. The time from the client's
@@ -34,8 +37,8 @@ fails the run), so both sides really did at-least-once work with nothing lost or
 Usage::
 
     .venv/bin/python bench/kafka_pipeline.py [--n 200000] [--runs 3] [--bootstrap host:port]
-                                             [--concurrency 256] [--raw-batch 500] [--uvloop]
-                                             [--profile] [--strict]
+                                             [--concurrency 256] [--raw-batch 500] [--journal on|off]
+                                             [--uvloop] [--profile] [--profile-out FILE] [--strict]
 """
 
 from __future__ import annotations

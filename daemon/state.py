@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import itertools
+import operator
 import os
 import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +61,6 @@ CREATE TABLE IF NOT EXISTS invocations (
 );
 CREATE INDEX IF NOT EXISTS invocations_key ON invocations (key, outcome);
 CREATE INDEX IF NOT EXISTS invocations_started ON invocations (started);
-CREATE INDEX IF NOT EXISTS invocations_outcome ON invocations (outcome);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     key TEXT NOT NULL,
@@ -75,6 +77,16 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 CREATE INDEX IF NOT EXISTS dead_letters_tool ON dead_letters (tool, replayed_at);
 """
 
+_INSERT = (
+    "INSERT OR REPLACE INTO invocations"
+    " (id, key, rule, tool, args, payload, event, started, ended, attempts, outcome, error, result)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPDATE = (
+    "UPDATE invocations SET ended = ?, attempts = ?, outcome = ?, error = ?, result = ?, payload = NULL"
+    " WHERE id = ?"
+)
+
 REDACTED = "***"
 _SECRET_NAMES = ("password", "passwd", "secret", "token", "authorization", "api_key", "apikey", "private_key")
 
@@ -87,13 +99,18 @@ def _loads(text: str | None) -> Any:
     return None if text is None else orjson.loads(text)
 
 
+@functools.lru_cache(maxsize=4096)
+def _secret_looking(name: str) -> bool:
+    lowered = name.lower()
+    return any(marker in lowered for marker in _SECRET_NAMES)
+
+
 def redact(args: dict[str, Any], secret_names: Iterable[str] = ()) -> dict[str, Any]:
     """A copy of ``args`` with secret-looking or configured-secret values replaced by ``***``."""
-    explicit = set(secret_names)
+    explicit = secret_names if isinstance(secret_names, (set, frozenset)) else set(secret_names)
     out: dict[str, Any] = {}
     for name, value in args.items():
-        lowered = name.lower()
-        if name in explicit or any(marker in lowered for marker in _SECRET_NAMES):
+        if name in explicit or _secret_looking(name):
             out[name] = REDACTED
         elif isinstance(value, dict):
             out[name] = redact(value)
@@ -102,20 +119,23 @@ def redact(args: dict[str, Any], secret_names: Iterable[str] = ()) -> dict[str, 
     return out
 
 
-def event_record(event: Any) -> dict[str, Any] | None:
-    """The journaled form of an event: everything but transport handles (the Kafka ack)."""
+def event_record(event: Any, *, data: bool = True) -> dict[str, Any] | None:
+    """The journaled form of an event: everything but transport handles (the Kafka ack); without
+    ``data`` only where it came from."""
     if event is None:
         return None
     meta = {k: v for k, v in event.meta.items() if k != "ack"}
-    return {
+    record = {
         "source": event.source,
         "ts": event.ts,
         "received_at": event.received_at,
         "key": event.key,
-        "data": event.data,
         "meta": meta,
         "kind": event.kind,
     }
+    if data:
+        record["data"] = event.data
+    return record
 
 
 def event_from_record(record: dict[str, Any] | None) -> Event | None:
@@ -198,13 +218,14 @@ class StateStore:
 
     # -- journal (called from the journal's writer thread) -----------------------------------
 
-    def write_batch(self, ops: list[tuple[str, tuple[Any, ...]]]) -> None:
+    def write_batch(self, ops: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        """Run the statements in order, in one transaction; runs of the same statement in one call."""
         with self._lock:
             db = self.db
             db.execute("BEGIN")
             try:
-                for sql, params in ops:
-                    db.execute(sql, params)
+                for sql, group in itertools.groupby(ops, key=operator.itemgetter(0)):
+                    db.executemany(sql, [params for _, params in group])
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -260,7 +281,8 @@ class StateStore:
                 " WHERE outcome = 'running'",
                 (time.time(),),
             )
-        return [Unfinished(r[0], r[1], r[2], r[3], _loads(r[4]) or {}, _loads(r[5]), r[6]) for r in rows]
+        # rows without a payload belong to records their source delivers again (Kafka)
+        return [Unfinished(r[0], r[1], r[2], r[3], _loads(r[4]), _loads(r[5]), r[6]) for r in rows if r[4]]
 
     def journal(self, *, tool: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         sql = "SELECT id, key, rule, tool, started, ended, attempts, outcome, error FROM invocations"
@@ -341,7 +363,8 @@ class Journal:
         self.flush_seconds = flush_seconds
         self.max_buffered = max_buffered
         self.remember_keys = remember_keys
-        self._ops: list[tuple[str, tuple[Any, ...]]] = []
+        self._ops: list[tuple[str, Sequence[Any]]] = []
+        self._unflushed: dict[str, list[Any]] = {}  # journal id → its INSERT row, until flushed
         self._succeeded: OrderedDict[str, None] = OrderedDict()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reflexd-state")
         self._task: asyncio.Task[None] | None = None
@@ -397,24 +420,34 @@ class Journal:
         args: dict[str, Any],
         event: dict[str, Any] | None,
         secret_args: Iterable[str] = (),
+        *,
+        resumable: bool = True,
     ) -> None:
         """Record an invocation as running. ``payload`` keeps the real arguments until it ends, so
-        an invocation interrupted by a crash can be retried at the next start; ``args`` is redacted."""
-        self._queue(
-            "INSERT OR REPLACE INTO invocations"
-            " (id, key, rule, tool, args, payload, event, started, outcome)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running')",
-            (
-                inv_id,
-                key,
-                rule,
-                tool,
-                _dumps(redact(args, secret_args)),
-                _dumps(args),
-                _dumps(event),
-                time.time(),
-            ),
-        )
+        an invocation interrupted by a crash can be retried at the next start (unless it is not
+        ``resumable``: a Kafka record is delivered again instead); ``args`` is redacted."""
+        row = [
+            inv_id,
+            key,
+            rule,
+            tool,
+            _dumps(redact(args, secret_args)),
+            _dumps(args) if resumable else None,
+            _dumps(event),
+            time.time(),
+            None,  # ended
+            0,  # attempts
+            "running",
+            None,  # error
+            None,  # result
+        ]
+        if len(self._ops) >= self.max_buffered:
+            self.dropped += 1
+            return
+        self._unflushed[inv_id] = row
+        self._ops.append((_INSERT, row))
+        if len(self._ops) == 1:
+            self._wake.set()
 
     def ended(
         self, inv_id: str, key: str, attempts: int, outcome: str, error: str | None, result: Any
@@ -424,20 +457,15 @@ class Journal:
             self._succeeded.move_to_end(key)
             if len(self._succeeded) > self.remember_keys:
                 self._succeeded.popitem(last=False)
-        self._queue(
-            "UPDATE invocations SET ended = ?, attempts = ?, outcome = ?, error = ?, result = ?,"
-            " payload = NULL WHERE id = ?",
-            (
-                time.time(),
-                attempts,
-                outcome,
-                error,
-                None if result is None else _dumps(result)[:65536],
-                inv_id,
-            ),
-        )
+        result_text = None if result is None else _dumps(result)[:65536]
+        row = self._unflushed.pop(inv_id, None)
+        if row is not None:  # still buffered: one row with the final state, no payload kept
+            row[5] = None
+            row[8:13] = [time.time(), attempts, outcome, error, result_text]
+            return
+        self._queue(_UPDATE, (time.time(), attempts, outcome, error, result_text, inv_id))
 
-    def _queue(self, sql: str, params: tuple[Any, ...]) -> None:
+    def _queue(self, sql: str, params: Sequence[Any]) -> None:
         if len(self._ops) >= self.max_buffered:
             self.dropped += 1
             return
@@ -480,6 +508,7 @@ class Journal:
 
     async def _flush(self) -> None:
         ops, self._ops = self._ops, []
+        self._unflushed.clear()
         if not ops:
             return
         try:

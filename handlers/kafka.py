@@ -47,6 +47,9 @@ class KafkaToolConfig(ToolConfig):
         default_factory=dict, description="Record headers; values may be templates."
     )
     linger_ms: int = Field(5, ge=0, le=1000, description="Batching delay of the producer.")
+    batch_bytes: int = Field(
+        256 * 1024, ge=1024, le=16 << 20, description="Most bytes in one partition batch of the producer."
+    )
     start_timeout_seconds: float = Field(10.0, gt=0, description="Budget for connecting the producer.")
     security: KafkaSecurityConfig = Field(default_factory=KafkaSecurityConfig)
 
@@ -87,6 +90,7 @@ class KafkaTool(Tool):
                 acks="all",
                 enable_idempotence=True,
                 linger_ms=cfg.linger_ms,
+                max_batch_size=cfg.batch_bytes,
                 request_timeout_ms=int(cfg.timeout_seconds * 1000),
                 client_id=f"reflexd-{self.name}",
                 **client_options(cfg.bootstrap_servers, cfg.security),

@@ -74,13 +74,20 @@ def _retryable(policy: RetryConfig, exc: BaseException) -> bool:
     return isinstance(exc, ToolError) and exc.retryable
 
 
-def _retry_wait(policy: RetryConfig, rng: random.Random, state: RetryCallState) -> float:
-    """Exponential backoff with jitter, but never sooner than the peer's Retry-After."""
-    base = min(policy.max_seconds, policy.initial_seconds * policy.multiplier ** (state.attempt_number - 1))
+def _retry_delay(
+    policy: RetryConfig, rng: random.Random, failed_attempt: int, exc: BaseException | None
+) -> float:
+    """Exponential backoff with jitter after attempt ``failed_attempt``, never sooner than a Retry-After."""
+    base = min(policy.max_seconds, policy.initial_seconds * policy.multiplier ** (failed_attempt - 1))
     delay = base * (1.0 + policy.jitter_ratio * rng.random())
-    exc = state.outcome.exception() if state.outcome else None
     retry_after = exc.retry_after if isinstance(exc, ToolError) else None
     return max(delay, retry_after) if retry_after is not None else delay
+
+
+def _retry_wait(policy: RetryConfig, rng: random.Random, state: RetryCallState) -> float:
+    """tenacity's wait for the retry phase, whose attempt 1 is the call's attempt 2."""
+    exc = state.outcome.exception() if state.outcome else None
+    return _retry_delay(policy, rng, state.attempt_number + 1, exc)
 
 
 def _count_retry(stats: ToolStats, state: RetryCallState) -> None:
@@ -267,7 +274,22 @@ class ToolRunner:
         journal_id = journal.new_id()
         name = lane.tool.name
         secrets = self._secret_args.get((ctx.rule, name), frozenset())
-        journal.started(journal_id, ctx.call_id, ctx.rule, name, args, event_record(ctx.event), secrets)
+        event = ctx.event
+        if event is not None and "ack" in event.meta:
+            # a Kafka record: redelivery, not the journal, resumes it after a crash, so its row keeps
+            # only where the record came from (its data stays in Kafka, and in the DLQ if it fails)
+            journal.started(
+                journal_id,
+                ctx.call_id,
+                ctx.rule,
+                name,
+                args,
+                event_record(event, data=False),
+                secrets,
+                resumable=False,
+            )
+        else:
+            journal.started(journal_id, ctx.call_id, ctx.rule, name, args, event_record(event), secrets)
         return journal_id
 
     async def wait_for_room(self) -> None:
@@ -355,33 +377,50 @@ class ToolRunner:
                 inv.ack.release()
 
     async def _attempts(self, lane: _Lane, inv: Invocation) -> tuple[int, Any, str | None]:
-        """Run the attempts; (attempts, result, None) on success, (attempts, None, error text) on failure."""
+        """Run the attempts; (attempts, result, None) on success, (attempts, None, error text) on failure.
+
+        The first attempt runs directly (most calls succeed, and building a retry controller per
+        call costs more than the call's own bookkeeping); only a call whose first attempt failed
+        with something retryable enters tenacity's retry loop.
+        """
         policy = lane.tool.config.retry
+        try:
+            return 1, await self._attempt(lane, inv.args, inv.ctx), None
+        except Exception as exc:
+            if policy.max_attempts <= 1 or not _retryable(policy, exc):
+                return 1, None, self._failure_text(lane, inv, exc)
+            first = exc
+        lane.stats.retries += 1
+        await asyncio.sleep(_retry_delay(policy, self._rng, 1, first))
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(policy.max_attempts),
+            stop=stop_after_attempt(policy.max_attempts - 1),
             wait=functools.partial(_retry_wait, policy, self._rng),
             retry=retry_if_exception(functools.partial(_retryable, policy)),
             before_sleep=functools.partial(_count_retry, lane.stats),
             reraise=True,
             sleep=asyncio.sleep,
         )
-        attempts = 0
+        attempts = 1
         result: Any = None
         try:
             async for attempt in retrying:
                 with attempt:
-                    attempts = attempt.retry_state.attempt_number
+                    attempts = attempt.retry_state.attempt_number + 1
                     result = await self._attempt(lane, inv.args, inv.ctx._replace(attempt=attempts))
-        except _AttemptTimeout as exc:
-            lane.fail_log.hit(tool=lane.tool.name, rule=inv.ctx.rule, error=str(exc))
-            return attempts, None, str(exc)
         except Exception as exc:
-            self._log_failure(lane, inv, exc)
-            if isinstance(exc, ToolError):
-                return attempts, None, exc.reason
-            trace = "".join(traceback.format_exception(exc))
-            return attempts, None, f"{type(exc).__name__}: {exc}\n{trace}"
+            return attempts, None, self._failure_text(lane, inv, exc)
         return attempts, result, None
+
+    def _failure_text(self, lane: _Lane, inv: Invocation, exc: Exception) -> str:
+        """Log the final failure (rate-limited) and say what to journal and dead-letter."""
+        if isinstance(exc, _AttemptTimeout):
+            lane.fail_log.hit(tool=lane.tool.name, rule=inv.ctx.rule, error=str(exc))
+            return str(exc)
+        self._log_failure(lane, inv, exc)
+        if isinstance(exc, ToolError):
+            return exc.reason
+        trace = "".join(traceback.format_exception(exc))
+        return f"{type(exc).__name__}: {exc}\n{trace}"
 
     async def _give_up(
         self, lane: _Lane, inv: Invocation, error: str, attempts: int, inv_id: str | None
@@ -412,16 +451,29 @@ class ToolRunner:
         stats = lane.stats
         stats.attempts += 1
         started = time.perf_counter()
+        # the timeout as one timer that cancels this task (asyncio.timeout costs several times more per call)
+        task = asyncio.current_task()
+        assert task is not None
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()
+
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(tool.config.timeout_seconds, expire)
         try:
-            async with asyncio.timeout(tool.config.timeout_seconds):
-                if lane.is_async:
-                    return await tool.call(args, ctx)
-                loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self._executor, functools.partial(tool.call, args, ctx))
-        except TimeoutError as exc:
+            if lane.is_async:
+                return await tool.call(args, ctx)
+            return await loop.run_in_executor(self._executor, functools.partial(tool.call, args, ctx))
+        except asyncio.CancelledError as exc:
+            if not expired or task.uncancel() > 0:
+                raise  # cancelled from outside (shutdown), not by our timer
             stats.timeouts += 1
             raise _AttemptTimeout(tool.config.timeout_seconds, ctx.attempt) from exc
         finally:
+            timer.cancel()
             stats.observe(time.perf_counter() - started)
 
     def _log_failure(self, lane: _Lane, inv: Invocation, exc: Exception) -> None:
