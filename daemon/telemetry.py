@@ -34,6 +34,8 @@ reflexd_tool_retries_total{tool}                        attempts after the first
 reflexd_tool_rejected_total{tool}                       calls refused: backlog over its bound
 reflexd_tool_in_flight{tool} / reflexd_tool_pending     running / waiting calls
 reflexd_tool_duration_seconds{tool}                     histogram of call durations
+reflexd_ccxt_*{source}                                  ccxt sources: backfills, backfilled, duplicates,
+                                                        recycles, stalls (totals), symbols_stopped
 reflexd_kafka_*{source}                                 Kafka sources: assigned_partitions, paused,
                                                         pauses_total, rebalances_total, commits_total,
                                                         commit_failures_total, dead_lettered_total,

@@ -501,6 +501,23 @@ class CcxtSource(Source):
 
     # -- contract ------------------------------------------------------------------------------
 
+    def metric_samples(self) -> list[tuple[str, str, str, float]]:
+        st = self.stats
+        stopped = sum(1 for sym in st.symbols.values() if sym.state == "stopped")
+        return [
+            ("reflexd_ccxt_backfills_total", "counter", "Backfill runs after reconnects.", st.backfills),
+            (
+                "reflexd_ccxt_backfilled_total",
+                "counter",
+                "Trades or candles emitted from backfills.",
+                st.backfilled,
+            ),
+            ("reflexd_ccxt_duplicates_total", "counter", "Trades dropped as already emitted.", st.duplicates),
+            ("reflexd_ccxt_recycles_total", "counter", "Exchange clients rebuilt.", st.recycles),
+            ("reflexd_ccxt_stalls_total", "counter", "Watchdog expiries (silent stalls).", st.stalls),
+            ("reflexd_ccxt_symbols_stopped", "gauge", "Symbols stopped by a fatal error.", stopped),
+        ]
+
     @property
     def idle_timeout(self) -> float | None:
         return self.config.stall_timeout_seconds + (self.config.poll_interval_seconds if self._poll else 0.0)

@@ -22,11 +22,13 @@ from typing import Any, TypeVar
 import aiohttp
 import orjson
 import pytest
+from prometheus_client import generate_latest
 
 from daemon.config import load_config_text
 from daemon.errors import ConfigError, StartupError
 from daemon.registry import builtin_registry
 from daemon.supervisor import Daemon
+from daemon.telemetry import metrics_registry
 from streams.ccxt import CcxtSource
 from tests.conftest import StartDaemon
 from tests.exchange import BinanceEmulator, BtcMarketsEmulator, ExchangeEmulator, MarketSpec
@@ -278,6 +280,7 @@ async def _drop_and_collect(
     streams = [f"{s.replace('/', '').lower()}@aggTrade" for s in symbols]
     await wait_for(subscribed(emu, *streams), what="the subscriptions")
     emu.produce(150, symbols)
+
     def live() -> int:  # events from the live feed (not from a backfill)
         return sum(1 for c in of(calls) if c.event is not None and not c.event.meta.get("backfill"))
 
@@ -341,6 +344,9 @@ async def test_ten_drops_give_ten_gaps_and_a_backfill_with_no_duplicate_and_no_m
     assert len([c for c in emu.connections if c.subscriptions]) == 22
     backfilled = [c for c in of(calls) if c.event is not None and c.event.meta.get("backfill")]
     assert len(backfilled) == stats.backfilled
+    exposition = generate_latest(metrics_registry(daemon)).decode()
+    assert 'reflexd_ccxt_backfills_total{source="feed"} 20.0' in exposition
+    assert f'reflexd_ccxt_duplicates_total{{source="feed"}} {float(stats.duplicates)}' in exposition
 
 
 async def test_control_without_backfill_the_checker_sees_the_lost_trades(
@@ -690,6 +696,7 @@ import sys
 from daemon.cli import main
 from daemon.config import load_config
 from daemon.registry import builtin_registry
+from daemon.telemetry import metrics_registry
 from daemon.supervisor import Daemon
 path = sys.argv[1]
 assert main(["check", "-c", path]) == 0
