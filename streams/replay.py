@@ -51,6 +51,8 @@ class ReplaySource(Source):
         self._file: IO[bytes] | None = None
         self._bad_line_log = RateLimitedLog(log, "undecodable line skipped", interval=10.0)
         self.laps = 0
+        #: names this replay session: events of a later run are new events, not duplicates of this one
+        self.run_id = f"{time.time_ns() // 1_000_000:x}"
 
     async def connect(self) -> None:
         try:
@@ -108,7 +110,8 @@ class ReplaySource(Source):
                                     await asyncio.sleep(delay)
                                     now = clock()
                 count += 1
-                await queue.put(Event(name, ts, now, key, data, {"line": lineno, "lap": self.laps}))
+                meta = {"line": lineno, "lap": self.laps, "run": self.run_id}
+                await queue.put(Event(name, ts, now, key, data, meta))
                 stats.last_event_at = now
                 if count % 256 == 0:
                     await asyncio.sleep(0)  # let the rules run when the queue never fills

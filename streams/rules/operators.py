@@ -23,7 +23,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from reactivex import Observable, abc
 from reactivex.disposable import Disposable
@@ -40,6 +40,7 @@ __all__ = [
     "StepContext",
     "absence",
     "changed",
+    "cooldown",
     "cooldown_by_key",
     "crossing",
     "debounce",
@@ -58,6 +59,8 @@ __all__ = [
 Operator = Callable[[Observable[Event]], Observable[Event]]
 Emit = Callable[[Event], None]
 OnNext = Callable[[Event], None]
+
+S = TypeVar("S")
 
 _MISSING: Any = object()
 _new = tuple.__new__
@@ -94,6 +97,20 @@ def _operator(build: Callable[[Emit], OnNext]) -> Operator:
         return Observable(subscribe)
 
     return operator
+
+
+def _admit(states: OrderedDict[Any, S], key: Any, state: S, bound: int, stats: RuleStats) -> S:
+    """Store the state of a key new to ``states`` and return it.
+
+    With ``bound`` keys held already, the least recently updated one is forgotten first (counted
+    as ``evicted``). A key already held is refreshed by the caller with ``move_to_end``, inline:
+    that is the per-event path; this is the rarer one.
+    """
+    if len(states) >= bound:
+        states.popitem(last=False)
+        stats.evicted += 1
+    states[key] = state
+    return state
 
 
 def _with_fields(item: Event, extra: dict[str, Any], ts: float | None = None) -> Event:
@@ -224,9 +241,11 @@ def window(
     remove_oldest = program.remove_oldest
     results = program.results
 
-    if not tumbling:
+    if not tumbling or count is not None:  # no timers: a window moves (or closes) on its own events
+        sliding = not tumbling
+        length = count if count is not None else 0  # of a count window, in events
 
-        def build_sliding(emit: Emit) -> OnNext:
+        def build_untimed(emit: Emit) -> OnNext:
             states: OrderedDict[Any, WindowState] = OrderedDict()
 
             def on_next(item: Event) -> None:
@@ -238,63 +257,35 @@ def window(
                 k = item[3] if per_key else None
                 st = states.get(k)
                 if st is None:
-                    if len(states) >= max_keys:
-                        states.popitem(last=False)
-                        stats.evicted += 1
-                    st = states[k] = WindowState(program, True)
+                    st = _admit(states, k, WindowState(program, sliding), max_keys, stats)
                 else:
                     states.move_to_end(k)
                 ts = item[1]
-                entries = st.entries
-                assert entries is not None
-                if seconds is not None:
-                    cutoff = ts - seconds
-                    while entries and entries[0][0] <= cutoff:
+                if sliding:
+                    entries = st.entries
+                    assert entries is not None
+                    if seconds is not None:
+                        cutoff = ts - seconds
+                        while entries and entries[0][0] <= cutoff:
+                            remove_oldest(st)
+                    else:
+                        while st.n >= length:
+                            remove_oldest(st)
+                    add(st, ts, values)
+                    while st.n > max_events:
                         remove_oldest(st)
-                else:
-                    assert count is not None
-                    while st.n >= count:
-                        remove_oldest(st)
-                add(st, ts, values)
-                while st.n > max_events:
-                    remove_oldest(st)
-                    stats.overflow += 1
+                        stats.overflow += 1
+                else:  # tumbling by count: complete (and forgotten) at its `count`-th event
+                    add(st, ts, values)
+                    if st.n < length:
+                        return
+                    del states[k]
                 if st.n >= min_events:
                     emit(make_row(item, results(st, dict(fields_of(item)))))
 
             return on_next
 
-        return _operator(build_sliding)
-
-    if count is not None:
-
-        def build_tumbling_count(emit: Emit) -> OnNext:
-            states: OrderedDict[Any, WindowState] = OrderedDict()
-
-            def on_next(item: Event) -> None:
-                try:
-                    values = evaluate(item)
-                except Exception as exc:
-                    fail(label, exc, item)
-                    return
-                k = item[3] if per_key else None
-                st = states.get(k)
-                if st is None:
-                    if len(states) >= max_keys:
-                        states.popitem(last=False)
-                        stats.evicted += 1
-                    st = states[k] = WindowState(program, False)
-                else:
-                    states.move_to_end(k)
-                add(st, item[1], values)
-                if st.n >= count:
-                    del states[k]
-                    if st.n >= min_events:
-                        emit(make_row(item, results(st, dict(fields_of(item)))))
-
-            return on_next
-
-        return _operator(build_tumbling_count)
+        return _operator(build_untimed)
 
     assert seconds is not None
     clock = ctx.need_clock()
@@ -332,10 +323,7 @@ def window(
                 flush(st)
                 st = None
             if st is None:
-                if len(states) >= max_keys:
-                    states.popitem(last=False)
-                    stats.evicted += 1
-                st = states[k] = WindowState(program, False)
+                st = _admit(states, k, WindowState(program, False), max_keys, stats)
                 st.start = start
                 clock.call_at(start + size, close, (k, st))
             else:
@@ -398,10 +386,7 @@ def crossing(
             k = item[3] if per_key else None
             old = sides.get(k)
             if old is None:
-                if len(sides) >= max_keys:
-                    sides.popitem(last=False)
-                    stats.evicted += 1
-                sides[k] = side
+                _admit(sides, k, side, max_keys, stats)
                 return
             sides.move_to_end(k)
             if old == side:
@@ -434,10 +419,7 @@ def changed(value: Compiled, ctx: StepContext, label: str, *, per_key: bool, emi
                 fail(label, exc, item)
                 return
             if old is _MISSING:
-                if len(last) >= max_keys:
-                    last.popitem(last=False)
-                    stats.evicted += 1
-                last[k] = v
+                _admit(last, k, v, max_keys, stats)
                 if emit_first:
                     emit(_with_fields(item, {"previous": None}))
                 return
@@ -486,7 +468,7 @@ def distinct(
                 seen[slot] = ts
                 if seconds is None or ts - when < seconds:
                     return
-            else:
+            else:  # `_admit` inline: a new value is the common case here, not a rare one
                 if len(seen) >= max_values:
                     seen.popitem(last=False)
                     stats.evicted += 1
@@ -521,10 +503,7 @@ def throttle(ctx: StepContext, *, seconds: float, max_events: int, per_key: bool
             ts = item[1]
             st = intervals.get(k)
             if st is None:
-                if len(intervals) >= max_keys:
-                    intervals.popitem(last=False)
-                    stats.evicted += 1
-                st = intervals[k] = [ts, 0]
+                st = _admit(intervals, k, [ts, 0], max_keys, stats)
             else:
                 intervals.move_to_end(k)
                 if not st[0] <= ts < st[0] + seconds:
@@ -581,6 +560,22 @@ def cooldown_by_key(
     return _operator(build)
 
 
+def cooldown(ctx: StepContext, *, seconds: float, per_key: bool) -> Operator:
+    """:func:`cooldown_by_key` for a rule: what it mutes counts as ``suppressed``, the keys it
+    forgets (beyond the rule's ``max_keys``) as ``evicted``."""
+    stats = ctx.stats
+
+    def suppressed(_event: Event) -> None:
+        stats.suppressed += 1
+
+    def evicted() -> None:
+        stats.evicted += 1
+
+    return cooldown_by_key(
+        seconds, max_keys=ctx.max_keys, on_suppressed=suppressed, on_evicted=evicted, per_key=per_key
+    )
+
+
 # ------------------------------------------------------------------------------------------------
 # Timer-driven steps (they need the rule's event clock)
 # ------------------------------------------------------------------------------------------------
@@ -632,43 +627,62 @@ def event_time_gate(ctx: StepContext) -> Operator:
     return _operator(build)
 
 
-def debounce(ctx: StepContext, *, seconds: float, per_key: bool) -> Operator:
-    """Emit a key's last item once it has been quiet for ``seconds`` (``ts`` = that moment)."""
+def _quiet_keys(ctx: StepContext, *, seconds: float, per_key: bool, absence: bool, repeat: bool) -> Operator:
+    """``debounce`` and ``absence``: per key, its last item and a deadline ``seconds`` after it,
+    fired once the watermark passes the deadline (a key that got more items waits for the new one).
+
+    ``debounce`` emits the last item at its deadline; each item sets the deadline. ``absence``
+    emits it at the moment the silence is noticed, with ``silent_seconds`` and ``last_ts``; an
+    older item never brings the deadline forward; with ``repeat`` it fires again every
+    ``seconds`` until an item comes. The items themselves are not passed on.
+    """
     clock = ctx.need_clock()
     stats = ctx.stats
     max_keys = ctx.max_keys
 
     def build(emit: Emit) -> OnNext:
-        states: OrderedDict[Any, list[Any]] = OrderedDict()  # key → [item, deadline]
+        states: OrderedDict[Any, list[Any]] = OrderedDict()  # key → [last item, deadline]
 
         def fire(arg: tuple[Any, list[Any]]) -> None:
             k, st = arg
             if states.get(k) is not st:
                 return
-            if st[1] > clock.now:  # more items came: wait until the new deadline
+            now = clock.now
+            if st[1] > now:  # more items came: wait until the new deadline
                 clock.call_at(st[1], fire, arg)
                 return
-            del states[k]
-            emit(_later(st[0], st[1]))
+            last, deadline = st
+            if repeat:
+                st[1] = now + seconds
+                clock.call_at(st[1], fire, arg)
+            else:
+                del states[k]
+            if absence:
+                emit(_later(last, now, {"silent_seconds": now - last[1], "last_ts": last[1]}))
+            else:
+                emit(_later(last, deadline))
 
         def on_next(item: Event) -> None:
             k = item[3] if per_key else None
             deadline = item[1] + seconds
             st = states.get(k)
             if st is None:
-                if len(states) >= max_keys:
-                    states.popitem(last=False)
-                    stats.evicted += 1
-                st = states[k] = [item, deadline]
+                st = _admit(states, k, [item, deadline], max_keys, stats)
                 clock.call_at(deadline, fire, (k, st))
             else:
                 states.move_to_end(k)
                 st[0] = item
-                st[1] = deadline
+                if not absence or deadline > st[1]:
+                    st[1] = deadline
 
         return on_next
 
     return _operator(build)
+
+
+def debounce(ctx: StepContext, *, seconds: float, per_key: bool) -> Operator:
+    """Emit a key's last item once it has been quiet for ``seconds`` (``ts`` = that moment)."""
+    return _quiet_keys(ctx, seconds=seconds, per_key=per_key, absence=False, repeat=False)
 
 
 def sample(ctx: StepContext, *, seconds: float, per_key: bool) -> Operator:
@@ -692,10 +706,7 @@ def sample(ctx: StepContext, *, seconds: float, per_key: bool) -> Operator:
             k = item[3] if per_key else None
             st = states.get(k)
             if st is None:
-                if len(states) >= max_keys:
-                    states.popitem(last=False)
-                    stats.evicted += 1
-                st = states[k] = [item, False]
+                st = _admit(states, k, [item, False], max_keys, stats)
             else:
                 states.move_to_end(k)
                 st[0] = item
@@ -763,6 +774,7 @@ def sequence(
                             extra = {"first": a[4], "first_ts": a[1], "elapsed_seconds": elapsed}
                             emit(_with_fields(item, extra))
             if is_first:
+                # `_admit` inline (every `first` item comes here); a newer first replaces the pending one
                 if k in pending:
                     del pending[k]
                 elif len(pending) >= max_keys:
@@ -814,10 +826,7 @@ def join_latest(
             ts = item[1]
             st = latest.get(k)
             if st is None:
-                if len(latest) >= max_keys:
-                    latest.popitem(last=False)
-                    stats.evicted += 1
-                st = latest[k] = {}
+                st = _admit(latest, k, {}, max_keys, stats)
             else:
                 latest.move_to_end(k)
             st[alias] = (ts, v)
@@ -842,45 +851,4 @@ def absence(ctx: StepContext, *, seconds: float, per_key: bool, repeat: bool) ->
     re-arms it — or, with ``repeat``, again every ``seconds`` while the silence lasts. The
     items themselves are not passed on.
     """
-    clock = ctx.need_clock()
-    stats = ctx.stats
-    max_keys = ctx.max_keys
-
-    def build(emit: Emit) -> OnNext:
-        states: OrderedDict[Any, list[Any]] = OrderedDict()  # key → [last item, deadline]
-
-        def fire(arg: tuple[Any, list[Any]]) -> None:
-            k, st = arg
-            if states.get(k) is not st:
-                return
-            now = clock.now
-            if st[1] > now:  # items came since: wait for the new deadline
-                clock.call_at(st[1], fire, arg)
-                return
-            last = st[0]
-            if repeat:
-                st[1] = now + seconds
-                clock.call_at(st[1], fire, arg)
-            else:
-                del states[k]
-            emit(_later(last, now, {"silent_seconds": now - last[1], "last_ts": last[1]}))
-
-        def on_next(item: Event) -> None:
-            k = item[3] if per_key else None
-            deadline = item[1] + seconds
-            st = states.get(k)
-            if st is None:
-                if len(states) >= max_keys:
-                    states.popitem(last=False)
-                    stats.evicted += 1
-                st = states[k] = [item, deadline]
-                clock.call_at(deadline, fire, (k, st))
-            else:
-                states.move_to_end(k)
-                st[0] = item
-                if deadline > st[1]:
-                    st[1] = deadline
-
-        return on_next
-
-    return _operator(build)
+    return _quiet_keys(ctx, seconds=seconds, per_key=per_key, absence=True, repeat=repeat)

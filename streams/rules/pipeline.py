@@ -39,7 +39,7 @@ from streams.base import Source
 from streams.event import Event
 from streams.rules.clock import EventClock
 from streams.rules.expressions import compile_expression, compile_template
-from streams.rules.operators import StepContext, cooldown_by_key, event_time_gate
+from streams.rules.operators import StepContext, cooldown, event_time_gate
 from streams.rules.stats import RuleStats
 from streams.rules.steps import StepConfig, StepPlan, compile_steps
 
@@ -112,7 +112,8 @@ def _event_ref(event: Event) -> str:
         return f"{event.source}:{meta.get('topic')}/{meta.get('partition')}@{meta['offset']}"
     for field in ("seq", "line"):
         if field in meta:
-            return f"{event.source}:{field}={meta[field]}:lap={meta.get('lap', 0)}:ts={event.ts!r}"
+            run = f":run={meta['run']}" if "run" in meta else ""  # a replay session: each run is new
+            return f"{event.source}{run}:{field}={meta[field]}:lap={meta.get('lap', 0)}:ts={event.ts!r}"
     return f"{event.source}:ts={event.ts!r}"
 
 
@@ -161,14 +162,7 @@ class Rule:
                 gated = True
             operators.append(step.make(ctx))
         if config.cooldown_seconds > 0:
-            operators.append(
-                cooldown_by_key(
-                    config.cooldown_seconds,
-                    max_keys=config.max_keys,
-                    on_suppressed=self._suppressed,
-                    on_evicted=self._evicted,
-                )
-            )
+            operators.append(cooldown(ctx, seconds=config.cooldown_seconds, per_key=True))
         self.summary = [step.summary for step in plan.steps]
         self._subscription = self.subject.pipe(*operators).subscribe(
             on_next=self._fire, on_error=self._on_error, scheduler=scheduler
@@ -238,14 +232,7 @@ class Rule:
         try:
             ok = where(event)
         except Exception as exc:
-            stats.errors += 1
-            self._error_log.hit(
-                rule=self.name,
-                step="where",
-                error=f"{type(exc).__name__}: {exc}",
-                source=event.source,
-                data=repr(event.data)[:200],
-            )
+            self._step_failed("where", exc, event)
             return False
         if ok:
             stats.matched += 1
@@ -274,12 +261,6 @@ class Rule:
             exc_info=exc,
             extra={"fields": {"rule": self.name, "source": event.source}},
         )
-
-    def _suppressed(self, event: Event) -> None:
-        self.stats.suppressed += 1
-
-    def _evicted(self) -> None:
-        self.stats.evicted += 1
 
     def _fire(self, event: Event) -> None:
         stats = self.stats
@@ -352,10 +333,7 @@ class Dispatcher:
         runner = self.runner
         targets = [rule.on_next for rule in self.rules]
         size = self.batch_size
-        while True:
-            batch = await queue.get_batch(size)
-            if not batch:
-                return
+        while batch := await queue.get_batch(size):
             if len(targets) == 1:
                 target = targets[0]
                 for event in batch:
@@ -368,9 +346,7 @@ class Dispatcher:
                         target(event)
                     if runner.full:
                         await runner.wait_for_room()
-            self.dispatched += len(batch)
-            if not runner.full:
-                await asyncio.sleep(0)  # a long backlog must not starve the sources and the tools
+            await self._dispatched(batch)
 
     async def _run_acknowledged(self) -> None:
         """The same loop for records promised at-least-once: each carries an Ack in meta.
@@ -383,10 +359,7 @@ class Dispatcher:
         runner = self.runner
         targets = [rule.on_next for rule in self.rules]
         size = self.batch_size
-        while True:
-            batch = await queue.get_batch(size)
-            if not batch:
-                return
+        while batch := await queue.get_batch(size):
             for event in batch:
                 ack = event.meta.get("ack")
                 if ack is not None and ack.tracker.revoked:
@@ -399,6 +372,11 @@ class Dispatcher:
                     ack.release()
                 if runner.full:
                     await runner.wait_for_room()
-            self.dispatched += len(batch)
-            if not runner.full:
-                await asyncio.sleep(0)
+            await self._dispatched(batch)
+
+    async def _dispatched(self, batch: list[Event]) -> None:
+        """After a batch: count it and, unless the runner is full, give the other tasks a turn (a
+        long backlog must not starve the sources and the tools)."""
+        self.dispatched += len(batch)
+        if not self.runner.full:
+            await asyncio.sleep(0)

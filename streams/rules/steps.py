@@ -32,7 +32,7 @@ from streams.rules.operators import (
     StepContext,
     absence,
     changed,
-    cooldown_by_key,
+    cooldown,
     crossing,
     debounce,
     distinct,
@@ -65,7 +65,7 @@ class _Model(BaseModel):
     kind: ClassVar[str] = ""
 
 
-def _seconds_shorthand(value: Any) -> Any:
+def _expand_seconds(value: Any) -> Any:
     """``throttle: 10`` means ``throttle: {seconds: 10}``."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return {"seconds": value}
@@ -74,11 +74,21 @@ def _seconds_shorthand(value: Any) -> Any:
     return value
 
 
-def _value_shorthand(value: Any) -> Any:
+def _expand_value(value: Any) -> Any:
     """``changed: data.status`` means ``changed: {value: data.status}``."""
     if isinstance(value, str):
         return {"value": value}
     return value
+
+
+def _seconds_shorthand(field: str, body: type[BaseModel]) -> Any:
+    """The validator of a step's ``field`` that also takes a number of seconds for its ``body``."""
+    return field_validator(field, mode="before", json_schema_input_type=float | body)(_expand_seconds)
+
+
+def _value_shorthand(field: str, body: type[BaseModel]) -> Any:
+    """The validator of a step's ``field`` that also takes an expression (its ``value``) for its ``body``."""
+    return field_validator(field, mode="before", json_schema_input_type=str | body)(_expand_value)
 
 
 Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
@@ -238,54 +248,42 @@ class ChangedStep(_Model):
     kind: ClassVar[str] = "changed"
     changed: ChangedConfig
 
-    _short = field_validator("changed", mode="before", json_schema_input_type=str | ChangedConfig)(
-        _value_shorthand
-    )
+    _short = _value_shorthand("changed", ChangedConfig)
 
 
 class DistinctStep(_Model):
     kind: ClassVar[str] = "distinct"
     distinct: DistinctConfig
 
-    _short = field_validator("distinct", mode="before", json_schema_input_type=str | DistinctConfig)(
-        _value_shorthand
-    )
+    _short = _value_shorthand("distinct", DistinctConfig)
 
 
 class ThrottleStep(_Model):
     kind: ClassVar[str] = "throttle"
     throttle: ThrottleConfig
 
-    _short = field_validator("throttle", mode="before", json_schema_input_type=float | ThrottleConfig)(
-        _seconds_shorthand
-    )
+    _short = _seconds_shorthand("throttle", ThrottleConfig)
 
 
 class DebounceStep(_Model):
     kind: ClassVar[str] = "debounce"
     debounce: DebounceConfig
 
-    _short = field_validator("debounce", mode="before", json_schema_input_type=float | DebounceConfig)(
-        _seconds_shorthand
-    )
+    _short = _seconds_shorthand("debounce", DebounceConfig)
 
 
 class CooldownStep(_Model):
     kind: ClassVar[str] = "cooldown"
     cooldown: CooldownConfig
 
-    _short = field_validator("cooldown", mode="before", json_schema_input_type=float | CooldownConfig)(
-        _seconds_shorthand
-    )
+    _short = _seconds_shorthand("cooldown", CooldownConfig)
 
 
 class SampleStep(_Model):
     kind: ClassVar[str] = "sample"
     sample: SampleConfig
 
-    _short = field_validator("sample", mode="before", json_schema_input_type=float | SampleConfig)(
-        _seconds_shorthand
-    )
+    _short = _seconds_shorthand("sample", SampleConfig)
 
 
 class SequenceStep(_Model):
@@ -302,9 +300,7 @@ class AbsenceStep(_Model):
     kind: ClassVar[str] = "absence"
     absence: AbsenceConfig
 
-    _short = field_validator("absence", mode="before", json_schema_input_type=float | AbsenceConfig)(
-        _seconds_shorthand
-    )
+    _short = _seconds_shorthand("absence", AbsenceConfig)
 
 
 _STEP_MODELS: tuple[type[_Model], ...] = (
@@ -420,6 +416,10 @@ def _secs(value: float) -> str:
     return f"{value:g}s"
 
 
+def _per_key(per_key: bool) -> str:
+    return " per key" if per_key else ""
+
+
 class _Compiler:
     def __init__(self, sources: Collection[str], now: Callable[[], float] | None) -> None:
         self.sources = sources
@@ -444,13 +444,24 @@ class _Compiler:
             return False
         return True
 
+    def expression_step(
+        self,
+        kind: str,
+        text: str,
+        path: Path,
+        label: str,
+        operator: Callable[[Compiled, StepContext, str], Operator],
+    ) -> CompiledStep | None:
+        """A step that is one expression (``where``, ``key``): ``operator(compiled, ctx, label)``."""
+        fn = self.expr((*path, kind), text)
+        if fn is None:
+            return None
+        return CompiledStep(kind, label, False, f"{kind} {text}", lambda ctx: operator(fn, ctx, label))
+
     # one method per step kind: returns a CompiledStep, or None if something was reported
 
     def where_(self, step: WhereStep, path: Path, label: str) -> CompiledStep | None:
-        fn = self.expr((*path, "where"), step.where)
-        if fn is None:
-            return None
-        return CompiledStep("where", label, False, f"where {step.where}", lambda ctx: where(fn, ctx, label))
+        return self.expression_step("where", step.where, path, label, where)
 
     def set_(self, step: SetStep, path: Path, label: str) -> CompiledStep | None:
         assignments: list[tuple[str, Compiled]] = []
@@ -473,10 +484,7 @@ class _Compiler:
         return CompiledStep("set", label, False, summary, lambda ctx: set_fields(frozen, ctx, label))
 
     def key_(self, step: KeyStep, path: Path, label: str) -> CompiledStep | None:
-        fn = self.expr((*path, "key"), step.key)
-        if fn is None:
-            return None
-        return CompiledStep("key", label, False, f"key {step.key}", lambda ctx: rekey(fn, ctx, label))
+        return self.expression_step("key", step.key, path, label, rekey)
 
     def window_(self, step: WindowStep, path: Path, label: str) -> CompiledStep | None:
         cfg = step.window
@@ -498,9 +506,7 @@ class _Compiler:
         if program is None or not ok:
             return None
         length = _secs(cfg.seconds) if cfg.seconds is not None else f"{cfg.count} events"
-        summary = (
-            f"window {length} {cfg.mode}{' per key' if cfg.per_key else ''}: {', '.join(cfg.aggregates)}"
-        )
+        summary = f"window {length} {cfg.mode}{_per_key(cfg.per_key)}: {', '.join(cfg.aggregates)}"
 
         def make(ctx: StepContext) -> Operator:
             return window(
@@ -575,7 +581,7 @@ class _Compiler:
 
     def throttle_(self, step: ThrottleStep, path: Path, label: str) -> CompiledStep | None:
         cfg = step.throttle
-        summary = f"throttle {cfg.max_events} per {_secs(cfg.seconds)}{' per key' if cfg.per_key else ''}"
+        summary = f"throttle {cfg.max_events} per {_secs(cfg.seconds)}{_per_key(cfg.per_key)}"
 
         def make(ctx: StepContext) -> Operator:
             return throttle(ctx, seconds=cfg.seconds, max_events=cfg.max_events, per_key=cfg.per_key)
@@ -584,30 +590,18 @@ class _Compiler:
 
     def cooldown_(self, step: CooldownStep, path: Path, label: str) -> CompiledStep | None:
         cfg = step.cooldown
-
-        def make(ctx: StepContext) -> Operator:
-            stats = ctx.stats
-
-            def suppressed(_event: Any) -> None:
-                stats.suppressed += 1
-
-            def evicted() -> None:
-                stats.evicted += 1
-
-            return cooldown_by_key(
-                cfg.seconds,
-                max_keys=ctx.max_keys,
-                on_suppressed=suppressed,
-                on_evicted=evicted,
-                per_key=cfg.per_key,
-            )
-
-        summary = f"cooldown {_secs(cfg.seconds)}{' per key' if cfg.per_key else ''}"
-        return CompiledStep("cooldown", label, False, summary, make)
+        summary = f"cooldown {_secs(cfg.seconds)}{_per_key(cfg.per_key)}"
+        return CompiledStep(
+            "cooldown",
+            label,
+            False,
+            summary,
+            lambda ctx: cooldown(ctx, seconds=cfg.seconds, per_key=cfg.per_key),
+        )
 
     def debounce_(self, step: DebounceStep, path: Path, label: str) -> CompiledStep | None:
         cfg = step.debounce
-        summary = f"debounce {_secs(cfg.seconds)}{' per key' if cfg.per_key else ''}"
+        summary = f"debounce {_secs(cfg.seconds)}{_per_key(cfg.per_key)}"
         return CompiledStep(
             "debounce",
             label,
@@ -618,7 +612,7 @@ class _Compiler:
 
     def sample_(self, step: SampleStep, path: Path, label: str) -> CompiledStep | None:
         cfg = step.sample
-        summary = f"sample every {_secs(cfg.seconds)}{' per key' if cfg.per_key else ''}"
+        summary = f"sample every {_secs(cfg.seconds)}{_per_key(cfg.per_key)}"
         return CompiledStep(
             "sample", label, True, summary, lambda ctx: sample(ctx, seconds=cfg.seconds, per_key=cfg.per_key)
         )
@@ -632,7 +626,7 @@ class _Compiler:
             return None
         summary = (
             f"sequence {cfg.first} then {cfg.then} within {_secs(cfg.within_seconds)}"
-            f"{' per key' if cfg.per_key else ''}{' (timeouts)' if cfg.emit == 'timeout' else ''}"
+            f"{_per_key(cfg.per_key)}{' (timeouts)' if cfg.emit == 'timeout' else ''}"
         )
 
         def make(ctx: StepContext) -> Operator:
@@ -714,8 +708,7 @@ class _Compiler:
     def absence_(self, step: AbsenceStep, path: Path, label: str) -> CompiledStep | None:
         cfg = step.absence
         self.names.update(("silent_seconds", "last_ts"))
-        per_key = " per key" if cfg.per_key else ""
-        summary = f"absence {_secs(cfg.seconds)}{per_key}{' repeating' if cfg.repeat else ''}"
+        summary = f"absence {_secs(cfg.seconds)}{_per_key(cfg.per_key)}{' repeating' if cfg.repeat else ''}"
         return CompiledStep(
             "absence",
             label,

@@ -470,7 +470,7 @@ async def test_s4_timeout_kills_the_whole_group_no_orphans(mode: str, tmp_path: 
     await wait_for(lambda: not exists(child) and not exists(grandchild), within=2)
     assert session_members(child) == []
     assert runner.stats("x").timeouts == 1
-    assert elapsed <= 0.5 + 0.3 + 1.0, elapsed  # timeout + grace + scheduling slack
+    assert elapsed <= 0.5 + 0.3 + 4.0, elapsed  # timeout + grace + generous slack for a loaded CI machine
 
 
 @pytest.mark.usefixtures("subreaper")
