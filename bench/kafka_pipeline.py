@@ -54,7 +54,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -62,6 +61,7 @@ from typing import Any, TypeVar
 import aiokafka
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from benchlib import run_loop, uvloop_available
 
 from daemon.config import load_config_text
 from daemon.registry import builtin_registry
@@ -381,23 +381,6 @@ async def _reflexd_run(
 
 
 # -- main ----------------------------------------------------------------------------------------
-
-
-def run_loop(coro: Coroutine[Any, Any, T], use_uvloop: bool) -> T:
-    if use_uvloop:
-        import uvloop
-
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(coro)
-    return asyncio.run(coro)
-
-
-def uvloop_available() -> bool:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 async def measure(args: argparse.Namespace, bootstrap: str, broker_pid: int | None) -> int:

@@ -61,13 +61,14 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, ClassVar, TypeVar, cast
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
+from benchlib import run_loop, uvloop_available
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.frames import Frame, Opcode
@@ -275,6 +276,7 @@ def bench_registry() -> Registry:
 #: --journal: the daemon journals tool calls in a fresh temporary SQLite file per run.
 JOURNAL = False
 
+
 def daemon_config(url: str, cooldown: float, state_dir: str | None = None) -> str:
     """The daemon under test; with ``state_dir`` every tool call is journaled in SQLite there."""
     journal = f'state_path: "{state_dir}/state.db"' if state_dir else "journal: {enabled: false}"
@@ -480,23 +482,6 @@ async def latency_run(url: str, n: int, matches: int) -> tuple[list[float], dict
 
 
 # -- main ----------------------------------------------------------------------------------------
-
-
-def run_loop(coro: Coroutine[Any, Any, T], use_uvloop: bool) -> T:
-    if use_uvloop:
-        import uvloop
-
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(coro)
-    return asyncio.run(coro)
-
-
-def uvloop_available() -> bool:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 async def measure(args: argparse.Namespace, port: int, thr: StreamSpec, warm: StreamSpec) -> int:

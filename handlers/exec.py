@@ -104,6 +104,15 @@ def _truthy(value: str | None) -> bool:
     return value is not None and value.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _check_template(text: str, label: str) -> None:
+    """Compile one configured template; a config error names the item and the column."""
+    try:
+        compile_template(text, TEMPLATE_NAMES)
+    except ExpressionError as exc:
+        where = f"column {exc.column}: " if exc.column else ""
+        raise ValueError(f"{label}: {where}{exc.reason}") from None
+
+
 class ExecToolConfig(ToolConfig):
     """Runs a program with an argv list (no shell)."""
 
@@ -159,11 +168,7 @@ class ExecToolConfig(ToolConfig):
         for i, item in enumerate(argv):
             if "\0" in item:
                 raise ValueError(f"argv[{i}] holds a NUL byte")
-            try:
-                compile_template(item, TEMPLATE_NAMES)
-            except ExpressionError as exc:
-                where = f"column {exc.column}: " if exc.column else ""
-                raise ValueError(f"argv[{i}]: {where}{exc.reason}") from None
+            _check_template(item, f"argv[{i}]")
         return argv
 
     @field_validator("env")
@@ -176,11 +181,7 @@ class ExecToolConfig(ToolConfig):
                 raise ValueError(f"{name} is set by the tool itself")
             if "\0" in value:
                 raise ValueError(f"env {name} holds a NUL byte")
-            try:
-                compile_template(value, TEMPLATE_NAMES)
-            except ExpressionError as exc:
-                where = f"column {exc.column}: " if exc.column else ""
-                raise ValueError(f"env {name}: {where}{exc.reason}") from None
+            _check_template(value, f"env {name}")
         return env
 
     @field_validator("env_allowlist")

@@ -1,0 +1,29 @@
+"""Helpers shared by the benchmarks (run as scripts: ``python bench/<name>.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+__all__ = ["run_loop", "uvloop_available"]
+
+T = TypeVar("T")
+
+
+def run_loop(coro: Coroutine[Any, Any, T], use_uvloop: bool) -> T:
+    """Run ``coro`` on a fresh event loop: uvloop's when asked (and importable), else asyncio's."""
+    if use_uvloop:
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(coro)
+    return asyncio.run(coro)
+
+
+def uvloop_available() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
