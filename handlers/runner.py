@@ -20,6 +20,7 @@ and logs them with the traceback (rate-limited).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import functools
 import inspect
 import logging
@@ -182,11 +183,7 @@ class ToolStats:
 
     def observe(self, seconds: float) -> None:
         self.duration_sum += seconds
-        for i, bound in enumerate(DURATION_BUCKETS):
-            if seconds <= bound:
-                self.buckets[i] += 1
-                return
-        self.buckets[-1] += 1
+        self.buckets[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1  # bucket i: ≤ bound i; last: +Inf
 
 
 class _Lane:

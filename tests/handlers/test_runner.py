@@ -251,3 +251,15 @@ async def test_timeouts_are_retried_by_default() -> None:
     await wait_for(lambda: runner.stats("t").failures == 1)
     await runner.stop(1)
     assert runner.stats("t").timeouts == 4 and runner.stats("t").attempts == 4
+
+
+def test_duration_histogram_buckets_are_upper_inclusive() -> None:
+    """A duration equal to a bucket's bound lands in that bucket; above the last bound lands in +Inf."""
+    from handlers.runner import DURATION_BUCKETS, ToolStats
+
+    stats = ToolStats()
+    for seconds in (0.0, DURATION_BUCKETS[0], DURATION_BUCKETS[0] * 1.01, DURATION_BUCKETS[-1], 1e9):
+        stats.observe(seconds)
+    assert stats.buckets[0] == 2 and stats.buckets[1] == 1
+    assert stats.buckets[len(DURATION_BUCKETS) - 1] == 1 and stats.buckets[-1] == 1
+    assert sum(stats.buckets) == 5
