@@ -125,6 +125,16 @@ class AppConfig:
     rules: dict[str, RuleConfig]
     secret_paths: frozenset[Path_] = field(default_factory=frozenset)
 
+    def secret_arguments(self) -> dict[tuple[str | None, str], frozenset[str]]:
+        """Per (rule, tool): argument names whose configured value came from the environment
+        (the journal and ``reflexd dlq list`` redact them)."""
+        out: dict[tuple[str | None, str], set[str]] = {}
+        for rule_name, rule in self.rules.items():
+            for i, call in enumerate(rule.then):
+                names = {k for k in call.args if self.is_secret(("rules", rule_name, "then", i, "args", k))}
+                out.setdefault((rule_name, call.tool), set()).update(names)
+        return {k: frozenset(v) for k, v in out.items()}
+
     def is_secret(self, path: Sequence[str | int]) -> bool:
         """True if the value at ``path`` (or inside it) came from the environment."""
         n = len(path)

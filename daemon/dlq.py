@@ -19,7 +19,6 @@ import orjson
 from daemon.config import AppConfig
 from daemon.registry import BuildContext
 from daemon.state import DeadLetter, Journal, StateStore, event_from_record, redact
-from daemon.supervisor import _secret_args
 from handlers.base import CallContext, Tool
 from handlers.runner import ToolRunner
 
@@ -83,7 +82,7 @@ def _when(ts: float | None) -> str:
 
 def _list(config: AppConfig, store: StateStore, tool: str | None, everything: bool, as_json: bool) -> int:
     letters = store.dead_letters(tool=tool, include_replayed=everything)
-    secrets = _secret_args(config)
+    secrets = config.secret_arguments()
     for d in letters:
         if as_json:
             record: dict[str, Any] = {
@@ -125,7 +124,7 @@ async def _replay(config: AppConfig, store: StateStore, letters: list[DeadLetter
         tools[name] = built
     runnable = [d for d in letters if d.tool in tools]
     journal = Journal(store)
-    runner = ToolRunner(tools, journal=journal, secret_args=_secret_args(config))
+    runner = ToolRunner(tools, journal=journal, secret_args=config.secret_arguments())
     await journal.start()
     await runner.start()
     loop = asyncio.get_running_loop()

@@ -61,7 +61,7 @@ class Daemon:
                 max_rows=journal_cfg.max_rows,
             )
             self.journal = Journal(self.store)
-        self.runner = ToolRunner(self.tools, journal=self.journal, secret_args=_secret_args(config))
+        self.runner = ToolRunner(self.tools, journal=self.journal, secret_args=config.secret_arguments())
         self.recovered = 0
         self.rules: dict[str, Rule] = {}
         self.http: OpsServer | None = None
@@ -299,13 +299,3 @@ class Daemon:
                 for name, (tool, st, pending) in self.runner.lanes().items()
             },
         }
-
-
-def _secret_args(config: AppConfig) -> dict[tuple[str | None, str], frozenset[str]]:
-    """Per (rule, tool): argument names whose configured value came from the environment."""
-    out: dict[tuple[str | None, str], set[str]] = {}
-    for rule_name, rule in config.rules.items():
-        for i, call in enumerate(rule.then):
-            names = {k for k in call.args if config.is_secret(("rules", rule_name, "then", i, "args", k))}
-            out.setdefault((rule_name, call.tool), set()).update(names)
-    return {k: frozenset(v) for k, v in out.items()}

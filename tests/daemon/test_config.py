@@ -295,3 +295,10 @@ def test_readme_configuration_example_is_valid() -> None:
     example = readme[start : readme.index("```", start)]
     cfg = load_config_text(example, builtin_registry(), base_dir=ROOT, env={"BINANCE_KEY": "k"})
     assert set(cfg.sources) == {"binance", "recorded"} and set(cfg.rules) == {"big_trade", "feed_gap"}
+
+
+def test_arguments_from_the_environment_are_known_as_secret() -> None:
+    """Rule arguments filled from ${VAR} are listed per (rule, tool), so the journal can redact them."""
+    text = GOOD.replace('args: {text: "{data.p}"}', 'args: {text: "{data.p}", pin: "${PIN}"}')
+    cfg = load_config_text(text, builtin_registry(), env={"PIN": "1234"})
+    assert cfg.secret_arguments() == {("big", "alert"): frozenset({"pin"})}
