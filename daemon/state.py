@@ -259,15 +259,6 @@ class StateStore:
             ).fetchall()
         return [r[0] for r in rows]
 
-    def has_succeeded(self, key: str) -> bool:
-        cutoff = time.time() - self.retention_seconds
-        with self._lock:
-            row = self.db.execute(
-                "SELECT 1 FROM invocations WHERE key = ? AND outcome = 'succeeded' AND started >= ? LIMIT 1",
-                (key, cutoff),
-            ).fetchone()
-        return row is not None
-
     def take_unfinished(self) -> list[Unfinished]:
         """Invocations a previous process left ``running``; marked ``interrupted`` as they are taken."""
         with self._lock:
@@ -283,18 +274,6 @@ class StateStore:
             )
         # rows without a payload belong to records their source delivers again (Kafka)
         return [Unfinished(r[0], r[1], r[2], r[3], _loads(r[4]), _loads(r[5]), r[6]) for r in rows if r[4]]
-
-    def journal(self, *, tool: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        sql = "SELECT id, key, rule, tool, started, ended, attempts, outcome, error FROM invocations"
-        params: tuple[Any, ...] = ()
-        if tool:
-            sql += " WHERE tool = ?"
-            params = (tool,)
-        sql += " ORDER BY started DESC LIMIT ?"
-        with self._lock:
-            rows = self.db.execute(sql, (*params, limit)).fetchall()
-        names = ("id", "key", "rule", "tool", "started", "ended", "attempts", "outcome", "error")
-        return [dict(zip(names, r, strict=True)) for r in rows]
 
     # -- dead letters ------------------------------------------------------------------------
 
@@ -373,9 +352,7 @@ class Journal:
         self._counter = 0
         self._prefix = f"{os.getpid():x}-{int(time.time() * 1000):x}"
         self.dropped = 0  # journal rows dropped because the disk could not keep up
-        self.write_errors = 0
-        self.dead_lettered = 0
-        self.deduplicated = 0
+        self.write_errors = 0  # batches that failed to write
         self._error_log = RateLimitedLog(log, "journal write failed", interval=30.0)
 
     async def start(self) -> None:
@@ -406,10 +383,7 @@ class Journal:
         return f"{self._prefix}-{self._counter:x}"
 
     def succeeded(self, key: str) -> bool:
-        if key in self._succeeded:
-            self.deduplicated += 1
-            return True
-        return False
+        return key in self._succeeded
 
     def started(
         self,
@@ -441,13 +415,8 @@ class Journal:
             None,  # error
             None,  # result
         ]
-        if len(self._ops) >= self.max_buffered:
-            self.dropped += 1
-            return
-        self._unflushed[inv_id] = row
-        self._ops.append((_INSERT, row))
-        if len(self._ops) == 1:
-            self._wake.set()
+        if self._queue(_INSERT, row):
+            self._unflushed[inv_id] = row
 
     def ended(
         self, inv_id: str, key: str, attempts: int, outcome: str, error: str | None, result: Any
@@ -465,13 +434,15 @@ class Journal:
             return
         self._queue(_UPDATE, (time.time(), attempts, outcome, error, result_text, inv_id))
 
-    def _queue(self, sql: str, params: Sequence[Any]) -> None:
+    def _queue(self, sql: str, params: Sequence[Any]) -> bool:
+        """Buffer one statement for the writer; False (counted) when the buffer is full."""
         if len(self._ops) >= self.max_buffered:
             self.dropped += 1
-            return
+            return False
         self._ops.append((sql, params))
         if len(self._ops) == 1:
             self._wake.set()
+        return True
 
     async def dead_letter(
         self,
@@ -488,7 +459,6 @@ class Journal:
         await loop.run_in_executor(
             self._executor, self.store.add_dead_letter, key, rule, tool, args, event, error, attempts
         )
-        self.dead_lettered += 1
 
     # -- writer ------------------------------------------------------------------------------
 

@@ -268,6 +268,9 @@ class Daemon:
             "state": self.state,
             "ready": ready,
             "uptime_seconds": None if self.started_at is None else round(time.time() - self.started_at, 3),
+            "journal": None
+            if self.journal is None
+            else {"dropped": self.journal.dropped, "write_errors": self.journal.write_errors},
             "sources": {
                 name: {
                     "type": s.type_name,

@@ -34,6 +34,7 @@ reflexd_tool_retries_total{tool}                        attempts after the first
 reflexd_tool_rejected_total{tool}                       calls refused: backlog over its bound
 reflexd_tool_in_flight{tool} / reflexd_tool_pending     running / waiting calls
 reflexd_tool_duration_seconds{tool}                     histogram of call durations
+reflexd_journal_dropped_total / _write_errors_total      journal rows the writer could not keep / write
 reflexd_ccxt_*{source}                                  ccxt sources: backfills, backfilled, duplicates,
                                                         recycles, stalls (totals), symbols_stopped
 reflexd_kafka_*{source}                                 Kafka sources: assigned_partitions, paused,
@@ -86,6 +87,17 @@ class DaemonCollector(Collector):
         yield from self._sources(d, now)
         yield from self._rules(d)
         yield from self._tools(d)
+        journal = d.journal
+        if journal is not None:
+            dropped = _counter(
+                "reflexd_journal_dropped_total", "Journal rows dropped: writer fell behind.", []
+            )
+            dropped.add_metric([], journal.dropped)
+            errors = _counter(
+                "reflexd_journal_write_errors_total", "Journal batches that failed to write.", []
+            )
+            errors.add_metric([], journal.write_errors)
+            yield from (dropped, errors)
 
     def _sources(self, d: Daemon, now: float) -> Iterator[Metric]:
         received = _counter("reflexd_events_received_total", "Messages received, by source.", ["source"])

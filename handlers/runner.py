@@ -476,7 +476,7 @@ class ToolRunner:
     def _log_failure(self, lane: _Lane, inv: Invocation, exc: Exception) -> None:
         before = lane.fail_log.suppressed
         lane.fail_log.hit(tool=lane.tool.name, rule=inv.ctx.rule, error=f"{type(exc).__name__}: {exc}")
-        if lane.fail_log.suppressed == before:  # it was logged: add the traceback once, at debug-free level
+        if lane.fail_log.suppressed == before:  # this one was logged: add its traceback
             log.warning(
                 "tool call traceback",
                 exc_info=(type(exc), exc, exc.__traceback__),

@@ -187,3 +187,30 @@ def test_wal_mode_and_private_file(tmp_path: Path) -> None:
     assert (tmp_path / "s.db").stat().st_mode & 0o077 == 0
     store.close()
     assert sqlite3.connect(tmp_path / "s.db").execute("SELECT COUNT(*) FROM dead_letters").fetchone() == (0,)
+
+
+async def test_journal_health_is_in_metrics_and_status(tmp_path: Path) -> None:
+    """The journal's dropped rows and write errors are exported, so a failing disk is visible."""
+    from prometheus_client import generate_latest
+
+    from daemon.config import load_config_text
+    from daemon.registry import builtin_registry
+    from daemon.supervisor import Daemon
+    from daemon.telemetry import metrics_registry
+
+    (tmp_path / "e.jsonl").write_text("")
+    cfg = load_config_text(
+        f"daemon: {{http: null, state_path: {tmp_path / 's.db'}}}\n"
+        f"sources: {{s: {{type: replay, path: {tmp_path / 'e.jsonl'}}}}}\n",
+        builtin_registry(),
+    )
+    daemon = Daemon(cfg)
+    await daemon.start()
+    try:
+        assert daemon.journal is not None
+        daemon.journal.dropped = 3
+        body = generate_latest(metrics_registry(daemon)).decode()
+        assert "reflexd_journal_dropped_total 3.0" in body and "reflexd_journal_write_errors_total 0.0" in body
+        assert daemon.status()["journal"] == {"dropped": 3, "write_errors": 0}
+    finally:
+        await daemon.stop()
