@@ -19,8 +19,9 @@ same bytes in (a) and (b)) per input record:
     processed positions are committed every ~1 s and at the end. Done when N sends are acknowledged.
 (b) reflexd: the real :class:`daemon.supervisor.Daemon` from config text (``http: null``): ``kafka``
     source (same topic, fresh group, default queue: 10,000 events, block) → rule ``every`` with no
-    ``where`` → ``kafka`` tool (``acks=all``, idempotent, ``linger_ms: 5``, ``concurrency:
-    --concurrency``, default 256, ``max_pending`` default 1,000) with args ``{id: "{data.id}", sym:
+    ``where`` → ``kafka`` tool (``acks=all``, idempotent, ``linger_ms: 5``, its defaults otherwise:
+    ``concurrency`` 1,024 calls in flight handed to the producer in batches of up to ``max_batch``
+    256, ``max_pending`` 1,000; ``--concurrency`` sets it) with args ``{id: "{data.id}", sym:
     ..., pad: "{data.pad}"}``. The tool also adds its ``reflexd-call-id`` header (~40 bytes) to every
     record; the raw loop sends no header. The invocation journal is on, as in a default config
     (``--journal off`` turns it off), with ``state_path`` in a fresh temp dir per run: a shared one
@@ -29,15 +30,17 @@ same bytes in (a) and (b)) per input record:
     ~10 ms late: < 0.3 % of a run).
 
 Time = first record returned by the consumer → N-th acknowledgement (for (b) the first record is
-seen by polling ``source.stats.received`` every 1 ms). Rate = N / time. The time from the client's
-start (producer + consumer start, group join) is printed too. After each run the output topic must
+seen by polling ``source.stats.received`` every 1 ms). Rate = N / time. Each run also prints the
+CPU seconds of this process, the part of them spent in Python's cyclic garbage collector, and
+the broker's CPU seconds; and the time from the client's start (producer + consumer start,
+group join). After each run the output topic must
 hold exactly N records and the group's committed offsets must sum to N (checked: anything else
 fails the run), so both sides really did at-least-once work with nothing lost or duplicated.
 
 Usage::
 
     .venv/bin/python bench/kafka_pipeline.py [--n 200000] [--runs 3] [--bootstrap host:port]
-                                             [--concurrency 256] [--raw-batch 500] [--journal on|off]
+                                             [--concurrency N] [--raw-batch 500] [--journal on|off]
                                              [--uvloop] [--profile] [--profile-out FILE] [--strict]
 """
 
@@ -46,6 +49,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import io
 import os
 import platform
@@ -148,21 +152,41 @@ def proc_cpu_seconds(pid: int | None) -> float | None:
         return None
 
 
+class GcClock:
+    """Wall time this process spends in the cyclic garbage collector (part of the client CPU)."""
+
+    total = 0.0
+    _began = 0.0
+
+    @classmethod
+    def callback(cls, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            cls._began = time.perf_counter()
+        else:
+            cls.total += time.perf_counter() - cls._began
+
+
+gc.callbacks.append(GcClock.callback)
+
+
 @dataclass
 class CpuMeter:
     broker_pid: int | None
     client0: float = 0.0
     broker0: float | None = None
+    gc0: float = 0.0
 
     def start(self) -> None:
         self.client0 = time.process_time()
         self.broker0 = proc_cpu_seconds(self.broker_pid)
+        self.gc0 = GcClock.total
 
-    def read(self) -> tuple[float, float | None]:
+    def read(self) -> tuple[float, float | None, float]:
+        """CPU seconds of this process, of the broker (None if unknown), seconds spent in the GC."""
         client = time.process_time() - self.client0
         now = proc_cpu_seconds(self.broker_pid)
         broker = None if now is None or self.broker0 is None else now - self.broker0
-        return client, broker
+        return client, broker, GcClock.total - self.gc0
 
 
 # -- results -------------------------------------------------------------------------------------
@@ -175,6 +199,7 @@ class RunResult:
     from_start: float  # client start → N-th acknowledgement
     client_cpu: float  # CPU seconds of this process from client start to the N-th ack
     broker_cpu: float | None  # CPU seconds of the broker JVM over the same span
+    gc_seconds: float  # of client_cpu, time in the cyclic garbage collector
     info: str
 
     @property
@@ -185,7 +210,7 @@ class RunResult:
         broker = "?" if self.broker_cpu is None else f"{self.broker_cpu:.1f}"
         return (
             f"{self.rate:>8,.0f} rec/s ({self.seconds:.2f} s; {self.from_start:.2f} s from start; "
-            f"cpu client {self.client_cpu:.1f} s broker {broker} s{self.info})"
+            f"cpu client {self.client_cpu:.1f} s (gc {self.gc_seconds:.2f}) broker {broker} s{self.info})"
         )
 
 
@@ -250,7 +275,7 @@ async def raw_run(bootstrap: str, src: str, n: int, batch_size: int, cpu: CpuMet
                     commits += 1
                     next_commit = clock() + RAW_COMMIT_INTERVAL
             t_end = clock()
-            client_cpu, broker_cpu = cpu.read()
+            client_cpu, broker_cpu, gc_seconds = cpu.read()
             await consumer.commit(positions)
             commits += 1
     finally:
@@ -265,6 +290,7 @@ async def raw_run(bootstrap: str, src: str, n: int, batch_size: int, cpu: CpuMet
         t_end - t_start,
         client_cpu,
         broker_cpu,
+        gc_seconds,
         f"; batch {batch_size}, commits {commits}",
     )
 
@@ -273,8 +299,15 @@ async def raw_run(bootstrap: str, src: str, n: int, batch_size: int, cpu: CpuMet
 
 
 def daemon_config(
-    bootstrap: str, src: str, out: str, group: str, concurrency: int, state_path: Path, journal: bool
+    bootstrap: str,
+    src: str,
+    out: str,
+    group: str,
+    concurrency: int | None,
+    state_path: Path,
+    journal: bool,
 ) -> str:
+    tuning = "" if concurrency is None else f"\n    concurrency: {concurrency}"
     return f"""
 daemon:
   log_level: warning
@@ -293,8 +326,7 @@ tools:
     type: kafka
     bootstrap_servers: "{bootstrap}"
     topic: {out}
-    linger_ms: 5
-    concurrency: {concurrency}
+    linger_ms: 5{tuning}
 rules:
   every:
     from: {SOURCE}
@@ -315,7 +347,7 @@ async def reflexd_run(
 ) -> RunResult:
     out = await create_topic_on(bootstrap, unique_name("bench-out-reflexd"), PARTITIONS)
     group = unique_name("bench-reflexd")
-    concurrency: int = args.concurrency
+    concurrency: int | None = args.concurrency
     journal = args.journal == "on"
     with tempfile.TemporaryDirectory(prefix="reflexd-bench-state-") as state_dir:
         text = daemon_config(bootstrap, src, out, group, concurrency, Path(state_dir) / "reflexd.db", journal)
@@ -362,7 +394,7 @@ async def _reflexd_run(
                 check()
                 await asyncio.sleep(POLL_END_SECONDS)
             t_end = clock()
-            client_cpu, broker_cpu = cpu.read()
+            client_cpu, broker_cpu, gc_seconds = cpu.read()
         if profiler is not None:
             profiler.disable()
     finally:
@@ -377,7 +409,7 @@ async def _reflexd_run(
         f"; journal {journal}, concurrency {concurrency}, pauses {st['pauses']}, "
         f"commits {st['commits']}, queue high water {source.queue.high_water}"
     )
-    return RunResult(n, t_end - t_first, t_end - t_start, client_cpu, broker_cpu, info)
+    return RunResult(n, t_end - t_first, t_end - t_start, client_cpu, broker_cpu, gc_seconds, info)
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -455,7 +487,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--bootstrap", help="host:port of a running broker (default: start one in a temp dir)"
     )
-    parser.add_argument("--concurrency", type=int, default=256, help="kafka tool concurrency in (b)")
+    parser.add_argument(
+        "--concurrency", type=int, help="kafka tool concurrency in (b) (default: the tool's default)"
+    )
     parser.add_argument("--raw-batch", type=int, default=500, help="max records per getmany in (a)")
     parser.add_argument(
         "--journal",
@@ -468,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-out", help="with --profile: also dump the pstats to this file")
     parser.add_argument("--strict", action="store_true", help="exit 1 if the median ratio is below 0.5")
     args = parser.parse_args(argv)
-    if args.n < 1 or args.runs < 1 or args.concurrency < 1 or args.raw_batch < 1:
+    if args.n < 1 or args.runs < 1 or (args.concurrency or 1) < 1 or args.raw_batch < 1:
         parser.error("need --n, --runs, --concurrency and --raw-batch >= 1")
 
     use_uvloop = bool(args.uvloop) and uvloop_available()

@@ -7,14 +7,16 @@ former and runs the latter in a thread executor, propagating its exceptions.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any, ClassVar, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from streams.event import Event
 
-__all__ = ["CallContext", "CircuitConfig", "RetryConfig", "Tool", "ToolConfig"]
+__all__ = ["CallContext", "CircuitConfig", "RetryConfig", "StartedCalls", "Tool", "ToolConfig"]
 
 
 class RetryConfig(BaseModel):
@@ -69,6 +71,13 @@ class CallContext(NamedTuple):
     attempt: int = 1  # 1 for the first attempt, 2 for the first retry, ...
 
 
+class StartedCalls(NamedTuple):
+    """What a batching tool's :meth:`Tool.start_calls` returns."""
+
+    futures: list[asyncio.Future[Any]]  # one per call, in the order of the calls
+    token: Any = None  # handed back to :meth:`Tool.call_failed` (e.g. the client that sent them)
+
+
 class Tool(ABC):
     """Base of every tool type."""
 
@@ -89,6 +98,12 @@ class Tool(ABC):
             return self.default_concurrency
         return self.config.concurrency
 
+    @property
+    def batch_limit(self) -> int:
+        """Most queued calls the runner hands to :meth:`start_calls` at once; 0 (the default): the
+        tool takes one call at a time through :meth:`call`."""
+        return 0
+
     def schema(self) -> dict[str, Any]:
         """What a caller (a rule, a language model) needs to know: name, description, argument schema."""
         return {
@@ -107,3 +122,14 @@ class Tool(ABC):
     @abstractmethod
     def call(self, args: dict[str, Any], ctx: CallContext) -> Any:
         """Perform the action. A coroutine function is awaited; a plain one runs in a thread."""
+
+    async def start_calls(self, calls: Sequence[tuple[dict[str, Any], CallContext]]) -> StartedCalls:
+        """Batching tools (``batch_limit`` > 0): start every call without waiting for it to end and
+        return one future per call. Raising fails every call of the batch with that error; a call
+        that cannot start alone gets a future that already holds its error."""
+        raise NotImplementedError(f"{type(self).__name__} does not batch calls")
+
+    async def call_failed(self, exc: BaseException, token: Any) -> BaseException:
+        """Batching tools: the error the runner should judge (retryable or not) for a call whose
+        future failed with ``exc``; ``token`` is :attr:`StartedCalls.token` of its batch."""
+        return exc

@@ -2,14 +2,17 @@
 
 ``acks=all`` with the idempotent producer, so broker retries never duplicate a record within
 one producer session. Every send and the producer's stop are bounded by timeouts (the
-idempotent producer can otherwise wait forever while brokers are gone). Many sends are in
-flight at once (one per concurrency slot), each awaited on its own future. A producer that
-cannot start (broker down) does not stop the daemon: calls fail as retryable until it starts.
+idempotent producer can otherwise wait forever while brokers are gone). The tool batches: the
+runner hands it up to ``max_batch`` queued calls at once, it queues them all in the producer
+and the runner waits for their futures in order, so many sends are in flight (up to
+``concurrency``) without a task wake-up per record. A producer that cannot start (broker down)
+does not stop the daemon: calls fail as retryable until it starts.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import orjson
@@ -17,6 +20,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     InvalidProducerEpoch,
     KafkaError,
+    KafkaTimeoutError,
     OutOfOrderSequenceNumber,
     ProducerClosed,
     UnknownProducerId,
@@ -25,7 +29,7 @@ from pydantic import Field
 
 from daemon.errors import ToolError
 from daemon.logs import get_logger
-from handlers.base import CallContext, Tool, ToolConfig
+from handlers.base import CallContext, StartedCalls, Tool, ToolConfig
 from streams.kafka import KafkaSecurityConfig, client_options
 from streams.rules.expressions import compile_template
 
@@ -50,6 +54,9 @@ class KafkaToolConfig(ToolConfig):
     batch_bytes: int = Field(
         256 * 1024, ge=1024, le=16 << 20, description="Most bytes in one partition batch of the producer."
     )
+    max_batch: int = Field(
+        256, ge=1, le=10_000, description="Most queued calls handed to the producer at once."
+    )
     start_timeout_seconds: float = Field(10.0, gt=0, description="Budget for connecting the producer.")
     security: KafkaSecurityConfig = Field(default_factory=KafkaSecurityConfig)
 
@@ -58,7 +65,7 @@ class KafkaTool(Tool):
     type_name: ClassVar[str] = "kafka"
     description: ClassVar[str] = "Publish the arguments as one JSON record to a Kafka topic."
     args_schema: ClassVar[dict[str, Any]] = {"type": "object", "additionalProperties": True}
-    default_concurrency: ClassVar[int | None] = 256
+    default_concurrency: ClassVar[int | None] = 1024
     config: KafkaToolConfig
 
     def __init__(self, name: str, config: KafkaToolConfig) -> None:
@@ -106,30 +113,55 @@ class KafkaTool(Tool):
             self._producer = producer
             return producer
 
+    @property
+    def batch_limit(self) -> int:
+        return self.config.max_batch
+
     async def call(self, args: dict[str, Any], ctx: CallContext) -> None:
-        producer = await self._ensure_producer()
-        event = ctx.event
-        key: bytes | None = None
-        if self._key is not None and event is not None:
-            rendered = self._key(event)
-            key = None if rendered is None else str(rendered).encode()
-        headers = [("reflexd-call-id", ctx.call_id.encode())]
-        if event is not None:
-            headers.extend((k, str(render(event)).encode()) for k, render in self._headers)
-        value = orjson.dumps(args, default=str)
+        started = await self.start_calls([(args, ctx)])
         try:
-            fut = await producer.send(self.config.topic, value, key=key, headers=headers)
-            await fut  # the runner's timeout bounds the wait
-        except PRODUCER_STATE_ERRORS as exc:
+            await started.futures[0]
+        except Exception as exc:
+            raise await self.call_failed(exc, started.token) from exc
+
+    async def start_calls(self, calls: Sequence[tuple[dict[str, Any], CallContext]]) -> StartedCalls:
+        """Queue one record per call in the producer; its futures resolve when the broker has them."""
+        producer = await self._ensure_producer()
+        send = producer.send
+        topic = self.config.topic
+        render_key = self._key
+        templated = self._headers
+        futures: list[asyncio.Future[Any]] = []
+        for args, ctx in calls:
+            event = ctx.event
+            key: bytes | None = None
+            headers = [("reflexd-call-id", ctx.call_id.encode())]
+            if event is not None:
+                if render_key is not None:
+                    rendered = render_key(event)
+                    key = None if rendered is None else str(rendered).encode()
+                if templated:
+                    headers.extend((k, str(render(event)).encode()) for k, render in templated)
+            try:
+                futures.append(await send(topic, orjson.dumps(args, default=str), key=key, headers=headers))
+            except (KafkaError, TypeError, ValueError) as exc:  # refused before queuing (too large, ...)
+                failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                failed.set_exception(exc)
+                futures.append(failed)
+        return StartedCalls(futures, producer)
+
+    async def call_failed(self, exc: BaseException, token: Any) -> BaseException:
+        if isinstance(exc, PRODUCER_STATE_ERRORS):
             # the idempotent producer's sequence state no longer matches the broker's (e.g. after a
             # broker restart lost it): this producer cannot send again; a fresh one can
-            await self._reset(producer)
-            raise ToolError(self.name, f"producer reset after {type(exc).__name__}", retryable=True) from exc
-        except KafkaError as exc:
-            retryable = bool(getattr(exc, "retriable", False)) or isinstance(exc, (OSError, TimeoutError))
-            raise ToolError(
-                self.name, f"send failed: {type(exc).__name__}: {exc}", retryable=retryable
-            ) from exc
+            await self._reset(token)
+            return ToolError(self.name, f"producer reset after {type(exc).__name__}", retryable=True)
+        if isinstance(exc, KafkaError):
+            # a record that expired in the producer (brokers away longer than the request timeout) is
+            # worth sending again, though aiokafka does not mark KafkaTimeoutError retriable
+            retryable = bool(getattr(exc, "retriable", False)) or isinstance(exc, KafkaTimeoutError)
+            return ToolError(self.name, f"send failed: {type(exc).__name__}: {exc}", retryable=retryable)
+        return exc
 
     async def _reset(self, producer: AIOKafkaProducer) -> None:
         if self._producer is producer:

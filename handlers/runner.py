@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from daemon.errors import ShutdownTimeout, ToolError
 from daemon.logs import RateLimitedLog, get_logger
@@ -81,7 +81,7 @@ def _retry_delay(
     """Exponential backoff with jitter after attempt ``failed_attempt``, never sooner than a Retry-After."""
     base = min(policy.max_seconds, policy.initial_seconds * policy.multiplier ** (failed_attempt - 1))
     delay = base * (1.0 + policy.jitter_ratio * rng.random())
-    retry_after = exc.retry_after if isinstance(exc, ToolError) else None
+    retry_after = None if exc is None else _retry_after(exc)
     return max(delay, retry_after) if retry_after is not None else delay
 
 
@@ -91,8 +91,26 @@ def _retry_wait(policy: RetryConfig, rng: random.Random, state: RetryCallState) 
     return _retry_delay(policy, rng, state.attempt_number + 1, exc)
 
 
-def _count_retry(stats: ToolStats, state: RetryCallState) -> None:
-    stats.retries += 1
+def _retry_after(exc: BaseException) -> float | None:
+    return exc.retry_after if isinstance(exc, ToolError) else None
+
+
+class _StillFailing(ToolError):
+    """Calls of one retry attempt that failed again, retryably (tenacity retries on this)."""
+
+    def __init__(self, tool: str, calls: int, retry_after: float | None) -> None:
+        super().__init__(tool, f"{calls} calls failed again", retryable=True, retry_after=retry_after)
+
+
+def _failed(fut: asyncio.Future[Any]) -> bool:
+    """A resolved call future that holds no result (failed or cancelled)."""
+    return fut.cancelled() or fut.exception() is not None
+
+
+def _ignore_outcome(fut: asyncio.Future[Any]) -> None:
+    """Retrieve the outcome of a call future nobody waits for any more (no 'never retrieved' log)."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 class Invocation(NamedTuple):
@@ -187,10 +205,31 @@ class ToolStats:
 
 
 class _Lane:
-    __slots__ = ("breaker", "fail_log", "full", "is_async", "queue", "stats", "tool", "workers")
+    __slots__ = (
+        "batch",
+        "breaker",
+        "fail_log",
+        "full",
+        "is_async",
+        "queue",
+        "stats",
+        "tool",
+        "worker_count",
+        "workers",
+    )
 
     def __init__(self, tool: Tool) -> None:
         self.tool = tool
+        concurrency = tool.concurrency
+        limit = tool.batch_limit
+        if limit > 0:
+            # a batching tool: few workers, each handing up to `batch` calls to the tool at once,
+            # so that no more than `concurrency` calls run at once in all
+            self.worker_count = -(-concurrency // limit)
+            self.batch = concurrency // self.worker_count
+        else:
+            self.worker_count = concurrency
+            self.batch = 0
         self.queue: asyncio.Queue[Invocation] = asyncio.Queue(maxsize=tool.config.max_pending + CALL_SLACK)
         self.stats = ToolStats()
         self.is_async = inspect.iscoroutinefunction(tool.call)
@@ -315,100 +354,155 @@ class ToolRunner:
         for name, lane in self._lanes.items():
             lane.workers = [
                 asyncio.create_task(self._work(lane), name=f"reflexd:tool:{name}:{i}")
-                for i in range(lane.tool.concurrency)
+                for i in range(lane.worker_count)
             ]
 
     async def _work(self, lane: _Lane) -> None:
+        """One worker: takes a call (or, for a batching tool, every queued call up to its batch
+        size) and runs it to its end."""
         queue = lane.queue
+        size = lane.batch or 1
         while True:
-            inv = await queue.get()
+            invs = [await queue.get()]
+            while len(invs) < size and queue.qsize():
+                invs.append(queue.get_nowait())
             self._taken(lane)
             try:
-                await self._invoke(lane, inv)
+                await self._invoke(lane, invs)
             finally:
-                queue.task_done()
+                for _ in invs:
+                    queue.task_done()
 
-    async def _invoke(self, lane: _Lane, inv: Invocation) -> None:
-        """One invocation: journaled, deduplicated by its key, guarded by the circuit breaker, its
-        attempts run under the tool's timeout and retried per its ``retry`` policy; a final
-        failure is parked in the dead-letter queue before the record (if any) is released.
+    async def _invoke(self, lane: _Lane, invs: list[Invocation]) -> None:
+        """Invocations taken together: each deduplicated by its key and guarded by the circuit
+        breaker; the rest run their attempts under the tool's timeout, retried per its ``retry``
+        policy; a final failure is parked in the dead-letter queue before the record (if any) is
+        released.
 
-        Every attempt carries the same ``call_id`` (the idempotency key) and its own ``attempt``.
+        Every attempt of a call carries the same ``call_id`` (the idempotency key) and its own
+        ``attempt``. A call cut off by shutdown keeps its record's hold: it is never committed.
         """
         stats = lane.stats
-        ctx = inv.ctx
-        key = ctx.call_id
         journal = self.journal
-        stats.calls += 1
-        stats.in_flight += 1
-        outcome = "failed"
-        inv_id = inv.journal_id
+        n = len(invs)
+        stats.calls += n
+        stats.in_flight += n
+        outcomes: list[str | None] = [None] * n
         try:
-            if journal is not None and journal.succeeded(key):
-                stats.deduplicated += 1
-                outcome = "duplicate"
-                if inv_id is not None:
-                    journal.ended(inv_id, key, 0, outcome, None, None)
+            run: list[int] = []
+            for i, inv in enumerate(invs):
+                if journal is not None and journal.succeeded(inv.ctx.call_id):
+                    stats.deduplicated += 1
+                    outcomes[i] = "duplicate"
+                    if inv.journal_id is not None:
+                        journal.ended(inv.journal_id, inv.ctx.call_id, 0, "duplicate", None, None)
+                elif not lane.breaker.allow():
+                    stats.short_circuited += 1
+                    stats.failures += 1
+                    outcomes[i] = await self._give_up(lane, inv, "circuit open: the tool failed too often", 0)
+                else:
+                    run.append(i)
+            if not run:
                 return
-            if not lane.breaker.allow():
-                stats.short_circuited += 1
-                stats.failures += 1
-                outcome = await self._give_up(lane, inv, "circuit open: the tool failed too often", 0, inv_id)
-                return
-            attempts, result, error = await self._attempts(lane, inv)
-            if error is None:
-                stats.succeeded += 1
-                lane.breaker.success()
-                outcome = "succeeded"
-                if journal is not None and inv_id is not None:
-                    journal.ended(inv_id, key, attempts, outcome, None, result)
-            else:
-                stats.failures += 1
-                lane.breaker.failure()
-                outcome = await self._give_up(lane, inv, error, attempts, inv_id)
+            ended = await self._attempts(lane, [invs[i] for i in run])
+            for i, (attempts, result, error) in zip(run, ended, strict=True):
+                inv = invs[i]
+                if error is None:
+                    stats.succeeded += 1
+                    lane.breaker.success()
+                    outcomes[i] = "succeeded"
+                    if journal is not None and inv.journal_id is not None:
+                        journal.ended(inv.journal_id, inv.ctx.call_id, attempts, "succeeded", None, result)
+                else:
+                    stats.failures += 1
+                    lane.breaker.failure()
+                    outcomes[i] = await self._give_up(lane, inv, error, attempts)
         finally:
-            stats.in_flight -= 1
-            if inv.done is not None and not inv.done.done():
-                inv.done.set_result(outcome)
-            if inv.ack is not None:
-                inv.ack.release()
+            stats.in_flight -= n
+            for inv, outcome in zip(invs, outcomes, strict=True):
+                if inv.done is not None and not inv.done.done():
+                    inv.done.set_result(outcome or "cancelled")
+                if inv.ack is not None and outcome is not None:
+                    inv.ack.release()  # cut off (outcome None): the record stays unfinished
 
-    async def _attempts(self, lane: _Lane, inv: Invocation) -> tuple[int, Any, str | None]:
-        """Run the attempts; (attempts, result, None) on success, (attempts, None, error text) on failure.
+    async def _attempts(self, lane: _Lane, invs: list[Invocation]) -> list[tuple[int, Any, str | None]]:
+        """Run the calls' attempts; per call (attempts, result, None) on success, (attempts, None,
+        error text) on failure.
 
         The first attempt runs directly (most calls succeed, and building a retry controller per
-        call costs more than the call's own bookkeeping); only a call whose first attempt failed
-        with something retryable enters tenacity's retry loop.
+        call costs more than the call's own bookkeeping); only the calls whose first attempt
+        failed with something retryable enter tenacity's retry loop, together.
         """
         policy = lane.tool.config.retry
-        try:
-            return 1, await self._attempt(lane, inv.args, inv.ctx), None
-        except Exception as exc:
-            if policy.max_attempts <= 1 or not _retryable(policy, exc):
-                return 1, None, self._failure_text(lane, inv, exc)
-            first = exc
-        lane.stats.retries += 1
-        await asyncio.sleep(_retry_delay(policy, self._rng, 1, first))
+        ended: list[tuple[int, Any, str | None]] = []
+        again: list[int] = []
+        errors: dict[int, BaseException] = {}
+        first = await self._attempt(lane, [(inv.args, inv.ctx) for inv in invs])
+        for i, (result, exc) in enumerate(first):
+            if exc is None:
+                ended.append((1, result, None))
+            elif policy.max_attempts > 1 and _retryable(policy, exc):
+                ended.append((1, None, None))  # placeholder, filled by the retries
+                again.append(i)
+                errors[i] = exc
+            else:
+                ended.append((1, None, self._failure_text(lane, invs[i], exc)))
+        if again:
+            await self._retry(lane, invs, again, errors, ended)
+        return ended
+
+    async def _retry(
+        self,
+        lane: _Lane,
+        invs: list[Invocation],
+        pending: list[int],
+        errors: dict[int, BaseException],
+        ended: list[tuple[int, Any, str | None]],
+    ) -> None:
+        """Attempts 2.. of the calls ``pending`` (indexes into ``invs``), written into ``ended``."""
+        policy = lane.tool.config.retry
+        stats = lane.stats
+
+        def still_failing() -> _StillFailing:
+            waits = [w for i in pending if (w := _retry_after(errors[i])) is not None]
+            return _StillFailing(lane.tool.name, len(pending), max(waits, default=None))
+
+        def count(state: RetryCallState) -> None:
+            stats.retries += len(pending)
+
+        stats.retries += len(pending)
+        await asyncio.sleep(_retry_delay(policy, self._rng, 1, still_failing()))
         retrying = AsyncRetrying(
             stop=stop_after_attempt(policy.max_attempts - 1),
             wait=functools.partial(_retry_wait, policy, self._rng),
-            retry=retry_if_exception(functools.partial(_retryable, policy)),
-            before_sleep=functools.partial(_count_retry, lane.stats),
+            retry=retry_if_exception_type(_StillFailing),
+            before_sleep=count,
             reraise=True,
             sleep=asyncio.sleep,
         )
-        attempts = 1
-        result: Any = None
+        attempt_no = 1
         try:
             async for attempt in retrying:
                 with attempt:
-                    attempts = attempt.retry_state.attempt_number + 1
-                    result = await self._attempt(lane, inv.args, inv.ctx._replace(attempt=attempts))
-        except Exception as exc:
-            return attempts, None, self._failure_text(lane, inv, exc)
-        return attempts, result, None
+                    attempt_no = attempt.retry_state.attempt_number + 1
+                    calls = [(invs[i].args, invs[i].ctx._replace(attempt=attempt_no)) for i in pending]
+                    still: list[int] = []
+                    for i, (result, exc) in zip(pending, await self._attempt(lane, calls), strict=True):
+                        if exc is None:
+                            ended[i] = (attempt_no, result, None)
+                        elif _retryable(policy, exc):
+                            still.append(i)
+                            errors[i] = exc
+                        else:
+                            ended[i] = (attempt_no, None, self._failure_text(lane, invs[i], exc))
+                    pending = still
+                    if pending:
+                        raise still_failing()
+        except _StillFailing:
+            for i in pending:
+                ended[i] = (attempt_no, None, self._failure_text(lane, invs[i], errors[i]))
 
-    def _failure_text(self, lane: _Lane, inv: Invocation, exc: Exception) -> str:
+    def _failure_text(self, lane: _Lane, inv: Invocation, exc: BaseException) -> str:
         """Log the final failure (rate-limited) and say what to journal and dead-letter."""
         if isinstance(exc, _AttemptTimeout):
             lane.fail_log.hit(tool=lane.tool.name, rule=inv.ctx.rule, error=str(exc))
@@ -419,12 +513,11 @@ class ToolRunner:
         trace = "".join(traceback.format_exception(exc))
         return f"{type(exc).__name__}: {exc}\n{trace}"
 
-    async def _give_up(
-        self, lane: _Lane, inv: Invocation, error: str, attempts: int, inv_id: str | None
-    ) -> str:
+    async def _give_up(self, lane: _Lane, inv: Invocation, error: str, attempts: int) -> str:
         """A final failure: into the dead-letter queue (durably, before the record is released)."""
         journal = self.journal
         ctx = inv.ctx
+        inv_id = inv.journal_id
         if journal is None or not inv.dead_letter:
             if journal is not None and inv_id is not None:
                 journal.ended(inv_id, ctx.call_id, attempts, "failed", error, None)
@@ -443,10 +536,19 @@ class ToolRunner:
             journal.ended(inv_id, ctx.call_id, attempts, "dead_lettered", error, None)
         return "dead_lettered"
 
-    async def _attempt(self, lane: _Lane, args: dict[str, Any], ctx: CallContext) -> Any:
+    async def _attempt(
+        self, lane: _Lane, calls: list[tuple[dict[str, Any], CallContext]]
+    ) -> list[tuple[Any, BaseException | None]]:
+        """One attempt of each call, under one timeout: (result, None) or (None, error) per call.
+
+        A tool that batches starts them all with :meth:`Tool.start_calls` and the attempt waits for
+        their futures in order (one that is already resolved costs no wake-up); any other tool
+        gets exactly one call.
+        """
         tool = lane.tool
         stats = lane.stats
-        stats.attempts += 1
+        n = len(calls)
+        stats.attempts += n
         started = time.perf_counter()
         # the timeout as one timer that cancels this task (asyncio.timeout costs several times more per call)
         task = asyncio.current_task()
@@ -460,20 +562,73 @@ class ToolRunner:
 
         loop = asyncio.get_running_loop()
         timer = loop.call_later(tool.config.timeout_seconds, expire)
+        results: list[tuple[Any, BaseException | None]] = []
+        futures: list[asyncio.Future[Any]] = []
+        token: Any = None
         try:
-            if lane.is_async:
-                return await tool.call(args, ctx)
-            return await loop.run_in_executor(self._executor, functools.partial(tool.call, args, ctx))
+            if lane.batch:
+                futures, token = await tool.start_calls(calls)
+                if len(futures) != n:
+                    raise RuntimeError(f"start_calls gave {len(futures)} futures for {n} calls")
+                for fut in futures:
+                    if not fut.done():
+                        try:
+                            await fut
+                        except asyncio.CancelledError:
+                            if task.cancelling():
+                                raise  # our timer, or shutdown
+                        except Exception:
+                            pass  # judged just below
+                    results.append(
+                        await self._ended(tool, fut, token) if _failed(fut) else (fut.result(), None)
+                    )
+            elif lane.is_async:
+                results.append((await tool.call(*calls[0]), None))
+            else:
+                results.append(
+                    (
+                        await loop.run_in_executor(self._executor, functools.partial(tool.call, *calls[0])),
+                        None,
+                    )
+                )
         except asyncio.CancelledError as exc:
             if not expired or task.uncancel() > 0:
                 raise  # cancelled from outside (shutdown), not by our timer
-            stats.timeouts += 1
-            raise _AttemptTimeout(tool.config.timeout_seconds, ctx.attempt) from exc
+            timeout = _AttemptTimeout(tool.config.timeout_seconds, calls[len(results)][1].attempt)
+            timeout.__cause__ = exc
+            cut = len(results)  # the call being waited for when the timer fired
+            for k in range(cut, n):
+                left = futures[k] if futures else None
+                if left is not None and k > cut and left.done():  # ended in time, collected late
+                    results.append(
+                        await self._ended(tool, left, token) if _failed(left) else (left.result(), None)
+                    )
+                    continue
+                stats.timeouts += 1
+                results.append((None, timeout))
+                if left is not None:
+                    left.add_done_callback(_ignore_outcome)  # it may still end: nobody waits for it now
+        except Exception as exc:
+            # the tool failed as a whole (a call raised, or a batch could not start): every call
+            # still without an outcome failed with it
+            results.extend((None, exc) for _ in range(n - len(results)))
         finally:
             timer.cancel()
-            stats.observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            observe = stats.observe
+            for _ in range(n):
+                observe(elapsed)
+        return results
 
-    def _log_failure(self, lane: _Lane, inv: Invocation, exc: Exception) -> None:
+    async def _ended(self, tool: Tool, fut: asyncio.Future[Any], token: Any) -> tuple[None, BaseException]:
+        """A batched call whose future failed: the error as the tool judges it."""
+        if fut.cancelled():
+            return None, ToolError(tool.name, "call cancelled by the tool", retryable=True)
+        exc = fut.exception()
+        assert exc is not None
+        return None, await tool.call_failed(exc, token)
+
+    def _log_failure(self, lane: _Lane, inv: Invocation, exc: BaseException) -> None:
         before = lane.fail_log.suppressed
         lane.fail_log.hit(tool=lane.tool.name, rule=inv.ctx.rule, error=f"{type(exc).__name__}: {exc}")
         if lane.fail_log.suppressed == before:  # this one was logged: add its traceback

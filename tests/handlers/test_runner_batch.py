@@ -1,0 +1,195 @@
+"""The runner with a batching tool (``batch_limit`` > 0): calls handed over together, judged one by one."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import pytest
+
+from daemon.errors import ShutdownTimeout, ToolError
+from handlers.base import CallContext, StartedCalls, Tool, ToolConfig
+from handlers.runner import ToolRunner
+from streams.ack import OffsetTracker
+from streams.event import Event
+from tests.servers import wait_for
+
+FAST_RETRY = {"max_attempts": 3, "initial_seconds": 0.01, "max_seconds": 0.02}
+
+#: What the fake does with one call: a value to resolve with, an exception to fail with, or
+#: None to leave its future pending.
+Decide = Callable[[dict[str, Any], CallContext], Any]
+
+
+class BatchTool(Tool):
+    """Starts calls in batches; resolves each future ``delay`` seconds later as ``decide`` says."""
+
+    type_name: ClassVar[str] = "batchy"
+
+    def __init__(self, config: ToolConfig, limit: int, decide: Decide, delay: float = 0.005) -> None:
+        super().__init__("b", config)
+        self.limit = limit
+        self.decide = decide
+        self.delay = delay
+        self.batches: list[list[tuple[int, int]]] = []  # per start_calls: (i, attempt) of each call
+        self.call_ids: dict[int, set[str]] = {}
+        self.pending = 0
+        self.max_pending = 0
+        self.tokens: list[object] = []
+        self.start_error: Exception | None = None
+
+    @property
+    def batch_limit(self) -> int:
+        return self.limit
+
+    async def call(self, args: dict[str, Any], ctx: CallContext) -> Any:  # pragma: no cover - batched
+        raise AssertionError("a batching tool is never called one by one")
+
+    async def start_calls(self, calls: Sequence[tuple[dict[str, Any], CallContext]]) -> StartedCalls:
+        self.batches.append([(args["i"], ctx.attempt) for args, ctx in calls])
+        if self.start_error is not None:
+            error, self.start_error = self.start_error, None
+            raise error
+        loop = asyncio.get_running_loop()
+        token = object()
+        self.tokens.append(token)
+        futures: list[asyncio.Future[Any]] = []
+        for args, ctx in calls:
+            self.call_ids.setdefault(args["i"], set()).add(ctx.call_id)
+            fut: asyncio.Future[Any] = loop.create_future()
+            futures.append(fut)
+            outcome = self.decide(args, ctx)
+            if outcome is None:
+                fut.add_done_callback(lambda _: None)
+                continue
+            self.pending += 1
+            self.max_pending = max(self.max_pending, self.pending)
+            loop.call_later(self.delay, self._settle, fut, outcome)
+        return StartedCalls(futures, token)
+
+    def _settle(self, fut: asyncio.Future[Any], outcome: Any) -> None:
+        self.pending -= 1
+        if fut.done():
+            return
+        if isinstance(outcome, BaseException):
+            fut.set_exception(outcome)
+        else:
+            fut.set_result(outcome)
+
+    async def call_failed(self, exc: BaseException, token: Any) -> BaseException:
+        assert token in self.tokens  # the token of the batch the call was started in
+        if isinstance(exc, ConnectionResetError):  # the tool's own judgement: worth another try
+            return ToolError(self.name, "connection reset", retryable=True)
+        return exc
+
+
+def ctx(i: int, ack: Any = None) -> CallContext:
+    meta = {} if ack is None else {"ack": ack}
+    return CallContext("b", "rule", Event("src", float(i), float(i), None, {"i": i}, meta), f"rule:{i}:0")
+
+
+async def run(tool: BatchTool, n: int) -> ToolRunner:
+    runner = ToolRunner({"b": tool})
+    await runner.start()
+    for i in range(n):
+        assert runner.submit("b", {"i": i}, ctx(i))
+    stats = runner.stats("b")
+    await wait_for(lambda: stats.succeeded + stats.failures == n and stats.in_flight == 0)
+    await runner.stop(5)
+    return runner
+
+
+async def test_calls_are_handed_over_in_batches_within_the_concurrency() -> None:
+    """concurrency 20 with batches of at most 8: 3 workers of 6 calls — never more than 20 in flight."""
+    tool = BatchTool(ToolConfig(type="x", concurrency=20), limit=8, decide=lambda a, c: a["i"])
+    stats = (await run(tool, 300)).stats("b")
+    sizes = [len(b) for b in tool.batches]
+    assert max(sizes) == 6 and sum(sizes) == 300
+    assert tool.max_pending <= 20
+    assert (stats.calls, stats.attempts, stats.succeeded, stats.failures) == (300, 300, 300, 0)
+
+
+async def test_only_the_failed_calls_of_a_batch_are_retried() -> None:
+    """Retryable failures (as the tool judges them) are retried together with the same call id and the
+    next attempt number; a non-retryable one fails at once; the rest of the batch succeeded once."""
+
+    def decide(args: dict[str, Any], ctx: CallContext) -> Any:
+        i = args["i"]
+        if i == 5:
+            return ValueError("bad record")  # a bug: never retried
+        if i % 3 == 0 and ctx.attempt == 1:
+            return ConnectionResetError()  # call_failed makes it retryable
+        return "ok"
+
+    tool = BatchTool(ToolConfig(type="x", concurrency=10, retry=FAST_RETRY), limit=10, decide=decide)
+    stats = (await run(tool, 10)).stats("b")
+    assert tool.batches[0] == [(i, 1) for i in range(10)]
+    assert tool.batches[1:] == [[(0, 2), (3, 2), (6, 2), (9, 2)]]
+    assert all(len(ids) == 1 for ids in tool.call_ids.values())
+    assert (stats.attempts, stats.retries, stats.succeeded, stats.failures) == (14, 4, 9, 1)
+
+
+async def test_a_batch_timeout_fails_only_the_calls_still_running() -> None:
+    """The timeout covers the batch; calls resolved in time succeed, the others time out and are retried."""
+
+    def decide(args: dict[str, Any], ctx: CallContext) -> Any:
+        return None if args["i"] % 2 and ctx.attempt == 1 else "ok"
+
+    config = ToolConfig(type="x", concurrency=8, timeout_seconds=0.1, retry=FAST_RETRY)
+    tool = BatchTool(config, limit=8, decide=decide)
+    stats = (await run(tool, 8)).stats("b")
+    assert tool.batches == [[(i, 1) for i in range(8)], [(1, 2), (3, 2), (5, 2), (7, 2)]]
+    assert (stats.timeouts, stats.attempts, stats.succeeded, stats.failures) == (4, 12, 8, 0)
+
+
+async def test_a_batch_that_cannot_start_fails_every_call_in_it() -> None:
+    """start_calls raising fails each call of the batch with that error; retryable → all retried."""
+    tool = BatchTool(ToolConfig(type="x", concurrency=6, retry=FAST_RETRY), limit=6, decide=lambda a, c: "ok")
+    tool.start_error = ToolError("b", "producer cannot start", retryable=True)
+    stats = (await run(tool, 6)).stats("b")
+    assert tool.batches == [[(i, 1) for i in range(6)], [(i, 2) for i in range(6)]]
+    assert (stats.attempts, stats.retries, stats.succeeded) == (12, 6, 6)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+async def test_calls_cut_off_by_shutdown_leave_their_record_unfinished(batched: bool) -> None:
+    """A call cancelled because the stop budget ran out never releases its record's hold: the record is
+    not committed (its offset stays behind) and is delivered again after the restart."""
+    tracker = OffsetTracker()
+    if batched:
+        tool: Tool = BatchTool(ToolConfig(type="x", concurrency=2), limit=2, decide=lambda a, c: None)
+    else:
+        tool = Hanging("b", ToolConfig(type="x", concurrency=2))
+    runner = ToolRunner({"b": tool})
+    await runner.start()
+    acks = [tracker.received(offset) for offset in range(2)]
+    for i, ack in enumerate(acks):
+        assert runner.submit("b", {"i": i}, ctx(i, ack))
+        ack.release()  # the dispatcher's own hold: the rules have seen the record
+    await wait_for(lambda: runner.stats("b").in_flight == 2)
+    with pytest.raises(ShutdownTimeout):
+        await runner.stop(0.05)
+    assert tracker.committable is None and tracker.in_flight == 2
+    assert [ack.holds for ack in acks] == [1, 1]
+
+
+class Hanging(Tool):
+    type_name: ClassVar[str] = "hanging"
+
+    async def call(self, args: dict[str, Any], ctx: CallContext) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_finished_calls_release_their_record() -> None:
+    """The control of the test above: calls that end let their record's offset become committable."""
+    tracker = OffsetTracker()
+    tool = BatchTool(ToolConfig(type="x", concurrency=4), limit=4, decide=lambda a, c: "ok")
+    runner = ToolRunner({"b": tool})
+    await runner.start()
+    for i in range(4):
+        ack = tracker.received(i)
+        assert runner.submit("b", {"i": i}, ctx(i, ack))
+        ack.release()
+    await wait_for(lambda: tracker.committable == 4)
+    await runner.stop(5)
