@@ -48,12 +48,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import gc
 import io
 import os
 import platform
 import pstats
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -350,8 +352,16 @@ async def reflexd_run(
     concurrency: int | None = args.concurrency
     journal = args.journal == "on"
     with tempfile.TemporaryDirectory(prefix="reflexd-bench-state-") as state_dir:
-        text = daemon_config(bootstrap, src, out, group, concurrency, Path(state_dir) / "reflexd.db", journal)
-        return await _reflexd_run(bootstrap, src, out, group, n, text, cpu, profiler)
+        state_path = Path(state_dir) / "reflexd.db"
+        text = daemon_config(bootstrap, src, out, group, concurrency, state_path, journal)
+        result = await _reflexd_run(bootstrap, src, out, group, n, text, cpu, profiler)
+        if journal:
+            with contextlib.closing(sqlite3.connect(state_path)) as db:
+                query = "SELECT COUNT(*) FROM invocations WHERE outcome = 'succeeded'"
+                (rows,) = db.execute(query).fetchone()
+            if rows != n:
+                raise RuntimeError(f"the journal holds {rows} succeeded invocations, want {n}")
+        return result
 
 
 async def _reflexd_run(
@@ -383,6 +393,7 @@ async def _reflexd_run(
         profiler.enable()
     cpu.start()
     t_start = clock()
+    journal = daemon.journal
     try:
         await daemon.start()
         async with asyncio.timeout(RUN_TIMEOUT):
@@ -395,6 +406,7 @@ async def _reflexd_run(
                 await asyncio.sleep(POLL_END_SECONDS)
             t_end = clock()
             client_cpu, broker_cpu, gc_seconds = cpu.read()
+            backlog = journal.backlog if journal is not None else 0
         if profiler is not None:
             profiler.disable()
     finally:
@@ -404,9 +416,11 @@ async def _reflexd_run(
     await verify(bootstrap, src, out, group, n)
     await delete_topics_on(bootstrap, [out])
     st = daemon.status()["sources"][SOURCE]
-    journal = "on" if config.daemon.journal.enabled else "off"
+    if journal is not None and journal.dropped:
+        raise RuntimeError(f"the journal fell behind: {journal.dropped} rows dropped")
+    written = "off" if journal is None else f"on (rows waiting at the end: {backlog})"
     info = (
-        f"; journal {journal}, concurrency {concurrency}, pauses {st['pauses']}, "
+        f"; journal {written}, concurrency {concurrency}, pauses {st['pauses']}, "
         f"commits {st['commits']}, queue high water {source.queue.high_water}"
     )
     return RunResult(n, t_end - t_first, t_end - t_start, client_cpu, broker_cpu, gc_seconds, info)

@@ -35,6 +35,7 @@ reflexd_tool_rejected_total{tool}                       calls refused: backlog o
 reflexd_tool_in_flight{tool} / reflexd_tool_pending     running / waiting calls
 reflexd_tool_duration_seconds{tool}                     histogram of call durations
 reflexd_journal_dropped_total / _write_errors_total      journal rows the writer could not keep / write
+reflexd_journal_backlog                                 journal rows waiting for the writer
 reflexd_ccxt_*{source}                                  ccxt sources: backfills, backfilled, duplicates,
                                                         recycles, stalls (totals), symbols_stopped
 reflexd_kafka_*{source}                                 Kafka sources: assigned_partitions, paused,
@@ -97,7 +98,9 @@ class DaemonCollector(Collector):
                 "reflexd_journal_write_errors_total", "Journal batches that failed to write.", []
             )
             errors.add_metric([], journal.write_errors)
-            yield from (dropped, errors)
+            backlog = _gauge("reflexd_journal_backlog", "Journal rows waiting for the writer.", [])
+            backlog.add_metric([], journal.backlog)
+            yield from (dropped, errors, backlog)
 
     def _sources(self, d: Daemon, now: float) -> Iterator[Metric]:
         received = _counter("reflexd_events_received_total", "Messages received, by source.", ["source"])

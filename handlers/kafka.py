@@ -21,10 +21,12 @@ from aiokafka.errors import (
     InvalidProducerEpoch,
     KafkaError,
     KafkaTimeoutError,
+    MessageSizeTooLargeError,
     OutOfOrderSequenceNumber,
     ProducerClosed,
     UnknownProducerId,
 )
+from aiokafka.partitioner import DefaultPartitioner
 from pydantic import Field
 
 from daemon.errors import ToolError
@@ -36,6 +38,19 @@ from streams.rules.expressions import compile_template
 __all__ = ["KafkaTool", "KafkaToolConfig"]
 
 log = get_logger("tool.kafka")
+
+#: The producer's max_request_size (aiokafka's default, set explicitly): a larger record is refused
+#: on its own before it could fail the batch it would share with other calls.
+MAX_RECORD_BYTES = 1 << 20
+
+_partitioner = DefaultPartitioner()
+
+
+def _failed(exc: BaseException) -> asyncio.Future[Any]:
+    fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    fut.set_exception(exc)
+    return fut
+
 
 #: Errors after which this producer instance cannot be used again, but a new one can.
 PRODUCER_STATE_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch, ProducerClosed)
@@ -98,6 +113,7 @@ class KafkaTool(Tool):
                 enable_idempotence=True,
                 linger_ms=cfg.linger_ms,
                 max_batch_size=cfg.batch_bytes,
+                max_request_size=MAX_RECORD_BYTES,
                 request_timeout_ms=int(cfg.timeout_seconds * 1000),
                 client_id=f"reflexd-{self.name}",
                 **client_options(cfg.bootstrap_servers, cfg.security),
@@ -125,30 +141,92 @@ class KafkaTool(Tool):
             raise await self.call_failed(exc, started.token) from exc
 
     async def start_calls(self, calls: Sequence[tuple[dict[str, Any], CallContext]]) -> StartedCalls:
-        """Queue one record per call in the producer; its futures resolve when the broker has them."""
+        """Queue one record per call; their futures resolve when the broker has them.
+
+        The records are built into producer batches here (aiokafka's batch API) rather than sent
+        one by one: keyed records go to their key's partition (the same hash as every Kafka
+        client), the keyless ones of this batch to one partition chosen at random among the
+        available ones (sticky, like the Java producer). A call's future is the future of the
+        producer batch its record is in: the broker writes a batch whole or not at all.
+        """
         producer = await self._ensure_producer()
-        send = producer.send
         topic = self.config.topic
+        partitions = sorted(await producer.partitions_for(topic))
+        available = sorted(producer.client.cluster.available_partitions_for_topic(topic)) or partitions
         render_key = self._key
         templated = self._headers
-        futures: list[asyncio.Future[Any]] = []
-        for args, ctx in calls:
+        futures: list[asyncio.Future[Any] | None] = [None] * len(calls)
+        by_partition: dict[int, list[tuple[int, bytes | None, bytes, list[tuple[str, bytes]]]]] = {}
+        keyless: int | None = None
+        for i, (args, ctx) in enumerate(calls):
             event = ctx.event
             key: bytes | None = None
             headers = [("reflexd-call-id", ctx.call_id.encode())]
-            if event is not None:
-                if render_key is not None:
-                    rendered = render_key(event)
-                    key = None if rendered is None else str(rendered).encode()
-                if templated:
-                    headers.extend((k, str(render(event)).encode()) for k, render in templated)
             try:
-                futures.append(await send(topic, orjson.dumps(args, default=str), key=key, headers=headers))
-            except (KafkaError, TypeError, ValueError) as exc:  # refused before queuing (too large, ...)
-                failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-                failed.set_exception(exc)
-                futures.append(failed)
-        return StartedCalls(futures, producer)
+                if event is not None:
+                    if render_key is not None:
+                        rendered = render_key(event)
+                        key = None if rendered is None else str(rendered).encode()
+                    if templated:
+                        headers.extend((k, str(render(event)).encode()) for k, render in templated)
+                value = orjson.dumps(args, default=str)
+            except Exception as exc:  # a template or the arguments cannot be rendered: this call only
+                futures[i] = _failed(exc)
+                continue
+            size = len(value) + len(key or b"") + sum(len(k) + len(v) for k, v in headers)
+            if size > MAX_RECORD_BYTES:
+                futures[i] = _failed(
+                    MessageSizeTooLargeError(f"record of {size} bytes, more than {MAX_RECORD_BYTES}")
+                )
+                continue
+            if key is None:
+                if keyless is None:
+                    keyless = _partitioner(None, partitions, available)
+                partition = keyless
+            else:
+                partition = _partitioner(key, partitions, available)
+            by_partition.setdefault(partition, []).append((i, key, value, headers))
+        for partition, records in by_partition.items():
+            await self._send_batches(producer, topic, partition, records, futures)
+        done = [f if f is not None else _failed(RuntimeError("record not queued")) for f in futures]
+        return StartedCalls(done, producer)
+
+    async def _send_batches(
+        self,
+        producer: AIOKafkaProducer,
+        topic: str,
+        partition: int,
+        records: list[tuple[int, bytes | None, bytes, list[tuple[str, bytes]]]],
+        futures: list[asyncio.Future[Any] | None],
+    ) -> None:
+        """Fill producer batches for one partition with ``records`` and queue each as it fills."""
+        batch = producer.create_batch()
+        members: list[int] = []
+        for i, key, value, headers in records:
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                await self._send_batch(producer, batch, topic, partition, members, futures)
+                batch = producer.create_batch()
+                members = []
+                batch.append(key=key, value=value, timestamp=None, headers=headers)  # fits an empty batch
+            members.append(i)
+        if members:
+            await self._send_batch(producer, batch, topic, partition, members, futures)
+
+    @staticmethod
+    async def _send_batch(
+        producer: AIOKafkaProducer,
+        batch: Any,
+        topic: str,
+        partition: int,
+        members: list[int],
+        futures: list[asyncio.Future[Any] | None],
+    ) -> None:
+        try:
+            fut = await producer.send_batch(batch, topic, partition=partition)
+        except KafkaError as exc:  # not queued (producer closed, no room in time): these calls fail
+            fut = _failed(exc)
+        for i in members:
+            futures[i] = fut
 
     async def call_failed(self, exc: BaseException, token: Any) -> BaseException:
         if isinstance(exc, PRODUCER_STATE_ERRORS):

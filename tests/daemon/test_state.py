@@ -55,7 +55,9 @@ def ctx(key: str, tool: str = "t", event: Event | None = None) -> CallContext:
 async def journaled(tmp_path: Path, *tools: Tool) -> tuple[StateStore, Journal, ToolRunner]:
     store = StateStore(tmp_path / "state.db").open()
     journal = Journal(store, flush_seconds=0.005)
-    runner = ToolRunner({t.name: t for t in tools}, journal=journal, secret_args={("rule", "t"): frozenset({"pin"})})
+    runner = ToolRunner(
+        {t.name: t for t in tools}, journal=journal, secret_args={("rule", "t"): frozenset({"pin"})}
+    )
     await journal.start()
     await runner.start()
     return store, journal, runner
@@ -135,7 +137,9 @@ async def test_plain_function_exception_is_journaled_with_traceback(tmp_path: Pa
 
 async def test_circuit_opens_refuses_fast_and_closes_after_a_probe(tmp_path: Path) -> None:
     """3 failed calls open the circuit; calls are then refused without reaching the tool; a probe closes it."""
-    target = Target("t", ToolConfig(type="x", retry={"max_attempts": 1}, circuit={"failures": 3, "open_seconds": 0.2}))
+    target = Target(
+        "t", ToolConfig(type="x", retry={"max_attempts": 1}, circuit={"failures": 3, "open_seconds": 0.2})
+    )
     store, journal, runner = await journaled(tmp_path, target)
     for i in range(3):
         runner.submit("t", {}, ctx(f"f{i}"))
@@ -159,8 +163,10 @@ async def test_journal_retention_by_age_and_rows(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "s.db", retention_seconds=100, max_rows=1000).open()
     now = time.time()
     ops = [
-        ("INSERT INTO invocations (id, key, tool, started, outcome) VALUES (?, ?, 't', ?, ?)",
-         (f"i{n}", f"k{n}", now - 150 + n * 0.1, "running" if n == 0 else "succeeded"))
+        (
+            "INSERT INTO invocations (id, key, tool, started, outcome) VALUES (?, ?, 't', ?, ?)",
+            (f"i{n}", f"k{n}", now - 150 + n * 0.1, "running" if n == 0 else "succeeded"),
+        )
         for n in range(1500)
     ]
     store.write_batch(ops)
@@ -210,7 +216,10 @@ async def test_journal_health_is_in_metrics_and_status(tmp_path: Path) -> None:
         assert daemon.journal is not None
         daemon.journal.dropped = 3
         body = generate_latest(metrics_registry(daemon)).decode()
-        assert "reflexd_journal_dropped_total 3.0" in body and "reflexd_journal_write_errors_total 0.0" in body
+        assert (
+            "reflexd_journal_dropped_total 3.0" in body and "reflexd_journal_write_errors_total 0.0" in body
+        )
+        assert "reflexd_journal_backlog " in body
         assert daemon.status()["journal"] == {"dropped": 3, "write_errors": 0}
     finally:
         await daemon.stop()
