@@ -151,7 +151,10 @@ class KafkaTool(Tool):
         """
         producer = await self._ensure_producer()
         topic = self.config.topic
-        partitions = sorted(await producer.partitions_for(topic))
+        try:
+            partitions = sorted(await producer.partitions_for(topic))  # waits for the topic's metadata
+        except KafkaError as exc:
+            raise await self.call_failed(exc, producer) from exc
         available = sorted(producer.client.cluster.available_partitions_for_topic(topic)) or partitions
         render_key = self._key
         templated = self._headers

@@ -6,9 +6,11 @@ import asyncio
 from dataclasses import dataclass
 
 import orjson
+import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.partitioner import murmur2
 
+from daemon.errors import ToolError
 from handlers.base import CallContext
 from handlers.kafka import KafkaTool, KafkaToolConfig
 from handlers.runner import ToolRunner
@@ -102,3 +104,20 @@ async def test_an_oversized_record_fails_alone(kafka_broker: object, kafka_topic
     assert (stats.succeeded, stats.failures, stats.attempts) == (9, 1, 10)
     written = await read_all(bootstrap, out, 9)
     assert sorted(w.data["i"] for w in written) == [0, 1, 2, 3, 5, 6, 7, 8, 9]  # type: ignore[type-var]
+
+
+async def test_a_missing_topic_is_a_retryable_tool_error(kafka_broker: object) -> None:
+    """No metadata for the topic within the timeout (the broker does not create topics): a retryable
+    ToolError, as for any send the brokers could not take yet — not a bug with a traceback."""
+    bootstrap = kafka_broker.bootstrap  # type: ignore[attr-defined]
+    config = KafkaToolConfig(
+        type="kafka", bootstrap_servers=bootstrap, topic="no-such-topic", timeout_seconds=1
+    )
+    tool = KafkaTool("out", config)
+    await tool.start()
+    try:
+        with pytest.raises(ToolError) as info:
+            await tool.call({"i": 1}, ctx(1, None))
+    finally:
+        await tool.stop()
+    assert info.value.retryable and info.value.reason.startswith("send failed: UnknownTopicOrPartition")
