@@ -120,12 +120,21 @@ def _secret_looking(name: str) -> bool:
     return any(marker in lowered for marker in _SECRET_NAMES)
 
 
+@functools.lru_cache(maxsize=4096)
+def _names_to_hide(names: tuple[Any, ...], explicit: frozenset[str]) -> bool:
+    return any(name in explicit or (isinstance(name, str) and _secret_looking(name)) for name in names)
+
+
 def redact(args: dict[str, Any], secret_names: Iterable[str] = ()) -> dict[str, Any]:
-    """A copy of ``args`` with secret-looking or configured-secret values replaced by ``***``."""
-    explicit = secret_names if isinstance(secret_names, (set, frozenset)) else set(secret_names)
+    """``args`` with secret-looking or configured-secret values replaced by ``***`` (a copy; ``args``
+    itself when there is nothing to hide, so do not change the result)."""
+    explicit = secret_names if isinstance(secret_names, frozenset) else frozenset(secret_names)
+    # the argument names of one rule's call are the same every time: the check is cached by them
+    if not _names_to_hide(tuple(args), explicit) and dict not in map(type, args.values()):
+        return args
     out: dict[str, Any] = {}
     for name, value in args.items():
-        if name in explicit or _secret_looking(name):
+        if name in explicit or (isinstance(name, str) and _secret_looking(name)):
             out[name] = REDACTED
         elif isinstance(value, dict):
             out[name] = redact(value)
@@ -139,7 +148,10 @@ def event_record(event: Any, *, data: bool = True) -> dict[str, Any] | None:
     ``data`` only where it came from."""
     if event is None:
         return None
-    meta = {k: v for k, v in event.meta.items() if k != "ack"}
+    meta = event.meta
+    if "ack" in meta:
+        meta = dict(meta)
+        del meta["ack"]
     record = {
         "source": event.source,
         "ts": event.ts,

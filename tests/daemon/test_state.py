@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import pytest
 
 from daemon.errors import ToolError
-from daemon.state import Journal, StateStore
+from daemon.state import REDACTED, Journal, StateStore, redact
 from handlers.base import CallContext, Tool, ToolConfig
 from handlers.runner import ToolRunner
 from streams.ack import OffsetTracker
@@ -223,3 +223,23 @@ async def test_journal_health_is_in_metrics_and_status(tmp_path: Path) -> None:
         assert daemon.status()["journal"] == {"dropped": 3, "write_errors": 0}
     finally:
         await daemon.stop()
+
+
+def test_redact_hides_secret_names_at_any_depth_and_configured_ones() -> None:
+    """Secret-looking names (at any depth) and configured secret arguments become ***; the same names again
+    (the check is cached by them) with other values are judged the same way; nothing else changes."""
+    secrets = frozenset({"pin"})
+    plain = {"id": 1, "text": "hello", "n": [1, 2]}
+    assert redact(plain, secrets) == plain and redact(plain, secrets) == plain
+    for value in ("a", "b"):
+        args = {"id": 1, "api_key": value, "pin": value, "headers": {"Authorization": value, "x": value}}
+        assert redact(args, secrets) == {
+            "id": 1,
+            "api_key": REDACTED,
+            "pin": REDACTED,
+            "headers": {"Authorization": REDACTED, "x": value},
+        }
+        nested = {"id": 1, "inner": {"password": value}}
+        assert redact(nested) == {"id": 1, "inner": {"password": REDACTED}}
+        assert nested["inner"]["password"] == value  # the caller's arguments are left as they were
+    assert redact({1: "x", "token": "y"}) == {1: "x", "token": REDACTED}  # non-string names are allowed
