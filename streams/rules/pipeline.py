@@ -163,6 +163,7 @@ class Rule:
             operators.append(step.make(ctx))
         if config.cooldown_seconds > 0:
             operators.append(cooldown(ctx, seconds=config.cooldown_seconds, per_key=True))
+        self._operators = bool(operators)
         self.summary = [step.summary for step in plan.steps]
         self._subscription = self.subject.pipe(*operators).subscribe(
             on_next=self._fire, on_error=self._on_error, scheduler=scheduler
@@ -173,7 +174,9 @@ class Rule:
 
     def _entry(self, replay: bool) -> Callable[[Event], None]:
         match = self._match
-        push = self.subject.on_next
+        # a rule without steps or cooldown has an empty pipeline: fire directly, without the
+        # Subject's lock and observer hops (most rules are `where` + `then`)
+        push = self.subject.on_next if self._operators else self._fire
         kinds = self._kinds
         crashed = self._crashed
         clock = self.clock
