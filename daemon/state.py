@@ -90,6 +90,10 @@ _INSERT = _INSERT_HEAD + _INSERT_ROW
 #: switch interval (5 ms) to get it back from a busy event loop: with one row per statement a
 #: batch of 30,000 rows took seconds and the journal fell behind at 30,000 calls/s.
 INSERT_ROWS_PER_STATEMENT = 2500
+#: Most journal rows one pruning step deletes (~0.1 s of the writer thread).
+PRUNE_STEP_ROWS = 20_000
+#: How often the journal drops rows past the retention age (and counts its rows again).
+PRUNE_INTERVAL_SECONDS = 60.0
 _UPDATE = (
     "UPDATE invocations SET ended = ?, attempts = ?, outcome = ?, error = ?, result = ?, payload = NULL"
     " WHERE id = ?"
@@ -218,6 +222,7 @@ class StateStore:
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._rows_per_insert: int | None = None
+        self.rows: int | None = None  # journal rows: counted at open and by each prune, kept up by writes
 
     def open(self) -> StateStore:
         try:
@@ -231,6 +236,7 @@ class StateStore:
         with contextlib.suppress(OSError):
             os.chmod(self.path, 0o600)
         self._db = db
+        self.rows = db.execute("SELECT COUNT(*) FROM invocations").fetchone()[0]
         return self
 
     def close(self) -> None:
@@ -253,16 +259,20 @@ class StateStore:
             db = self.db
             db.execute("BEGIN")
             try:
+                inserted = 0
                 for sql, group in itertools.groupby(ops, key=operator.itemgetter(0)):
                     rows = [params for _, params in group]
                     if sql == _INSERT:
                         self._insert_rows(db, rows)
+                        inserted += len(rows)
                     else:
                         db.executemany(sql, rows)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            if self.rows is not None:
+                self.rows += inserted
 
     def _insert_rows(self, db: sqlite3.Connection, rows: list[Sequence[Any]]) -> None:
         per = self._rows_per_insert
@@ -276,21 +286,45 @@ class StateStore:
             sql = full if len(chunk) == per else _INSERT_HEAD + ", ".join([_INSERT_ROW] * len(chunk))
             db.execute(sql, list(chain(chunk)))
 
-    def prune(self, now: float | None = None) -> int:
-        """Drop journal rows past the retention age or beyond ``max_rows`` (oldest first)."""
+    @property
+    def over_limit(self) -> bool:
+        """More journal rows than ``max_rows`` (by the running count: cheap, read from any thread)."""
+        return self.rows is not None and self.rows > self.max_rows
+
+    def prune(self, now: float | None = None, limit: int = PRUNE_STEP_ROWS, recount: bool = True) -> int:
+        """One pruning step: drop up to ``limit`` journal rows past the retention age, then (within
+        the same ``limit``) beyond ``max_rows``, oldest first; rows still running stay. Returns how
+        many went: ``limit`` means there may be more. Steps are bounded so that the journal's
+        writes never wait long behind a prune. ``recount`` counts the rows again (the running
+        count drifts if another process writes the same file)."""
         cutoff = (now or time.time()) - self.retention_seconds
         with self._lock:
             db = self.db
-            n = db.execute(
-                "DELETE FROM invocations WHERE started < ? AND outcome != 'running'", (cutoff,)
-            ).rowcount
-            total = db.execute("SELECT COUNT(*) FROM invocations").fetchone()[0]
-            if total > self.max_rows:
-                n += db.execute(
-                    "DELETE FROM invocations WHERE id IN"
-                    " (SELECT id FROM invocations WHERE outcome != 'running' ORDER BY started LIMIT ?)",
-                    (total - self.max_rows,),
+            db.execute("BEGIN")
+            try:
+                n = db.execute(
+                    "DELETE FROM invocations WHERE rowid IN (SELECT rowid FROM invocations"
+                    " WHERE started < ? AND outcome != 'running' ORDER BY started LIMIT ?)",
+                    (cutoff, limit),
                 ).rowcount
+                if recount or self.rows is None:
+                    self.rows = db.execute("SELECT COUNT(*) FROM invocations").fetchone()[0]
+                else:
+                    self.rows -= n
+                excess = self.rows - self.max_rows
+                if excess > 0 and n < limit:
+                    over = db.execute(
+                        "DELETE FROM invocations WHERE rowid IN (SELECT rowid FROM invocations"
+                        " WHERE outcome != 'running' ORDER BY started LIMIT ?)",
+                        (min(excess, limit - n),),
+                    ).rowcount
+                    n += over
+                    self.rows -= over
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                self.rows = None  # unknown now: counted again at the next step
+                raise
         return n
 
     def succeeded_keys(self, limit: int) -> list[str]:
@@ -521,18 +555,36 @@ class Journal:
     # -- writer ------------------------------------------------------------------------------
 
     async def _writer(self) -> None:
+        """Write what was buffered, every ``flush_seconds`` while calls come in. Between writes, prune
+        in bounded steps: past the retention age every minute (and on, step by step, while a step
+        came back full), beyond ``max_rows`` whenever the running count is over it."""
         last_prune = time.monotonic()
+        more = False  # the last step was full: there may be more to drop
+        stuck = False  # the last step dropped nothing (only running rows left): wait until due
         loop = asyncio.get_running_loop()
+        store = self.store
         while not self._closing:
             await self._wake.wait()
             self._wake.clear()
             if not self._closing:
                 await asyncio.sleep(self.flush_seconds)  # gather a batch
             await self._flush()
-            if time.monotonic() - last_prune > 60:
+            due = time.monotonic() - last_prune >= PRUNE_INTERVAL_SECONDS
+            if not (due or more or (store.over_limit and not stuck)):
+                continue
+            if due:
                 last_prune = time.monotonic()
-                with contextlib.suppress(sqlite3.Error):
-                    await loop.run_in_executor(self._executor, self.store.prune)
+            try:
+                pruned = await loop.run_in_executor(
+                    self._executor, functools.partial(store.prune, recount=due)
+                )
+            except sqlite3.Error as exc:
+                self._error_log.hit(error=f"prune: {exc}", rows=0)
+                more, stuck = False, True
+                continue
+            more, stuck = pruned >= PRUNE_STEP_ROWS, pruned == 0
+            if more or (pruned and store.over_limit):
+                self._wake.set()  # go on at the next turn, even if no call comes in
 
     async def _flush(self) -> None:
         ops, self._ops = self._ops, []

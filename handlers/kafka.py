@@ -12,6 +12,7 @@ does not stop the daemon: calls fail as retryable until it starts.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -50,6 +51,19 @@ def _failed(exc: BaseException) -> asyncio.Future[Any]:
     fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     fut.set_exception(exc)
     return fut
+
+
+def _written(fut: asyncio.Future[Any], sent: asyncio.Future[Any]) -> None:
+    """Resolve a batch's calls with ``{"partition", "base_offset"}`` once the broker has the batch."""
+    if fut.done():
+        return
+    if sent.cancelled():
+        fut.cancel()
+    elif (exc := sent.exception()) is not None:
+        fut.set_exception(exc)
+    else:
+        meta = sent.result()
+        fut.set_result({"partition": meta.partition, "base_offset": meta.offset})
 
 
 #: Errors after which this producer instance cannot be used again, but a new one can.
@@ -133,10 +147,10 @@ class KafkaTool(Tool):
     def batch_limit(self) -> int:
         return self.config.max_batch
 
-    async def call(self, args: dict[str, Any], ctx: CallContext) -> None:
+    async def call(self, args: dict[str, Any], ctx: CallContext) -> Any:
         started = await self.start_calls([(args, ctx)])
         try:
-            await started.futures[0]
+            return await started.futures[0]
         except Exception as exc:
             raise await self.call_failed(exc, started.token) from exc
 
@@ -225,9 +239,13 @@ class KafkaTool(Tool):
         futures: list[asyncio.Future[Any] | None],
     ) -> None:
         try:
-            fut = await producer.send_batch(batch, topic, partition=partition)
+            sent = await producer.send_batch(batch, topic, partition=partition)
         except KafkaError as exc:  # not queued (producer closed, no room in time): these calls fail
             fut = _failed(exc)
+        else:
+            # the calls' result (journaled): where their batch was written, not aiokafka's metadata
+            fut = asyncio.get_running_loop().create_future()
+            sent.add_done_callback(functools.partial(_written, fut))
         for i in members:
             futures[i] = fut
 

@@ -176,6 +176,46 @@ async def test_journal_retention_by_age_and_rows(tmp_path: Path) -> None:
     assert rows(store, "SELECT COUNT(*) FROM invocations WHERE outcome = 'running'") == [(1,)]
 
 
+def test_prune_steps_are_bounded_and_keep_the_row_count(tmp_path: Path) -> None:
+    """A pruning step deletes at most `limit` rows and says so; steps repeated reach the same state as one
+    big prune; the running row count always equals what the table holds."""
+    store = StateStore(tmp_path / "s.db", retention_seconds=100, max_rows=300).open()
+    now = time.time()
+    store.write_batch(
+        [
+            (
+                "INSERT INTO invocations (id, key, tool, started, outcome) VALUES (?, ?, 't', ?, 'succeeded')",
+                (f"i{n}", f"k{n}", now - 200 + n * 0.1),  # the first 1,000 are past the age
+            )
+            for n in range(2000)
+        ]
+    )
+    assert store.rows == 0  # raw statements are not journal inserts: the count is corrected by a recount
+    steps = []
+    while (n := store.prune(now, limit=250, recount=not steps)) == 250:
+        steps.append(n)
+    steps.append(n)
+    assert steps == [250] * 6 + [200] and store.rows == 300 and not store.over_limit
+    assert rows(store, "SELECT COUNT(*), MIN(started) FROM invocations") == [(300, now - 200 + 1700 * 0.1)]
+
+
+async def test_journal_prunes_while_it_writes(tmp_path: Path) -> None:
+    """Past max_rows the writer prunes between its writes, in steps, without waiting for the minute."""
+    store = StateStore(tmp_path / "s.db", max_rows=1000).open()
+    journal = Journal(store, flush_seconds=0.005)
+    await journal.start()
+    event = Event("src", 1.0, 1.0, None, {}, {})
+    for batch in range(6):
+        for i in range(1000):
+            inv = journal.new_id()
+            journal.started(inv, f"k{batch}-{i}", "rule", "t", {"i": i}, None)
+            journal.ended(inv, f"k{batch}-{i}", 1, "succeeded", None, {"event": event.source})
+        await wait_for(lambda: journal.backlog == 0 and not store.over_limit)
+    await journal.stop()
+    (total,) = rows(store, "SELECT COUNT(*) FROM invocations")[0]
+    assert total <= 2000 and store.rows == total and journal.dropped == 0
+
+
 def test_unwritable_state_path_is_a_startup_error(tmp_path: Path) -> None:
     """A state file that cannot be created stops the start with a clear reason (exit code 3 upstream)."""
     from daemon.errors import StartupError

@@ -121,3 +121,27 @@ async def test_a_missing_topic_is_a_retryable_tool_error(kafka_broker: object) -
     finally:
         await tool.stop()
     assert info.value.retryable and info.value.reason.startswith("send failed: UnknownTopicOrPartition")
+
+
+async def test_a_call_reports_where_it_was_written(
+    kafka_broker: object, kafka_topic: KafkaTopicFactory
+) -> None:
+    """The result of a call (what the journal keeps) names the partition and the base offset of its batch."""
+    bootstrap = kafka_broker.bootstrap  # type: ignore[attr-defined]
+    out = await kafka_topic(2)
+    tool = KafkaTool(
+        "out", KafkaToolConfig(type="kafka", bootstrap_servers=bootstrap, topic=out, key="{key}")
+    )
+    await tool.start()
+    try:
+        first = await tool.call({"i": 1}, ctx(1, "a"))
+        second = await tool.call({"i": 2}, ctx(2, "a"))
+    finally:
+        await tool.stop()
+    assert first["partition"] == second["partition"] == (murmur2(b"a") & 0x7FFFFFFF) % 2
+    assert (first["base_offset"], second["base_offset"]) == (0, 1)
+    written = await read_all(bootstrap, out, 2)
+    assert [(w.partition, w.offset, w.data["i"]) for w in written] == [
+        (first["partition"], 0, 1),
+        (first["partition"], 1, 2),
+    ]
