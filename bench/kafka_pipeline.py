@@ -308,15 +308,17 @@ def daemon_config(
     concurrency: int | None,
     state_path: Path,
     journal: bool,
+    max_rows: int | None = None,
 ) -> str:
     tuning = "" if concurrency is None else f"\n    concurrency: {concurrency}"
+    rows = "" if max_rows is None else f", max_rows: {max_rows}"
     return f"""
 daemon:
   log_level: warning
   http: null
   shutdown_timeout_seconds: 30
   state_path: "{state_path}"
-  journal: {{enabled: {str(journal).lower()}}}
+  journal: {{enabled: {str(journal).lower()}{rows}}}
 sources:
   {SOURCE}:
     type: kafka

@@ -89,7 +89,7 @@ _INSERT = _INSERT_HEAD + _INSERT_ROW
 #: releases the GIL for every step of a statement, and the writer thread then waits up to a
 #: switch interval (5 ms) to get it back from a busy event loop: with one row per statement a
 #: batch of 30,000 rows took seconds and the journal fell behind at 30,000 calls/s.
-INSERT_ROWS_PER_STATEMENT = 2500
+INSERT_ROWS_PER_STATEMENT = 2048
 #: Most journal rows one pruning step deletes (~0.1 s of the writer thread).
 PRUNE_STEP_ROWS = 20_000
 #: How often the journal drops rows past the retention age (and counts its rows again).
@@ -223,6 +223,7 @@ class StateStore:
         self._db: sqlite3.Connection | None = None
         self._rows_per_insert: int | None = None
         self.rows: int | None = None  # journal rows: counted at open and by each prune, kept up by writes
+        self._since_prune = 0  # journal rows inserted since the last pruning step
 
     def open(self) -> StateStore:
         try:
@@ -271,20 +272,28 @@ class StateStore:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            self._since_prune += inserted
             if self.rows is not None:
                 self.rows += inserted
 
     def _insert_rows(self, db: sqlite3.Connection, rows: list[Sequence[Any]]) -> None:
+        """Insert in statements of a power-of-two number of rows (a full size, then the binary
+        decomposition of the rest): few GIL hand-overs, and only a dozen statement shapes in the
+        sqlite3 statement cache (each size prepared is kept; any size would fill it with large
+        statements)."""
         per = self._rows_per_insert
         if per is None:
             variables = db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-            per = self._rows_per_insert = max(1, min(INSERT_ROWS_PER_STATEMENT, variables // _INSERT_COLUMNS))
-        full = _INSERT_HEAD + ", ".join([_INSERT_ROW] * per)
+            fits = max(1, min(INSERT_ROWS_PER_STATEMENT, variables // _INSERT_COLUMNS))
+            per = self._rows_per_insert = 1 << (fits.bit_length() - 1)
         chain = itertools.chain.from_iterable
-        for start in range(0, len(rows), per):
-            chunk = rows[start : start + per]
-            sql = full if len(chunk) == per else _INSERT_HEAD + ", ".join([_INSERT_ROW] * len(chunk))
-            db.execute(sql, list(chain(chunk)))
+        start, left = 0, len(rows)
+        while left:
+            size = per if left >= per else 1 << (left.bit_length() - 1)
+            sql = _INSERT_HEAD + ", ".join([_INSERT_ROW] * size)
+            db.execute(sql, list(chain(rows[start : start + size])))
+            start += size
+            left -= size
 
     @property
     def over_limit(self) -> bool:
@@ -292,13 +301,18 @@ class StateStore:
         return self.rows is not None and self.rows > self.max_rows
 
     def prune(self, now: float | None = None, limit: int = PRUNE_STEP_ROWS, recount: bool = True) -> int:
-        """One pruning step: drop up to ``limit`` journal rows past the retention age, then (within
-        the same ``limit``) beyond ``max_rows``, oldest first; rows still running stay. Returns how
-        many went: ``limit`` means there may be more. Steps are bounded so that the journal's
+        """One pruning step: drop up to ``limit`` journal rows (at least twice the rows inserted
+        since the last step) past the retention age, then within the same limit beyond
+        ``max_rows``, oldest first; rows still running stay. Returns how many went: ``limit`` or
+        more means there may be more. Steps are bounded so that the journal's
         writes never wait long behind a prune. ``recount`` counts the rows again (the running
         count drifts if another process writes the same file)."""
         cutoff = (now or time.time()) - self.retention_seconds
         with self._lock:
+            # never less than twice what was written since the last step: under a steady load the
+            # steps keep up with the writes (and take about as long as those writes took)
+            limit = max(limit, 2 * self._since_prune)
+            self._since_prune = 0
             db = self.db
             db.execute("BEGIN")
             try:
