@@ -90,8 +90,10 @@ _INSERT = _INSERT_HEAD + _INSERT_ROW
 #: switch interval (5 ms) to get it back from a busy event loop: with one row per statement a
 #: batch of 30,000 rows took seconds and the journal fell behind at 30,000 calls/s.
 INSERT_ROWS_PER_STATEMENT = 2048
-#: Most journal rows one pruning step deletes (~0.1 s of the writer thread).
+#: Journal rows one pruning step deletes at least (if there are as many to drop) and at most
+#: (a step deletes twice what was written since the last one, to keep pace, within that range).
 PRUNE_STEP_ROWS = 20_000
+PRUNE_STEP_MAX_ROWS = 200_000
 #: How often the journal drops rows past the retention age (and counts its rows again).
 PRUNE_INTERVAL_SECONDS = 60.0
 _UPDATE = (
@@ -104,14 +106,17 @@ _SECRET_NAMES = ("password", "passwd", "secret", "token", "authorization", "api_
 
 
 def _plain(value: Any) -> Any:
-    """What orjson cannot serialise: named tuples (e.g. a Kafka record's metadata) as objects, the
-    rest as its repr."""
-    as_dict = getattr(value, "_asdict", None)
-    return as_dict() if callable(as_dict) else repr(value)
+    """What orjson cannot serialise: named tuples as objects, anything else as its repr."""
+    if isinstance(value, tuple) and hasattr(type(value), "_fields"):
+        return value._asdict()  # type: ignore[attr-defined]
+    return repr(value)
 
 
 def _dumps(value: Any) -> str:
-    return orjson.dumps(value, default=_plain, option=orjson.OPT_NON_STR_KEYS).decode()
+    try:
+        return orjson.dumps(value, default=_plain, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:  # e.g. an integer beyond 64 bits: keep the whole value as text
+        return orjson.dumps(repr(value)).decode()
 
 
 def _loads(text: str | None) -> Any:
@@ -134,7 +139,7 @@ def redact(args: dict[str, Any], secret_names: Iterable[str] = ()) -> dict[str, 
     itself when there is nothing to hide, so do not change the result)."""
     explicit = secret_names if isinstance(secret_names, frozenset) else frozenset(secret_names)
     # the argument names of one rule's call are the same every time: the check is cached by them
-    if not _names_to_hide(tuple(args), explicit) and dict not in map(type, args.values()):
+    if not _names_to_hide(tuple(args), explicit) and not any(isinstance(v, dict) for v in args.values()):
         return args
     out: dict[str, Any] = {}
     for name, value in args.items():
@@ -224,6 +229,7 @@ class StateStore:
         self._rows_per_insert: int | None = None
         self.rows: int | None = None  # journal rows: counted at open and by each prune, kept up by writes
         self._since_prune = 0  # journal rows inserted since the last pruning step
+        self.more_to_prune = False  # the last pruning step was full
 
     def open(self) -> StateStore:
         try:
@@ -301,17 +307,17 @@ class StateStore:
         return self.rows is not None and self.rows > self.max_rows
 
     def prune(self, now: float | None = None, limit: int = PRUNE_STEP_ROWS, recount: bool = True) -> int:
-        """One pruning step: drop up to ``limit`` journal rows (at least twice the rows inserted
-        since the last step) past the retention age, then within the same limit beyond
-        ``max_rows``, oldest first; rows still running stay. Returns how many went: ``limit`` or
-        more means there may be more. Steps are bounded so that the journal's
-        writes never wait long behind a prune. ``recount`` counts the rows again (the running
-        count drifts if another process writes the same file)."""
+        """One pruning step: drop journal rows past the retention age, then beyond ``max_rows``,
+        oldest first, at most ``limit`` in all — raised to twice the rows inserted since the last
+        step, to keep pace, but never above ``PRUNE_STEP_MAX_ROWS``, so that the journal's writes
+        never wait long behind a prune. Rows still running stay. Returns how many went;
+        :attr:`more_to_prune` says whether the step was full. ``recount`` counts the rows again
+        (the running count drifts if another process writes the same file)."""
         cutoff = (now or time.time()) - self.retention_seconds
         with self._lock:
             # never less than twice what was written since the last step: under a steady load the
             # steps keep up with the writes (and take about as long as those writes took)
-            limit = max(limit, 2 * self._since_prune)
+            limit = min(max(limit, 2 * self._since_prune), PRUNE_STEP_MAX_ROWS)
             self._since_prune = 0
             db = self.db
             db.execute("BEGIN")
@@ -335,9 +341,11 @@ class StateStore:
                     n += over
                     self.rows -= over
                 db.execute("COMMIT")
+                self.more_to_prune = n >= limit
             except BaseException:
-                db.execute("ROLLBACK")
                 self.rows = None  # unknown now: counted again at the next step
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")  # SQLite may have rolled back already
                 raise
         return n
 
@@ -443,11 +451,10 @@ class Journal:
         self._wake = asyncio.Event()
         self._closing = False
         self._counter = 0
-        self._last_result: Any = None
-        self._last_result_text: str | None = None
         self._prefix = f"{os.getpid():x}-{int(time.time() * 1000):x}"
         self.dropped = 0  # journal rows dropped because the disk could not keep up
         self.write_errors = 0  # batches that failed to write
+        self.written = 0  # statements (one journal row each) written to the file
         self._error_log = RateLimitedLog(log, "journal write failed", interval=30.0)
 
     async def start(self) -> None:
@@ -462,7 +469,8 @@ class Journal:
 
     @property
     def backlog(self) -> int:
-        """Statements buffered for the writer (a batch being written is no longer counted)."""
+        """Journal rows buffered for the writer, one statement each (a batch being written is no
+        longer counted)."""
         return len(self._ops)
 
     async def stop(self) -> None:
@@ -526,13 +534,7 @@ class Journal:
             self._succeeded.move_to_end(key)
             if len(self._succeeded) > self.remember_keys:
                 self._succeeded.popitem(last=False)
-        if result is None:
-            result_text = None
-        elif result is self._last_result:  # calls of one batch often share their result (Kafka)
-            result_text = self._last_result_text
-        else:
-            result_text = self._last_result_text = _dumps(result)[:65536]
-            self._last_result = result
+        result_text = None if result is None else _dumps(result)[:65536]
         row = self._unflushed.pop(inv_id, None)
         if row is not None:  # still buffered: one row with the final state, no payload kept
             row[5] = None
@@ -596,7 +598,8 @@ class Journal:
                 self._error_log.hit(error=f"prune: {exc}", rows=0)
                 more, stuck = False, True
                 continue
-            more, stuck = pruned >= PRUNE_STEP_ROWS, pruned == 0
+            more = store.more_to_prune
+            stuck = pruned == 0 and store.over_limit  # over max_rows, but every row left is running
             if more or (pruned and store.over_limit):
                 self._wake.set()  # go on at the next turn, even if no call comes in
 
@@ -610,3 +613,5 @@ class Journal:
         except sqlite3.Error as exc:
             self.write_errors += 1
             self._error_log.hit(error=str(exc), rows=len(ops))
+        else:
+            self.written += len(ops)

@@ -55,7 +55,8 @@ class _HeapTuning:
     def enter(cls) -> None:
         if cls.running == 0:
             cls.saved = gc.get_threshold()
-            gc.set_threshold(max(GC_YOUNG_THRESHOLD, cls.saved[0]), cls.saved[1], cls.saved[2])
+            if cls.saved[0]:  # 0: the process turned automatic collection off; leave it so
+                gc.set_threshold(max(GC_YOUNG_THRESHOLD, cls.saved[0]), cls.saved[1], cls.saved[2])
         cls.running += 1
         gc.freeze()
 
@@ -210,39 +211,41 @@ class Daemon:
         log.info("stopping", extra={"fields": {"budget_seconds": budget}})
         cancelled: list[str] = []
 
-        # 1. sources stop reading (each session closes its connection on cancellation)
-        for source in self.sources.values():
-            source.begin_stop()
-        for task in self._source_tasks.values():
-            task.cancel()
-        await self._wait(self._source_tasks, deadline, "source", cancelled)
-        # 2. queues drain through the rules into the runner
-        for source in self.sources.values():
-            source.queue.close()
-        await self._wait(self._dispatch_tasks, deadline, "queue of source", cancelled, count_left=True)
-        # 3. tools finish their backlog and running calls
         try:
-            await self.runner.stop(max(0.0, deadline - time.monotonic()))
-        except ShutdownTimeout as exc:
-            cancelled.extend(exc.cancelled)
-        # 4. sources settle what the drained work allows (Kafka commits finished offsets);
-        #    they get a short grace even when the budget is spent, since this loses nothing
-        for name, source in self.sources.items():
+            # 1. sources stop reading (each session closes its connection on cancellation)
+            for source in self.sources.values():
+                source.begin_stop()
+            for task in self._source_tasks.values():
+                task.cancel()
+            await self._wait(self._source_tasks, deadline, "source", cancelled)
+            # 2. queues drain through the rules into the runner
+            for source in self.sources.values():
+                source.queue.close()
+            await self._wait(self._dispatch_tasks, deadline, "queue of source", cancelled, count_left=True)
+            # 3. tools finish their backlog and running calls
             try:
-                async with asyncio.timeout(max(deadline - time.monotonic(), FINISH_GRACE_SECONDS)):
-                    await source.finish()
-            except TimeoutError:
-                cancelled.append(f"finishing source {name}")
-        await self._close_state()
-        for rule in self.rules.values():
-            rule.dispose()
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-        if self.http is not None:
-            await self.http.stop()
-        if self._heap_tuned:
-            self._heap_tuned = False
-            _HeapTuning.leave()
+                await self.runner.stop(max(0.0, deadline - time.monotonic()))
+            except ShutdownTimeout as exc:
+                cancelled.extend(exc.cancelled)
+            # 4. sources settle what the drained work allows (Kafka commits finished offsets);
+            #    they get a short grace even when the budget is spent, since this loses nothing
+            for name, source in self.sources.items():
+                try:
+                    async with asyncio.timeout(max(deadline - time.monotonic(), FINISH_GRACE_SECONDS)):
+                        await source.finish()
+                except TimeoutError:
+                    cancelled.append(f"finishing source {name}")
+            await self._close_state()
+            for rule in self.rules.values():
+                rule.dispose()
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+            if self.http is not None:
+                await self.http.stop()
+        finally:
+            if self._heap_tuned:
+                self._heap_tuned = False
+                _HeapTuning.leave()
         self.state = "stopped"
         if cancelled:
             log.error(

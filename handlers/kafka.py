@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -81,7 +81,11 @@ class KafkaToolConfig(ToolConfig):
     )
     linger_ms: int = Field(5, ge=0, le=1000, description="Batching delay of the producer.")
     batch_bytes: int = Field(
-        256 * 1024, ge=1024, le=16 << 20, description="Most bytes in one partition batch of the producer."
+        256 * 1024,
+        ge=1024,
+        le=16 << 20,
+        description="Most bytes in one partition batch of the producer; keep it at most the broker's "
+        "message.max.bytes (1 MiB by default), which refuses a larger batch whole.",
     )
     max_batch: int = Field(
         256, ge=1, le=10_000, description="Most queued calls handed to the producer at once."
@@ -152,7 +156,10 @@ class KafkaTool(Tool):
         try:
             return await started.futures[0]
         except Exception as exc:
-            raise await self.call_failed(exc, started.token) from exc
+            judged = await self.call_failed(exc, started.token)
+            if judged is exc:
+                raise
+            raise judged from exc
 
     async def start_calls(self, calls: Sequence[tuple[dict[str, Any], CallContext]]) -> StartedCalls:
         """Queue one record per call; their futures resolve when the broker has them.
@@ -205,8 +212,8 @@ class KafkaTool(Tool):
             by_partition.setdefault(partition, []).append((i, key, value, headers))
         for partition, records in by_partition.items():
             await self._send_batches(producer, topic, partition, records, futures)
-        done = [f if f is not None else _failed(RuntimeError("record not queued")) for f in futures]
-        return StartedCalls(done, producer)
+        assert all(f is not None for f in futures)  # every call was refused alone or queued in a batch
+        return StartedCalls(cast("list[asyncio.Future[Any]]", futures), producer)
 
     async def _send_batches(
         self,

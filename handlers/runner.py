@@ -12,9 +12,11 @@ the call has ended — succeeded, or failed for good — so the record's offset 
 after every tool it triggered has finished. A rejected call keeps its hold: the record is never
 committed and is delivered again after a restart.
 
-Each call runs under the tool's timeout. Coroutine tools are awaited on the loop; plain
+Each attempt runs under the tool's timeout. Coroutine tools are awaited on the loop; plain
 functions run in a thread pool and their exceptions come back to the runner, which counts
-and logs them with the traceback (rate-limited).
+and logs them with the traceback (rate-limited). A batching tool (``batch_limit`` > 0) gets up
+to that many queued calls at once from each of its few workers: one timeout covers the batch's
+attempt, and each call is then judged, retried, dead-lettered and journaled on its own.
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ class _StillFailing(ToolError):
         super().__init__(tool, f"{calls} calls failed again", retryable=True, retry_after=retry_after)
 
 
-def _failed(fut: asyncio.Future[Any]) -> bool:
+def _no_result(fut: asyncio.Future[Any]) -> bool:
     """A resolved call future that holds no result (failed or cancelled)."""
     return fut.cancelled() or fut.exception() is not None
 
@@ -222,6 +224,8 @@ class _Lane:
         self.tool = tool
         concurrency = tool.concurrency
         limit = tool.batch_limit
+        if limit > 0 and type(tool).start_calls is Tool.start_calls:
+            raise TypeError(f"tool type {type(tool).__name__} sets batch_limit but has no start_calls")
         if limit > 0:
             # a batching tool: few workers, each handing up to `batch` calls to the tool at once,
             # so that no more than `concurrency` calls run at once in all
@@ -369,6 +373,8 @@ class ToolRunner:
             self._taken(lane)
             try:
                 await self._invoke(lane, invs)
+            except Exception:  # never expected (_invoke parks what it cannot finish): keep the worker
+                log.exception("tool worker failed", extra={"fields": {"tool": lane.tool.name}})
             finally:
                 for _ in invs:
                     queue.task_done()
@@ -417,6 +423,15 @@ class ToolRunner:
                     stats.failures += 1
                     lane.breaker.failure()
                     outcomes[i] = await self._give_up(lane, inv, error, attempts)
+        except Exception as exc:
+            # a bug in the runner or the journal, not in the tool: the calls still without an
+            # outcome go to the dead-letter queue (their records stay retrievable) and the lane goes on
+            log.exception("tool call bookkeeping failed", extra={"fields": {"tool": lane.tool.name}})
+            for i, inv in enumerate(invs):
+                if outcomes[i] is None:
+                    outcomes[i] = await self._give_up(
+                        lane, inv, f"runner error: {type(exc).__name__}: {exc}", 0
+                    )
         finally:
             stats.in_flight -= n
             for inv, outcome in zip(invs, outcomes, strict=True):
@@ -572,15 +587,17 @@ class ToolRunner:
                     raise RuntimeError(f"start_calls gave {len(futures)} futures for {n} calls")
                 for fut in futures:
                     if not fut.done():
+                        # through a shield: our timer (or shutdown) cancels this wait, never the
+                        # tool's future, which other calls of the batch may share
                         try:
-                            await fut
+                            await asyncio.shield(fut)
                         except asyncio.CancelledError:
                             if task.cancelling():
                                 raise  # our timer, or shutdown
                         except Exception:
                             pass  # judged just below
                     results.append(
-                        await self._ended(tool, fut, token) if _failed(fut) else (fut.result(), None)
+                        await self._judged(tool, fut, token) if _no_result(fut) else (fut.result(), None)
                     )
             elif lane.is_async:
                 results.append((await tool.call(*calls[0]), None))
@@ -596,37 +613,41 @@ class ToolRunner:
                 raise  # cancelled from outside (shutdown), not by our timer
             timeout = _AttemptTimeout(tool.config.timeout_seconds, calls[len(results)][1].attempt)
             timeout.__cause__ = exc
-            cut = len(results)  # the call being waited for when the timer fired
-            for k in range(cut, n):
+            for k in range(len(results), n):
                 left = futures[k] if futures else None
-                if left is not None and k > cut and left.done():  # ended in time, collected late
+                if left is not None and left.done():  # ended in time, collected late
                     results.append(
-                        await self._ended(tool, left, token) if _failed(left) else (left.result(), None)
+                        await self._judged(tool, left, token) if _no_result(left) else (left.result(), None)
                     )
                     continue
                 stats.timeouts += 1
                 results.append((None, timeout))
-                if left is not None:
-                    left.add_done_callback(_ignore_outcome)  # it may still end: nobody waits for it now
         except Exception as exc:
             # the tool failed as a whole (a call raised, or a batch could not start): every call
             # still without an outcome failed with it
             results.extend((None, exc) for _ in range(n - len(results)))
         finally:
             timer.cancel()
+            consumed = len(results)
+            for k, left in enumerate(futures):
+                if k >= consumed or not left.done():  # cut off, or timed out: nobody waits for it now
+                    left.add_done_callback(_ignore_outcome)
             elapsed = time.perf_counter() - started
             observe = stats.observe
             for _ in range(n):
                 observe(elapsed)
         return results
 
-    async def _ended(self, tool: Tool, fut: asyncio.Future[Any], token: Any) -> tuple[None, BaseException]:
-        """A batched call whose future failed: the error as the tool judges it."""
+    async def _judged(self, tool: Tool, fut: asyncio.Future[Any], token: Any) -> tuple[None, BaseException]:
+        """A batched call whose future holds no result: the error as the tool judges it."""
         if fut.cancelled():
             return None, ToolError(tool.name, "call cancelled by the tool", retryable=True)
         exc = fut.exception()
         assert exc is not None
-        return None, await tool.call_failed(exc, token)
+        try:
+            return None, await tool.call_failed(exc, token)
+        except Exception as judging:  # the judgement itself failed: a bug, never retried
+            return None, judging
 
     def _log_failure(self, lane: _Lane, inv: Invocation, exc: BaseException) -> None:
         before = lane.fail_log.suppressed

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
+from daemon import state
 from daemon.errors import ToolError
 from daemon.state import REDACTED, Journal, StateStore, redact
 from handlers.base import CallContext, Tool, ToolConfig
@@ -199,6 +201,27 @@ def test_prune_steps_are_bounded_and_keep_the_row_count(tmp_path: Path) -> None:
     assert rows(store, "SELECT COUNT(*), MIN(started) FROM invocations") == [(300, now - 200 + 1700 * 0.1)]
 
 
+async def test_journal_prunes_past_max_rows_right_after_a_quiet_minute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A minute's step that found nothing to drop (a young journal) does not hold back the steps that
+    max_rows asks for later."""
+    monkeypatch.setattr(state, "PRUNE_INTERVAL_SECONDS", 0.0)  # the first step is due at once
+    store = StateStore(tmp_path / "s.db", max_rows=1000).open()
+    journal = Journal(store, flush_seconds=0.005)
+    await journal.start()
+    journal.started(journal.new_id(), "k", "rule", "t", {}, None)
+    await wait_for(lambda: journal.written == 1)
+    await asyncio.sleep(0.05)  # the due step ran and dropped nothing
+    monkeypatch.setattr(state, "PRUNE_INTERVAL_SECONDS", 3600.0)
+    for i in range(3000):
+        inv = journal.new_id()
+        journal.started(inv, f"k{i}", "rule", "t", {}, None)
+        journal.ended(inv, f"k{i}", 1, "succeeded", None, None)
+    await wait_for(lambda: journal.written == 3001 and store.rows is not None and store.rows <= 1001)
+    await journal.stop()
+
+
 async def test_journal_prunes_while_it_writes(tmp_path: Path) -> None:
     """Past max_rows the writer prunes between its writes, in steps, without waiting for the minute."""
     store = StateStore(tmp_path / "s.db", max_rows=1000).open()
@@ -210,7 +233,8 @@ async def test_journal_prunes_while_it_writes(tmp_path: Path) -> None:
             inv = journal.new_id()
             journal.started(inv, f"k{batch}-{i}", "rule", "t", {"i": i}, None)
             journal.ended(inv, f"k{batch}-{i}", 1, "succeeded", None, {"event": event.source})
-        await wait_for(lambda: journal.backlog == 0 and not store.over_limit)
+        want = 1000 * (batch + 1)
+        await wait_for(lambda want=want: journal.written == want and not store.over_limit)  # type: ignore[misc]
     await journal.stop()
     (total,) = rows(store, "SELECT COUNT(*) FROM invocations")[0]
     assert total <= 2000 and store.rows == total and journal.dropped == 0
@@ -283,3 +307,14 @@ def test_redact_hides_secret_names_at_any_depth_and_configured_ones() -> None:
         assert redact(nested) == {"id": 1, "inner": {"password": REDACTED}}
         assert nested["inner"]["password"] == value  # the caller's arguments are left as they were
     assert redact({1: "x", "token": "y"}) == {1: "x", "token": REDACTED}  # non-string names are allowed
+    assert redact({"h": OrderedDict(password="p")}) == {"h": {"password": REDACTED}}  # dict subclasses too
+
+
+def test_values_json_cannot_hold_are_journaled_as_text() -> None:
+    """A result orjson refuses (an integer beyond 64 bits) is kept as its repr, not an error in the writer."""
+    from daemon.state import _dumps
+
+    assert _dumps({"n": 2**70}) == "\"{'n': 1180591620717411303424}\""
+    assert _dumps(Event("s", 1.0, 2.0, None, {}, {})) == (
+        '{"source":"s","ts":1.0,"received_at":2.0,"key":null,"data":{},"meta":{},"kind":"data"}'
+    )

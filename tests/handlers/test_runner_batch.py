@@ -27,8 +27,11 @@ class BatchTool(Tool):
 
     type_name: ClassVar[str] = "batchy"
 
-    def __init__(self, config: ToolConfig, limit: int, decide: Decide, delay: float = 0.005) -> None:
+    def __init__(
+        self, config: ToolConfig, limit: int, decide: Decide, delay: float = 0.005, shared: bool = False
+    ) -> None:
         super().__init__("b", config)
+        self.shared = shared  # one future for every call of a batch (as a Kafka producer batch)
         self.limit = limit
         self.decide = decide
         self.delay = delay
@@ -38,6 +41,7 @@ class BatchTool(Tool):
         self.max_pending = 0
         self.tokens: list[object] = []
         self.start_error: Exception | None = None
+        self.shared_futures: list[asyncio.Future[Any]] = []
 
     @property
     def batch_limit(self) -> int:
@@ -55,9 +59,11 @@ class BatchTool(Tool):
         token = object()
         self.tokens.append(token)
         futures: list[asyncio.Future[Any]] = []
+        common: asyncio.Future[Any] = loop.create_future()
+        self.shared_futures.append(common)
         for args, ctx in calls:
             self.call_ids.setdefault(args["i"], set()).add(ctx.call_id)
-            fut: asyncio.Future[Any] = loop.create_future()
+            fut: asyncio.Future[Any] = common if self.shared else loop.create_future()
             futures.append(fut)
             outcome = self.decide(args, ctx)
             if outcome is None:
@@ -141,6 +147,61 @@ async def test_a_batch_timeout_fails_only_the_calls_still_running() -> None:
     stats = (await run(tool, 8)).stats("b")
     assert tool.batches == [[(i, 1) for i in range(8)], [(1, 2), (3, 2), (5, 2), (7, 2)]]
     assert (stats.timeouts, stats.attempts, stats.succeeded, stats.failures) == (4, 12, 8, 0)
+
+
+async def test_a_timeout_never_cancels_a_future_the_calls_share() -> None:
+    """Calls sharing one future (one Kafka producer batch) that runs past the timeout all time out — none is
+    mistaken for 'cancelled by the tool' — and the shared future is left to the tool, not cancelled."""
+    config = ToolConfig(type="x", concurrency=3, timeout_seconds=0.05, retry={"retry_timeouts": False})
+    tool = BatchTool(config, limit=3, decide=lambda a, c: None, shared=True)
+    stats = (await run(tool, 3)).stats("b")
+    assert (stats.timeouts, stats.failures, stats.attempts, stats.retries) == (3, 3, 3, 0)
+    assert not tool.shared_futures[0].cancelled()
+
+
+async def test_the_worker_survives_a_bookkeeping_failure() -> None:
+    """An error in the runner's own bookkeeping after a call ended (here: the journal refusing a row) does not
+    kill the worker or strand the records: the calls without an outcome are dead-lettered, every ack is
+    released, and the next calls run."""
+    tracker = OffsetTracker()
+    tool = BatchTool(ToolConfig(type="x", concurrency=3), limit=3, decide=lambda a, c: "ok")
+    journal = FlakyJournal()
+    runner = ToolRunner({"b": tool}, journal=journal)  # type: ignore[arg-type]
+    await runner.start()
+    for i in range(3):
+        ack = tracker.received(i)
+        assert runner.submit("b", {"i": i}, ctx(i, ack))
+        ack.release()
+    await wait_for(lambda: tracker.committable == 3)
+    assert runner.submit("b", {"i": 3}, ctx(3))
+    await wait_for(lambda: runner.stats("b").succeeded == 2)  # call 0, then call 3 on the same worker
+    await runner.stop(5)
+    assert [key for key, *_ in journal.dead] == ["rule:1:0", "rule:2:0"]
+
+
+class FlakyJournal:
+    """The runner's journal interface in memory; refuses to record the end of the first call."""
+
+    def __init__(self) -> None:
+        self.dead: list[tuple[Any, ...]] = []
+        self.refused = False
+
+    def new_id(self) -> str:
+        return "id"
+
+    def started(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def succeeded(self, key: str) -> bool:
+        return False
+
+    def ended(self, inv_id: str, key: str, *args: Any) -> None:
+        if not self.refused:
+            self.refused = True
+            raise OSError("disk on fire")
+
+    async def dead_letter(self, *args: Any) -> None:
+        self.dead.append(args)
 
 
 async def test_a_batch_that_cannot_start_fails_every_call_in_it() -> None:
