@@ -95,6 +95,18 @@ def ctx(i: int, ack: Any = None) -> CallContext:
     return CallContext("b", "rule", Event("src", float(i), float(i), None, {"i": i}, meta), f"rule:{i}:0")
 
 
+def submit_records(runner: ToolRunner, tracker: OffsetTracker, n: int) -> list[Any]:
+    """Submit one call per record 0..n-1, each holding its record's ack; release the dispatcher's own hold
+    (the rules have seen the record), as the dispatcher does."""
+    acks = []
+    for i in range(n):
+        ack = tracker.received(i)
+        assert runner.submit("b", {"i": i}, ctx(i, ack))
+        ack.release()
+        acks.append(ack)
+    return acks
+
+
 async def run(tool: BatchTool, n: int) -> ToolRunner:
     runner = ToolRunner({"b": tool})
     await runner.start()
@@ -168,10 +180,7 @@ async def test_the_worker_survives_a_bookkeeping_failure() -> None:
     journal = FlakyJournal()
     runner = ToolRunner({"b": tool}, journal=journal)  # type: ignore[arg-type]
     await runner.start()
-    for i in range(3):
-        ack = tracker.received(i)
-        assert runner.submit("b", {"i": i}, ctx(i, ack))
-        ack.release()
+    submit_records(runner, tracker, 3)
     await wait_for(lambda: tracker.committable == 3)
     assert runner.submit("b", {"i": 3}, ctx(3))
     await wait_for(lambda: runner.stats("b").succeeded == 2)  # call 0, then call 3 on the same worker
@@ -224,10 +233,7 @@ async def test_calls_cut_off_by_shutdown_leave_their_record_unfinished(batched: 
         tool = Hanging("b", ToolConfig(type="x", concurrency=2))
     runner = ToolRunner({"b": tool})
     await runner.start()
-    acks = [tracker.received(offset) for offset in range(2)]
-    for i, ack in enumerate(acks):
-        assert runner.submit("b", {"i": i}, ctx(i, ack))
-        ack.release()  # the dispatcher's own hold: the rules have seen the record
+    acks = submit_records(runner, tracker, 2)
     await wait_for(lambda: runner.stats("b").in_flight == 2)
     with pytest.raises(ShutdownTimeout):
         await runner.stop(0.05)
@@ -248,9 +254,6 @@ async def test_finished_calls_release_their_record() -> None:
     tool = BatchTool(ToolConfig(type="x", concurrency=4), limit=4, decide=lambda a, c: "ok")
     runner = ToolRunner({"b": tool})
     await runner.start()
-    for i in range(4):
-        ack = tracker.received(i)
-        assert runner.submit("b", {"i": i}, ctx(i, ack))
-        ack.release()
+    submit_records(runner, tracker, 4)
     await wait_for(lambda: tracker.committable == 4)
     await runner.stop(5)
