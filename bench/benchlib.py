@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["run_loop", "uvloop_available"]
+__all__ = ["rss_mb", "run_loop", "uvloop_available"]
 
 T = TypeVar("T")
 
@@ -27,3 +28,9 @@ def uvloop_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def rss_mb() -> float:
+    """Resident memory of this process in MiB (``/proc/self/statm``)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20

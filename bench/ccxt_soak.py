@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import gc
 import multiprocessing as mp
-import os
 import platform
 import sys
 import time
@@ -37,16 +36,12 @@ from typing import Any, ClassVar
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchlib import rss_mb  # noqa: E402
+
 from daemon.registry import ComponentSpec  # noqa: E402
 from handlers.base import CallContext, Tool, ToolConfig  # noqa: E402
 
 MAX_TRADES_PER_SYMBOL = 4_000_000  # bitmap size: 4 MB per symbol, allocated before the warm-up
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * PAGE / 2**20
 
 
 # -- emulator process ----------------------------------------------------------------------------

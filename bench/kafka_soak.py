@@ -22,14 +22,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import sqlite3
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchlib import run_loop
+from benchlib import rss_mb, run_loop
 from kafka_pipeline import PARTITIONS, TOOL, daemon_config, prefill
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,11 +41,6 @@ from daemon.state import PRUNE_STEP_ROWS  # noqa: E402
 from daemon.supervisor import Daemon  # noqa: E402
 from tests.kafka_broker import KafkaBroker, create_topic_on, unique_name, wait_for_metadata  # noqa: E402
 from tests.kafka_ledger import committed_total, end_offsets_total  # noqa: E402
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
 def state_mb(state_dir: Path) -> float:
@@ -82,7 +76,7 @@ async def soak(args: argparse.Namespace, bootstrap: str) -> int:
                     print(
                         f"{now - started:6.0f} s  done {stats.succeeded:>10,}  {rate:>8,.0f}/s  "
                         f"journal backlog {journal.backlog:>7,} dropped {journal.dropped:>7,}  "
-                        f"state {state_mb(state_dir):>6,.0f} MB  rss {rss_mb():>5,.0f} MB",
+                        f"state {state_mb(state_dir):>6,.0f} MB  rss {rss_mb():>5,.0f} MiB",
                         flush=True,
                     )
                     last, last_at = stats.succeeded, now

@@ -32,12 +32,12 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from daemon.errors import StartupError, ToolError
 from daemon.logs import get_logger
 from handlers.base import CallContext, Tool, ToolConfig
-from streams.ccxt import CcxtCredentials, build_exchange, ccxt_error_kind, exchange_exists, read_credentials
+from streams.ccxt import CcxtCredentials, ExchangeId, build_exchange, ccxt_error_kind, read_credentials
 
 __all__ = ["CcxtOrderTool", "CcxtOrderToolConfig", "KillSwitch", "client_order_id"]
 
@@ -97,7 +97,7 @@ class KillSwitch:
 class CcxtOrderToolConfig(ToolConfig):
     """Market and limit orders through ccxt, with guards; dry-run unless told otherwise."""
 
-    exchange: str = Field(description="ccxt exchange id.", examples=["binance"])
+    exchange: ExchangeId = Field(description="ccxt exchange id.", examples=["binance"])
     dry_run: bool = Field(True, description="Log and return the order instead of placing it.")
     allowed_symbols: list[str] = Field(min_length=1, description="The only symbols orders may be placed on.")
     max_notional: float = Field(gt=0, description="Most amount * price (quote currency) one order may have.")
@@ -119,15 +119,6 @@ class CcxtOrderToolConfig(ToolConfig):
     sandbox: bool = Field(False, description="Use the exchange's test environment (ccxt set_sandbox_mode).")
     options: dict[str, Any] = Field(default_factory=dict, description="ccxt `options` of the exchange.")
     urls: dict[str, Any] = Field(default_factory=dict, description="Deep-merged into ccxt's `urls`.")
-
-    @field_validator("exchange")
-    @classmethod
-    def _known_exchange(cls, value: str) -> str:
-        if not value.isidentifier() or not value.islower():
-            raise ValueError("must be a ccxt exchange id (lower case, e.g. binance)")
-        if exchange_exists(value) is False:
-            raise ValueError(f"ccxt has no exchange {value!r}")
-        return value
 
     @model_validator(mode="after")
     def _live_needs_credentials(self) -> CcxtOrderToolConfig:

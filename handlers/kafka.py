@@ -33,7 +33,7 @@ from pydantic import Field
 from daemon.errors import ToolError
 from daemon.logs import get_logger
 from handlers.base import CallContext, StartedCalls, Tool, ToolConfig
-from streams.kafka import KafkaSecurityConfig, client_options
+from streams.kafka import KafkaSecurityConfig, client_options, stop_client
 from streams.rules.expressions import compile_template
 
 __all__ = ["KafkaTool", "KafkaToolConfig"]
@@ -280,12 +280,4 @@ class KafkaTool(Tool):
         await self._stop_producer(producer)
 
     async def _stop_producer(self, producer: AIOKafkaProducer | None) -> None:
-        if producer is None:
-            return
-        try:
-            async with asyncio.timeout(10):
-                await producer.stop()
-        except Exception as exc:
-            log.warning(
-                "kafka producer stop failed", extra={"fields": {"tool": self.name, "error": repr(exc)}}
-            )
+        await stop_client(producer, log, tool=self.name)

@@ -201,9 +201,11 @@ class ToolStats:
         self.duration_sum = 0.0
         self.buckets = [0] * (len(DURATION_BUCKETS) + 1)  # last = +Inf
 
-    def observe(self, seconds: float) -> None:
-        self.duration_sum += seconds
-        self.buckets[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1  # bucket i: ≤ bound i; last: +Inf
+    def observe(self, seconds: float, calls: int = 1) -> None:
+        """``calls`` calls that each took ``seconds`` (the calls of one batch end together)."""
+        self.duration_sum += seconds * calls
+        # bucket i: ≤ bound i; last: +Inf
+        self.buckets[bisect.bisect_left(DURATION_BUCKETS, seconds)] += calls
 
 
 class _Lane:
@@ -632,10 +634,7 @@ class ToolRunner:
             for k, left in enumerate(futures):
                 if k >= consumed or not left.done():  # cut off, or timed out: nobody waits for it now
                     left.add_done_callback(_ignore_outcome)
-            elapsed = time.perf_counter() - started
-            observe = stats.observe
-            for _ in range(n):
-                observe(elapsed)
+            stats.observe(time.perf_counter() - started, n)
         return results
 
     async def _judged(self, tool: Tool, fut: asyncio.Future[Any], token: Any) -> tuple[None, BaseException]:

@@ -45,9 +45,9 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from daemon.errors import IdleTimeout, NotConnected, StartupError
 from daemon.logs import RateLimitedLog, get_logger
@@ -60,9 +60,11 @@ __all__ = [
     "CcxtSource",
     "CcxtSourceConfig",
     "CcxtStats",
+    "ExchangeId",
     "build_exchange",
     "ccxt_error_kind",
     "exchange_exists",
+    "exchange_id",
     "import_ccxt",
     "read_credentials",
 ]
@@ -117,6 +119,19 @@ def exchange_exists(name: str) -> bool | None:
         (Path(location) / "async_support" / f"{name}.py").is_file()
         for location in spec.submodule_search_locations
     )
+
+
+def exchange_id(value: str) -> str:
+    """Validate a ccxt exchange id: lower-case identifier of an exchange ccxt has."""
+    if not value.isidentifier() or not value.islower():
+        raise ValueError("must be a ccxt exchange id (lower case, e.g. binance)")
+    if exchange_exists(value) is False:
+        raise ValueError(f"ccxt has no exchange {value!r}")
+    return value
+
+
+#: The ``exchange`` field of ccxt sources and tools.
+ExchangeId = Annotated[str, AfterValidator(exchange_id)]
 
 
 def import_ccxt(pro: bool) -> Any:
@@ -257,7 +272,7 @@ def _describe(exc: BaseException) -> str:
 class CcxtSourceConfig(SourceConfig):
     """Exchange market data through ccxt."""
 
-    exchange: str = Field(description="ccxt exchange id.", examples=["binance"])
+    exchange: ExchangeId = Field(description="ccxt exchange id.", examples=["binance"])
     channel: Channel = Field("trades", description="What to stream: trades, ticker, order_book or ohlcv.")
     symbols: list[str] = Field(min_length=1, description="Unified symbols, e.g. BTC/USDT.")
     mode: Literal["watch", "poll"] = Field(
@@ -311,15 +326,6 @@ class CcxtSourceConfig(SourceConfig):
     watch_params: dict[str, Any] = Field(
         default_factory=dict, description="Extra `params` of every watch_* call (exchange-specific)."
     )
-
-    @field_validator("exchange")
-    @classmethod
-    def _known_exchange(cls, value: str) -> str:
-        if not value.isidentifier() or not value.islower():
-            raise ValueError("must be a ccxt exchange id (lower case, e.g. binance)")
-        if exchange_exists(value) is False:
-            raise ValueError(f"ccxt has no exchange {value!r}")
-        return value
 
     @field_validator("symbols")
     @classmethod

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Iterable
@@ -35,13 +36,15 @@ from streams.base import Source, SourceConfig
 from streams.event import DATA, Event
 from streams.queue import QueueConfig, QueueFull, WhenFull
 
-__all__ = ["KafkaSecurityConfig", "KafkaSource", "KafkaSourceConfig", "client_options"]
+__all__ = ["KafkaSecurityConfig", "KafkaSource", "KafkaSourceConfig", "client_options", "stop_client"]
 
 log = get_logger("source.kafka")
 
 #: Test-only switch for the checker's control run: commit records as soon as they are received
 #: (the bug at-least-once delivery exists to prevent). Never set it in production.
 COMMIT_ON_RECEIPT_ENV = "REFLEXD_TEST_KAFKA_COMMIT_ON_RECEIPT"
+
+CLIENT_STOP_SECONDS = 10.0
 
 
 class KafkaSecurityConfig(BaseModel):
@@ -73,6 +76,20 @@ def client_options(bootstrap_servers: str | list[str], security: KafkaSecurityCo
         options["sasl_plain_username"] = security.username
         options["sasl_plain_password"] = security.password
     return options
+
+
+async def stop_client(
+    client: AIOKafkaConsumer | AIOKafkaProducer | None, logger: logging.Logger, **fields: Any
+) -> None:
+    """Stop an aiokafka client within a bound (the idempotent producer can wait forever for brokers
+    that are gone); a failure is logged with ``fields``, never raised."""
+    if client is None:
+        return
+    try:
+        async with asyncio.timeout(CLIENT_STOP_SECONDS):
+            await client.stop()
+    except Exception as exc:
+        logger.warning("kafka client stop failed", extra={"fields": {**fields, "error": repr(exc)}})
 
 
 class KafkaSourceConfig(SourceConfig):
@@ -385,15 +402,7 @@ class KafkaSource(Source):
     async def _stop_clients(self, consumer: AIOKafkaConsumer | None) -> None:
         producer, self._producer = self._producer, None
         for client in (consumer, producer):
-            if client is None:
-                continue
-            try:
-                async with asyncio.timeout(10):
-                    await client.stop()
-            except Exception as exc:
-                log.warning(
-                    "kafka client stop failed", extra={"fields": {"source": self.name, "error": repr(exc)}}
-                )
+            await stop_client(client, log, source=self.name)
 
     # -- introspection -----------------------------------------------------------------------
 
