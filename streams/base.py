@@ -17,7 +17,7 @@ import time
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from streams.backoff import ReconnectConfig
 from streams.event import Event
@@ -38,6 +38,18 @@ class SourceConfig(BaseModel):
     reconnect: ReconnectConfig = Field(
         default_factory=ReconnectConfig, description="Backoff between sessions."
     )
+
+    #: Source types whose reader must never wait for room set why (``when_full: block`` is refused).
+    block_refused: ClassVar[str | None] = None
+
+    @field_validator("queue")
+    @classmethod
+    def _block_allowed(cls, value: QueueConfig) -> QueueConfig:
+        if value.when_full == "block" and cls.block_refused:
+            raise ValueError(
+                f"when_full: block is not allowed for {cls.block_refused}; use drop_oldest or drop_newest"
+            )
+        return value
 
 
 class SourceStats:

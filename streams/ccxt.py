@@ -53,7 +53,7 @@ from daemon.errors import IdleTimeout, NotConnected, StartupError
 from daemon.logs import RateLimitedLog, get_logger
 from streams.base import Source, SourceConfig, SourceStats
 from streams.event import DATA, Event
-from streams.queue import QueueConfig, WhenFull
+from streams.queue import WhenFull
 
 __all__ = [
     "CcxtCredentials",
@@ -272,6 +272,11 @@ def _describe(exc: BaseException) -> str:
 class CcxtSourceConfig(SourceConfig):
     """Exchange market data through ccxt."""
 
+    block_refused: ClassVar[str | None] = (
+        "ccxt sources (a blocked reader stops calling watch_*, and ccxt then drops trades from its cache "
+        "without counting them)"
+    )
+
     exchange: ExchangeId = Field(description="ccxt exchange id.", examples=["binance"])
     channel: Channel = Field("trades", description="What to stream: trades, ticker, order_book or ohlcv.")
     symbols: list[str] = Field(min_length=1, description="Unified symbols, e.g. BTC/USDT.")
@@ -334,17 +339,6 @@ class CcxtSourceConfig(SourceConfig):
             raise ValueError("symbols must be unique")
         if any(not s.strip() for s in value):
             raise ValueError("symbols must not be empty")
-        return value
-
-    @field_validator("queue")
-    @classmethod
-    def _never_block(cls, value: QueueConfig) -> QueueConfig:
-        if value.when_full == "block":
-            raise ValueError(
-                "when_full: block is not allowed for ccxt sources (a blocked reader stops calling watch_*, "
-                "and ccxt then drops trades from its cache without counting them); use drop_oldest or "
-                "drop_newest"
-            )
         return value
 
 

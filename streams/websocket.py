@@ -29,7 +29,7 @@ from daemon.errors import IdleTimeout, NotConnected
 from daemon.logs import RateLimitedLog, get_logger
 from streams.base import Source, SourceConfig
 from streams.event import DATA, Event
-from streams.queue import QueueConfig, WhenFull
+from streams.queue import WhenFull
 
 __all__ = ["WebSocketSource", "WebSocketSourceConfig"]
 
@@ -42,6 +42,10 @@ RETRYABLE_STATUS = frozenset({408, 425, 429})
 
 class WebSocketSourceConfig(SourceConfig):
     """A WebSocket feed."""
+
+    block_refused: ClassVar[str | None] = (
+        "websocket sources (blocking the reader would stall keepalive pings)"
+    )
 
     url: str = Field(
         description="ws:// or wss:// URL.", examples=["wss://stream.binance.com:9443/ws/btcusdt@trade"]
@@ -80,16 +84,6 @@ class WebSocketSourceConfig(SourceConfig):
             # say what is wrong without repeating the URL: it may carry a token from the environment
             reason = exc.msg if isinstance(exc, InvalidURI) else str(exc)
             raise ValueError(f"not a valid WebSocket URL: {reason}") from None
-        return value
-
-    @field_validator("queue")
-    @classmethod
-    def _never_block(cls, value: QueueConfig) -> QueueConfig:
-        if value.when_full == "block":
-            raise ValueError(
-                "when_full: block is not allowed for websocket sources (blocking the reader would stall "
-                "keepalive pings); use drop_oldest or drop_newest"
-            )
         return value
 
 

@@ -179,35 +179,23 @@ class Rule:
         push = self.subject.on_next if self._operators else self._fire
         kinds = self._kinds
         crashed = self._crashed
+        # every event moves time first: the rule's clock (firing due timers) or, replaying without
+        # one, the newest event time that now() reports
         clock = self.clock
-        if clock is not None:
-            observe = clock.observe
+        observe = clock.observe if clock is not None else self._note_time if replay else None
+        if observe is not None:
 
             def on_next_timed(event: Event) -> None:
                 if event.kind not in kinds:
                     return
                 try:
-                    observe(event.ts)  # fires the timers that are due first
+                    observe(event.ts)
                     if match(event):
                         push(event)
                 except Exception as exc:
                     crashed(exc, event)
 
             return on_next_timed
-        if replay:
-
-            def on_next_replay(event: Event) -> None:
-                if event.kind not in kinds:
-                    return
-                if event.ts > self._latest_ts:
-                    self._latest_ts = event.ts
-                try:
-                    if match(event):
-                        push(event)
-                except Exception as exc:
-                    crashed(exc, event)
-
-            return on_next_replay
 
         def on_next(event: Event) -> None:
             if event.kind not in kinds:
@@ -219,6 +207,10 @@ class Rule:
                 crashed(exc, event)
 
         return on_next
+
+    def _note_time(self, ts: float) -> None:
+        if ts > self._latest_ts:
+            self._latest_ts = ts
 
     def _event_time(self) -> float:
         """``now()`` without a scheduler: how far the rule has got in event time."""
