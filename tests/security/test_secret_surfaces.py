@@ -101,11 +101,13 @@ class Feed:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Feed]:
-        async with serve(self._handler, "127.0.0.1", 0, process_request=self._process) as first:
-            async with serve(self._handler, "127.0.0.1", 0, process_request=self._process) as second:
-                self.port = first.sockets[0].getsockname()[1]
-                self.other_port = second.sockets[0].getsockname()[1]
-                yield self
+        async with (
+            serve(self._handler, "127.0.0.1", 0, process_request=self._process) as first,
+            serve(self._handler, "127.0.0.1", 0, process_request=self._process) as second,
+        ):
+            self.port = first.sockets[0].getsockname()[1]
+            self.other_port = second.sockets[0].getsockname()[1]
+            yield self
 
 
 class Hook:
@@ -260,7 +262,7 @@ async def test_no_secret_on_any_surface(tmp_path: Path) -> None:
         # the secrets were really used: the canaries reached their intended recipients
         direct = [headers for path, headers in feed.handshakes if path.startswith("/direct")]
         assert direct and direct[0]["X-Api-Key"] == values["WS_HEADER"]
-        assert values["WS_URL"] in [p for p, _ in feed.handshakes if p.startswith("/direct")][0]
+        assert values["WS_URL"] in next(p for p, _ in feed.handshakes if p.startswith("/direct"))
         assert any(values["WS_SUB"] in m for p, m in feed.messages if p.startswith("/direct"))
         url, headers, body = hook.requests[0]
         assert values["HOOK_URL"] in url and headers["Authorization"] == f"Bearer {values['HOOK_HEADER']}"
