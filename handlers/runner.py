@@ -126,11 +126,13 @@ class Invocation(NamedTuple):
 
 class CircuitBreaker:
     """Per tool: opens after ``failures`` consecutive failed calls, lets one probe through after
-    ``open_seconds``, closes again when the probe succeeds."""
+    ``open_seconds``, closes again when the probe succeeds. Each change of state is logged once,
+    naming the tool: opened at warning, half-open and closed at info."""
 
-    __slots__ = ("consecutive", "failures", "open_seconds", "opened_at", "probing", "state")
+    __slots__ = ("consecutive", "failures", "open_seconds", "opened_at", "probing", "state", "tool")
 
-    def __init__(self, config: CircuitConfig) -> None:
+    def __init__(self, config: CircuitConfig, tool: str = "") -> None:
+        self.tool = tool
         self.failures = config.failures
         self.open_seconds = config.open_seconds
         self.state = "closed"  # closed | open | half_open
@@ -143,13 +145,18 @@ class CircuitBreaker:
             return True
         if self.state == "open" and time.monotonic() - self.opened_at >= self.open_seconds:
             self.state = "half_open"
+            log.info(
+                "circuit half-open: letting one probe call through", extra={"fields": {"tool": self.tool}}
+            )
         if self.state == "half_open" and not self.probing:
             self.probing = True
             return True
         return False
 
     def success(self) -> None:
-        self.state = "closed"
+        if self.state != "closed":
+            log.info("circuit closed", extra={"fields": {"tool": self.tool}})
+            self.state = "closed"
         self.consecutive = 0
         self.probing = False
 
@@ -158,7 +165,9 @@ class CircuitBreaker:
         self.probing = False
         if self.failures and (self.state == "half_open" or self.consecutive >= self.failures):
             if self.state != "open":
-                log.warning("circuit opened", extra={"fields": {"failures": self.consecutive}})
+                log.warning(
+                    "circuit opened", extra={"fields": {"tool": self.tool, "failures": self.consecutive}}
+                )
             self.state = "open"
             self.opened_at = time.monotonic()
 
@@ -242,7 +251,7 @@ class _Lane:
         self.full = False
         self.workers: list[asyncio.Task[None]] = []
         self.fail_log = RateLimitedLog(log, "tool call failed", level=logging.WARNING, interval=10.0)
-        self.breaker = CircuitBreaker(tool.config.circuit)
+        self.breaker = CircuitBreaker(tool.config.circuit, tool.name)
 
 
 class ToolRunner:

@@ -263,3 +263,31 @@ def test_duration_histogram_buckets_are_upper_inclusive() -> None:
     assert stats.buckets[0] == 2 and stats.buckets[1] == 1
     assert stats.buckets[len(DURATION_BUCKETS) - 1] == 1 and stats.buckets[-1] == 1
     assert sum(stats.buckets) == 5
+
+
+async def test_circuit_transitions_are_logged_with_the_tool_name(caplog: pytest.LogCaptureFixture) -> None:
+    """Opening (warning), half-opening and closing (info) of a tool's circuit are each logged once, naming the tool."""
+    circuit = {"failures": 2, "open_seconds": 0.05}
+    tool = Flaky("hook", cfg(retry={"max_attempts": 1}, circuit=circuit), 2, ToolError("hook", "503", retryable=True))
+    runner = ToolRunner({"hook": tool})
+    await runner.start()
+    with caplog.at_level(logging.INFO, logger="reflexd"):
+        for i in range(2):
+            runner.submit("hook", {"i": i}, ctx(i, "hook"))
+        await wait_for(lambda: runner.stats("hook").failures == 2)
+        await asyncio.sleep(0.1)
+        runner.submit("hook", {"i": 2}, ctx(2, "hook"))  # the probe: succeeds and closes the circuit
+        await wait_for(lambda: runner.stats("hook").succeeded == 1)
+        runner.submit("hook", {"i": 3}, ctx(3, "hook"))  # closed already: nothing more is logged
+        await wait_for(lambda: runner.stats("hook").succeeded == 2)
+    await runner.stop(5)
+    logged = [
+        (r.levelname, r.getMessage(), getattr(r, "fields", {}).get("tool"))
+        for r in caplog.records
+        if "circuit" in r.getMessage()
+    ]
+    assert logged == [
+        ("WARNING", "circuit opened", "hook"),
+        ("INFO", "circuit half-open: letting one probe call through", "hook"),
+        ("INFO", "circuit closed", "hook"),
+    ]
