@@ -1,12 +1,14 @@
 """The ``reflexd`` command line: verbs → exit codes.
 
-Exit codes: 0 clean stop, 1 anything else, 2 configuration error, 3 startup failure.
+Exit codes: 0 clean stop, 1 anything else, 2 configuration error, 3 startup failure, 141 the
+reader of the output went away (``| head``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -37,9 +39,10 @@ from streams.rules.replay import (
     replay_rules,
 )
 
-__all__ = ["EXIT_CONFIG", "EXIT_OK", "EXIT_STARTUP", "main", "render_plan"]
+__all__ = ["EXIT_BROKEN_PIPE", "EXIT_CONFIG", "EXIT_OK", "EXIT_STARTUP", "main", "render_plan"]
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_STARTUP = 0, 1, 2, 3
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141: the reader of stdout went away (`| head`)
 
 log = get_logger("cli")
 
@@ -95,6 +98,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, registry: Registry | None = None) -> int:
+    """Run one verb; its exit code. Output into a pipe whose reader went away (``reflexd dlq list |
+    head``) ends the verb quietly with :data:`EXIT_BROKEN_PIPE`, as a shell reports it."""
+    try:
+        code = _main(argv, registry)
+        sys.stdout.flush()  # here, not at the interpreter's exit, where a failure prints a traceback
+    except BrokenPipeError:
+        # the interpreter flushes stdout again at exit: point it at /dev/null so that cannot fail
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    return code
+
+
+def _main(argv: Sequence[str] | None, registry: Registry | None) -> int:
     args = _parser().parse_args(argv)
     registry = registry or builtin_registry()
     if args.verb == "schema":

@@ -41,8 +41,11 @@ def add_dlq_parser(dlq: argparse.ArgumentParser) -> None:
     replay.add_argument("ids", nargs="*", type=int, metavar="ID", help="entries to replay")
     replay.add_argument("--all", action="store_true", help="replay every entry (of --tool)")
     replay.add_argument("--tool", help="only this tool")
-    purge = verbs.add_parser("purge", help="delete dead-lettered invocations")
+    purge = verbs.add_parser(
+        "purge", help="delete dead-lettered invocations (asks on a terminal; --yes otherwise)"
+    )
     purge.add_argument("--tool", help="only this tool")
+    purge.add_argument("-y", "--yes", action="store_true", help="delete without asking")
     # `reflexd dlq list -c FILE` as well as `reflexd dlq -c FILE list`
     for action in (listing, replay, purge):
         action.add_argument("-c", "--config", default=argparse.SUPPRESS, help="configuration file")
@@ -58,22 +61,64 @@ def run_dlq(config: AppConfig, args: argparse.Namespace) -> int:
         if args.dlq_verb == "list":
             return _list(config, store, args.tool, args.all, args.json)
         if args.dlq_verb == "purge":
-            n = store.purge_dead_letters(tool=args.tool)
-            print(f"purged {n} dead-lettered invocation(s)")
-            return EXIT_OK
+            return _purge(store, args.tool, args.yes)
         if not args.ids and not args.all:
             print("reflexd dlq replay: give entry IDs or --all", file=sys.stderr)
             return EXIT_ERROR
-        letters = store.dead_letters(tool=args.tool)
-        if args.ids:
-            wanted = set(args.ids)
-            letters = [d for d in letters if d.id in wanted]
-            missing = wanted - {d.id for d in letters}
-            if missing:
-                print(f"reflexd dlq replay: no pending entries {sorted(missing)}", file=sys.stderr)
-        return asyncio.run(_replay(config, store, letters))
+        if not args.ids:
+            return asyncio.run(_replay(config, store, store.dead_letters(tool=args.tool)))
+        letters = _chosen(store, args.tool, args.ids)
+        return EXIT_ERROR if letters is None else asyncio.run(_replay(config, store, letters))
     finally:
         store.close()
+
+
+def _chosen(store: StateStore, tool: str | None, ids: list[int]) -> list[DeadLetter] | None:
+    """The entries ``ids`` still to deliver; None (said on stderr) if one of them does not exist
+    (or is not of ``tool``): nothing is replayed then. Entries an earlier replay delivered are
+    skipped, with a note."""
+    wanted = set(ids)
+    found = [d for d in store.dead_letters(tool=tool, include_replayed=True) if d.id in wanted]
+    unknown = sorted(wanted - {d.id for d in found})
+    if unknown:
+        of_tool = f" of tool {tool!r}" if tool else ""
+        listed = ", ".join(map(str, unknown))
+        print(
+            f"reflexd dlq replay: no dead-lettered invocation with ID {listed}{of_tool}"
+            " (see `reflexd dlq list --all`); nothing replayed",
+            file=sys.stderr,
+        )
+        return None
+    done = [d.id for d in found if d.replay_outcome == "succeeded"]
+    if done:
+        print(
+            f"reflexd dlq replay: {', '.join(map(str, done))} already delivered by an earlier replay;"
+            " skipped",
+            file=sys.stderr,
+        )
+    return [d for d in found if d.replay_outcome != "succeeded"]
+
+
+def _purge(store: StateStore, tool: str | None, yes: bool) -> int:
+    """Delete the entries (of ``tool``): with ``--yes``, or after a yes on the terminal."""
+    up_to = None
+    if not yes:
+        letters = store.dead_letters(tool=tool, include_replayed=True)
+        n = len(letters)
+        up_to = letters[-1].id if letters else 0  # what was counted: not one the daemon adds meanwhile
+        what = f"{n} dead-lettered invocation(s)" + (f" of tool {tool!r}" if tool else "")
+        if n and not sys.stdin.isatty():
+            print(f"reflexd dlq purge: would delete {what}; give --yes to do it", file=sys.stderr)
+            return EXIT_ERROR
+        if n:
+            sys.stderr.write(f"delete {what}? [y/N] ")
+            sys.stderr.flush()
+            if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+                print("reflexd dlq purge: nothing deleted", file=sys.stderr)
+                return EXIT_ERROR
+    n = store.purge_dead_letters(tool=tool, up_to=up_to)
+    print(f"purged {n} dead-lettered invocation(s)")
+    return EXIT_OK
 
 
 def _when(ts: float | None) -> str:

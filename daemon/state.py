@@ -421,11 +421,18 @@ class StateStore:
                 (time.time(), outcome, dead_letter_id),
             )
 
-    def purge_dead_letters(self, *, tool: str | None = None) -> int:
+    def purge_dead_letters(self, *, tool: str | None = None, up_to: int | None = None) -> int:
+        """Delete the entries (of ``tool``; with IDs up to ``up_to``); how many went."""
+        sql = "DELETE FROM dead_letters WHERE 1=1"
+        params: list[Any] = []
+        if tool:
+            sql += " AND tool = ?"
+            params.append(tool)
+        if up_to is not None:
+            sql += " AND id <= ?"
+            params.append(up_to)
         with self._lock:
-            if tool:
-                return self.db.execute("DELETE FROM dead_letters WHERE tool = ?", (tool,)).rowcount
-            return self.db.execute("DELETE FROM dead_letters").rowcount
+            return self.db.execute(sql, params).rowcount
 
 
 class Journal:

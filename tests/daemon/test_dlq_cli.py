@@ -111,7 +111,7 @@ def test_permanent_failure_is_dead_lettered_and_replay_delivers_exactly_once(tmp
     assert "0 dead-lettered invocation(s)" in reflexd("dlq", "list", "-c", str(config), events=events).stdout
     everything = reflexd("dlq", "list", "--all", "--json", "-c", str(config), events=events).stdout.splitlines()
     assert [orjson.loads(line)["replay_outcome"] for line in everything] == ["succeeded"] * 5
-    purged = reflexd("dlq", "purge", "-c", str(config), events=events)
+    purged = reflexd("dlq", "purge", "--yes", "-c", str(config), events=events)
     assert "purged 5" in purged.stdout
 
 

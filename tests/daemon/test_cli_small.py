@@ -1,0 +1,122 @@
+"""Small CLI behaviours, with reflexd as a real process: output into a closed pipe, `dlq replay` of
+an unknown id, `dlq purge` confirmation."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from daemon.state import StateStore
+
+ROOT = Path(__file__).resolve().parents[2]
+EXIT_BROKEN_PIPE = 128 + 13  # 128 + SIGPIPE, as a shell reports a process a closed pipe stopped
+
+
+def config_with_letters(tmp_path: Path, letters: int) -> Path:
+    """A config whose state file holds ``letters`` dead-lettered calls of tool `note`."""
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        textwrap.dedent(
+            """\
+            daemon: {http: null, state_path: state.db}
+            sources:
+              feed: {type: replay, path: empty.jsonl}
+            tools:
+              note: {type: log}
+            rules:
+              each: {from: feed, then: [{tool: note, args: {id: "{data.id}"}}]}
+            """
+        )
+    )
+    store = StateStore(tmp_path / "state.db").open()
+    try:
+        for i in range(letters):
+            store.add_dead_letter(f"each:{i}:0", "each", "note", {"id": str(i)}, None, "target down", 3)
+    finally:
+        store.close()
+    return config
+
+
+def reflexd(*args: str, stdin: int | None = subprocess.DEVNULL) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "daemon.cli", *args],
+        cwd=ROOT,
+        stdin=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def pending(tmp_path: Path) -> int:
+    store = StateStore(tmp_path / "state.db").open()
+    try:
+        return len(store.dead_letters(include_replayed=True))
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("json", [False, True], ids=["text", "json"])
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path, json: bool) -> None:
+    """`reflexd dlq list | head -1`: the reader leaving ends reflexd with 141 and nothing on stderr (no traceback)."""
+    config = config_with_letters(tmp_path, 5000)  # far more than a pipe buffer holds: writes must fail
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "daemon.cli", "dlq", "list", *(["--json"] if json else []), "-c", str(config)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert writer.stdout is not None and writer.stderr is not None
+    head = subprocess.Popen(["head", "-1"], stdin=writer.stdout, stdout=subprocess.PIPE)
+    writer.stdout.close()  # head holds the only reading end now
+    first, _ = head.communicate(timeout=60)
+    stderr = writer.stderr.read()
+    assert writer.wait(timeout=60) == EXIT_BROKEN_PIPE, stderr
+    assert stderr == b""
+    assert first.count(b"\n") == 1
+
+
+def test_dlq_replay_of_an_unknown_id_is_an_error(tmp_path: Path) -> None:
+    """`dlq replay 999` when there is no entry 999 says so and exits 1; nothing else is replayed."""
+    config = config_with_letters(tmp_path, 2)
+    result = reflexd("dlq", "replay", "1", "999", "-c", str(config))
+    assert result.returncode == 1
+    assert "no dead-lettered invocation with ID 999" in result.stderr
+    assert "replayed" not in result.stdout  # the known entry 1 was not run either: fix the command first
+    listed = reflexd("dlq", "list", "--all", "--json", "-c", str(config))
+    assert '"replay_outcome":null' in listed.stdout and "succeeded" not in listed.stdout
+
+
+def test_dlq_purge_without_a_terminal_needs_yes(tmp_path: Path) -> None:
+    """Without a terminal, `dlq purge` refuses (exit 1, nothing deleted) unless given --yes."""
+    config = config_with_letters(tmp_path, 3)
+    refused = reflexd("dlq", "purge", "-c", str(config))
+    assert refused.returncode == 1 and "--yes" in refused.stderr
+    assert pending(tmp_path) == 3
+    purged = reflexd("dlq", "purge", "--yes", "-c", str(config))
+    assert purged.returncode == 0 and "purged 3" in purged.stdout
+    assert pending(tmp_path) == 0
+
+
+@pytest.mark.parametrize(("answer", "left"), [(b"n\n", 3), (b"y\n", 0)], ids=["no", "yes"])
+def test_dlq_purge_on_a_terminal_asks_first(tmp_path: Path, answer: bytes, left: int) -> None:
+    """On a terminal `dlq purge` asks, naming how many entries would go; only a yes deletes them."""
+    config = config_with_letters(tmp_path, 3)
+    controller, terminal = os.openpty()
+    try:
+        os.write(controller, answer)
+        result = reflexd("dlq", "purge", "-c", str(config), stdin=terminal)
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert "delete 3 dead-lettered invocation(s)" in result.stderr
+    assert pending(tmp_path) == left
+    assert result.returncode == (0 if left == 0 else 1)
