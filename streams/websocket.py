@@ -5,12 +5,19 @@ One session = one connection: connect (with headers, size limit, keepalive), sen
 queue, whose drop policy decides when the rules fall behind; it never awaits slow work,
 so keepalive pongs keep flowing. An idle watchdog closes a connection that delivered no
 message for ``idle_timeout_seconds``; the engine then reconnects and queues a ``gap``.
+
+Redirects: the source follows 3xx handshake answers itself (at most :data:`MAX_REDIRECTS`, within
+``open_timeout_seconds``), not the library, so that the configured ``headers`` (API keys, tokens,
+often from ``${VAR}``) go only to the origin (scheme, host, port) of the configured URL: once a
+redirect leaves that origin they are not sent again, even if a later hop comes back. A redirect
+from ``wss://`` to ``ws://`` is refused. Errors name origins, never a full URL (it may carry a token).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import urllib.parse
 from typing import Any, ClassVar, Literal
 
 import orjson
@@ -23,7 +30,7 @@ from websockets.exceptions import (
     InvalidStatus,
     InvalidURI,
 )
-from websockets.uri import parse_uri
+from websockets.uri import WebSocketURI, parse_uri
 
 from daemon.errors import IdleTimeout, NotConnected
 from daemon.logs import RateLimitedLog, get_logger
@@ -38,6 +45,48 @@ log = get_logger("source.websocket")
 TIME_SCALE = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
 #: Handshake answers worth retrying: rate limits, timeouts and server-side failures.
 RETRYABLE_STATUS = frozenset({408, 425, 429})
+#: Handshake answers that are redirects (the source follows them itself, see the module docstring).
+REDIRECT_STATUS = frozenset({300, 301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
+
+
+class RedirectRefused(ValueError):
+    """A redirect the source will not follow; the message names origins only."""
+
+
+def ws_origin(uri: WebSocketURI) -> str:
+    """``ws://host:port`` of a parsed URL (the default port included): what may be shown, and what
+    decides where configured headers may go."""
+    host = f"[{uri.host}]" if ":" in uri.host else uri.host
+    return f"{'wss' if uri.secure else 'ws'}://{host.lower()}:{uri.port}"
+
+
+def redirect_target(current_url: str, location: str | None) -> tuple[str, WebSocketURI]:
+    """Where a redirect answered to ``current_url`` leads: ``location`` resolved against it.
+
+    Raises :class:`RedirectRefused` without a Location, for a target that is not a ws:// or
+    wss:// URL, and for a downgrade from wss:// to ws://.
+    """
+    current = parse_uri(current_url)
+    origin = ws_origin(current)
+    if not location:
+        raise RedirectRefused(f"redirect from {origin} without a Location")
+    target = urllib.parse.urljoin(current_url, location)
+    try:
+        uri = parse_uri(target)
+    except (InvalidURI, ValueError):
+        raise RedirectRefused(f"redirect from {origin} to a target that is not a ws(s):// URL") from None
+    if current.secure and not uri.secure:
+        raise RedirectRefused(f"refusing a redirect from {origin} to {ws_origin(uri)} (wss:// to ws://)")
+    return target, uri
+
+
+class _Connect(connect):
+    """The library's ``connect`` without its own redirect following: a redirect is raised as the
+    :class:`InvalidStatus` it is, and :meth:`WebSocketSource.connect` decides what follows it."""
+
+    def process_redirect(self, exc: Exception) -> Exception | str:
+        return exc
 
 
 class WebSocketSourceConfig(SourceConfig):
@@ -106,18 +155,11 @@ class WebSocketSource(Source):
         return self.config.idle_timeout_seconds
 
     async def connect(self) -> None:
-        cfg = self.config
         try:
-            self._ws = await connect(
-                cfg.url,
-                additional_headers=cfg.headers or None,
-                max_size=cfg.max_message_bytes,
-                ping_interval=cfg.ping_interval_seconds,
-                ping_timeout=cfg.ping_timeout_seconds,
-                close_timeout=cfg.close_timeout_seconds,
-                open_timeout=cfg.open_timeout_seconds,
-                compression="deflate" if cfg.compression == "deflate" else None,
-            )
+            self._ws = await self._open()
+        except RedirectRefused as exc:
+            self.stats.count_error("redirect")
+            raise NotConnected(self.name, str(exc), retryable=False) from None
         except InvalidStatus as exc:
             status = exc.response.status_code
             self.stats.count_error(f"http_{status}")
@@ -141,6 +183,42 @@ class WebSocketSource(Source):
             log.debug(
                 "subscribed", extra={"fields": {"source": self.name, "messages": len(self._subscribe_frames)}}
             )
+
+    async def _open(self) -> ClientConnection:
+        """Connect and hand-shake, following redirects; configured headers go only to the
+        configured URL's origin, and never again once a redirect left it."""
+        cfg = self.config
+        url = cfg.url
+        home = ws_origin(parse_uri(url))
+        headers = cfg.headers or None
+        deadline = time.monotonic() + cfg.open_timeout_seconds
+        for _ in range(MAX_REDIRECTS + 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("timed out during opening handshake")
+            try:
+                return await _Connect(
+                    url,
+                    additional_headers=headers,
+                    max_size=cfg.max_message_bytes,
+                    ping_interval=cfg.ping_interval_seconds,
+                    ping_timeout=cfg.ping_timeout_seconds,
+                    close_timeout=cfg.close_timeout_seconds,
+                    open_timeout=remaining,
+                    compression="deflate" if cfg.compression == "deflate" else None,
+                )
+            except InvalidStatus as exc:
+                response = exc.response
+                if response.status_code not in REDIRECT_STATUS:
+                    raise
+                url, target = redirect_target(url, response.headers.get("Location"))
+            if headers is not None and ws_origin(target) != home:
+                headers = None
+                log.warning(
+                    "redirected to another origin: configured headers are not sent there",
+                    extra={"fields": {"source": self.name, "from": home, "to": ws_origin(target)}},
+                )
+        raise RedirectRefused(f"more than {MAX_REDIRECTS} redirects from {home}")
 
     async def read(self) -> None:
         ws = self._ws
