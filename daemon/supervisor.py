@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from reactivex.scheduler.eventloop import AsyncIOScheduler
@@ -212,36 +213,12 @@ class Daemon:
         cancelled: list[str] = []
 
         try:
-            # 1. sources stop reading (each session closes its connection on cancellation)
-            for source in self.sources.values():
-                source.begin_stop()
-            for task in self._source_tasks.values():
-                task.cancel()
-            await self._wait(self._source_tasks, deadline, "source", cancelled)
-            # 2. queues drain through the rules into the runner
-            for source in self.sources.values():
-                source.queue.close()
-            await self._wait(self._dispatch_tasks, deadline, "queue of source", cancelled, count_left=True)
-            # 3. tools finish their backlog and running calls
-            try:
-                await self.runner.stop(max(0.0, deadline - time.monotonic()))
-            except ShutdownTimeout as exc:
-                cancelled.extend(exc.cancelled)
-            # 4. sources settle what the drained work allows (Kafka commits finished offsets);
-            #    they get a short grace even when the budget is spent, since this loses nothing
-            for name, source in self.sources.items():
-                try:
-                    async with asyncio.timeout(max(deadline - time.monotonic(), FINISH_GRACE_SECONDS)):
-                        await source.finish()
-                except TimeoutError:
-                    cancelled.append(f"finishing source {name}")
-            await self._close_state()
-            for rule in self.rules.values():
-                rule.dispose()
-            if self._watchdog is not None:
-                self._watchdog.cancel()
-            if self.http is not None:
-                await self.http.stop()
+            await self._stop_in_order(deadline, cancelled)
+        except asyncio.CancelledError:
+            # a forced stop (a second SIGINT): the work in flight is abandoned, but what the
+            # components hold (HTTP sessions, connections, the state file) is still released
+            await self._abandon()
+            raise
         finally:
             if self._heap_tuned:
                 self._heap_tuned = False
@@ -257,6 +234,68 @@ class Daemon:
                 "stopped", extra={"fields": {"seconds": round(budget - (deadline - time.monotonic()), 3)}}
             )
         return cancelled
+
+    async def _stop_in_order(self, deadline: float, cancelled: list[str]) -> None:
+        """The graceful stop, within ``deadline``; what had to be cut is added to ``cancelled``."""
+        # 1. sources stop reading (each session closes its connection on cancellation)
+        for source in self.sources.values():
+            source.begin_stop()
+        for task in self._source_tasks.values():
+            task.cancel()
+        await self._wait(self._source_tasks, deadline, "source", cancelled)
+        # 2. queues drain through the rules into the runner
+        for source in self.sources.values():
+            source.queue.close()
+        await self._wait(self._dispatch_tasks, deadline, "queue of source", cancelled, count_left=True)
+        # 3. tools finish their backlog and running calls
+        try:
+            await self.runner.stop(max(0.0, deadline - time.monotonic()))
+        except ShutdownTimeout as exc:
+            cancelled.extend(exc.cancelled)
+        # 4. sources settle what the drained work allows (Kafka commits finished offsets);
+        #    they get a short grace even when the budget is spent, since this loses nothing
+        for name, source in self.sources.items():
+            try:
+                async with asyncio.timeout(max(deadline - time.monotonic(), FINISH_GRACE_SECONDS)):
+                    await source.finish()
+            except TimeoutError:
+                cancelled.append(f"finishing source {name}")
+        await self._close_state()
+        for rule in self.rules.values():
+            rule.dispose()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if self.http is not None:
+            await self.http.stop()
+
+    async def _abandon(self) -> None:
+        """What a forced stop still does, without waiting for work: cancel the source and dispatch
+        tasks, stop the runner at once (cancelling its calls, then stopping every tool: the
+        webhook tool's aiohttp session is closed there), write what the journal holds, close the
+        ops server. Each step gets at most :data:`FINISH_GRACE_SECONDS`."""
+        tasks = [*self._source_tasks.values(), *self._dispatch_tasks.values()]
+        if self._watchdog is not None:
+            tasks.append(self._watchdog)
+        for task in tasks:
+            task.cancel()
+        steps: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
+            ("sources", lambda: asyncio.wait(tasks) if tasks else asyncio.sleep(0)),
+            ("tools", lambda: self.runner.stop(0.0)),
+            ("state", self._close_state),
+        ]
+        if self.http is not None:
+            steps.append(("ops server", self.http.stop))
+        for what, step in steps:
+            try:
+                async with asyncio.timeout(FINISH_GRACE_SECONDS):
+                    await step()
+            except (ShutdownTimeout, TimeoutError):
+                pass  # named already, or nothing more to wait for
+            except Exception:
+                log.exception("closing after a forced stop failed", extra={"fields": {"step": what}})
+        for rule in self.rules.values():
+            rule.dispose()
+        self.state = "stopped"
 
     async def _wait(
         self,

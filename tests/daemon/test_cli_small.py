@@ -4,9 +4,13 @@ an unknown id, `dlq purge` confirmation."""
 from __future__ import annotations
 
 import os
+import select
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -120,3 +124,83 @@ def test_dlq_purge_on_a_terminal_asks_first(tmp_path: Path, answer: bytes, left:
     assert "delete 3 dead-lettered invocation(s)" in result.stderr
     assert pending(tmp_path) == left
     assert result.returncode == (0 if left == 0 else 1)
+
+
+def hanging_webhook_config(tmp_path: Path, port: int, shutdown_seconds: float) -> Path:
+    """Two events, each firing a webhook call to 127.0.0.1:``port``."""
+    (tmp_path / "two.jsonl").write_bytes(b'{"id": 1}\n{"id": 2}\n')
+    config = tmp_path / "hook.yaml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            daemon: {{http: null, state_path: state.db, shutdown_timeout_seconds: {shutdown_seconds}}}
+            sources:
+              feed: {{type: replay, path: two.jsonl, speed: 0}}
+            tools:
+              hook:
+                type: webhook
+                url: "http://127.0.0.1:{port}/hook"
+                allow_private_networks: true
+                timeout_seconds: 120
+            rules:
+              each: {{from: feed, then: [{{tool: hook, args: {{id: "{{data.id}}"}}}}]}}
+            """
+        )
+    )
+    return config
+
+
+def read_until(proc: subprocess.Popen[bytes], marker: bytes, within: float) -> bytes:
+    """Read the process's stderr until it holds ``marker``; what was read."""
+    assert proc.stderr is not None
+    seen = b""
+    deadline = time.monotonic() + within
+    while marker not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([proc.stderr], [], [], left)[0]:
+            raise AssertionError(f"{marker!r} not logged within {within}s: {seen!r}")
+        chunk = os.read(proc.stderr.fileno(), 65536)  # unbuffered: communicate() reads the rest
+        if not chunk:
+            raise AssertionError(f"exited before logging {marker!r}: {seen!r}")
+        seen += chunk
+    return seen
+
+
+@pytest.mark.parametrize("how", ["second-sigint", "budget-spent"])
+def test_a_stop_that_abandons_calls_still_closes_the_http_session(tmp_path: Path, how: str) -> None:
+    """A forced stop (second SIGINT) or a spent shutdown budget, while webhook calls hang on their target,
+    still closes the tool's aiohttp session: no "Unclosed client session" / "Unclosed connector" on stderr."""
+    target = socket.create_server(("127.0.0.1", 0))  # accepts, reads nothing, never answers
+    target.settimeout(30)
+    held: list[socket.socket] = []
+    config = hanging_webhook_config(tmp_path, target.getsockname()[1], 60 if how == "second-sigint" else 0.5)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daemon.cli", "run", "-c", str(config)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        held.append(target.accept()[0])  # a call is in flight: its request waits for an answer
+        head = b""
+        if how == "second-sigint":
+            proc.send_signal(signal.SIGINT)
+            head = read_until(proc, b'"stopping"', within=30)  # waiting for the hanging calls now
+            proc.send_signal(signal.SIGINT)
+            expected = 1
+        else:
+            proc.send_signal(signal.SIGTERM)
+            expected = 0
+        _, rest = proc.communicate(timeout=30)
+        stderr = head + rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for conn in held:
+            conn.close()
+        target.close()
+    assert proc.returncode == expected, stderr
+    assert (b"forced stop" if how == "second-sigint" else b"shutdown budget exceeded") in stderr
+    assert b"Unclosed" not in stderr, stderr.decode(errors="replace")
