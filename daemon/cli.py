@@ -25,6 +25,7 @@ from daemon.dlq import add_dlq_parser, run_dlq
 from daemon.errors import ConfigError, StartupError
 from daemon.logs import configure_logging, get_logger
 from daemon.registry import BuildContext, Registry, builtin_registry
+from daemon.state import redact
 from streams.rules.pipeline import plan_rule
 from streams.rules.replay import (
     Fired,
@@ -277,13 +278,16 @@ def _replay(config: AppConfig, specs: Sequence[str], speed: float, only: list[st
     out = sys.stdout
     started = time.monotonic()
     closed = False  # the reader went away (`reflexd replay ... | head`): stop writing, quietly
+    secrets = config.secret_arguments()  # arguments from ${VAR}: printed as *** (so are secret names)
+    none: frozenset[str] = frozenset()
 
     def report(fired: Fired) -> None:
         nonlocal closed
         if closed:
             return
+        shown = fired._replace(args=redact(fired.args, secrets.get((fired.rule, fired.tool), none)))
         try:
-            out.write(format_fired(fired, fmt) + "\n")
+            out.write(format_fired(shown, fmt) + "\n")
             if speed:
                 out.flush()
         except BrokenPipeError:
