@@ -295,6 +295,8 @@ def _components(c: _Checker, registry: Registry, kind: Kind, key: str, raw: Any)
         except LookupError as exc:
             c.add((key, name, "type"), str(exc.args[0]))
             continue
+        fields = getattr(spec.config_model, "template_fields", frozenset())
+        body = _as_templates(c, (key, name), body, lambda rel: rel[0] in fields)
         model = c.model(spec.config_model, body, (key, name))
         if model is not None:
             plans[name] = ComponentPlan(name, spec, model, c.loaded.line_of((key, name)))
@@ -311,7 +313,7 @@ def _rules(
         prefix: Path_ = ("rules", name)
         reported = _precheck_steps(c, prefix, body.get("steps"))
         try:
-            rule = RuleConfig.model_validate(body)
+            rule = RuleConfig.model_validate(_as_templates(c, prefix, body, _is_call_argument))
         except ValidationError as exc:
             for err in exc.errors(include_url=False):
                 loc = _step_loc(tuple(err["loc"]))
@@ -346,6 +348,32 @@ def _rules(
         if ok:
             rules[name] = rule
     return rules
+
+
+def _as_templates(
+    c: _Checker, prefix: Path_, body: dict[str, Any], is_template: Callable[[Path_], bool]
+) -> dict[str, Any]:
+    """``body`` (the mapping at ``prefix``) with every value from ``${VAR}`` that sits in a template
+    (``is_template`` of its path below ``prefix``) replaced by its template text, where the substituted
+    braces are doubled: a value from the environment renders as the literal text it is."""
+    n = len(prefix)
+    for path, text in c.loaded.template_texts.items():
+        if len(path) > n and path[:n] == prefix and is_template(path[n:]):
+            body = _replaced(body, path[n:], text)
+    return body
+
+
+def _replaced(tree: Any, rel: Path_, value: str) -> Any:
+    """A copy of ``tree`` with the value at ``rel`` replaced (only the containers on the way are copied)."""
+    copy: Any = dict(tree) if isinstance(tree, dict) else list(tree)
+    head, rest = rel[0], rel[1:]
+    copy[head] = _replaced(tree[head], rest, value) if rest else value
+    return copy
+
+
+def _is_call_argument(rel: Path_) -> bool:
+    """``then[i].args...`` below a rule: the call arguments, which are templates."""
+    return len(rel) > 3 and rel[0] == "then" and rel[2] == "args"
 
 
 def _step_loc(loc: Path_) -> Path_:

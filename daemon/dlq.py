@@ -4,6 +4,15 @@ A replay runs the invocation through the same tool runner as the daemon (timeout
 journal) with its original idempotency key; a key that already succeeded is not run again.
 A replayed entry that succeeds leaves the list; one that fails again stays, marked failed.
 The daemon may keep running meanwhile (SQLite WAL allows a second process).
+
+Arguments are stored redacted when the letter is written (:mod:`daemon.state`), so ``list``
+prints them as stored, whatever the configuration says now. A replay renders the redacted
+ones again — only those — from the stored event with the current configuration's template of
+the same rule's call (:func:`restore_args`): a rotated secret is sent with its new value, and
+an entry whose rule or argument is no longer configured is not replayed (it stays, said on
+stderr). Letters written before the state had schema 1 hold their arguments in clear: ``list``
+redacts them by the current configuration (secret-looking names, and the ``${VAR}`` arguments
+of any rule calling the same tool), and a replay sends them as they are.
 """
 
 from __future__ import annotations
@@ -17,12 +26,15 @@ from typing import Any
 import orjson
 
 from daemon.config import AppConfig
+from daemon.errors import StartupError
 from daemon.registry import BuildContext
 from daemon.state import DeadLetter, Journal, StateStore, event_from_record, redact
 from handlers.base import CallContext, Tool
 from handlers.runner import ToolRunner
+from streams.rules.expressions import compile_template
+from streams.rules.pipeline import plan_rule
 
-__all__ = ["add_dlq_parser", "run_dlq"]
+__all__ = ["add_dlq_parser", "restore_args", "run_dlq"]
 
 EXIT_OK, EXIT_ERROR = 0, 1
 
@@ -56,7 +68,11 @@ def run_dlq(config: AppConfig, args: argparse.Namespace) -> int:
     if not path.exists():
         print(f"reflexd: no state at {path} (nothing was ever dead-lettered)", file=sys.stderr)
         return EXIT_OK if args.dlq_verb != "replay" else EXIT_ERROR
-    store = StateStore(path).open()
+    try:
+        store = StateStore(path).open()
+    except StartupError as exc:  # unreadable, or written by a newer reflexd
+        print(f"reflexd dlq: {exc.reason}", file=sys.stderr)
+        return EXIT_ERROR
     try:
         if args.dlq_verb == "list":
             return _list(config, store, args.tool, args.all, args.json)
@@ -125,17 +141,30 @@ def _when(ts: float | None) -> str:
     return "-" if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _secrets_by_tool(config: AppConfig) -> dict[str, frozenset[str]]:
+    """Per tool: the argument names any rule fills from ``${VAR}`` (for letters stored in clear)."""
+    out: dict[str, frozenset[str]] = {}
+    for (_rule, tool), names in config.secret_arguments().items():
+        out[tool] = out.get(tool, frozenset()) | names
+    return out
+
+
 def _list(config: AppConfig, store: StateStore, tool: str | None, everything: bool, as_json: bool) -> int:
     letters = store.dead_letters(tool=tool, include_replayed=everything)
-    secrets = config.secret_arguments()
+    legacy: dict[str, frozenset[str]] | None = None
     for d in letters:
         if as_json:
+            args = d.args  # redacted when it was written
+            if d.redacted is None:  # written before schema 1, in clear: the best the config can say
+                legacy = _secrets_by_tool(config) if legacy is None else legacy
+                args = redact(args, legacy.get(d.tool, frozenset()))
             record: dict[str, Any] = {
                 "id": d.id,
                 "key": d.key,
                 "rule": d.rule,
                 "tool": d.tool,
-                "args": redact(d.args, secrets.get((d.rule, d.tool), frozenset())),
+                "args": args,
+                "redacted": d.redacted,
                 "error": d.error,
                 "attempts": d.attempts,
                 "failed_at": _when(d.failed_at),
@@ -153,6 +182,38 @@ def _list(config: AppConfig, store: StateStore, tool: str | None, everything: bo
     return EXIT_OK
 
 
+def restore_args(config: AppConfig, letter: DeadLetter) -> dict[str, Any] | str:
+    """The arguments to replay ``letter`` with: as stored, with each argument that was redacted
+    when it was written rendered again from the stored event by the current configuration's
+    template of the same rule's call (the call index is the last part of the idempotency key).
+    A string says why that cannot be done (the rule, the call or the argument is gone)."""
+    if not letter.redacted:  # nothing hidden, or stored in clear before schema 1
+        return letter.args
+    hidden = ", ".join(letter.redacted)
+    rule = config.rules.get(letter.rule or "")
+    if rule is None:
+        return (
+            f"argument(s) {hidden} were redacted when it was dead-lettered, and rule {letter.rule!r}"
+            " is no longer configured (renamed? give it its old name back to replay)"
+        )
+    index = letter.key.rpartition(":")[2]
+    calls = [c for c in rule.then if c.tool == letter.tool]
+    if index.isdigit() and int(index) < len(rule.then) and rule.then[int(index)].tool == letter.tool:
+        calls = [rule.then[int(index)]]
+    if len(calls) != 1:
+        return f"rule {letter.rule!r} no longer has one call of tool {letter.tool!r} to render {hidden} from"
+    missing = [name for name in letter.redacted if name not in calls[0].args]
+    if missing:
+        return f"rule {letter.rule!r} no longer sets argument(s) {', '.join(missing)} of tool {letter.tool!r}"
+    template = {name: calls[0].args[name] for name in letter.redacted}
+    try:
+        render = compile_template(template, plan_rule(rule).names)
+        rendered = render(event_from_record(letter.event))  # type: ignore[arg-type]
+    except Exception as exc:
+        return f"argument(s) {hidden} cannot be rendered again from the stored event: {type(exc).__name__}"
+    return {**letter.args, **rendered}
+
+
 async def _replay(config: AppConfig, store: StateStore, letters: list[DeadLetter]) -> int:
     ctx = BuildContext(config.base_dir)
     tools: dict[str, Tool] = {}
@@ -167,18 +228,30 @@ async def _replay(config: AppConfig, store: StateStore, letters: list[DeadLetter
         built = plan.spec.factory(name, plan.config, ctx)
         assert isinstance(built, Tool)
         tools[name] = built
-    runnable = [d for d in letters if d.tool in tools]
+    runnable: list[tuple[DeadLetter, dict[str, Any]]] = []
+    secrets = dict(config.secret_arguments())
+    for d in letters:
+        if d.tool not in tools:
+            continue
+        args = restore_args(config, d)
+        if isinstance(args, str):
+            print(f"reflexd dlq replay: entry {d.id} not replayed: {args}; it stays", file=sys.stderr)
+            continue
+        runnable.append((d, args))
+        if d.redacted:  # the replay's journal row hides what the letter hid
+            key = (d.rule, d.tool)
+            secrets[key] = secrets.get(key, frozenset()) | frozenset(d.redacted)
     journal = Journal(store)
-    runner = ToolRunner(tools, journal=journal, secret_args=config.secret_arguments())
+    runner = ToolRunner(tools, journal=journal, secret_args=secrets)
     await journal.start()
     await runner.start()
     loop = asyncio.get_running_loop()
     pending: list[tuple[DeadLetter, asyncio.Future[str]]] = []
     try:
-        for d in runnable:
+        for d, args in runnable:
             done: asyncio.Future[str] = loop.create_future()
             call = CallContext(d.tool, d.rule, event_from_record(d.event), d.key)
-            runner.submit(d.tool, d.args, call, done=done, dead_letter=False)
+            runner.submit(d.tool, args, call, done=done, dead_letter=False)
             pending.append((d, done))
             if runner.full:
                 await runner.wait_for_room()

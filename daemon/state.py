@@ -6,6 +6,13 @@
   retention is bounded by age and by row count.
 - **Dead-letter queue**: invocations that failed for good, with the event and the error. Writes
   are durable before they return (a Kafka record may be committed once its call is here).
+  Arguments are redacted as they are written, as in the journal (secret-looking names, and
+  the names the caller says came from ``${VAR}``); the letter keeps the names it redacted, and
+  ``reflexd dlq replay`` renders those again from the stored event and the rule's current
+  templates. Letters written before schema 1 hold their arguments as they were (``redacted``
+  is NULL).
+- **Schema version** in ``PRAGMA user_version`` (:data:`SCHEMA_VERSION`); an older file is
+  migrated when it is opened, a newer one refused.
 - **Recovery**: an invocation still marked ``running`` when the process died is handed back at
   the next start (:meth:`StateStore.take_unfinished`) and retried with the same idempotency key.
 - **Idempotency**: keys that succeeded within the retention are remembered, so a call whose key
@@ -39,7 +46,17 @@ from daemon.errors import StartupError
 from daemon.logs import RateLimitedLog, get_logger
 from streams.event import Event
 
-__all__ = ["DeadLetter", "Journal", "StateStore", "Unfinished", "event_from_record", "event_record"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "DeadLetter",
+    "Journal",
+    "StateStore",
+    "Unfinished",
+    "event_from_record",
+    "event_record",
+    "redact",
+    "redact_names",
+]
 
 log = get_logger("state")
 
@@ -73,7 +90,8 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     attempts INTEGER NOT NULL,
     failed_at REAL NOT NULL,
     replayed_at REAL,
-    replay_outcome TEXT
+    replay_outcome TEXT,
+    redacted TEXT
 );
 CREATE INDEX IF NOT EXISTS dead_letters_tool ON dead_letters (tool, replayed_at);
 """
@@ -100,6 +118,10 @@ _UPDATE = (
     "UPDATE invocations SET ended = ?, attempts = ?, outcome = ?, error = ?, result = ?, payload = NULL"
     " WHERE id = ?"
 )
+
+#: The layout ``open`` leaves the file in (``PRAGMA user_version``); see :func:`_migrate`.
+#: 1: ``dead_letters.redacted`` — arguments are stored redacted, with the names redacted.
+SCHEMA_VERSION = 1
 
 REDACTED = "***"
 _SECRET_NAMES = ("password", "passwd", "secret", "token", "authorization", "api_key", "apikey", "private_key")
@@ -152,6 +174,38 @@ def redact(args: dict[str, Any], secret_names: Iterable[str] = ()) -> dict[str, 
     return out
 
 
+def redact_names(args: dict[str, Any], secret_names: Iterable[str] = ()) -> tuple[dict[str, Any], list[str]]:
+    """:func:`redact` and the top-level names whose values it changed (a dict value counts when
+    something inside it was hidden)."""
+    shown = redact(args, secret_names)
+    if shown is args:
+        return args, []
+    # a dict value is copied when it holds dicts, hidden or not: compare it too
+    return shown, [name for name, value in shown.items() if value is not args[name] and value != args[name]]
+
+
+def _migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Bring a file written by an older reflexd to :data:`SCHEMA_VERSION` (in one transaction)."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StartupError(
+            "state",
+            f"{path} has schema {version}, written by a newer reflexd (this one knows {SCHEMA_VERSION})",
+        )
+    if version == SCHEMA_VERSION:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(dead_letters)")}
+        if "redacted" not in columns:  # 0 → 1; letters already there keep their arguments as they were
+            db.execute("ALTER TABLE dead_letters ADD COLUMN redacted TEXT")
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
 def event_record(event: Any, *, data: bool = True) -> dict[str, Any] | None:
     """The journaled form of an event: everything but transport handles (the Kafka ack); without
     ``data`` only where it came from."""
@@ -195,13 +249,18 @@ class DeadLetter:
     key: str
     rule: str | None
     tool: str
-    args: dict[str, Any]
+    args: dict[str, Any]  # as stored: redacted (unless ``redacted`` is None)
     event: dict[str, Any] | None
     error: str | None
     attempts: int
     failed_at: float
     replayed_at: float | None
     replay_outcome: str | None
+    redacted: tuple[str, ...] | None = ()  # argument names hidden when written; None: stored in clear
+
+_DEAD_LETTER_COLUMNS = (
+    "id, key, rule, tool, args, event, error, attempts, failed_at, replayed_at, replay_outcome, redacted"
+)
 
 
 @dataclass(frozen=True)
@@ -238,6 +297,7 @@ class StateStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(SCHEMA)
+            _migrate(db, self.path)
         except (sqlite3.Error, OSError) as exc:
             raise StartupError("state", f"cannot open {self.path}: {exc}") from exc
         with contextlib.suppress(OSError):
@@ -387,17 +447,22 @@ class StateStore:
         event: dict[str, Any] | None,
         error: str,
         attempts: int,
+        secret_args: Iterable[str] = (),
     ) -> int:
+        """Park a failed call; ``args`` are stored redacted (``secret_args`` and secret-looking
+        names), with the names that were."""
+        shown, hidden = redact_names(args, secret_args)
         with self._lock:
             cur = self.db.execute(
-                "INSERT INTO dead_letters (key, rule, tool, args, event, error, attempts, failed_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (key, rule, tool, _dumps(args), _dumps(event), error, attempts, time.time()),
+                "INSERT INTO dead_letters"
+                " (key, rule, tool, args, event, error, attempts, failed_at, redacted)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, rule, tool, _dumps(shown), _dumps(event), error, attempts, time.time(), _dumps(hidden)),
             )
             return int(cur.lastrowid or 0)
 
     def dead_letters(self, *, tool: str | None = None, include_replayed: bool = False) -> list[DeadLetter]:
-        sql = "SELECT * FROM dead_letters WHERE 1=1"
+        sql = f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE 1=1"
         params: list[Any] = []
         if tool:
             sql += " AND tool = ?"
@@ -409,7 +474,18 @@ class StateStore:
             rows = self.db.execute(sql, params).fetchall()
         return [
             DeadLetter(
-                r[0], r[1], r[2], r[3], _loads(r[4]) or {}, _loads(r[5]), r[6], r[7], r[8], r[9], r[10]
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                _loads(r[4]) or {},
+                _loads(r[5]),
+                r[6],
+                r[7],
+                r[8],
+                r[9],
+                r[10],
+                None if r[11] is None else tuple(_loads(r[11])),
             )
             for r in rows
         ]
@@ -568,11 +644,22 @@ class Journal:
         event: dict[str, Any] | None,
         error: str,
         attempts: int,
+        secret_args: Iterable[str] = (),
     ) -> None:
-        """Durably park a failed invocation (awaited: a Kafka record may be committed right after)."""
+        """Durably park a failed invocation (awaited: a Kafka record may be committed right after);
+        its arguments are stored redacted, as in the journal (``secret_args``: names from ``${VAR}``)."""
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(
-            self._executor, self.store.add_dead_letter, key, rule, tool, args, event, error, attempts
+            self._executor,
+            self.store.add_dead_letter,
+            key,
+            rule,
+            tool,
+            args,
+            event,
+            error,
+            attempts,
+            secret_args,
         )
 
     # -- writer ------------------------------------------------------------------------------

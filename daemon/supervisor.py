@@ -160,6 +160,7 @@ class Daemon:
         """Invocations a previous process left running are retried with their idempotency keys."""
         if self.store is None or self.journal is None:
             return
+        secrets = self.config.secret_arguments()
         for item in self.store.take_unfinished():
             event = event_from_record(item.event)
             if item.tool in self.tools:
@@ -175,6 +176,7 @@ class Daemon:
                 item.event,
                 "interrupted by a restart and could not be resumed (tool gone or backlog full)",
                 item.attempts,
+                secrets.get((item.rule, item.tool), frozenset()),
             )
         if self.recovered:
             log.info("resuming interrupted tool calls", extra={"fields": {"calls": self.recovered}})

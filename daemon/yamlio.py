@@ -109,6 +109,10 @@ class LoadedYaml:
     """The file name to print in errors."""
     secret_paths: frozenset[YamlPath] = field(default_factory=frozenset)
     """Paths whose value came, fully or partly, from ``${VAR}`` interpolation (never print these)."""
+    template_texts: Mapping[YamlPath, str] = field(default_factory=dict)
+    """For string values whose substituted text holds ``{`` or ``}``: the same value as template text,
+    those braces doubled, so a field that is a template reads them as literal text (an environment
+    value is never template syntax). Used by the configuration for its template fields."""
 
     def line_of(self, path: Sequence[str | int]) -> int | None:
         """Return the line of ``path``, or of its longest known prefix, or ``None``."""
@@ -157,6 +161,7 @@ def load_yaml_text(text: str, file: str = "config.yaml", env: Mapping[str, str] 
         lines=MappingProxyType(walker.lines),
         file=file,
         secret_paths=frozenset(walker.secret_paths),
+        template_texts=MappingProxyType(walker.template_texts),
     )
 
 
@@ -339,6 +344,7 @@ class _Walker:
         self.env = env
         self.lines: dict[YamlPath, int] = {}
         self.secret_paths: set[YamlPath] = set()
+        self.template_texts: dict[YamlPath, str] = {}
         self.issues: list[ConfigIssue] = []
 
     def _issue(self, node: Node, path: YamlPath, reason: str) -> None:
@@ -417,15 +423,18 @@ class _Walker:
     def _interpolate(self, node: ScalarNode, path: YamlPath, text: str) -> tuple[str, bool]:
         """Return ``text`` with ``$${`` and placeholders replaced, and whether it had any placeholder."""
         parts: list[str] = []
+        literal: list[str] = []  # ``parts`` with the substituted text's braces doubled (template_texts)
         pos = 0
         found = False
         for match in _PLACEHOLDER.finditer(text):
             parts.append(text[pos : match.start()])
+            literal.append(parts[-1])
             pos = match.end()
             token = match.group(0)
             name = match.group("name")
             if token == "$${":
                 parts.append("${")
+                literal.append("${")
                 continue
             found = True
             if name is None:
@@ -444,7 +453,12 @@ class _Walker:
                 parts.append(value)
             else:
                 self._issue(node, path, f"environment variable {name} is not set")
+                continue
+            literal.append(parts[-1].replace("{", "{{").replace("}", "}}"))
         parts.append(text[pos:])
+        literal.append(parts[-1])
+        if literal != parts:
+            self.template_texts[path] = "".join(literal)
         return "".join(parts), found
 
 

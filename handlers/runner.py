@@ -549,8 +549,10 @@ class ToolRunner:
                 journal.ended(inv_id, ctx.call_id, attempts, "failed", error, None)
             return "failed"
         try:
+            name = lane.tool.name
+            secrets = self._secret_args.get((ctx.rule, name), frozenset())  # stored redacted
             await journal.dead_letter(
-                ctx.call_id, ctx.rule, lane.tool.name, inv.args, event_record(ctx.event), error, attempts
+                ctx.call_id, ctx.rule, name, inv.args, event_record(ctx.event), error, attempts, secrets
             )
         except Exception:
             log.exception("could not write the dead-letter queue", extra={"fields": {"tool": lane.tool.name}})

@@ -7,6 +7,7 @@ import os
 import select
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -204,3 +205,12 @@ def test_a_stop_that_abandons_calls_still_closes_the_http_session(tmp_path: Path
     assert proc.returncode == expected, stderr
     assert (b"forced stop" if how == "second-sigint" else b"shutdown budget exceeded") in stderr
     assert b"Unclosed" not in stderr, stderr.decode(errors="replace")
+
+
+def test_dlq_on_a_state_file_of_a_newer_schema_says_so(tmp_path: Path) -> None:
+    """`reflexd dlq list` on a state file written by a newer reflexd exits 1 with the reason, no traceback."""
+    config = config_with_letters(tmp_path, 1)
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        db.execute("PRAGMA user_version = 999")
+    result = reflexd("dlq", "list", "-c", str(config))
+    assert result.returncode == 1 and "newer reflexd" in result.stderr and "Traceback" not in result.stderr

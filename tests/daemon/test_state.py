@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import pytest
 
 from daemon import state
-from daemon.errors import ToolError
+from daemon.errors import StartupError, ToolError
 from daemon.state import REDACTED, Journal, StateStore, redact
 from handlers.base import CallContext, Tool, ToolConfig
 from handlers.runner import ToolRunner
@@ -318,3 +318,74 @@ def test_values_json_cannot_hold_are_journaled_as_text() -> None:
     assert _dumps(Event("s", 1.0, 2.0, None, {}, {})) == (
         '{"source":"s","ts":1.0,"received_at":2.0,"key":null,"data":{},"meta":{},"kind":"data"}'
     )
+
+
+async def test_dead_letter_is_stored_redacted_with_the_names_it_hid(tmp_path: Path) -> None:
+    """A dead letter's arguments are redacted as they are written (configured and secret-looking names, at
+    any depth), and the letter keeps which top-level names were hidden; other values are kept as they were."""
+    target = Target("t", ToolConfig(type="x", retry={"max_attempts": 1}))
+    store, journal, runner = await journaled(tmp_path, target)
+    args = {"text": "hello", "pin": "1234", "token": "s3cr3t", "inner": {"password": "pw-9", "n": 1}, "deep": {"x": {}}}
+    runner.submit("t", args, ctx("dl-redacted"))
+    await wait_for(lambda: runner.stats("t").dead_lettered == 1)
+    await finish(store, journal, runner)
+    ((stored,),) = rows(store, "SELECT args FROM dead_letters")
+    assert not any(secret in stored for secret in ("1234", "s3cr3t", "pw-9"))
+    (letter,) = store.dead_letters()
+    assert letter.args == {
+        "text": "hello",
+        "pin": REDACTED,
+        "token": REDACTED,
+        "inner": {"password": REDACTED, "n": 1},
+        "deep": {"x": {}},
+    }
+    assert letter.redacted == ("pin", "token", "inner")
+    assert args["pin"] == "1234"  # the call's own arguments are not changed
+
+
+OLD_SCHEMA = """
+CREATE TABLE invocations (
+    id TEXT PRIMARY KEY, key TEXT NOT NULL, rule TEXT, tool TEXT NOT NULL, args TEXT, payload TEXT,
+    event TEXT, started REAL NOT NULL, ended REAL, attempts INTEGER NOT NULL DEFAULT 0,
+    outcome TEXT NOT NULL, error TEXT, result TEXT
+);
+CREATE TABLE dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, rule TEXT, tool TEXT NOT NULL, args TEXT,
+    event TEXT, error TEXT, attempts INTEGER NOT NULL, failed_at REAL NOT NULL, replayed_at REAL,
+    replay_outcome TEXT
+);
+INSERT INTO dead_letters (key, rule, tool, args, event, error, attempts, failed_at)
+    VALUES ('r:e:0', 'r', 't', '{"pin":"1234","id":7}', NULL, 'target down', 3, 1700000000.0);
+"""
+
+
+def test_state_file_of_schema_0_is_migrated_and_keeps_its_letters(tmp_path: Path) -> None:
+    """A state file written before dead letters were redacted (schema 0) opens, is migrated to the current
+    schema, keeps its letters (marked as stored in clear) and takes new, redacted ones."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:
+        old.executescript(OLD_SCHEMA)
+    store = StateStore(path).open()
+    try:
+        assert store.db.execute("PRAGMA user_version").fetchone() == (state.SCHEMA_VERSION,)
+        (legacy,) = store.dead_letters()
+        assert (legacy.key, legacy.args, legacy.redacted) == ("r:e:0", {"pin": "1234", "id": 7}, None)
+        store.add_dead_letter("r:e2:0", "r", "t", {"pin": "5678", "id": 8}, None, "down", 1, {"pin"})
+        new = store.dead_letters()[1]
+        assert (new.args, new.redacted) == ({"pin": REDACTED, "id": 8}, ("pin",))
+    finally:
+        store.close()
+    again = StateStore(path).open()  # a second open finds nothing to migrate
+    try:
+        assert len(again.dead_letters()) == 2
+    finally:
+        again.close()
+
+
+def test_state_file_of_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    """A state file whose schema is newer than this reflexd knows is a startup error, not silently misread."""
+    path = tmp_path / "new.db"
+    with sqlite3.connect(path) as newer:
+        newer.execute(f"PRAGMA user_version = {state.SCHEMA_VERSION + 1}")
+    with pytest.raises(StartupError, match="newer reflexd"):
+        StateStore(path).open()
