@@ -60,6 +60,10 @@ class ToolConfig(BaseModel):
     retry: RetryConfig = Field(default_factory=RetryConfig, description="Retries of failed calls.")
     circuit: CircuitConfig = Field(default_factory=CircuitConfig, description="Circuit breaker of the tool.")
 
+    template_fields: ClassVar[frozenset[str]] = frozenset()
+    """Fields whose text is a template (``{expression}``): a value from ``${VAR}`` in them has its braces
+    doubled by the configuration loader, so it renders as the literal text it is, never as a template."""
+
 
 class CallContext(NamedTuple):
     """Why a tool is being called."""

@@ -116,6 +116,8 @@ def _check_template(text: str, label: str) -> None:
 class ExecToolConfig(ToolConfig):
     """Runs a program with an argv list (no shell)."""
 
+    template_fields: ClassVar[frozenset[str]] = frozenset({"argv", "env"})
+
     argv: list[str] = Field(
         min_length=1,
         description="Program and arguments; each item is its own template (`{expression}`; the rule's "

@@ -73,6 +73,8 @@ PRODUCER_STATE_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidPro
 class KafkaToolConfig(ToolConfig):
     """Produces one record per call."""
 
+    template_fields: ClassVar[frozenset[str]] = frozenset({"key", "headers"})
+
     bootstrap_servers: str | list[str] = Field(description="host:port, or a list of them.")
     topic: str = Field(description="Topic to write to.")
     key: str | None = Field(None, description="Record key; may hold `{expression}` placeholders.")

@@ -121,6 +121,8 @@ def _origin(url: URL) -> str:
 class WebhookToolConfig(ToolConfig):
     """An HTTP request per call; the JSON body is the rendered call arguments."""
 
+    template_fields: ClassVar[frozenset[str]] = frozenset({"url", "headers"})
+
     url: str = Field(description="Target URL (http or https); may hold `{expression}` placeholders.")
     method: Literal["POST", "PUT", "PATCH", "DELETE", "GET"] = Field("POST", description="HTTP method.")
     headers: dict[str, str] = Field(

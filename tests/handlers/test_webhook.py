@@ -13,11 +13,12 @@ import base64
 import gzip
 import hashlib
 import hmac
+import io
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,13 +31,16 @@ from aiohttp import web
 from multidict import CIMultiDict
 from pydantic import ValidationError
 
+from daemon.config import load_config_text
 from daemon.errors import ToolError
-from daemon.registry import BuildContext
+from daemon.logs import THIRD_PARTY_LOGGERS, configure_logging
+from daemon.registry import BuildContext, builtin_registry
 from handlers.base import CallContext
 from handlers.netguard import parse_ip_literal
 from handlers.runner import ToolRunner
 from handlers.webhook import SPEC, WebhookTool, WebhookToolConfig, parse_retry_after
 from streams.event import Event
+from tests.conftest import StartDaemon
 from tests.handlers.test_netguard import NAMES, SSRF_TABLE, StaticResolver
 from tests.servers import wait_for
 
@@ -51,6 +55,7 @@ class Hit:
     path: str
     headers: CIMultiDict[str]
     body: bytes
+    query: dict[str, str] = field(default_factory=dict)  # the decoded query string
 
 
 Respond = Callable[[web.Request, "Hit", int], Awaitable[web.StreamResponse]]
@@ -90,6 +95,7 @@ class Target:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         at, wall = time.monotonic(), time.time()
         hit = Hit(at, wall, request.method, request.path, CIMultiDict(request.headers), await request.read())
+        hit.query = dict(request.query)
         self.hits.append(hit)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -793,3 +799,65 @@ async def test_connection_refused_is_retryable(make_tool: MakeTool, target: Star
     with pytest.raises(ToolError, match="talking to") as info:
         await tool.call({}, ctx())
     assert info.value.retryable
+
+
+# -- values from ${VAR} are literal text, never templates -------------------------------------------------
+
+
+@pytest.fixture
+def debug_log() -> Iterator[io.StringIO]:
+    """The daemon's logging at debug level into a buffer; the loggers are restored afterwards."""
+    names = ("reflexd", *THIRD_PARTY_LOGGERS)
+    saved = {n: (list(logging.getLogger(n).handlers), logging.getLogger(n).level, logging.getLogger(n).propagate) for n in names}
+    out = io.StringIO()
+    configure_logging("debug", "json", stream=out)
+    try:
+        yield out
+    finally:
+        for name, (handlers, level, propagate) in saved.items():
+            logger = logging.getLogger(name)
+            logger.handlers[:] = handlers
+            logger.setLevel(level)
+            logger.propagate = propagate
+
+
+async def test_env_values_in_url_headers_and_arguments_are_literal_text(
+    target: StartTarget, run_daemon: StartDaemon, tmp_path: Path, debug_log: io.StringIO
+) -> None:
+    """Through the real loader and daemon: text from ${VAR} in the URL, in headers (alone or next to a template) and in
+    rule arguments is sent exactly as it is (braces, escapes and placeholders included), while the file's own
+    templates around it still render; the debug log holds none of it."""
+    server = await target()
+    feed = tmp_path / "trades.jsonl"
+    feed.write_text('{"s": "BTC", "p": "65000.5", "T": 1768485600000}\n')
+    env = {"SIG": "s{data.p}", "HDR": "ab{{cd}}p{key}", "ARG": "{data.p}", "LONE": "p}q{"}
+    text = f"""
+daemon: {{http: null, shutdown_timeout_seconds: 5}}
+sources:
+  trades: {{type: replay, path: "{feed}", speed: 0, key_field: s, time_field: T}}
+tools:
+  hook:
+    type: webhook
+    url: "http://127.0.0.1:{server.port}/hook/{{key}}?sig=${{SIG}}"
+    headers: {{X-Secret: "${{HDR}}", X-Mixed: "{{key}}:${{HDR}}", X-Plain: "{{{{lit}}}}"}}
+    allow_private_networks: true
+rules:
+  each:
+    from: trades
+    then:
+      - tool: hook
+        args: {{token: "${{ARG}}", nested: {{lone: "x${{LONE}}"}}, price: "{{data.p}}"}}
+"""
+    cfg = load_config_text(text, builtin_registry(), env=env)
+    daemon = await run_daemon(cfg)
+    await wait_for(lambda: len(server.hits) == 1, what="one webhook request")
+    await daemon.stop()
+    (hit,) = server.hits
+    assert hit.path == "/hook/BTC"
+    assert hit.headers["X-Secret"] == "ab{{cd}}p{key}"
+    assert hit.headers["X-Mixed"] == "BTC:ab{{cd}}p{key}"
+    assert hit.headers["X-Plain"] == "{lit}"  # the file's own escapes still work
+    assert orjson.loads(hit.body) == {"token": "{data.p}", "nested": {"lone": "xp}q{"}, "price": "65000.5"}
+    assert hit.query == {"sig": "s{data.p}"}
+    logged = debug_log.getvalue()
+    assert not any(value in logged for value in env.values())
