@@ -295,8 +295,8 @@ def _components(c: _Checker, registry: Registry, kind: Kind, key: str, raw: Any)
         except LookupError as exc:
             c.add((key, name, "type"), str(exc.args[0]))
             continue
-        fields = getattr(spec.config_model, "template_fields", frozenset())
-        body = _as_templates(c, (key, name), body, lambda rel: rel[0] in fields)
+        fields: frozenset[str] = getattr(spec.config_model, "template_fields", frozenset())
+        body = _as_templates(c, (key, name), body, _in_fields(fields))
         model = c.model(spec.config_model, body, (key, name))
         if model is not None:
             plans[name] = ComponentPlan(name, spec, model, c.loaded.line_of((key, name)))
@@ -369,6 +369,11 @@ def _replaced(tree: Any, rel: Path_, value: str) -> Any:
     head, rest = rel[0], rel[1:]
     copy[head] = _replaced(tree[head], rest, value) if rest else value
     return copy
+
+
+def _in_fields(fields: frozenset[str]) -> Callable[[Path_], bool]:
+    """Paths below a component that lie in one of ``fields`` (its template fields)."""
+    return lambda rel: rel[0] in fields
 
 
 def _is_call_argument(rel: Path_) -> bool:
