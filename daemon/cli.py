@@ -228,7 +228,7 @@ def _replay_input(config: AppConfig, spec: str) -> ReplayInput:
         raise _InputError(f"{text}: no such file")
     if source is None:
         if is_record(_first_value(path)):
-            return ReplayInput(path)
+            return ReplayInput(path, max_future=_max_future(config))
         ctx = BuildContext(config.base_dir)
         for candidate, plan in config.sources.items():
             configured = getattr(plan.config, "path", None)
@@ -255,7 +255,13 @@ def _replay_input(config: AppConfig, spec: str) -> ReplayInput:
         key_field=getattr(cfg, "key_field", None),
         time_field=time_field,
         time_unit=getattr(cfg, "time_unit", "ms"),
+        max_future=_max_future(config),
     )
+
+
+def _max_future(config: AppConfig) -> dict[str, float | None]:
+    """Each source's event-time bound, applied by a replay to its events (against the file's progress)."""
+    return {name: plan.config.max_future_seconds for name, plan in config.sources.items()}
 
 
 def _replay(config: AppConfig, specs: Sequence[str], speed: float, only: list[str] | None, fmt: str) -> int:
@@ -320,6 +326,12 @@ def _replay(config: AppConfig, specs: Sequence[str], speed: float, only: list[st
     for item in inputs:
         if item.bad_lines:
             print(f"  {item.path}: {item.bad_lines} line(s) skipped, first: {item.first_error}", file=err)
+        if item.future:
+            print(
+                f"  {item.path}: {item.future} event(s) dropped: event time more than max_future_seconds "
+                f"ahead of the recording, first: {item.first_future}",
+                file=err,
+            )
     for source, count in sorted(result.skipped.items()):
         print(f"  {count} event(s) of source {source!r} skipped: not in the configuration", file=err)
     for name, rule in result.rules.items():

@@ -10,7 +10,7 @@ metric                                                  meaning
 reflexd_up / reflexd_ready                              process up; every source ready
 reflexd_events_received_total{source}                   messages received from the peer
 reflexd_events_dropped_total{source,reason}             queue_full_oldest, queue_full_newest,
-                                                        decode_error
+                                                        decode_error, future_time
 reflexd_source_connected{source}                        1 while a session is connected
 reflexd_source_connects_total{source}                   sessions that connected
 reflexd_source_reconnects_total{source}                 sessions attempted after the first
@@ -124,6 +124,7 @@ class DaemonCollector(Collector):
             dropped.add_metric([name, "queue_full_oldest"], q.evicted)
             dropped.add_metric([name, "queue_full_newest"], q.rejected)
             dropped.add_metric([name, "decode_error"], s.decode_errors)
+            dropped.add_metric([name, "future_time"], s.future)
             connected.add_metric([name], 1 if s.state == "connected" else 0)
             connects.add_metric([name], s.connects)
             reconnects.add_metric([name], s.reconnect_attempts)

@@ -19,8 +19,9 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from daemon.logs import RateLimitedLog, get_logger
 from streams.backoff import ReconnectConfig
-from streams.event import Event
+from streams.event import MAX_FUTURE_SECONDS, Event
 from streams.queue import BoundedQueue, QueueConfig, WhenFull
 
 __all__ = ["Source", "SourceConfig", "SourceStats"]
@@ -37,6 +38,13 @@ class SourceConfig(BaseModel):
     )
     reconnect: ReconnectConfig = Field(
         default_factory=ReconnectConfig, description="Backoff between sessions."
+    )
+    max_future_seconds: float | None = Field(
+        MAX_FUTURE_SECONDS,
+        gt=0,
+        description="An event whose time is further ahead than this (of the wall clock when it arrives; "
+        "of the recording's own progress when replayed) is counted as `future` and dropped: a time in "
+        "the wrong unit must not move the rules' watermark. null: no bound.",
     )
 
     #: Source types whose reader must never wait for room set why (``when_full: block`` is refused).
@@ -62,6 +70,7 @@ class SourceStats:
         "decode_errors",
         "disconnects",
         "errors",
+        "future",
         "gaps",
         "last_error",
         "last_error_at",
@@ -80,7 +89,8 @@ class SourceStats:
         self.disconnects = 0  # connected sessions that ended
         self.gaps = 0  # gap events emitted
         self.received = 0  # messages received from the peer
-        self.decode_errors = 0
+        self.decode_errors = 0  # undecodable messages, and messages whose key is not a scalar
+        self.future = 0  # event time beyond max_future_seconds: dropped
         self.errors: dict[str, int] = {}  # other per-reason error counts (e.g. message_too_big)
         self.last_event_at: float | None = None  # wall clock of the last data event
         self.connected_since: float | None = None
@@ -102,6 +112,7 @@ class SourceStats:
             "gaps": self.gaps,
             "received": self.received,
             "decode_errors": self.decode_errors,
+            "future": self.future,
             "errors": dict(self.errors),
             "last_event_age_seconds": None
             if self.last_event_at is None
@@ -132,6 +143,27 @@ class Source(ABC):
         )
         self.stats = SourceStats()
         self.stopping = False
+        self._future_log = RateLimitedLog(
+            get_logger(f"source.{getattr(self, 'type_name', 'source')}"),
+            "event time too far ahead (wrong time_unit?); event dropped",
+            interval=10.0,
+        )
+
+    def drop_future(self, ts: float, reference: float, sample: Any) -> None:
+        """Count an event whose time ``ts`` is more than ``max_future_seconds`` past ``reference``
+        (the wall clock when it arrived, or a replay's progress) and log it rate-limited, with a sample."""
+        self.stats.future += 1
+        if isinstance(sample, bytes | bytearray | memoryview):
+            sample = bytes(sample[:200]).decode("utf-8", "replace")
+        else:
+            sample = repr(sample)[:200]
+        self._future_log.hit(
+            source=self.name,
+            ts=ts,
+            ahead_seconds=round(ts - reference, 3),
+            max_future_seconds=self.config.max_future_seconds,
+            sample=sample,
+        )
 
     def begin_stop(self) -> None:
         """The daemon is stopping: the next ``close()`` may keep what ``finish()`` still needs."""

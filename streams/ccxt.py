@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import importlib.util
+import math
 import os
 import time
 from collections import deque
@@ -487,6 +488,7 @@ class CcxtSource(Source):
         )
         self._symbols = {s: _Symbol(s, config.dedupe_window) for s in config.symbols}
         self.stats.symbols = self._symbols
+        self._max_future = config.max_future_seconds or math.inf
         profile = WATCH_PROFILES.get(config.exchange, {}).get(config.channel, {})
         self._watch_params = {**profile, **config.watch_params}
         self._generations: list[_Generation] = []
@@ -811,6 +813,9 @@ class CcxtSource(Source):
     def _put(self, st: _Symbol, ts_ms: Any, data: dict[str, Any], now: float, backfill: bool = False) -> None:
         self._seq += 1
         ts = ts_ms / 1000 if type(ts_ms) is int or type(ts_ms) is float else now
+        if ts - now > self._max_future:  # an exchange time in the wrong unit: would poison the watermark
+            self.drop_future(ts, now, data)
+            return
         meta = {"seq": self._seq, "backfill": True} if backfill else {"seq": self._seq}
         new = tuple.__new__  # Event(...) without the NamedTuple's Python-level __new__
         self.queue.put_nowait(new(Event, (self.name, ts, now, st.symbol, data, meta, DATA)))

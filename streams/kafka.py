@@ -9,7 +9,8 @@
   partition is paused (``getmany`` keeps being called, so the consumer stays in its group)
   and resumed below a low-water mark; the pause is re-applied after a rebalance.
 - A record that cannot be decoded goes to ``dead_letter_topic`` (if set) with error headers,
-  and counts as finished; it never blocks its partition.
+  and counts as finished; it never blocks its partition. So does a record whose timestamp is
+  more than ``max_future_seconds`` ahead of the wall clock (counted as ``future``).
 - Connection and start failures go through the engine's backoff; aiokafka reconnects to
   brokers by itself while a session runs.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from collections.abc import Iterable
@@ -179,6 +181,7 @@ class KafkaSource(Source):
         self._commit_on_receipt = os.environ.get(COMMIT_ON_RECEIPT_ENV) == "1"
         self._commit_log = RateLimitedLog(log, "offset commit failed", interval=10.0)
         self._poison_log = RateLimitedLog(log, "undecodable record", interval=10.0)
+        self._max_future = config.max_future_seconds or math.inf
 
     # -- session -----------------------------------------------------------------------------
 
@@ -245,6 +248,14 @@ class KafkaSource(Source):
             ack.release()
             return
         now = time.time()
+        ts = record.timestamp / 1000.0
+        if ts - now > self._max_future:  # a producer's clock or unit gone wrong: would poison the watermark
+            self.drop_future(ts, now, record.value or b"")
+            future = ValueError(f"timestamp {record.timestamp} ms is in the future")
+            await self._dead_letter(record, future, undecodable=False)
+            ack.release()
+            return
+        # a key is always text here (bytes decoded), never a list or an object
         key = record.key.decode("utf-8", "replace") if record.key is not None else None
         meta: dict[str, Any] = {
             "topic": record.topic,
@@ -260,7 +271,7 @@ class KafkaSource(Source):
             ack.release()  # the control run's bug: finished before any rule or tool saw it
         else:
             meta["ack"] = ack
-        event = tuple.__new__(Event, (self.name, record.timestamp / 1000.0, now, key, data, meta, DATA))
+        event = tuple.__new__(Event, (self.name, ts, now, key, data, meta, DATA))
         try:
             self.queue.put_nowait(event)
         except QueueFull:  # cannot happen while the pause threshold leaves room for a full poll
@@ -287,16 +298,19 @@ class KafkaSource(Source):
             self.paused = False
             consumer.resume(*consumer.paused())
 
-    async def _dead_letter(self, record: Any, exc: Exception) -> None:
-        self.stats.decode_errors += 1
+    async def _dead_letter(self, record: Any, exc: Exception, undecodable: bool = True) -> None:
+        """Send ``record`` to the dead-letter topic (if set); an undecodable one is counted and logged here,
+        other refusals (a timestamp in the future) by the caller."""
         error = f"{type(exc).__name__}: {exc}"[:500]
-        self._poison_log.hit(
-            source=self.name,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            error=error,
-        )
+        if undecodable:
+            self.stats.decode_errors += 1
+            self._poison_log.hit(
+                source=self.name,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                error=error,
+            )
         producer = self._producer
         if producer is None or self.config.dead_letter_topic is None:
             return

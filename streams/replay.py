@@ -4,6 +4,11 @@ Each line is one message. With ``time_field`` set, messages are released at thei
 event-time spacing divided by ``speed`` (``speed: 0`` releases them as fast as the queue
 takes them). ``loop: true`` starts over at the end, shifting event times forward so they
 keep increasing. Relative paths are resolved against the configuration file's folder.
+
+A line whose key field holds a list or an object is a decode error. There is no wall clock to
+judge event times by (a recording is of the past, and replays as fast as it is read), so
+``max_future_seconds`` is applied against the recording's own progress
+(:class:`~streams.event.ProgressBound`), as ``reflexd replay`` does.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from pydantic import Field
 from daemon.errors import EndOfStream, NotConnected
 from daemon.logs import RateLimitedLog, get_logger
 from streams.base import Source, SourceConfig
-from streams.event import Event
+from streams.event import KEY_TYPES, Event, ProgressBound, key_problem
 from streams.queue import WhenFull
 from streams.websocket import TIME_SCALE
 
@@ -73,6 +78,7 @@ class ReplaySource(Source):
         clock = time.time
         scale = TIME_SCALE[cfg.time_unit]
         key_field, time_field, speed = cfg.key_field, cfg.time_field, cfg.speed
+        bound = ProgressBound(cfg.max_future_seconds)  # one per session: a reconnect reads the file anew
         offset = 0.0  # added to event times on later laps
         wall0 = 0.0
         ts0: float | None = None
@@ -95,10 +101,16 @@ class ReplaySource(Source):
                 if type(data) is dict:
                     if key_field is not None:
                         key = data.get(key_field)
+                        if type(key) not in KEY_TYPES:
+                            self._bad_line(lineno, line, key_problem(key))
+                            continue
                     if time_field is not None:
                         raw_ts = data.get(time_field)
                         if type(raw_ts) is int or type(raw_ts) is float:
                             ts = raw_ts / scale + offset
+                            if not bound.admit(ts):
+                                self.drop_future(ts, bound.newest, line)
+                                continue
                             if first_ts is None:
                                 first_ts = ts
                             last_ts = ts
@@ -125,9 +137,12 @@ class ReplaySource(Source):
                 offset += span + (span / max(count - 1, 1) if span > 0 else 1.0)
             f.seek(0)
 
-    def _bad_line(self, lineno: int, line: bytes) -> None:
+    def _bad_line(self, lineno: int, line: bytes, reason: str | None = None) -> None:
         self.stats.decode_errors += 1
-        self._bad_line_log.hit(source=self.name, line=lineno, sample=line[:200].decode("utf-8", "replace"))
+        fields: dict[str, object] = {"source": self.name, "line": lineno}
+        if reason is not None:
+            fields["reason"] = reason
+        self._bad_line_log.hit(**fields, sample=line[:200].decode("utf-8", "replace"))
 
     async def close(self) -> None:
         f, self._file = self._file, None

@@ -16,6 +16,7 @@ from ``wss://`` to ``ws://`` is refused. Errors name origins, never a full URL (
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import urllib.parse
 from typing import Any, ClassVar, Literal
@@ -35,7 +36,7 @@ from websockets.uri import WebSocketURI, parse_uri
 from daemon.errors import IdleTimeout, NotConnected
 from daemon.logs import RateLimitedLog, get_logger
 from streams.base import Source, SourceConfig
-from streams.event import DATA, Event
+from streams.event import DATA, KEY_TYPES, Event, key_problem
 from streams.queue import WhenFull
 
 __all__ = ["WebSocketSource", "WebSocketSourceConfig"]
@@ -258,6 +259,8 @@ class WebSocketSource(Source):
         key_field = self.config.key_field
         time_field = self.config.time_field
         scale = TIME_SCALE[self.config.time_unit]
+        max_future = self.config.max_future_seconds or math.inf
+        key_types = KEY_TYPES
         sleep0 = asyncio.sleep
         new = tuple.__new__  # Event(...) without the NamedTuple's Python-level __new__: ~100 ns per message
         while True:
@@ -277,10 +280,16 @@ class WebSocketSource(Source):
             if type(data) is dict:
                 if key_field is not None:
                     key = data.get(key_field)
+                    if type(key) is not str and type(key) not in key_types:  # a list/object cannot be a key
+                        self._bad_frame(raw, key_problem(key))
+                        continue
                 if time_field is not None:
                     t = data.get(time_field)
                     if type(t) is int or type(t) is float:
                         ts = t / scale
+                        if ts - now > max_future:  # e.g. µs read as ms: would poison the watermark
+                            self.drop_future(ts, now, raw)
+                            continue
             put(new(Event, (name, ts, now, key, data, {"seq": stats.received}, DATA)))
             stats.last_event_at = now
             if not stats.received & 511:
@@ -288,9 +297,12 @@ class WebSocketSource(Source):
                 # before the queue's drop policy has to act on a burst the CPU can keep up with.
                 await sleep0(0)
 
-    def _bad_frame(self, raw: bytes) -> None:
+    def _bad_frame(self, raw: bytes, reason: str | None = None) -> None:
         self.stats.decode_errors += 1
-        self._bad_frame_log.hit(source=self.name, sample=raw[:200].decode("utf-8", "replace"), bytes=len(raw))
+        fields: dict[str, object] = {"source": self.name}
+        if reason is not None:
+            fields["reason"] = reason
+        self._bad_frame_log.hit(**fields, sample=raw[:200].decode("utf-8", "replace"), bytes=len(raw))
 
     async def _watch_idle(self, ws: ClientConnection) -> None:
         idle = self.config.idle_timeout_seconds

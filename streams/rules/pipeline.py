@@ -10,7 +10,9 @@
 The dispatcher calls ``on_next`` from a task on the event loop (no ``observe_on``: it costs a
 loop callback per event). Pipelines are subscribed with the AsyncIOScheduler so that time
 operators run on the loop, never on timer threads. An expression that raises, in ``where``
-or in any step, drops that event and is counted per rule; the rule keeps running.
+or in any step, drops that event and is counted per rule; the rule keeps running. So does
+anything else that fails per event (an operator's own bug, a runner that raises): counted,
+logged rate-limited with one sample, never a traceback per event.
 
 A rule with a time-driven step owns an :class:`~streams.rules.clock.EventClock`: every event
 the rule reads moves its watermark (firing due timers) before the event enters the pipeline,
@@ -23,7 +25,9 @@ See ``docs/rules.md``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -105,6 +109,16 @@ def plan_rule(config: RuleConfig, now: Callable[[], float] | None = None) -> Ste
     return compile_steps(config.steps, sources=config.from_, now=now)
 
 
+def _raised_at(exc: BaseException) -> str:
+    """``file.py:123`` of the innermost frame of ``exc``'s traceback: where to look, without a traceback."""
+    tb = exc.__traceback__
+    if tb is None:
+        return "?"
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno}"
+
+
 def _event_ref(event: Event) -> str:
     """A stable name for an event: the same record gives the same name after a restart."""
     meta = event.meta
@@ -149,6 +163,13 @@ class Rule:
         self._calls = [(call.tool, compile_template(call.args, plan.names, now=now)) for call in config.then]
         self._error_log = RateLimitedLog(log, "rule expression raised; event dropped", interval=10.0)
         self._render_log = RateLimitedLog(log, "argument template raised; call skipped", interval=10.0)
+        # bugs below the steps' own guards, and a runner that raises: still per event, so still rate-limited
+        self._crash_log = RateLimitedLog(
+            log, "rule step failed unexpectedly; event dropped", level=logging.ERROR, interval=10.0
+        )
+        self._submit_log = RateLimitedLog(
+            log, "submitting a tool call failed", level=logging.ERROR, interval=10.0
+        )
         self.subject: Subject[Event] = Subject()
         if any(step.uses_clock for step in plan.steps):
             self.clock = EventClock(config.allowed_lateness_seconds, scheduler)
@@ -241,6 +262,7 @@ class Rule:
             step=label,
             error=f"{type(exc).__name__}: {exc}",
             source=item.source,
+            key=repr(item.key)[:100],
             data=repr(item.data)[:200],
         )
 
@@ -249,12 +271,16 @@ class Rule:
         self._error_log.hit(rule=self.name, step="timer", error=f"{type(exc).__name__}: {exc}")
 
     def _crashed(self, exc: BaseException, event: Event) -> None:
-        """A bug below the steps' own guards: count it, keep the rule (and the dispatcher) running."""
+        """A bug below the steps' own guards (e.g. a key no dict can hold): count it, log it rate-limited
+        with a sample and where it was raised, keep the rule (and the dispatcher) running."""
         self.stats.errors += 1
-        log.error(
-            "rule step failed unexpectedly; event dropped",
-            exc_info=exc,
-            extra={"fields": {"rule": self.name, "source": event.source}},
+        self._crash_log.hit(
+            rule=self.name,
+            error=f"{type(exc).__name__}: {exc}",
+            at=_raised_at(exc),
+            source=event.source,
+            key=repr(event.key)[:100],
+            data=repr(event.data)[:200],
         )
 
     def _fire(self, event: Event) -> None:
@@ -273,9 +299,9 @@ class Rule:
             ctx = CallContext(tool, self.name, event, f"{self.name}:{ref}:{index}")
             try:
                 accepted = self._submit(tool, args, ctx)
-            except Exception:
-                log.exception(
-                    "submitting a tool call failed", extra={"fields": {"rule": self.name, "tool": tool}}
+            except Exception as exc:
+                self._submit_log.hit(
+                    rule=self.name, tool=tool, error=f"{type(exc).__name__}: {exc}", at=_raised_at(exc)
                 )
                 accepted = False
             if accepted:

@@ -14,6 +14,14 @@ Raw files
     source reads) decoded as ``SOURCE`` decodes them: its ``key_field``, ``time_field`` and
     ``time_unit``. A plain ``FILE`` that is the ``path`` of a configured ``replay`` source is
     read that way too.
+Bad input
+    A line that is not JSON, not a recording line, or whose key is a list or an object is
+    counted and skipped. An event more than its source's ``max_future_seconds`` ahead of the
+    file's own progress (:class:`~streams.event.ProgressBound`: the newest event time so far) is
+    counted as ``future`` and skipped, as the live source would have dropped it against the wall
+    clock (``gap`` events carry reflexd's own clock and are not judged): one time in the wrong
+    unit cannot move the rules' clocks years ahead. The bound is per file and per source, so a
+    replay gives the same output every time it is run.
 Replay
     Every rule reads the events of its sources in event-time order, without a scheduler: only
     event times move the rules' clocks, so the output depends on nothing but the input (run it
@@ -41,7 +49,7 @@ import orjson
 
 from handlers.base import CallContext
 from streams.backoff import Reconnector
-from streams.event import DATA, GAP, Event
+from streams.event import DATA, GAP, MAX_FUTURE_SECONDS, Event, ProgressBound, key_problem
 from streams.rules.pipeline import Rule, RuleConfig
 
 __all__ = [
@@ -112,11 +120,15 @@ def decode_record(value: Any) -> Event:
         raise ValueError(f"kind must be data or gap, not {kind!r}")
     received = value.get("received_at", ts)
     meta = value.get("meta")
+    key = value.get("key")
+    problem = key_problem(key)
+    if problem is not None:
+        raise ValueError(problem)
     return Event(
         source,
         float(ts),
         float(received) if isinstance(received, int | float) else float(ts),
-        value.get("key"),
+        key,
         value["data"],
         meta if isinstance(meta, dict) else {},
         kind,
@@ -135,20 +147,38 @@ class ReplayInput:
     key_field: str | None = None
     time_field: str | None = None
     time_unit: str = "ms"
+    #: ``max_future_seconds`` per source name (a source not listed gets the default; None: no bound)
+    max_future: Mapping[str, float | None] = field(default_factory=dict)
     events: int = 0
     bad_lines: int = 0
     first_error: str | None = None
+    future: int = 0  # events dropped: time beyond max_future_seconds of the file's progress
+    first_future: str | None = None
 
     def bad(self, lineno: int, reason: str) -> None:
         self.bad_lines += 1
         if self.first_error is None:
             self.first_error = f"{self.path}:{lineno}: {reason}"
 
+    def bound(self, source: str) -> ProgressBound:
+        """A fresh event-time bound for ``source``'s events in this file."""
+        return ProgressBound(self.max_future.get(source, MAX_FUTURE_SECONDS))
+
+    def ahead(self, lineno: int, ts: float, newest: float) -> None:
+        self.future += 1
+        if self.first_future is None:
+            self.first_future = (
+                f"{self.path}:{lineno}: {format_time(ts)}, {ts - newest:.0f} s after {format_time(newest)}"
+            )
+
 
 def read_input(item: ReplayInput) -> Iterator[Event]:
     """The events of one file, in file order (a bad line is counted and skipped)."""
     loads = orjson.loads
     scale = _TIME_SCALE.get(item.time_unit, 1e3)
+    bounds: dict[str, ProgressBound] = {}
+    if item.source is not None:
+        bounds[item.source] = item.bound(item.source)
     with item.path.open("rb") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -175,8 +205,19 @@ def read_input(item: ReplayInput) -> Iterator[Event]:
                 if type(ts) is not int and type(ts) is not float:
                     item.bad(lineno, f"no number in time field {item.time_field!r}")
                     continue
+                problem = key_problem(key)
+                if problem is not None:
+                    item.bad(lineno, f"{problem} in key field {item.key_field!r}")
+                    continue
                 seconds = ts / scale
                 event = Event(item.source, seconds, seconds, key, value, {"line": lineno})
+            if event.kind == DATA:  # a gap's time is reflexd's own wall clock, never a peer's field
+                bound = bounds.get(event.source)
+                if bound is None:
+                    bound = bounds[event.source] = item.bound(event.source)
+                if not bound.admit(event.ts):
+                    item.ahead(lineno, event.ts, bound.newest)
+                    continue
             item.events += 1
             yield event
 

@@ -96,10 +96,11 @@ class BinanceEmulator(ExchangeEmulator):
         markets: Sequence[MarketSpec] = (MarketSpec("BTC/USDT"),),
         *,
         speed: float = 1.0,
+        start_ms: int | None = None,
         api_key: str = "emulator-key",
         secret: str = "emulator-secret",
     ) -> None:
-        super().__init__(markets, speed=speed)
+        super().__init__(markets, speed=speed, start_ms=start_ms)
         self.api_key = api_key
         self.secret = secret
         self.connections: list[WsConnection] = []

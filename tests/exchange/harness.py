@@ -86,6 +86,8 @@ def ccxt_source(emu: ExchangeEmulator, symbols: list[str], **fields: Any) -> dic
     }
     if cfg.get("options"):
         body["options"] = cfg["options"]
+    if emu.speed > 1:  # the emulated clock outruns the wall clock by design: no max_future_seconds bound
+        body["max_future_seconds"] = None
     body.update(fields)
     return body
 

@@ -160,6 +160,27 @@ async def test_trades_become_normalised_events_and_fire_rules(
     assert daemon.readiness()[0] is True
 
 
+async def test_trades_timed_an_hour_ahead_of_the_wall_clock_are_counted_and_dropped(
+    emulators: StartEmulator[BinanceEmulator], run_daemon: StartDaemon
+) -> None:
+    """An exchange whose trade times are an hour ahead (beyond max_future_seconds: 300): counted as future,
+    never handed to a rule whose watermark they would move."""
+    emu = await emulators(BinanceEmulator([MarketSpec("BTC/USDT")], start_ms=int(time.time() * 1000) + 3_600_000))
+    calls: list[Recorded] = []
+    cfg = daemon_config(
+        recorder_registry(calls),
+        sources={"feed": ccxt_source(emu, ["BTC/USDT"])},
+        tools=TOOLS,
+        rules={"all": rec_rule()},
+    )
+    daemon = await run_daemon(cfg)
+    await wait_for(subscribed(emu, "btcusdt@aggTrade"), what="the subscription")
+    await emu.trade("BTC/USDT", 5)
+    source = daemon.sources["feed"]
+    await wait_for(lambda: source.stats.future == 5, what=lambda: f"5 future trades, got {source.stats.future}")
+    assert of(calls) == [] and daemon.rules["all"].stats.seen == 0
+
+
 async def test_ticker_events_carry_bid_ask_last(
     emulators: StartEmulator[BinanceEmulator], run_daemon: StartDaemon
 ) -> None:

@@ -6,7 +6,8 @@ import asyncio
 import textwrap
 import time
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from daemon.config import AppConfig, load_config_text
 from daemon.registry import builtin_registry
@@ -154,3 +155,66 @@ async def test_broker_restart_mid_stream_loses_nothing(
     await broker.astart()  # type: ignore[attr-defined]
     ledger = await read_output(bootstrap, out, until=10_000, timeout=120)
     assert ledger.lost(range(10_000)) == []
+
+
+async def test_a_record_timestamped_half_an_hour_ahead_is_dead_lettered_and_the_window_rule_keeps_firing(
+    kafka_broker: object, kafka_topic: KafkaTopicFactory, run_daemon: StartDaemon
+) -> None:
+    """A record whose producer clock is 30 min ahead (beyond max_future_seconds; the broker itself only refuses
+    more than 1 h): dead-lettered and counted as future, its offset finished; a rule with a time window still
+    gets every later record (none late)."""
+    bootstrap = kafka_broker.bootstrap  # type: ignore[attr-defined]
+    src, out, dlq = await kafka_topic(1), await kafka_topic(1, prefix="out"), await kafka_topic(1, prefix="dlq")
+    group = unique_name("g")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        now_ms = int(time.time() * 1000)
+        for i in range(100):
+            stamp = now_ms + 1_800_000 if i == 50 else now_ms - 60_000 + i
+            await producer.send_and_wait(src, orjson.dumps({"id": i}), key=b"k", timestamp_ms=stamp)
+    finally:
+        await producer.stop()
+    text = f"""\
+    daemon: {{http: null, shutdown_timeout_seconds: 20}}
+    sources:
+      in:
+        type: kafka
+        bootstrap_servers: "{bootstrap}"
+        topics: [{src}]
+        group_id: {group}
+        commit_interval_seconds: 0.2
+        dead_letter_topic: {dlq}
+    tools:
+      out: {{type: kafka, bootstrap_servers: "{bootstrap}", topic: {out}, key: "{{key}}"}}
+    rules:
+      pick:
+        from: in
+        steps: [{{window: {{seconds: 60, aggregates: {{n: "count()"}}}}}}]
+        then: [{{tool: out, args: {{id: "{{data.id}}"}}}}]
+    """
+    daemon = await run_daemon(load_config_text(textwrap.dedent(text), builtin_registry()))
+    ledger = await read_output(bootstrap, out, until=99, timeout=60)
+    assert ledger.lost(set(range(100)) - {50}) == []
+    source = daemon.sources["in"]
+    assert source.stats.future == 1 and source.stats.decode_errors == 0
+    assert daemon.rules["pick"].stats.late == 0
+
+    async def all_committed() -> bool:
+        return await committed_total(bootstrap, group, src) == 100
+
+    await wait_for(all_committed, within=30, what="every offset committed, the dead-lettered one too")
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(dlq, 0)])
+        await consumer.seek_to_beginning(TopicPartition(dlq, 0))
+        got: list[object] = []
+        deadline = time.monotonic() + 30
+        while not got and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                got.extend(records)
+    finally:
+        await consumer.stop()
+    assert [orjson.loads(r.value) for r in got] == [{"id": 50}]  # type: ignore[attr-defined]
+    assert b"in the future" in dict(got[0].headers)["reflexd-error"]  # type: ignore[attr-defined]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from reactivex.testing import ReactiveTest, TestScheduler
 
 from handlers.base import CallContext
@@ -145,3 +148,68 @@ def test_call_ids_are_stable_per_rule_event_and_call() -> None:
     r.on_next(e)
     ids = [c[2].call_id for c in rec.calls]
     assert ids[0] == ids[2] and ids[1] == ids[3] and ids[0] != ids[1]
+
+
+class _Records(logging.Handler):
+    """The ``reflexd`` loggers' records, caught on the logger itself (its propagation may be off)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def reflexd_logs() -> Iterator[_Records]:
+    handler = _Records()
+    logger = logging.getLogger("reflexd")
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {"cooldown_seconds": 5},
+        {"steps": [{"window": {"seconds": 60, "aggregates": {"n": "count()"}}}]},
+        {"steps": [{"changed": "data.p"}]},
+    ],
+    ids=["cooldown", "window", "changed"],
+)
+def test_unhashable_keys_are_counted_and_logged_once_without_tracebacks(
+    cfg: dict[str, Any], reflexd_logs: _Records
+) -> None:
+    """200 events whose key is a list fail inside per-key state: counted as rule errors, logged once
+    with a sample (no traceback per event), and the next good event still fires."""
+    rec = Recorder()
+    r = rule(rec, **cfg)
+    for i in range(200):
+        r.on_next(Event("feed", 1 + i / 1000, 1.0, [1, 2], {"p": str(i)}, {"seq": i}))
+    r.on_next(ev(2, p="x"))
+    r.on_next(ev(10, p="y"))
+    assert r.stats.errors == 200
+    assert [c[1]["p"] for c in rec.calls][-1] == "y"
+    assert not [rec for rec in reflexd_logs.records if rec.exc_info]
+    assert 1 <= len(reflexd_logs.records) <= 3
+    sample = reflexd_logs.records[0]
+    fields = getattr(sample, "fields", {})
+    assert "TypeError" in fields["error"] and fields["key"] == "[1, 2]" and fields["rule"] == "r"
+
+
+def test_a_submit_that_raises_is_counted_and_logged_rate_limited(reflexd_logs: _Records) -> None:
+    """A sink (the runner's submit) raising on every call: each is counted as rejected, one log record."""
+
+    def broken_submit(tool: str, args: dict[str, Any], ctx: CallContext) -> bool:
+        raise RuntimeError("runner is broken")
+
+    r = Rule("r", RuleConfig.model_validate({"from": ["feed"], "then": [{"tool": "t"}]}), broken_submit)
+    for i in range(100):
+        r.on_next(ev(i, p="1"))
+    assert r.stats.rejected == 100 and r.stats.fired == 100
+    assert not [rec for rec in reflexd_logs.records if rec.exc_info]
+    assert len(reflexd_logs.records) == 1
