@@ -124,7 +124,8 @@ def is_match(payload: bytes) -> bool:
 
 def build_frames(n: int, match_every: int, step_ms: float) -> list[bytes]:
     """Wire bytes of ``n`` text frames (server side: unmasked, no extensions)."""
-    base_ms = int(time.time() * 1000)
+    # times end now: a stream built ahead of the wall clock would meet the sources' max_future_seconds
+    base_ms = int(time.time() * 1000 - n * step_ms)
     return [
         Frame(Opcode.TEXT, trade_payload(i, n, match_every, base_ms, step_ms)).serialize(mask=False)
         for i in range(n)
