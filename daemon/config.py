@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
 from daemon.errors import ConfigError, ConfigIssue, ExpressionError
@@ -56,19 +56,78 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, port
 
 
+MIN_TOKEN_CHARS = 16
+_HOST_NAME_RE = re.compile(r"^(\*|[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?|\[?[0-9A-Fa-f:.]+\]?)$")
+
+
 class HttpConfig(BaseModel):
-    """The ops HTTP server: /healthz /readyz /metrics /status."""
+    """The ops HTTP server: /healthz /readyz /metrics /status /kill-switch (see :mod:`daemon.http`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
     listen: str = Field(
         "127.0.0.1:9108", description="host:port to bind; keep it on loopback unless protected."
     )
+    token: SecretStr | None = Field(
+        None,
+        description=(
+            "Bearer token required by every state-changing request (POST, DELETE, ...), normally "
+            f"`${{REFLEXD_OPS_TOKEN}}`; at least {MIN_TOKEN_CHARS} characters. Unset or empty: "
+            "those endpoints answer 403."
+        ),
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Host names accepted in the `Host` header besides the listen address (and, on loopback, "
+            "`localhost` / `127.0.0.1` / `[::1]`; on 0.0.0.0 or `::`, any IP address); others get 421. "
+            "Also the origins a state-changing request may come from. `*` accepts any Host."
+        ),
+        examples=[["reflexd.internal"]],
+    )
+    max_connections: int = Field(
+        100,
+        ge=1,
+        le=10_000,
+        description="Most open connections; at the cap a new one replaces the oldest idle one, or is closed.",
+    )
+    request_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description=(
+            "A client must send a request's headers within this long of connecting (or of the previous "
+            "response) and its body within this long of the headers; otherwise the connection is closed."
+        ),
+    )
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:
         parse_listen(value)
+        return value
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _token(cls, value: Any) -> Any:  # messages never contain the value
+        if value is None or isinstance(value, SecretStr):
+            return value
+        if not isinstance(value, str):
+            raise ValueError("must be a string (quote it)")
+        if value == "":
+            return None  # `${REFLEXD_OPS_TOKEN:-}`: state-changing endpoints stay off
+        if len(value) < MIN_TOKEN_CHARS:
+            raise ValueError(f"is shorter than {MIN_TOKEN_CHARS} characters")
+        if not value.isascii() or not value.isprintable() or value != value.strip() or " " in value:
+            raise ValueError("must be printable ASCII without spaces (it travels in an HTTP header)")
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _allowed_hosts(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _HOST_NAME_RE.match(name):
+                raise ValueError(f"{name!r} is not a host name or IP address (no scheme, port or path)")
         return value
 
 

@@ -28,7 +28,14 @@ from typing import Any, Literal
 
 import orjson
 
-__all__ = ["ConsoleFormatter", "JsonFormatter", "RateLimitedLog", "configure_logging", "get_logger"]
+__all__ = [
+    "ConsoleFormatter",
+    "JsonFormatter",
+    "RateLimitedLog",
+    "configure_logging",
+    "console_text",
+    "get_logger",
+]
 
 LogFormat = Literal["json", "console"]
 
@@ -60,17 +67,43 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
+_ESCAPES = {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
+
+
+def _escape_char(char: str) -> str:
+    code = ord(char)
+    if code in _ESCAPES:
+        return _ESCAPES[code]
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def console_text(value: object) -> str:
+    """``value`` as text for one console line: control and other non-printable characters (line
+    breaks, escape sequences, U+2028, ...) become backslash escapes, so no value can start a new
+    line or rewrite the terminal. Printable text is returned as is (one C-speed check)."""
+    text = value if isinstance(value, str) else str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape_char(c) for c in text)
+
+
 class ConsoleFormatter(logging.Formatter):
-    """Human-readable: time, level, logger, message, then key=value fields."""
+    """Human-readable: time, level, logger, message, then key=value fields.
+
+    One record is one line: the message, keys and values are escaped (:func:`console_text`). A
+    traceback follows on lines indented by two spaces, so a line that starts at column 0 is
+    always a record.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created)) + f".{int(record.msecs):03d}"
-        fields = " ".join(f"{k}={v}" for k, v in _fields(record).items())
-        line = f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        fields = " ".join(f"{console_text(k)}={console_text(v)}" for k, v in _fields(record).items())
+        line = f"{stamp} {record.levelname:<7} {record.name}: {console_text(record.getMessage())}"
         if fields:
             line = f"{line}  {fields}"
         if record.exc_info:
-            line = f"{line}\n{self.formatException(record.exc_info)}"
+            trace = self.formatException(record.exc_info)
+            line = line + "".join(f"\n  {console_text(part)}" for part in trace.splitlines())
         return line
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 
 from daemon import systemd
-from daemon.config import AppConfig, parse_listen
+from daemon.config import AppConfig
 from daemon.errors import ShutdownTimeout
 from daemon.http import OpsServer
 from daemon.logs import get_logger
@@ -114,8 +114,7 @@ class Daemon:
         self.started_at = time.time()
         try:
             if self.config.daemon.http is not None:
-                host, port = parse_listen(self.config.daemon.http.listen)
-                self.http = OpsServer(self, host, port)
+                self.http = OpsServer(self, self.config.daemon.http)
                 await self.http.start()
             if self.store is not None and self.journal is not None:
                 self.store.open()

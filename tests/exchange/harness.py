@@ -104,11 +104,13 @@ def daemon_config(
     tools: dict[str, Any] | None = None,
     rules: dict[str, Any] | None = None,
     http: str | None = None,
+    http_token: str | None = None,
     env: dict[str, str] | None = None,
 ) -> AppConfig:
     """A configuration built as YAML text and validated like a user's file."""
+    ops = {"listen": http, **({"token": http_token} if http_token else {})} if http else None
     doc: dict[str, Any] = {
-        "daemon": {"http": {"listen": http} if http else None, "shutdown_timeout_seconds": 5},
+        "daemon": {"http": ops, "shutdown_timeout_seconds": 5},
         "sources": sources,
     }
     if tools:

@@ -32,6 +32,8 @@ KEY, SECRET = "emulator-key", "emulator-secret"
 ENV = {"RX_ORDER_KEY": KEY, "RX_ORDER_SECRET": SECRET}
 CREDENTIALS = {"api_key_env": "RX_ORDER_KEY", "secret_env": "RX_ORDER_SECRET"}
 ORDER_PATH = "/api/v3/order"
+OPS_TOKEN = "ops-token-for-the-kill-switch-tests"
+OPS_AUTH = {"Authorization": f"Bearer {OPS_TOKEN}"}
 
 
 @pytest.fixture
@@ -437,6 +439,7 @@ async def test_kill_switch_file_and_ops_endpoint_block_live_orders(
         tools={"order": order_tool(emu, kill_switch_path=str(switch), retry={"max_attempts": 1})},
         rules={"buy": {"from": "feed", "then": [{"tool": "order", "args": buy_args()}]}},
         http="127.0.0.1:0",
+        http_token=OPS_TOKEN,
         env=env,
     )
     daemon = await run_daemon(cfg)
@@ -458,7 +461,7 @@ async def test_kill_switch_file_and_ops_endpoint_block_live_orders(
             what=lambda: f"{expect_orders} orders / {expect_failures} refusals: {vars_of(stats)}",
         )
 
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=OPS_AUTH) as http:
         # 1. the file
         switch.touch()
         await one_trade(0, 1)
@@ -505,10 +508,11 @@ async def test_kill_switch_endpoint_without_an_order_tool_is_404(
         recorder_registry([]),
         sources={"s": {"type": "replay", "path": str(data)}},
         http="127.0.0.1:0",
+        http_token=OPS_TOKEN,
     )
     daemon = await run_daemon(cfg)
     assert daemon.http is not None
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=OPS_AUTH) as http:
         for method in ("GET", "POST", "DELETE"):
             async with http.request(method, f"http://127.0.0.1:{daemon.http.port}/kill-switch") as r:
                 assert r.status == 404, method
