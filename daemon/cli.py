@@ -421,6 +421,13 @@ def _component_lines(
     return lines
 
 
+def _step_path(label: str) -> tuple[str | int, ...]:
+    """``steps.2.window`` → ``("steps", 2)``."""
+    head, _, rest = label.partition(".")
+    index = rest.partition(".")[0]
+    return (head, int(index)) if index.isdigit() else (head,)
+
+
 def render_plan(config: AppConfig, out: TextIO | None = None) -> str:
     """What ``reflexd check`` prints: sources → rules → tools."""
     counts = f"{len(config.sources)} sources, {len(config.rules)} rules, {len(config.tools)} tools"
@@ -433,16 +440,19 @@ def render_plan(config: AppConfig, out: TextIO | None = None) -> str:
     for name, rule in config.rules.items():
         parts = [f"from {', '.join(rule.from_)}"]
         if rule.where:
-            parts.append(f"where {rule.where}")
-        for summary in plan_rule(rule).steps:
-            parts.append(summary.summary)
+            parts.append(f"where {_value(config, ('rules', name, 'where'), rule.where)}")
+        for step in plan_rule(rule).steps:  # label "steps.<i>.<kind>"; a step holding ${VAR} text is masked
+            secret = config.is_secret(("rules", name, *_step_path(step.label)))
+            parts.append(f"{step.kind} ***" if secret else step.summary)
         if rule.cooldown_seconds:
             cooldown = _value(config, ("rules", name, "cooldown_seconds"), rule.cooldown_seconds)
             parts.append(f"cooldown {cooldown}s per key")
         if rule.kinds != ["data"]:
             parts.append(f"kinds {', '.join(rule.kinds)}")
         if rule.allowed_lateness_seconds:
-            parts.append(f"allowed lateness {rule.allowed_lateness_seconds:g}s")
+            lateness_path = ("rules", name, "allowed_lateness_seconds")
+            lateness = _value(config, lateness_path, rule.allowed_lateness_seconds)
+            parts.append(f"allowed lateness {lateness}s")
         calls = ", ".join(c.tool for c in rule.then)
         lines.append(f"  {name}: {'; '.join(parts)} → {calls}")
     lines.append("tools")

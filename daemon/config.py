@@ -21,7 +21,7 @@ from pydantic_core import ErrorDetails
 
 from daemon.errors import ConfigError, ConfigIssue, ExpressionError
 from daemon.registry import ComponentSpec, Kind, Registry
-from daemon.yamlio import LoadedYaml, format_path, load_yaml_file, load_yaml_text
+from daemon.yamlio import EnvText, LoadedYaml, format_path, load_yaml_file, load_yaml_text, resolve_scalar
 from streams.rules.expressions import compile_expression, compile_template
 from streams.rules.pipeline import RuleConfig, plan_rule
 from streams.rules.steps import STEP_KINDS
@@ -222,33 +222,117 @@ def load_config_text(
     )
 
 
+_FROM_ENV = "a value from the environment"
+
+
 class _Checker:
     def __init__(self, loaded: LoadedYaml) -> None:
         self.loaded = loaded
         self.issues: list[ConfigIssue] = []
 
     def add(self, path: Sequence[str | int], reason: str) -> None:
+        reason = self._masked(path, reason)
         self.issues.append(
             ConfigIssue(self.loaded.file, self.loaded.line_of(path), format_path(path), reason)
         )
 
-    def pydantic(self, prefix: Path_, exc: ValidationError) -> None:
-        for err in exc.errors(include_url=False):
-            loc = tuple(err["loc"])
-            self.add(prefix + loc, _reason(err))
+    def secret(self, path: Sequence[str | int]) -> bool:
+        """True if ``path`` is, holds or lies inside a value that came from ``${VAR}``."""
+        key = tuple(path)
+        return any(_related(p, key) for p in self.loaded.secret_paths)
+
+    def from_env(self, path: Sequence[str | int]) -> bool:
+        """True if ``path`` is, or lies inside, a value that came from ``${VAR}``."""
+        key = tuple(path)
+        return any(key[: len(p)] == p for p in self.loaded.secret_paths)
+
+    def _masked(self, path: Sequence[str | int], reason: str) -> str:
+        """The last guard: in a reason about (or around) an interpolated value, every environment
+        value used there is written ``***``, whatever produced the reason (a validator, a parser...)."""
+        key = tuple(path)
+        found = {v for p, values in self.loaded.secret_values.items() if _related(p, key) for v in values}
+        for value in sorted(found, key=len, reverse=True):
+            reason = reason.replace(value, "***")
+        return reason
+
+    def kind(self, path: Sequence[str | int], value: Any) -> str:
+        """What ``value`` is, for an error at ``path``; a value from the environment is not shown."""
+        if isinstance(value, str | int | float) and not isinstance(value, bool) and self.secret(path):
+            return _FROM_ENV
+        return _kind(value)
+
+    def pydantic(self, prefix: Path_, errors: list[ErrorDetails]) -> None:
+        for err in errors:
+            path = prefix + tuple(err["loc"])
+            self.add(path, self.reason(path, err))
+
+    def reason(self, path: Path_, err: ErrorDetails) -> str:
+        value = err.get("input")
+        if isinstance(value, EnvText) and err["type"].endswith(("_parsing", "_parsing_size", "_type")):
+            try:
+                resolve_scalar(value)
+            except ValueError as exc:
+                return str(exc)  # "number too large ..."
+        return _reason(err, hide=isinstance(value, EnvText) or self.secret(path))
+
+    def validate(self, model: type[BaseModel], raw: Any) -> tuple[Any, list[ErrorDetails]]:
+        """``model`` validated from ``raw``, or ``None`` and the errors.
+
+        A value from ``${VAR}`` arrives as its exact text (:class:`EnvText`), which string fields
+        keep; where a field rejects that text, it is validated once more as the YAML scalar it
+        spells (``0x10`` → 16, ``1e3`` → 1000.0, ``null`` → None).
+        """
+        try:
+            return model.model_validate(raw), []
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+        typed: dict[int, Any] = {}
+        for err in errors:
+            value = err.get("input")
+            if isinstance(value, EnvText) and id(value) not in typed:
+                try:
+                    resolved = resolve_scalar(value)
+                except ValueError:
+                    continue
+                if not isinstance(resolved, str):
+                    typed[id(value)] = resolved
+        if not typed:
+            return None, errors
+        try:
+            return model.model_validate(_retyped(raw, typed)), []
+        except ValidationError as exc:
+            return None, exc.errors(include_url=False)
 
     def model(self, model: type[BaseModel], raw: Any, prefix: Path_) -> Any:
-        try:
-            return model.model_validate(raw)
-        except ValidationError as exc:
-            self.pydantic(prefix, exc)
-            return None
+        result, errors = self.validate(model, raw)
+        self.pydantic(prefix, errors)
+        return result
 
 
-def _reason(err: ErrorDetails) -> str:
+def _related(a: Path_, b: Path_) -> bool:
+    """One path is a prefix of the other (the same value, or one inside the other)."""
+    n = min(len(a), len(b))
+    return a[:n] == b[:n]
+
+
+def _retyped(node: Any, typed: Mapping[int, Any]) -> Any:
+    """A copy of ``node`` where each EnvText whose ``id`` is in ``typed`` is replaced by that value."""
+    if isinstance(node, dict):
+        return {k: _retyped(v, typed) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_retyped(v, typed) for v in node]
+    if isinstance(node, EnvText):
+        return typed.get(id(node), node)
+    return node
+
+
+def _reason(err: ErrorDetails, hide: bool = False) -> str:
+    """A short reason for a pydantic error; ``hide``: never describe the input by its value."""
     kind = err["type"]
     ctx = err.get("ctx") or {}
     loc = err["loc"]
+    value = err.get("input")
+    found = _FROM_ENV if hide and isinstance(value, str | int | float) else _kind(value)
     if kind == "extra_forbidden":
         return "unknown key"
     if kind == "missing":
@@ -256,18 +340,18 @@ def _reason(err: ErrorDetails) -> str:
     if kind == "literal_error":
         expected = str(ctx.get("expected", "")).replace("'", "").replace(" or ", ", ")
         return f"must be one of: {expected}"
-    if kind in ("int_type", "int_parsing", "int_from_float"):
-        return f"must be an integer, not {_kind(err.get('input'))}"
+    if kind in ("int_type", "int_parsing", "int_from_float", "int_parsing_size"):
+        return f"must be an integer, not {found}"
     if kind in ("float_type", "float_parsing"):
-        return f"must be a number, not {_kind(err.get('input'))}"
+        return f"must be a number, not {found}"
     if kind in ("string_type",):
-        return f"must be a string, not {_kind(err.get('input'))}"
+        return f"must be a string, not {found}"
     if kind in ("bool_type", "bool_parsing"):
-        return f"must be true or false, not {_kind(err.get('input'))}"
+        return f"must be true or false, not {found}"
     if kind in ("list_type",):
-        return f"must be a list, not {_kind(err.get('input'))}"
+        return f"must be a list, not {found}"
     if kind in ("dict_type", "model_type", "model_attributes_type"):
-        return f"must be a mapping, not {_kind(err.get('input'))}"
+        return f"must be a mapping, not {found}"
     if kind == "value_error":
         return str(ctx.get("error", err["msg"]))
     msg = err["msg"]
@@ -278,6 +362,8 @@ def _reason(err: ErrorDetails) -> str:
 def _kind(value: Any) -> str:
     if value is None:
         return "null"
+    if isinstance(value, EnvText):
+        return _FROM_ENV
     if isinstance(value, bool):
         return f"boolean {str(value).lower()}"
     if isinstance(value, (int, float)):
@@ -305,7 +391,7 @@ def validate(loaded: LoadedYaml, registry: Registry, base_dir: Path) -> AppConfi
     if root is None:
         raise ConfigError([ConfigIssue(loaded.file, 1, "", "the configuration is empty")])
     if not isinstance(root, dict):
-        raise ConfigError([ConfigIssue(loaded.file, 1, "", f"must be a mapping, not {_kind(root)}")])
+        raise ConfigError([ConfigIssue(loaded.file, 1, "", f"must be a mapping, not {c.kind((), root)}")])
     for key in root:
         if key not in TOP_LEVEL:
             _unknown_key_hint(c, (), key, TOP_LEVEL)
@@ -325,7 +411,7 @@ def _section(c: _Checker, key: str, raw: Any) -> dict[str, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        c.add((key,), f"must be a mapping of names to {key}, not {_kind(raw)}")
+        c.add((key,), f"must be a mapping of names to {key}, not {c.kind((key,), raw)}")
         return {}
     good = {}
     for name, body in raw.items():
@@ -333,7 +419,7 @@ def _section(c: _Checker, key: str, raw: Any) -> dict[str, Any]:
             c.add((key, name), "names start with a letter and use letters, digits, '_' or '-' (at most 64)")
             continue
         if not isinstance(body, dict):
-            c.add((key, name), f"must be a mapping, not {_kind(body)}")
+            c.add((key, name), f"must be a mapping, not {c.kind((key, name), body)}")
             continue
         good[name] = body
     return good
@@ -347,12 +433,15 @@ def _components(c: _Checker, registry: Registry, kind: Kind, key: str, raw: Any)
             c.add((key, name, "type"), f"required (one of: {', '.join(registry.types(kind))})")
             continue
         if not isinstance(type_name, str):
-            c.add((key, name, "type"), f"must be a string, not {_kind(type_name)}")
+            c.add((key, name, "type"), f"must be a string, not {c.kind((key, name, 'type'), type_name)}")
             continue
         try:
             spec = registry.get(kind, type_name)
         except LookupError as exc:
-            c.add((key, name, "type"), str(exc.args[0]))
+            if c.secret((key, name, "type")):  # the reason would show (part of) the value
+                c.add((key, name, "type"), f"not a {kind} type or plugin ({_FROM_ENV}, not shown)")
+            else:
+                c.add((key, name, "type"), str(exc.args[0]))
             continue
         fields: frozenset[str] = getattr(spec.config_model, "template_fields", frozenset())
         body = _as_templates(c, (key, name), body, _in_fields(fields))
@@ -371,14 +460,13 @@ def _rules(
     for name, body in _section(c, "rules", raw).items():
         prefix: Path_ = ("rules", name)
         reported = _precheck_steps(c, prefix, body.get("steps"))
-        try:
-            rule = RuleConfig.model_validate(_as_templates(c, prefix, body, _is_call_argument))
-        except ValidationError as exc:
-            for err in exc.errors(include_url=False):
+        rule, errors = c.validate(RuleConfig, _as_templates(c, prefix, body, _is_call_argument))
+        if rule is None:
+            for err in errors:
                 loc = _step_loc(tuple(err["loc"]))
                 if len(loc) >= 2 and loc[0] == "steps" and loc[1] in reported:
                     continue  # already explained by the pre-check
-                c.add(prefix + loc, _reason(err))
+                c.add(prefix + loc, c.reason(prefix + loc, err))
             continue
         if reported:
             continue
@@ -390,18 +478,22 @@ def _rules(
                 known = ", ".join(sorted(sources)) or "none"
                 listed = isinstance(body.get("from"), list)
                 path: Path_ = (*prefix, "from", i) if listed else (*prefix, "from")
-                c.add(path, f"no source named {src!r} (sources: {known})")
+                shown = _FROM_ENV if c.secret(path) else repr(src)
+                c.add(path, f"no source named {shown} (sources: {known})")
                 ok = False
         if rule.where is not None:
             ok &= _expression(c, (*prefix, "where"), rule.where)
         plan = plan_rule(rule)
         for issue in plan.issues:
-            c.add(prefix + issue.path, issue.reason)
+            at = prefix + issue.path
+            hidden = c.from_env(at)  # an expression error quotes pieces of the text
+            c.add(at, f"invalid expression ({_FROM_ENV}, not shown)" if hidden else issue.reason)
             ok = False
         for i, call in enumerate(rule.then):
             if call.tool not in tools and not (isinstance(raw_tools, dict) and call.tool in raw_tools):
                 known = ", ".join(sorted(tools)) or "none"
-                c.add((*prefix, "then", i, "tool"), f"no tool named {call.tool!r} (tools: {known})")
+                at = (*prefix, "then", i, "tool")
+                c.add(at, f"no tool named {_FROM_ENV if c.secret(at) else repr(call.tool)} (tools: {known})")
                 ok = False
             ok &= _templates(c, (*prefix, "then", i, "args"), call.args, plan.names)
         if ok:
@@ -476,6 +568,9 @@ def _compiles(c: _Checker, path: Path_, text: str, compiler: Callable[[str], obj
     try:
         compiler(text)
     except ExpressionError as exc:
+        if c.from_env(path):  # the reason may quote pieces of the text
+            c.add(path, f"invalid {what.strip() or 'expression'} ({_FROM_ENV}, not shown)")
+            return False
         where = f"column {exc.column}: " if exc.column else ""
         c.add(path, f"{where}{exc.reason} in {what}{text!r}")
         return False

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import importlib
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,19 +90,28 @@ class Registry:
         )
 
 
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
 def _load_plugin(kind: Kind, ref: str) -> ComponentSpec:
+    """Import ``package.module:attr``; any failure (import errors, errors raised while the module
+    runs, a missing attribute) is a LookupError whose message says why."""
     module_name, _, attr = ref.partition(":")
-    if not module_name or not attr:
-        raise LookupError(f"plugin type {ref!r} must look like package.module:attr")
+    if not _DOTTED.fullmatch(module_name) or not _DOTTED.fullmatch(attr):
+        raise LookupError(
+            f"plugin type {ref!r} must look like package.module:attr (absolute dotted names of letters, "
+            "digits and '_')"
+        )
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise LookupError(f"cannot import plugin module {module_name!r}: {exc}") from exc
+    except Exception as exc:  # a plugin's own code runs here: whatever it raises is a config error
+        why = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line, whatever the message holds
+        raise LookupError(f"cannot import plugin module {module_name!r}: {why}") from exc
     obj: Any = module
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
-        except AttributeError as exc:
+        except Exception as exc:  # AttributeError, or whatever a module __getattr__ raises
             raise LookupError(f"plugin module {module_name!r} has no attribute {attr!r}") from exc
     if not isinstance(obj, ComponentSpec):
         raise LookupError(f"plugin {ref!r} is not a reflexd ComponentSpec")

@@ -23,6 +23,9 @@ Typing of *plain* (unquoted, non-block) scalars, close to the YAML 1.2 core sche
   guess is safe; a model that wants a number (a file mode, say) parses the string itself;
 * hexadecimal ``0x1F`` (no sign) → ``int``; there are no octal (``0o17``), binary, underscore
   (``1_000``) or sexagesimal (``1:30``) forms, those stay strings;
+* an integer of more than :data:`MAX_INTEGER_DIGITS` decimal digits (hex counted by its value) is an
+  error, ``number too large``: Python refuses to print such numbers, and no setting needs one (quote
+  it if it is text);
 * floats ``1.5``, ``.5``, ``1.``, ``1e3``, ``-2.5E-3`` and ``.inf``/``-.inf``/``.nan`` (any of the
   ``.inf``/``.Inf``/``.INF`` spellings) → ``float``. Infinity and NaN are kept; models decide;
 * anything else (dates and timestamps included) → ``str``.
@@ -36,11 +39,16 @@ is an error, so the environment cannot change the document's structure.
 Interpolation runs on scalar *values* after parsing: ``${VAR}`` is replaced by the variable's value,
 ``${VAR:-default}`` by the default when the variable is unset **or empty** (shell semantics), and
 ``$${`` is a literal ``${``. Names match ``[A-Za-z_][A-Za-z0-9_]*``; a ``${`` that does not form a
-valid placeholder is an error. A plain scalar made of exactly one placeholder is typed again after
-substitution with the same rules (``${MAX:-100}`` → ``100``, an empty value → ``None``); anything
-else, and any quoted or block scalar, stays a string. Every
-interpolated path is recorded in :attr:`LoadedYaml.secret_paths`: its value may be a secret and
-must never be printed.
+valid placeholder is an error. Substitution never changes the substituted text: a plain or quoted
+scalar made of exactly one placeholder becomes an :class:`EnvText`, a ``str`` holding exactly that
+text (``1e5``, ``0x10``, ``1.50``, ``null`` and ``true`` included), so a string field receives it
+unchanged; the schema falls back to :func:`resolve_scalar` (the plain-scalar rules above) only where
+a field rejects the text, so ``${MAX:-100}`` still fills an integer field with ``100`` and ``0x10``
+with ``16``; a field that takes any value (tool arguments, subscribe messages) receives the text. A
+plain placeholder that substitutes to nothing is ``None``. Anything else (text around placeholders,
+block scalars) stays an ordinary string. Every interpolated path is recorded in
+:attr:`LoadedYaml.secret_paths`, and the environment's values used there in
+:attr:`LoadedYaml.secret_values`: they may be secrets and must never be printed, not even in errors.
 """
 
 from __future__ import annotations
@@ -64,10 +72,13 @@ from daemon.errors import ConfigError, ConfigIssue
 __all__ = [
     "MAX_CONFIG_BYTES",
     "MAX_DEPTH",
+    "MAX_INTEGER_DIGITS",
+    "EnvText",
     "LoadedYaml",
     "format_path",
     "load_yaml_file",
     "load_yaml_text",
+    "resolve_scalar",
 ]
 
 MAX_CONFIG_BYTES: int = 1024 * 1024
@@ -75,6 +86,9 @@ MAX_CONFIG_BYTES: int = 1024 * 1024
 
 MAX_DEPTH: int = 64
 """Deepest accepted nesting of mappings and sequences."""
+
+MAX_INTEGER_DIGITS: int = 100
+"""Most decimal digits of an integer (far below CPython's int/str conversion limit of at least 640)."""
 
 YamlPath = tuple[str | int, ...]
 """A node's location: mapping keys and list indexes from the root."""
@@ -95,6 +109,18 @@ _PLACEHOLDER = re.compile(r"\$\$\{|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<
 _SINGLE_PLACEHOLDER = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}]*)?\}")
 _LINE_BREAKS = re.compile(r"\r\n|[\r\n\x85\u2028\u2029]")
 _SIMPLE_KEY = re.compile(r"[A-Za-z0-9_\-/:@+*]+")
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_TOO_LARGE = f"number too large (more than {MAX_INTEGER_DIGITS} digits; quote it if it is text)"
+
+
+class EnvText(str):
+    """The exact text a scalar made of one ``${VAR}`` placeholder substituted to.
+
+    A ``str``: string fields take it unchanged. Where a field rejects the text, the configuration
+    schema retries with :func:`resolve_scalar` of it (``"0x10"`` → ``16``, ``"null"`` → ``None``).
+    """
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True)
@@ -109,6 +135,9 @@ class LoadedYaml:
     """The file name to print in errors."""
     secret_paths: frozenset[YamlPath] = field(default_factory=frozenset)
     """Paths whose value came, fully or partly, from ``${VAR}`` interpolation (never print these)."""
+    secret_values: Mapping[YamlPath, tuple[str, ...]] = field(default_factory=dict)
+    """Per interpolated path, the non-empty texts that came from the environment (not defaults):
+    configuration errors at or around these paths must not contain them."""
     template_texts: Mapping[YamlPath, str] = field(default_factory=dict)
     """For string values whose substituted text holds ``{`` or ``}``: the same value as template text,
     those braces doubled, so a field that is a template reads them as literal text (an environment
@@ -137,9 +166,18 @@ def format_path(path: Sequence[str | int]) -> str:
         elif _SIMPLE_KEY.fullmatch(part):
             out.append(f".{part}" if out else part)
         else:
-            escaped = part.replace("\\", "\\\\").replace('"', '\\"')
+            escaped = _UNPRINTABLE.sub(_escape_char, part.replace("\\", "\\\\").replace('"', '\\"'))
             out.append(f'["{escaped}"]')
     return "".join(out)
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    """Line breaks and other invisible characters in keys are written as escapes (one error, one line)."""
+    code = ord(match.group(0))
+    named = {10: "\\n", 13: "\\r", 9: "\\t"}.get(code)
+    if named is not None:
+        return named
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def load_yaml_text(text: str, file: str = "config.yaml", env: Mapping[str, str] | None = None) -> LoadedYaml:
@@ -148,7 +186,7 @@ def load_yaml_text(text: str, file: str = "config.yaml", env: Mapping[str, str] 
         env = os.environ
     size = None if len(text) > MAX_CONFIG_BYTES else len(text.encode("utf-8", "surrogatepass"))
     if size is None or size > MAX_CONFIG_BYTES:
-        raise ConfigError([ConfigIssue(file, None, "", _too_large(size))])
+        raise ConfigError([ConfigIssue(file, 1, "", _too_large(size))])
     root = _compose(text, file)
     walker = _Walker(file, env)
     if root is None:
@@ -161,6 +199,7 @@ def load_yaml_text(text: str, file: str = "config.yaml", env: Mapping[str, str] 
         lines=MappingProxyType(walker.lines),
         file=file,
         secret_paths=frozenset(walker.secret_paths),
+        secret_values=MappingProxyType(walker.secret_values),
         template_texts=MappingProxyType(walker.template_texts),
     )
 
@@ -182,7 +221,7 @@ def load_yaml_file(path: str | os.PathLike[str], env: Mapping[str, str] | None =
         reason = exc.strerror or type(exc).__name__
         raise ConfigError([ConfigIssue(file, None, "", f"cannot read file: {reason}")]) from None
     if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError([ConfigIssue(file, None, "", _too_large(None))])
+        raise ConfigError([ConfigIssue(file, 1, "", _too_large(None))])
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -306,6 +345,15 @@ class _BadScalar(ValueError):
     pass
 
 
+def resolve_scalar(text: str) -> Any:
+    """Type ``text`` as a plain scalar (the rules in the module docstring).
+
+    Raises ``ValueError("number too large ...")`` for an integer of more than :data:`MAX_INTEGER_DIGITS`
+    digits.
+    """
+    return _resolve_plain(text)
+
+
 def _resolve_plain(text: str) -> Any:
     """Type a plain scalar under the rules in the module docstring."""
     if text in _NULLS:
@@ -318,15 +366,17 @@ def _resolve_plain(text: str) -> Any:
         digits = text.lstrip("+-")
         if len(digits) > 1 and digits.startswith("0"):
             return text
-        try:
-            return int(text)
-        except ValueError:  # more digits than sys.get_int_max_str_digits()
-            raise _BadScalar(f"integer has too many digits ({len(digits)})") from None
+        if len(digits) > MAX_INTEGER_DIGITS:  # before int(): huge inputs are never converted
+            raise _BadScalar(_TOO_LARGE)
+        return int(text)
     if _INT_HEX.fullmatch(text):
-        try:
-            return int(text, 16)
-        except ValueError:
-            raise _BadScalar(f"integer has too many digits ({len(text) - 2})") from None
+        significant = text[2:].lstrip("0")
+        if len(significant) * 5 > MAX_INTEGER_DIGITS * 6:  # over 1.2 x 100 hex digits: over 100 digits
+            raise _BadScalar(_TOO_LARGE)
+        value = int(significant or "0", 16)
+        if len(str(value)) > MAX_INTEGER_DIGITS:
+            raise _BadScalar(_TOO_LARGE)
+        return value
     if _FLOAT.fullmatch(text):
         return float(text)
     if _FLOAT_INF.fullmatch(text):
@@ -344,6 +394,7 @@ class _Walker:
         self.env = env
         self.lines: dict[YamlPath, int] = {}
         self.secret_paths: set[YamlPath] = set()
+        self.secret_values: dict[YamlPath, tuple[str, ...]] = {}
         self.template_texts: dict[YamlPath, str] = {}
         self.issues: list[ConfigIssue] = []
 
@@ -410,8 +461,9 @@ class _Walker:
             text, interpolated = self._interpolate(node, path, text)
             if interpolated:
                 self.secret_paths.add(path)
-                if not (plain and _SINGLE_PLACEHOLDER.fullmatch(node.value)):
-                    return text
+                if node.style in (None, "'", '"') and _SINGLE_PLACEHOLDER.fullmatch(node.value):
+                    return None if plain and not text else EnvText(text)  # typed by the schema
+                return text
         if not plain:
             return text
         try:
@@ -451,6 +503,8 @@ class _Walker:
                 parts.append(default)
             elif value is not None:
                 parts.append(value)
+                if value:
+                    self.secret_values[path] = (*self.secret_values.get(path, ()), value)
             else:
                 self._issue(node, path, f"environment variable {name} is not set")
                 continue

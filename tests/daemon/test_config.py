@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -302,3 +303,101 @@ def test_arguments_from_the_environment_are_known_as_secret() -> None:
     text = GOOD.replace('args: {text: "{data.p}"}', 'args: {text: "{data.p}", pin: "${PIN}"}')
     cfg = load_config_text(text, builtin_registry(), env={"PIN": "1234"})
     assert cfg.secret_arguments() == {("big", "alert"): frozenset({"pin"})}
+
+
+# --- values from ${VAR}: exact text in string fields, typed in others, never printed in errors ---
+
+SECRET_TEXTS = ["1e5", "0x10", "1.50", "null", "true", "-0", "~", "1_000", "00123"]
+
+HOOK_AND_KAFKA = """\
+sources:
+  feed:
+    type: kafka
+    bootstrap_servers: localhost:9092
+    topics: [t]
+    group_id: g
+    security:
+      protocol: SASL_PLAINTEXT
+      username: u
+      password: ${PW}
+tools:
+  hook:
+    type: webhook
+    url: https://example.test/hook
+    headers:
+      X-Api-Key: ${PW}
+rules:
+  r:
+    from: feed
+    then: [{tool: hook}]
+"""
+
+
+@pytest.mark.parametrize("value", SECRET_TEXTS)
+def test_env_value_keeps_its_exact_text_in_string_fields(value: str) -> None:
+    """An unquoted ${PW} fills a webhook header and a SASL password with exactly the variable's text."""
+    cfg = load_config_text(HOOK_AND_KAFKA, builtin_registry(), env={"PW": value})
+    assert cfg.tools["hook"].config.headers == {"X-Api-Key": value}
+    assert cfg.sources["feed"].config.security.password == value
+    assert type(cfg.sources["feed"].config.security.password) is str
+
+
+@pytest.mark.parametrize(
+    ("value", "max_events", "speed", "loop"),
+    [("100", 100, 100.0, None), ("0x10", 16, 16.0, None), ("1e3", 1000, 1000.0, None), ("1.50", None, 1.5, None)],
+)
+def test_env_value_is_typed_by_the_schema_in_number_fields(
+    value: str, max_events: int | None, speed: float, loop: None
+) -> None:
+    """The same ${VAR}, plain or quoted, fills int and float fields with its number (hex and exponents too)."""
+    text = GOOD.replace("max_events: 100", 'max_events: "${N}"').replace(
+        "    time_field: T\n", "    time_field: T\n    speed: ${N}\n"
+    )
+    if max_events is None:
+        assert issues_of(text, {"N": value}) == [
+            "config.yaml:7 sources.feed.queue.max_events: must be an integer, not a value from the environment"
+        ]
+        return
+    cfg = load_config_text(text, builtin_registry(), env={"N": value}).sources["feed"].config
+    assert (cfg.queue.max_events, cfg.speed) == (max_events, speed)
+
+
+def test_env_value_null_and_booleans_in_typed_fields() -> None:
+    """`null` from the environment empties a nullable number; `true`/`false` fill a boolean."""
+    text = GOOD.replace("    time_field: T\n", "    time_field: T\n    loop: ${L}\n")
+    assert load_config_text(text, builtin_registry(), env={"L": "false"}).sources["feed"].config.loop is False
+    assert load_config_text(text, builtin_registry(), env={"L": "TRUE"}).sources["feed"].config.loop is True
+    ws = "sources:\n  feed:\n    type: websocket\n    url: wss://example.test/ws\n    idle_timeout_seconds: ${I}\n"
+    assert load_config_text(ws, builtin_registry(), env={"I": "null"}).sources["feed"].config.idle_timeout_seconds is None
+    assert load_config_text(ws, builtin_registry(), env={"I": "7"}).sources["feed"].config.idle_timeout_seconds == 7
+
+
+@pytest.mark.parametrize(
+    ("edit", "env"),
+    [
+        (lambda t: t.replace("max_events: 100", "max_events: '${S}'"), {"S": "s3cr3t-" + "x" * 60}),
+        (lambda t: t.replace("max_events: 100", "max_events: 'x${S}'"), {"S": "s3cr3t-Value-42"}),
+        (lambda t: t.replace("max_events: 100", "max_events: '${S}'"), {"S": "s3cr3t-Value-42"}),
+        (lambda t: t.replace("when_full: block", "when_full: '${S}'"), {"S": "s3cr3t-Value-42"}),
+        (lambda t: t.replace("type: replay", "type: ${S}"), {"S": "s3cr3t-Value-42"}),
+        (lambda t: t.replace("type: replay", "type: ${S}"), {"S": "s3cr3t.Value:x42"}),
+        (lambda t: t.replace("from: [feed]", "from: [feed, '${S}']"), {"S": "s3cr3t-Value-42"}),
+        (lambda t: t.replace("tool: alert", "tool: ${S}"), {"S": "s3cr3t-Value-42"}),
+        (lambda t: t.replace('where: "float(data.p) > 1"', 'where: "float(data.p) > ${S}"'), {"S": "s3cr3tValue + 1"}),
+        (lambda t: t.replace("from: [feed]", "from: [feed]\n    steps: [{set: {p: '${S}'}}]"), {"S": "s3cr3tV(1)"}),
+        (lambda t: t.replace('where: "float(data.p) > 1"', "where: ${S}"), {"S": "s3cr3t-Value-42 +"}),
+        (lambda t: t.replace("queue: {max_events: 100, when_full: block}", "queue: ${S}"), {"S": "s3cr3t-V"}),
+        (lambda t: t.replace("time_field: T", "time_field: ${S}\n    speed: ${S}"), {"S": "s3cr3t-V"}),
+        (lambda t: t.replace("sources:\n", "daemon: {log_level: '${S}'}\nsources:\n"), {"S": "s3cr3t-V"}),
+        (lambda t: t.replace("sources:\n", "daemon: {http: {listen: '${S}'}}\nsources:\n"), {"S": "s3cr3t-V"}),
+        (lambda t: t.replace("sources:\n", "daemon: ${S}\nsources:\n"), {"S": "s3cr3t-V"}),
+    ],
+)
+def test_config_errors_never_print_values_from_the_environment(edit: Any, env: dict[str, str]) -> None:
+    """Whatever is wrong with a value that came from ${VAR}, the error names the place, never the value."""
+    found = issues_of(edit(GOOD), env)
+    assert found
+    secret = env["S"]
+    for issue in found:
+        assert secret not in issue and secret[:6] not in issue, issue
+        assert issue.startswith("config.yaml:")

@@ -12,7 +12,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from daemon.errors import ConfigError, ConfigIssue
-from daemon.yamlio import MAX_CONFIG_BYTES, MAX_DEPTH, LoadedYaml, format_path, load_yaml_file, load_yaml_text
+from daemon.yamlio import (
+    MAX_CONFIG_BYTES,
+    MAX_DEPTH,
+    MAX_INTEGER_DIGITS,
+    EnvText,
+    LoadedYaml,
+    format_path,
+    load_yaml_file,
+    load_yaml_text,
+    resolve_scalar,
+)
 
 
 def load(text: str, env: dict[str, str] | None = None) -> LoadedYaml:
@@ -265,7 +275,19 @@ def test_oversized_integer_is_a_config_error() -> None:
     """An integer longer than Python's int-conversion limit is reported, not a ValueError."""
     issue = only_issue("a: " + "9" * 5000 + "\n")
     assert (issue.line, issue.path) == (1, "a")
-    assert "too many digits" in issue.reason
+    assert "number too large" in issue.reason
+
+
+@pytest.mark.parametrize("text", ["0x" + "f" * 5000, "0x" + "f" * 84, "-" + "9" * 101, "9" * 101])
+def test_huge_integers_decimal_or_hex_are_too_large(text: str) -> None:
+    """Integers over MAX_INTEGER_DIGITS digits, hex included (which int() converts without limit), are refused."""
+    issue = only_issue(f"x: 1\nb: {text}\n")
+    assert (issue.line, issue.path, issue.reason.split(" (")[0]) == (2, "b", "number too large")
+
+
+def test_integers_up_to_the_digit_limit_and_zero_padded_hex_load() -> None:
+    """100-digit integers and long zero-padded hex are ordinary numbers."""
+    assert data(f"a: {'9' * MAX_INTEGER_DIGITS}\nb: 0x{'0' * 5000}1f\n") == {"a": int("9" * 100), "b": 31}
 
 
 # --- interpolation ---------------------------------------------------------------------------------
@@ -302,13 +324,37 @@ def test_missing_variable_in_list_item_path() -> None:
     assert (issue.line, issue.path) == (5, "rules.r.then[1].tool")
 
 
-def test_plain_single_placeholder_is_retyped() -> None:
-    """A plain scalar that is exactly one placeholder is typed after substitution."""
+def test_plain_single_placeholder_keeps_exact_text_marked() -> None:
+    """A plain scalar that is exactly one placeholder keeps the substituted text, marked EnvText,
+    and resolve_scalar gives the type the schema may fall back to; an empty result is None."""
     loaded = data(
-        "max_events: ${MAX:-100}\nenabled: ${ON:-true}\nratio: ${R}\nnothing: ${N:-~}\nword: ${W:-yes}\n",
+        "max_events: ${MAX:-100}\nenabled: ${ON:-true}\nratio: ${R}\nnothing: ${N:-~}\nword: ${W:-yes}\n"
+        "empty: ${E:-}\n",
         {"R": "0.5"},
     )
-    assert loaded == {"max_events": 100, "enabled": True, "ratio": 0.5, "nothing": None, "word": "yes"}
+    assert loaded == {
+        "max_events": "100",
+        "enabled": "true",
+        "ratio": "0.5",
+        "nothing": "~",
+        "word": "yes",
+        "empty": None,
+    }
+    assert all(isinstance(v, EnvText) for k, v in loaded.items() if k != "empty")
+    typed = {k: resolve_scalar(v) for k, v in loaded.items() if k != "empty"}
+    assert typed == {"max_events": 100, "enabled": True, "ratio": 0.5, "nothing": None, "word": "yes"}
+
+
+@pytest.mark.parametrize("value", ["1e5", "0x10", "1.50", "null", "true", "-0", "1_000", "0" + "7" * 200])
+def test_secret_text_is_never_rewritten(value: str) -> None:
+    """An unquoted ${PW} holds exactly the variable's text (1e5 is not 100000.0, null is not None)."""
+    assert data("password: ${PW}\n", {"PW": value}) == {"password": value}
+
+
+def test_env_values_recorded_per_path() -> None:
+    """secret_values lists, per interpolated path, the texts that came from the environment (not defaults)."""
+    loaded = load("a: https://${HOST}:${PORT:-443}/x\nb: ${D:-dflt}\nc: plain\n", {"HOST": "h0st"})
+    assert loaded.secret_values == {("a",): ("h0st",)}
 
 
 def test_quoted_or_mixed_placeholder_is_not_retyped() -> None:
@@ -395,7 +441,7 @@ def test_yaml_directive_with_huge_number_is_a_config_error() -> None:
 def test_text_too_large_rejected() -> None:
     """Text over MAX_CONFIG_BYTES (counted in UTF-8 bytes) is refused before parsing."""
     issue = only_issue("#" + "é" * (MAX_CONFIG_BYTES // 2))
-    assert issue.line is None
+    assert issue.line == 1
     assert "too large" in issue.reason
 
 
@@ -405,9 +451,9 @@ def test_text_too_large_rejected() -> None:
 def test_load_file(tmp_path: Path) -> None:
     """A file loads with its path as the error file name."""
     path = tmp_path / "config.yaml"
-    path.write_text("a: ${X:-1}\n", encoding="utf-8")
+    path.write_text("a: ${X:-1}\nb: 2\n", encoding="utf-8")
     loaded = load_yaml_file(path, env={})
-    assert loaded.data == {"a": 1}
+    assert loaded.data == {"a": "1", "b": 2}
     assert loaded.file == str(path)
 
 
@@ -433,6 +479,7 @@ def test_file_too_large(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_yaml_file(path, env={})
     assert "too large" in info.value.issues[0].reason
+    assert str(info.value.issues[0]).startswith(f"{path}:1: file is too large")
 
 
 def test_non_utf8_file(tmp_path: Path) -> None:
@@ -473,3 +520,8 @@ def test_random_text_only_raises_config_error(text: str) -> None:
 def test_random_bytes_only_raise_config_error(raw: bytes) -> None:
     """Random bytes decoded as UTF-8 with replacement either load or raise ConfigError."""
     _returns_or_config_error(raw.decode("utf-8", errors="replace"))
+
+
+def test_format_path_escapes_line_breaks_and_invisible_characters() -> None:
+    """A key holding a line break or control character renders on one line, escaped."""
+    assert format_path(("sources", "a\nb", "c\r\x00\u2028")) == 'sources["a\\nb"]["c\\r\\x00\\u2028"]'
