@@ -97,8 +97,12 @@ class ConsoleFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created)) + f".{int(record.msecs):03d}"
-        fields = " ".join(f"{console_text(k)}={console_text(v)}" for k, v in _fields(record).items())
-        line = f"{stamp} {record.levelname:<7} {record.name}: {console_text(record.getMessage())}"
+        message = record.getMessage()
+        fields = " ".join(f"{k}={v}" for k, v in _fields(record).items())
+        if not (message.isprintable() and fields.isprintable()):  # rare: escape part by part
+            message = console_text(message)
+            fields = " ".join(f"{console_text(k)}={console_text(v)}" for k, v in _fields(record).items())
+        line = f"{stamp} {record.levelname:<7} {record.name}: {message}"
         if fields:
             line = f"{line}  {fields}"
         if record.exc_info:
