@@ -436,6 +436,33 @@ def _paths(node: Any, prefix: tuple[int, ...] = ()) -> Iterator[tuple[int, ...]]
             yield from _paths(value, (*prefix, i))
 
 
+def _paths_where(node: Any, keep: Any, prefix: tuple[int, ...] = ()) -> Iterator[tuple[int, ...]]:
+    """Addresses of mapping values for which ``keep(key, value)`` holds."""
+    if isinstance(node, Map):
+        for i, (key, value) in enumerate(node.pairs):
+            if keep(key, value):
+                yield (*prefix, i)
+            yield from _paths_where(value, keep, (*prefix, i))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _paths_where(value, keep, (*prefix, i))
+
+
+def _is_type(key: Any, value: Any) -> bool:
+    return key == "type"
+
+
+def _is_number(key: Any, value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+NUMBERS = [
+    HEX_5000, DEC_5000, "-" + DEC_5000, "0x" + "f" * 84, "9" * 101, "${FUZZ_HUGE_HEX}", "'${FUZZ_HUGE_DEC}'",
+    "${FUZZ_NUM}", "'${FUZZ_EXP}'", "${FUZZ_NULL}", "${FUZZ_TRUE}", "${FUZZ_SECRET}", "'x${FUZZ_SECRET}'",
+    ".inf", "-.inf", ".nan", "-0", "1e999", "0x10", "1_000", "0o7", "true", "~", "'12'", "-1", "1e3", "0.5",
+]
+
+
 def _get(node: Any, path: tuple[int, ...]) -> Any:
     for i in path:
         node = node.pairs[i][1] if isinstance(node, Map) else node[i]
@@ -472,9 +499,12 @@ def mutated_tree(draw: st.DrawFn) -> Any:
         target = _get(tree, path)
         op = draw(
             st.sampled_from(
-                ["scalar", "retype", "drop", "rename", "duplicate", "add", "nest", "anchor", "type", "swap"]
+                ["scalar", "retype", "drop", "rename", "duplicate", "add", "nest", "anchor", "type", "swap", "number"]
             )
         )
+        if op in ("type", "number"):  # aim at the component types and the numeric fields
+            aimed = list(_paths_where(tree, _is_type if op == "type" else _is_number))
+            path = draw(st.sampled_from(aimed)) if aimed else path
         if op == "scalar":
             tree = _set(tree, path, draw(_SCALAR_STRATEGY))
         elif op == "retype":
@@ -482,6 +512,8 @@ def mutated_tree(draw: st.DrawFn) -> Any:
             tree = _set(tree, path, new)
         elif op == "type":
             tree = _set(tree, path, Raw(json.dumps(draw(st.sampled_from(PLUGIN_REFS + TOOL_AND_SOURCE_TYPES)))))
+        elif op == "number":
+            tree = _set(tree, path, Raw(draw(st.sampled_from(NUMBERS))))
         elif op == "nest":
             depth = draw(st.sampled_from([2, 10, MAX_DEPTH - 3, MAX_DEPTH + 1, 200]))
             tree = _set(tree, path, _nested(depth, draw(_SCALAR_STRATEGY)))
