@@ -24,7 +24,7 @@ from daemon.config import AppConfig, ComponentPlan, config_json_schema, load_con
 from daemon.dlq import add_dlq_parser, run_dlq
 from daemon.errors import ConfigError, StartupError
 from daemon.logs import configure_logging, get_logger
-from daemon.registry import BuildContext, Registry, builtin_registry
+from daemon.registry import Registry, builtin_registry
 from daemon.state import redact
 from streams.rules.pipeline import plan_rule
 from streams.rules.replay import (
@@ -229,7 +229,7 @@ def _replay_input(config: AppConfig, spec: str) -> ReplayInput:
     if source is None:
         if is_record(_first_value(path)):
             return ReplayInput(path, max_future=_max_future(config))
-        ctx = BuildContext(config.base_dir)
+        ctx = config.build_context()
         for candidate, plan in config.sources.items():
             configured = getattr(plan.config, "path", None)
             if plan.spec.type != "replay" or not configured:
@@ -353,7 +353,7 @@ def _record(config: AppConfig, name: str, out_path: str, duration: float | None)
     if duration is not None and duration <= 0:
         print("reflexd: --duration must be positive", file=sys.stderr)
         return EXIT_ERROR
-    source = plan.spec.factory(name, plan.config, BuildContext(config.base_dir))
+    source = plan.spec.factory(name, plan.config, config.build_context())
     started = time.monotonic()
     try:
         with open(out_path, "wb") as out:
@@ -387,7 +387,7 @@ async def _record_until_stopped(source: Any, out: BinaryIO, duration: float | No
 
 
 def _tools(config: AppConfig) -> int:
-    ctx = BuildContext(config.base_dir)
+    ctx = config.build_context()
     out: list[dict[str, Any]] = []
     for name, plan in config.tools.items():
         tool = plan.spec.factory(name, plan.config, ctx)

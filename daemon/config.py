@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_core import ErrorDetails
 
 from daemon.errors import ConfigError, ConfigIssue, ExpressionError
-from daemon.registry import ComponentSpec, Kind, Registry
+from daemon.registry import BuildContext, ComponentSpec, Kind, Registry
 from daemon.yamlio import EnvText, LoadedYaml, format_path, load_yaml_file, load_yaml_text, resolve_scalar
 from streams.rules.expressions import compile_expression, compile_template
 from streams.rules.pipeline import RuleConfig, plan_rule
@@ -196,8 +196,11 @@ class AppConfig:
 
     def is_secret(self, path: Sequence[str | int]) -> bool:
         """True if the value at ``path`` (or inside it) came from the environment."""
-        n = len(path)
-        return any(tuple(p[:n]) == tuple(path) for p in self.secret_paths)
+        return self.build_context().from_env(*path)
+
+    def build_context(self) -> BuildContext:
+        """What the component factories get besides their own config."""
+        return BuildContext(self.base_dir, self.secret_paths)
 
 
 def load_config(

@@ -27,7 +27,6 @@ import orjson
 
 from daemon.config import AppConfig
 from daemon.errors import StartupError
-from daemon.registry import BuildContext
 from daemon.state import DeadLetter, Journal, StateStore, event_from_record, redact
 from handlers.base import CallContext, Tool
 from handlers.runner import ToolRunner
@@ -64,7 +63,7 @@ def add_dlq_parser(dlq: argparse.ArgumentParser) -> None:
 
 
 def run_dlq(config: AppConfig, args: argparse.Namespace) -> int:
-    path = BuildContext(config.base_dir).resolve(config.daemon.state_path)
+    path = config.build_context().resolve(config.daemon.state_path)
     if not path.exists():
         print(f"reflexd: no state at {path} (nothing was ever dead-lettered)", file=sys.stderr)
         return EXIT_OK if args.dlq_verb != "replay" else EXIT_ERROR
@@ -215,7 +214,7 @@ def restore_args(config: AppConfig, letter: DeadLetter) -> dict[str, Any] | str:
 
 
 async def _replay(config: AppConfig, store: StateStore, letters: list[DeadLetter]) -> int:
-    ctx = BuildContext(config.base_dir)
+    ctx = config.build_context()
     tools: dict[str, Tool] = {}
     for name in sorted({d.tool for d in letters}):
         plan = config.tools.get(name)

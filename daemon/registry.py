@@ -31,10 +31,17 @@ class BuildContext:
     """What a factory may need besides its own config."""
 
     base_dir: Path  # folder of the configuration file: relative paths resolve against it
+    #: configuration paths (``("sources", name, field, ...)``) whose value came from ``${VAR}``
+    secret_paths: frozenset[tuple[str | int, ...]] = frozenset()
 
     def resolve(self, path: str) -> Path:
         p = Path(path).expanduser()
         return p if p.is_absolute() else self.base_dir / p
+
+    def from_env(self, *path: str | int) -> bool:
+        """True if the value at ``path`` (or anything inside it) came from the environment."""
+        n = len(path)
+        return any(p[:n] == path for p in self.secret_paths)
 
 
 @dataclass(frozen=True)
@@ -198,7 +205,9 @@ def builtin_registry() -> Registry:
                 "source",
                 "websocket",
                 WebSocketSourceConfig,
-                lambda name, cfg, ctx: WebSocketSource(name, cfg),
+                lambda name, cfg, ctx: WebSocketSource(
+                    name, cfg, secret_subscribe=ctx.from_env("sources", name, "subscribe")
+                ),
                 websocket_summary,
                 "A WebSocket feed.",
                 {

@@ -22,7 +22,6 @@ from daemon.config import AppConfig
 from daemon.errors import ShutdownTimeout
 from daemon.http import OpsServer
 from daemon.logs import get_logger
-from daemon.registry import BuildContext
 from daemon.state import Journal, StateStore, event_from_record
 from handlers.base import CallContext, Tool
 from handlers.runner import ToolRunner
@@ -74,7 +73,7 @@ class Daemon:
 
     def __init__(self, config: AppConfig) -> None:
         self.config = config
-        ctx = BuildContext(config.base_dir)
+        ctx = config.build_context()
         self.tools: dict[str, Tool] = {}
         for name, plan in config.tools.items():
             tool = plan.spec.factory(name, plan.config, ctx)

@@ -11,6 +11,8 @@ Redirects: the source follows 3xx handshake answers itself (at most :data:`MAX_R
 often from ``${VAR}``) go only to the origin (scheme, host, port) of the configured URL: once a
 redirect leaves that origin they are not sent again, even if a later hop comes back. A redirect
 from ``wss://`` to ``ws://`` is refused. Errors name origins, never a full URL (it may carry a token).
+A redirect to another origin is refused too when the ``subscribe`` messages hold values from
+``${VAR}`` (they would be sent there).
 """
 
 from __future__ import annotations
@@ -142,8 +144,11 @@ class WebSocketSource(Source):
     default_when_full: ClassVar[WhenFull] = "drop_oldest"
     config: WebSocketSourceConfig
 
-    def __init__(self, name: str, config: WebSocketSourceConfig) -> None:
+    def __init__(self, name: str, config: WebSocketSourceConfig, *, secret_subscribe: bool = False) -> None:
+        """``secret_subscribe``: the subscribe messages hold values from ``${VAR}`` (a redirect to
+        another origin is then refused, since they would go there)."""
         super().__init__(name, config)
+        self._secret_subscribe = secret_subscribe and bool(config.subscribe)
         self._ws: ClientConnection | None = None
         self._idle_fired = False
         self._subscribe_frames = [
@@ -213,6 +218,11 @@ class WebSocketSource(Source):
                 if response.status_code not in REDIRECT_STATUS:
                     raise
                 url, target = redirect_target(url, response.headers.get("Location"))
+            if self._secret_subscribe and ws_origin(target) != home:
+                raise RedirectRefused(
+                    f"refusing a redirect from {home} to {ws_origin(target)}: "
+                    "the subscribe messages carry values from the environment"
+                )
             if headers is not None and ws_origin(target) != home:
                 headers = None
                 log.warning(

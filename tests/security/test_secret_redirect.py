@@ -169,6 +169,46 @@ async def test_redirect_loop_is_bounded_and_names_no_url(debug_log: io.StringIO)
         assert 2 <= len(home.handshakes) <= 11
 
 
+def built(text: str, name: str = "feed") -> WebSocketSource:
+    """A websocket source built the way the daemon builds it (the factory, with the config's context)."""
+    config = load_config_text(text, builtin_registry(), env=ENV)
+    plan = config.sources[name]
+    src = plan.spec.factory(name, plan.config, config.build_context())
+    assert isinstance(src, WebSocketSource)
+    return src
+
+
+@pytest.mark.parametrize("secret_subscribe", [True, False])
+async def test_cross_origin_redirect_is_refused_when_subscribe_messages_carry_secrets(
+    secret_subscribe: bool, debug_log: io.StringIO
+) -> None:
+    """Subscribe messages holding ${VAR} values are never sent to another origin: the redirect is refused
+    (fatal, names origins only); subscribe messages without such values follow the redirect as before."""
+    async with Origin().running() as home, Origin().running() as other:
+        home.redirects["/start"] = f"ws://127.0.0.1:{other.port}/landed"
+        auth = '"${FEED_TOKEN}"' if secret_subscribe else "public"
+        src = built(
+            f"""
+daemon: {{http: null}}
+sources:
+  feed:
+    type: websocket
+    url: "ws://127.0.0.1:{home.port}/start"
+    subscribe: [{{op: auth, key: {auth}}}]
+    open_timeout_seconds: 5
+"""
+        )
+        if secret_subscribe:
+            with pytest.raises(NotConnected) as caught:
+                await src.connect()
+            assert not caught.value.retryable and "environment" in str(caught.value)
+            assert other.handshakes == []
+        else:
+            await connect_and_close(src)
+            assert len(other.headers_at("/landed")) == 1
+    assert TOKEN not in debug_log.getvalue()
+
+
 # -- TLS downgrade --------------------------------------------------------------------------------
 
 

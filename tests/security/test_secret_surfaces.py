@@ -164,6 +164,13 @@ def write_config(path: Path, feed: Feed, hook: Hook, http_port: int, kafka_port:
                 key_field: s
                 time_field: T
                 reconnect: {{initial_seconds: 0.2, max_seconds: 1}}
+              moved_auth:
+                type: websocket
+                url: "ws://127.0.0.1:{feed.port}/moved-auth"
+                subscribe:
+                  - {{method: AUTH, key: "${{WS_SUB}}"}}
+                key_field: s
+                time_field: T
               orders:
                 type: kafka
                 bootstrap_servers: "127.0.0.1:{kafka_port}"
@@ -183,7 +190,7 @@ def write_config(path: Path, feed: Feed, hook: Hook, http_port: int, kafka_port:
                 retry: {{max_attempts: 1}}
             rules:
               {rule}:
-                from: [direct, moved, orders]
+                from: [direct, moved, moved_auth, orders]
                 then:
                   - tool: hook
                     args: {{token: "${{ARG_TOKEN}}", note: "${{ARG_PLAIN}}", text: "trade {{data.p}}"}}
@@ -272,6 +279,9 @@ async def test_no_secret_on_any_surface(tmp_path: Path) -> None:
         assert any(p.startswith("/moved") for p, _ in feed.handshakes), "the redirecting source never connected"
         landed = [list(headers.raw_items()) for path, headers in feed.handshakes if path.startswith("/landed")]
         surfaces["handshake at the redirect's other origin"] = f"{len(landed)} handshakes: {landed}"
+        sent_there = [m for path, m in feed.messages if path.startswith("/landed")]
+        surfaces["messages sent to the redirect's other origin"] = f"{len(sent_there)} messages: {sent_there}"
+        assert any(p.startswith("/moved-auth") for p, _ in feed.handshakes)
 
         # dead letters, read after the rule was renamed in the configuration
         write_config(config, feed, hook, http_port, kafka_port, rule="renamed")
