@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
@@ -10,6 +12,7 @@ from typing import Any
 import pytest
 
 from daemon.config import AppConfig
+from daemon.logs import THIRD_PARTY_LOGGERS, configure_logging
 from daemon.supervisor import Daemon
 from tests.kafka_broker import AnyKafkaBroker, ExternalKafkaBroker, KafkaBroker, delete_topics_on
 from tests.servers import FeedServer
@@ -17,6 +20,22 @@ from tests.servers import FeedServer
 StartServer = Callable[..., Awaitable[FeedServer]]
 StartDaemon = Callable[[AppConfig], Awaitable[Daemon]]
 
+
+@pytest.fixture
+def debug_log() -> Iterator[io.StringIO]:
+    """The daemon's logging at debug level into a buffer; the loggers are restored afterwards."""
+    names = ("reflexd", *THIRD_PARTY_LOGGERS)
+    loggers = [logging.getLogger(n) for n in names]
+    saved = [(list(lg.handlers), lg.level, lg.propagate) for lg in loggers]
+    out = io.StringIO()
+    configure_logging("debug", "json", stream=out)
+    try:
+        yield out
+    finally:
+        for logger, (handlers, level, propagate) in zip(loggers, saved, strict=True):
+            logger.handlers[:] = handlers
+            logger.setLevel(level)
+            logger.propagate = propagate
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ import io
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
@@ -33,7 +33,6 @@ from pydantic import ValidationError
 
 from daemon.config import load_config_text
 from daemon.errors import ToolError
-from daemon.logs import THIRD_PARTY_LOGGERS, configure_logging
 from daemon.registry import BuildContext, builtin_registry
 from handlers.base import CallContext
 from handlers.netguard import parse_ip_literal
@@ -802,23 +801,6 @@ async def test_connection_refused_is_retryable(make_tool: MakeTool, target: Star
 
 
 # -- values from ${VAR} are literal text, never templates -------------------------------------------------
-
-
-@pytest.fixture
-def debug_log() -> Iterator[io.StringIO]:
-    """The daemon's logging at debug level into a buffer; the loggers are restored afterwards."""
-    names = ("reflexd", *THIRD_PARTY_LOGGERS)
-    saved = {n: (list(logging.getLogger(n).handlers), logging.getLogger(n).level, logging.getLogger(n).propagate) for n in names}
-    out = io.StringIO()
-    configure_logging("debug", "json", stream=out)
-    try:
-        yield out
-    finally:
-        for name, (handlers, level, propagate) in saved.items():
-            logger = logging.getLogger(name)
-            logger.handlers[:] = handlers
-            logger.setLevel(level)
-            logger.propagate = propagate
 
 
 async def test_env_values_in_url_headers_and_arguments_are_literal_text(

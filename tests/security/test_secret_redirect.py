@@ -12,9 +12,8 @@ import contextlib
 import datetime
 import io
 import ipaddress
-import logging
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,6 @@ from websockets.http11 import Request, Response
 
 from daemon.config import load_config_text
 from daemon.errors import NotConnected
-from daemon.logs import THIRD_PARTY_LOGGERS, configure_logging
 from daemon.registry import builtin_registry
 from streams.websocket import WebSocketSource
 
@@ -68,23 +66,6 @@ class Origin:
         async with serve(self._handler, "127.0.0.1", 0, process_request=self._process, ssl=self._ssl) as server:
             self.port = server.sockets[0].getsockname()[1]
             yield self
-
-
-@pytest.fixture
-def debug_log() -> Iterator[io.StringIO]:
-    """The daemon's logging at debug level into a buffer; the loggers are restored afterwards."""
-    names = ("reflexd", *THIRD_PARTY_LOGGERS)
-    saved = {n: (list(logging.getLogger(n).handlers), logging.getLogger(n).level, logging.getLogger(n).propagate) for n in names}
-    out = io.StringIO()
-    configure_logging("debug", "json", stream=out)
-    try:
-        yield out
-    finally:
-        for name, (handlers, level, propagate) in saved.items():
-            logger = logging.getLogger(name)
-            logger.handlers[:] = handlers
-            logger.setLevel(level)
-            logger.propagate = propagate
 
 
 def source(url: str) -> WebSocketSource:

@@ -22,7 +22,15 @@ __all__ = ["COMMIT_ON_RECEIPT_ENV"]
 
 
 def pipeline(
-    bootstrap: str, src: str, out: str, group: str, *, where: str = "", extra: str = "", max_events: int = 1000
+    bootstrap: str,
+    src: str,
+    out: str,
+    group: str,
+    *,
+    where: str = "",
+    steps: str = "",
+    extra: str = "",
+    max_events: int = 1000,
 ) -> AppConfig:
     text = f"""\
     daemon: {{http: null, shutdown_timeout_seconds: 20}}
@@ -41,6 +49,7 @@ def pipeline(
       pick:
         from: in
         {f'where: "{where}"' if where else ""}
+        {f"steps: {steps}" if steps else ""}
         then: [{{tool: out, args: {{id: "{{data.id}}"}}}}]
     """
     return load_config_text(textwrap.dedent(text), builtin_registry())
@@ -175,25 +184,8 @@ async def test_a_record_timestamped_half_an_hour_ahead_is_dead_lettered_and_the_
             await producer.send_and_wait(src, orjson.dumps({"id": i}), key=b"k", timestamp_ms=stamp)
     finally:
         await producer.stop()
-    text = f"""\
-    daemon: {{http: null, shutdown_timeout_seconds: 20}}
-    sources:
-      in:
-        type: kafka
-        bootstrap_servers: "{bootstrap}"
-        topics: [{src}]
-        group_id: {group}
-        commit_interval_seconds: 0.2
-        dead_letter_topic: {dlq}
-    tools:
-      out: {{type: kafka, bootstrap_servers: "{bootstrap}", topic: {out}, key: "{{key}}"}}
-    rules:
-      pick:
-        from: in
-        steps: [{{window: {{seconds: 60, aggregates: {{n: "count()"}}}}}}]
-        then: [{{tool: out, args: {{id: "{{data.id}}"}}}}]
-    """
-    daemon = await run_daemon(load_config_text(textwrap.dedent(text), builtin_registry()))
+    window = '[{window: {seconds: 60, aggregates: {n: "count()"}}}]'
+    daemon = await run_daemon(pipeline(bootstrap, src, out, group, steps=window, extra=f"dead_letter_topic: {dlq}"))
     ledger = await read_output(bootstrap, out, until=99, timeout=60)
     assert ledger.lost(set(range(100)) - {50}) == []
     source = daemon.sources["in"]
