@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
+import orjson
 from pydantic import Field
 
 from daemon.errors import ToolError
@@ -74,10 +75,12 @@ SLEEPER = ComponentSpec(
 
 
 class GateToolConfig(ToolConfig):
-    """Fails (retryably) while the file `gate` does not exist; then appends each call id to `out`."""
+    """Fails (retryably) while the file `gate` does not exist; then appends each call id to `out`
+    (``out_format: json``: a JSON line ``{"key": call id, "args": arguments}``)."""
 
     gate: str
     out: str
+    out_format: Literal["id", "json"] = "id"
 
 
 class GateTool(Tool):
@@ -88,12 +91,17 @@ class GateTool(Tool):
         super().__init__(name, config)
         self.gate = Path(config.gate)
         self.out = Path(config.out)
+        self.out_format = config.out_format
 
     async def call(self, args: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
         if not self.gate.exists():
             raise ToolError(self.name, "gate closed", retryable=True)
+        if self.out_format == "json":
+            line = orjson.dumps({"key": ctx.call_id, "args": args}).decode()
+        else:
+            line = f"{ctx.call_id}\t{args.get('id')}"
         with self.out.open("a") as f:
-            f.write(f"{ctx.call_id}\t{args.get('id')}\n")
+            f.write(line + "\n")
         return {"delivered": ctx.call_id}
 
 

@@ -12,7 +12,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import orjson
 import pytest
@@ -20,49 +20,14 @@ import pytest
 from daemon.cli import main
 from daemon.config import load_config_text
 from daemon.dlq import restore_args
-from daemon.errors import ToolError
-from daemon.registry import ComponentSpec, builtin_registry
+from daemon.registry import builtin_registry
 from daemon.state import REDACTED, DeadLetter, event_record
-from handlers.base import CallContext, Tool, ToolConfig
 from streams.event import Event
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "tok-5f0c8a2e9d1b47c3"  # a canary: it must never be read back from a dead letter
 ROTATED = "tok-rotated-77d1e0"
 
-
-class RecorderConfig(ToolConfig):
-    """Fails (retryably) until the file `gate` exists; then appends each call's arguments to `out`."""
-
-    gate: str
-    out: str
-
-
-class Recorder(Tool):
-    type_name: ClassVar[str] = "recorder"
-    description: ClassVar[str] = "Record arguments once a gate file exists."
-
-    def __init__(self, name: str, config: RecorderConfig) -> None:
-        super().__init__(name, config)
-        self.gate = Path(config.gate)
-        self.out = Path(config.out)
-
-    async def call(self, args: dict[str, Any], ctx: CallContext) -> None:
-        if not self.gate.exists():
-            raise ToolError(self.name, "gate closed", retryable=True)
-        with self.out.open("ab") as f:
-            f.write(orjson.dumps({"key": ctx.call_id, "args": args}) + b"\n")
-
-
-RECORDER = ComponentSpec(
-    "tool",
-    "recorder",
-    RecorderConfig,
-    lambda name, cfg, ctx: Recorder(name, cfg),
-    lambda c: [("gate", c.gate)],
-    "Record arguments once a gate file exists.",
-    {"type": "recorder", "gate": "/tmp/gate", "out": "/tmp/out"},
-)
 
 RULE = """\
   {name}:
@@ -83,7 +48,8 @@ def write_config(tmp_path: Path, rule: str) -> Path:
               feed: {{type: replay, path: events.jsonl, speed: 0}}
             tools:
               deliver:
-                type: "tests.security.test_dlq_redaction:RECORDER"
+                type: "tests.plugins:GATE"
+                out_format: json
                 gate: {tmp_path / "gate"}
                 out: {tmp_path / "out.jsonl"}
                 retry: {{max_attempts: 1}}
