@@ -22,7 +22,7 @@ from pydantic_core import ErrorDetails
 from daemon.errors import ConfigError, ConfigIssue, ExpressionError
 from daemon.registry import BuildContext, ComponentSpec, Kind, Registry
 from daemon.yamlio import EnvText, LoadedYaml, format_path, load_yaml_file, load_yaml_text, resolve_scalar
-from streams.rules.expressions import compile_expression, compile_template
+from streams.expressions import compile_expression, compile_template
 from streams.rules.pipeline import RuleConfig, plan_rule
 from streams.rules.steps import STEP_KINDS
 

@@ -30,7 +30,7 @@ from daemon.errors import StartupError
 from daemon.state import DeadLetter, Journal, StateStore, event_from_record, redact
 from handlers.base import CallContext, Tool
 from handlers.runner import ToolRunner
-from streams.rules.expressions import compile_template
+from streams.expressions import compile_template
 from streams.rules.pipeline import plan_rule
 
 __all__ = ["add_dlq_parser", "restore_args", "run_dlq"]

@@ -56,7 +56,7 @@ from daemon.logs import get_logger
 from daemon.registry import BuildContext, ComponentSpec
 from handlers.base import CallContext, Tool, ToolConfig
 from streams.event import Event
-from streams.rules.expressions import compile_template
+from streams.expressions import compile_template
 from streams.rules.row import make_row
 
 __all__ = [

@@ -33,8 +33,8 @@ from pydantic import Field
 from daemon.errors import ToolError
 from daemon.logs import get_logger
 from handlers.base import CallContext, StartedCalls, Tool, ToolConfig
+from streams.expressions import compile_template
 from streams.kafka import KafkaSecurityConfig, client_options, stop_client
-from streams.rules.expressions import compile_template
 
 __all__ = ["KafkaTool", "KafkaToolConfig"]
 

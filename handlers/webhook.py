@@ -47,7 +47,7 @@ from daemon.registry import BuildContext, ComponentSpec
 from handlers.base import CallContext, Tool, ToolConfig
 from handlers.netguard import AddressRefused, GuardedResolver, InvalidTarget, NetPolicy
 from streams.event import Event
-from streams.rules.expressions import compile_template, is_constant_template
+from streams.expressions import compile_template, is_constant_template
 
 __all__ = ["SPEC", "WebhookTool", "WebhookToolConfig", "parse_retry_after", "signing_key"]
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from daemon.errors import ExpressionError
-from streams.rules.expressions import Compiled, compile_expression
+from streams.expressions import Compiled, compile_expression
 
 __all__ = [
     "AGGREGATES",

@@ -29,9 +29,9 @@ from reactivex import Observable, abc
 from reactivex.disposable import Disposable
 
 from streams.event import Event
+from streams.expressions import Compiled
 from streams.rules.aggregates import WindowProgram, WindowState
 from streams.rules.clock import EventClock
-from streams.rules.expressions import Compiled
 from streams.rules.row import fields_of, make_row
 from streams.rules.stats import RuleStats
 

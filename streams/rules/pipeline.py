@@ -41,8 +41,8 @@ from handlers.base import CallContext
 from handlers.runner import ToolRunner
 from streams.base import Source
 from streams.event import Event
+from streams.expressions import compile_expression, compile_template
 from streams.rules.clock import EventClock
-from streams.rules.expressions import compile_expression, compile_template
 from streams.rules.operators import StepContext, cooldown, event_time_gate
 from streams.rules.stats import RuleStats
 from streams.rules.steps import StepConfig, StepPlan, compile_steps

@@ -25,8 +25,8 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from daemon.errors import ExpressionError
+from streams.expressions import Compiled, compile_expression, field_name_problem
 from streams.rules.aggregates import compile_aggregates
-from streams.rules.expressions import Compiled, compile_expression, field_name_problem
 from streams.rules.operators import (
     Operator,
     StepContext,

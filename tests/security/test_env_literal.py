@@ -17,7 +17,7 @@ from daemon.errors import ConfigError
 from daemon.registry import builtin_registry
 from handlers.exec import ArgvBuilder
 from streams.event import Event
-from streams.rules.expressions import compile_template
+from streams.expressions import compile_template
 
 TEMPLATE_LIKE = ["{data.p}", "a{{b}}c", "}{", "{", "x}", "{key}{{key}}"]
 EVENT = Event("feed", 1.0, 1.0, "BTC", {"p": "65000.5"}, {})

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from daemon.errors import ExpressionError, RuleError
 from streams.event import Event
-from streams.rules.expressions import (
+from streams.expressions import (
     FUNCTIONS,
     MAX_EXPRESSION_LENGTH,
     compile_expression,
