@@ -14,7 +14,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from streams.event import Event
+from streams.call import CallContext
 
 __all__ = ["CallContext", "CircuitConfig", "RetryConfig", "StartedCalls", "Tool", "ToolConfig"]
 
@@ -63,16 +63,6 @@ class ToolConfig(BaseModel):
     template_fields: ClassVar[frozenset[str]] = frozenset()
     """Fields whose text is a template (``{expression}``): a value from ``${VAR}`` in them has its braces
     doubled by the configuration loader, so it renders as the literal text it is, never as a template."""
-
-
-class CallContext(NamedTuple):
-    """Why a tool is being called."""
-
-    tool: str
-    rule: str | None
-    event: Event | None
-    call_id: str  # stable per (rule, event, call) and across retries: the idempotency key
-    attempt: int = 1  # 1 for the first attempt, 2 for the first retry, ...
 
 
 class StartedCalls(NamedTuple):

@@ -37,21 +37,19 @@ from reactivex.subject import Subject
 
 from daemon.errors import RuleError
 from daemon.logs import RateLimitedLog, get_logger
-from handlers.base import CallContext
-from handlers.runner import ToolRunner
 from streams.base import Source
+from streams.call import CallContext
 from streams.event import Event
 from streams.expressions import compile_expression, compile_template
 from streams.rules.clock import EventClock
 from streams.rules.operators import StepContext, cooldown, event_time_gate
+from streams.rules.sink import Submit, ToolSink
 from streams.rules.stats import RuleStats
 from streams.rules.steps import StepConfig, StepPlan, compile_steps
 
 __all__ = ["Dispatcher", "Rule", "RuleConfig", "RuleStats", "ToolCallConfig", "plan_rule"]
 
 log = get_logger("rule")
-
-Submit = Callable[[str, dict[str, Any], CallContext], bool]
 
 
 EventKind = Literal["data", "gap"]
@@ -336,7 +334,7 @@ class Dispatcher:
     """Feeds one source's queue to the rules that read it, in batches, with backpressure."""
 
     def __init__(
-        self, source: Source, rules: Sequence[Rule], runner: ToolRunner, batch_size: int = 512
+        self, source: Source, rules: Sequence[Rule], runner: ToolSink, batch_size: int = 512
     ) -> None:
         self.source = source
         self.rules = list(rules)

@@ -47,8 +47,8 @@ from typing import IO, Any, NamedTuple
 
 import orjson
 
-from handlers.base import CallContext
 from streams.backoff import Reconnector
+from streams.call import CallContext
 from streams.event import DATA, GAP, MAX_FUTURE_SECONDS, Event, ProgressBound, key_problem
 from streams.rules.pipeline import Rule, RuleConfig
 

@@ -1,0 +1,25 @@
+"""A tool call as its caller describes it: :class:`CallContext`.
+
+It lives beside the event it points to, below both of its users: the rule layer builds one
+each time a rule fires (and the daemon when it resumes or replays a call), the tools receive it
+(``handlers.base`` re-exports it as part of the tool contract). So ``streams`` never imports
+``handlers`` to fire a tool.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from streams.event import Event
+
+__all__ = ["CallContext"]
+
+
+class CallContext(NamedTuple):
+    """Why a tool is being called."""
+
+    tool: str
+    rule: str | None
+    event: Event | None
+    call_id: str  # stable per (rule, event, call) and across retries: the idempotency key
+    attempt: int = 1  # 1 for the first attempt, 2 for the first retry, ...
