@@ -34,7 +34,7 @@ from daemon.errors import ToolError
 from daemon.logs import get_logger
 from handlers.base import CallContext, StartedCalls, Tool, ToolConfig
 from streams.expressions import compile_template
-from streams.kafka import KafkaSecurityConfig, client_options, stop_client
+from streams.kafka_client import KafkaSecurityConfig, client_options, stop_client
 
 __all__ = ["KafkaTool", "KafkaToolConfig"]
 

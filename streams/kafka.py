@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import os
 import time
@@ -28,70 +27,23 @@ from typing import Any, ClassVar, Literal
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
-from aiokafka.helpers import create_ssl_context
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from daemon.errors import NotConnected
 from daemon.logs import RateLimitedLog, get_logger
 from streams.ack import OffsetTracker
 from streams.base import Source, SourceConfig
 from streams.event import DATA, Event
+from streams.kafka_client import KafkaSecurityConfig, client_options, stop_client
 from streams.queue import QueueConfig, QueueFull, WhenFull
 
-__all__ = ["KafkaSecurityConfig", "KafkaSource", "KafkaSourceConfig", "client_options", "stop_client"]
+__all__ = ["KafkaSource", "KafkaSourceConfig"]
 
 log = get_logger("source.kafka")
 
 #: Test-only switch for the checker's control run: commit records as soon as they are received
 #: (the bug at-least-once delivery exists to prevent). Never set it in production.
 COMMIT_ON_RECEIPT_ENV = "REFLEXD_TEST_KAFKA_COMMIT_ON_RECEIPT"
-
-CLIENT_STOP_SECONDS = 10.0
-
-
-class KafkaSecurityConfig(BaseModel):
-    """``security:`` of Kafka sources and tools (passed through to aiokafka)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
-
-    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field("PLAINTEXT")
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(None)
-    username: str | None = Field(None, description="SASL user; use ${VAR}.")
-    password: str | None = Field(None, description="SASL password; use ${VAR}. Never logged or shown.")
-    ssl_cafile: str | None = Field(None, description="CA bundle for SSL.")
-    ssl_certfile: str | None = Field(None, description="Client certificate for SSL.")
-    ssl_keyfile: str | None = Field(None, description="Client key for SSL.")
-
-
-def client_options(bootstrap_servers: str | list[str], security: KafkaSecurityConfig) -> dict[str, Any]:
-    """Keyword arguments shared by aiokafka consumers and producers."""
-    options: dict[str, Any] = {
-        "bootstrap_servers": bootstrap_servers,
-        "security_protocol": security.protocol,
-    }
-    if security.protocol in ("SSL", "SASL_SSL"):
-        options["ssl_context"] = create_ssl_context(
-            cafile=security.ssl_cafile, certfile=security.ssl_certfile, keyfile=security.ssl_keyfile
-        )
-    if security.protocol.startswith("SASL"):
-        options["sasl_mechanism"] = security.sasl_mechanism or "PLAIN"
-        options["sasl_plain_username"] = security.username
-        options["sasl_plain_password"] = security.password
-    return options
-
-
-async def stop_client(
-    client: AIOKafkaConsumer | AIOKafkaProducer | None, logger: logging.Logger, **fields: Any
-) -> None:
-    """Stop an aiokafka client within a bound (the idempotent producer can wait forever for brokers
-    that are gone); a failure is logged with ``fields``, never raised."""
-    if client is None:
-        return
-    try:
-        async with asyncio.timeout(CLIENT_STOP_SECONDS):
-            await client.stop()
-    except Exception as exc:
-        logger.warning("kafka client stop failed", extra={"fields": {**fields, "error": repr(exc)}})
 
 
 class KafkaSourceConfig(SourceConfig):
