@@ -391,7 +391,7 @@ def _tools(config: AppConfig) -> int:
     out: list[dict[str, Any]] = []
     for name, plan in config.tools.items():
         tool = plan.spec.factory(name, plan.config, ctx)
-        out.append(tool.schema())  # type: ignore[union-attr]
+        out.append(tool.schema())
     sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
     return EXIT_OK
 

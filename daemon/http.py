@@ -6,9 +6,10 @@
 - ``/metrics``: Prometheus text format.
 - ``/status``: JSON with sources, rules and tools. It never contains configuration values
   (URLs, headers, arguments), so secrets from the environment cannot leak through it.
-- ``/kill-switch``: the order tools' kill switch. ``GET`` shows it, ``POST`` engages it (optional
-  JSON body ``{"reason": "..."}``), ``DELETE`` releases what ``POST`` engaged (a kill-switch
-  file, if present, keeps blocking). 404 when no tool has a kill switch.
+- ``/kill-switch``: the kill switch of every tool that has one (``Tool.kill_switch``: the order
+  tools). ``GET`` shows it, ``POST`` engages it (optional JSON body ``{"reason": "..."}``),
+  ``DELETE`` releases what ``POST`` engaged (a kill-switch file, if present, keeps blocking).
+  404 when no tool has a kill switch.
 
 Who may do what — one middleware (:meth:`OpsServer._guard`) applies it to every route, present and
 future, so a new route cannot forget it:
@@ -68,7 +69,7 @@ from daemon.config import HttpConfig, parse_listen
 from daemon.errors import StartupError
 from daemon.logs import RateLimitedLog, get_logger
 from daemon.telemetry import metrics_registry
-from handlers.ccxt_order import KillSwitch
+from handlers.base import KillSwitchControl
 
 if TYPE_CHECKING:
     from daemon.supervisor import Daemon
@@ -616,15 +617,11 @@ class OpsServer:
 
     # -- kill switch ----------------------------------------------------------------------------
 
-    def _switches(self) -> dict[str, KillSwitch]:
-        out = {}
-        for name, tool in self.daemon.tools.items():
-            switch = getattr(tool, "kill_switch", None)
-            if isinstance(switch, KillSwitch):
-                out[name] = switch
-        return out
+    def _switches(self) -> dict[str, KillSwitchControl]:
+        """The tools that expose a kill switch (a capability of the tool, whatever its type)."""
+        return {name: sw for name, tool in self.daemon.tools.items() if (sw := tool.kill_switch) is not None}
 
-    def _kill_switch_state(self, switches: dict[str, KillSwitch]) -> web.Response:
+    def _kill_switch_state(self, switches: dict[str, KillSwitchControl]) -> web.Response:
         states = {name: sw.state() for name, sw in switches.items()}
         return _json({"engaged": any(s["engaged"] for s in states.values()), "tools": states})
 
@@ -656,7 +653,7 @@ class OpsServer:
             return _json(_NO_KILL_SWITCH, 404)
         for switch in switches.values():
             switch.release()
-        still = sorted(name for name, sw in switches.items() if sw.blocking() is not None)
+        still = sorted(name for name, sw in switches.items() if sw.state()["engaged"])
         log.warning(
             "kill switch released over HTTP",
             extra={

@@ -3,6 +3,10 @@
 The same tool can be fired by a rule or, later, called by a language model with the same
 schema. ``call`` may be a coroutine function or a plain function; the runner awaits the
 former and runs the latter in a thread executor, propagating its exceptions.
+
+Capabilities the daemon looks for on any tool, whatever its type: :attr:`Tool.kill_switch`
+(a :class:`KillSwitchControl`, for tools whose actions an operator must be able to halt at once;
+the ops server's ``/kill-switch`` drives every tool that has one).
 """
 
 from __future__ import annotations
@@ -10,13 +14,21 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from streams.call import CallContext
 
-__all__ = ["CallContext", "CircuitConfig", "RetryConfig", "StartedCalls", "Tool", "ToolConfig"]
+__all__ = [
+    "CallContext",
+    "CircuitConfig",
+    "KillSwitchControl",
+    "RetryConfig",
+    "StartedCalls",
+    "Tool",
+    "ToolConfig",
+]
 
 
 class RetryConfig(BaseModel):
@@ -72,6 +84,19 @@ class StartedCalls(NamedTuple):
     token: Any = None  # handed back to :meth:`Tool.call_failed` (e.g. the client that sent them)
 
 
+class KillSwitchControl(Protocol):
+    """A tool's kill switch as the ops server drives it: engaged, the tool refuses its actions."""
+
+    def engage(self, reason: str) -> None:
+        """Refuse actions from now on, for ``reason`` (until :meth:`release`)."""
+
+    def release(self) -> None:
+        """Undo :meth:`engage` (other causes the switch knows of, such as a file, may still block)."""
+
+    def state(self) -> dict[str, Any]:
+        """JSON-ready state; ``"engaged"`` is true while actions are refused, whatever the cause."""
+
+
 class Tool(ABC):
     """Base of every tool type."""
 
@@ -81,6 +106,8 @@ class Tool(ABC):
     args_schema: ClassVar[dict[str, Any]] = {"type": "object"}
     #: Default concurrency when the configuration does not set one.
     default_concurrency: ClassVar[int | None] = None
+    #: Capability: the tool's kill switch, if its actions can be halted by an operator (``/kill-switch``).
+    kill_switch: KillSwitchControl | None = None
 
     def __init__(self, name: str, config: ToolConfig) -> None:
         self.name = name
@@ -88,9 +115,19 @@ class Tool(ABC):
 
     @property
     def concurrency(self) -> int:
-        if "concurrency" not in self.config.model_fields_set and self.default_concurrency is not None:
-            return self.default_concurrency
-        return self.config.concurrency
+        return self.concurrency_of(self.config)
+
+    @classmethod
+    def concurrency_of(cls, config: ToolConfig) -> int:
+        """Calls at once for ``config``: its ``concurrency``, or the type's default when it sets none."""
+        if "concurrency" not in config.model_fields_set and cls.default_concurrency is not None:
+            return cls.default_concurrency
+        return config.concurrency
+
+    @classmethod
+    def common_summary(cls, config: ToolConfig) -> list[tuple[str, Any]]:
+        """The fields every tool's ``reflexd check`` line ends with (its ``SPEC.summary`` adds them)."""
+        return [("concurrency", cls.concurrency_of(config)), ("timeout_seconds", config.timeout_seconds)]
 
     @property
     def batch_limit(self) -> int:

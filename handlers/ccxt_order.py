@@ -38,8 +38,9 @@ from daemon.errors import StartupError, ToolError
 from daemon.logs import get_logger
 from handlers.base import CallContext, Tool, ToolConfig
 from streams.ccxt import CcxtCredentials, ExchangeId, build_exchange, ccxt_error_kind, read_credentials
+from streams.component import BuildContext, ComponentSpec
 
-__all__ = ["CcxtOrderTool", "CcxtOrderToolConfig", "KillSwitch", "client_order_id"]
+__all__ = ["SPEC", "CcxtOrderTool", "CcxtOrderToolConfig", "KillSwitch", "client_order_id"]
 
 log = get_logger("tool.ccxt_order")
 
@@ -168,6 +169,7 @@ class CcxtOrderTool(Tool):
     }
     default_concurrency: ClassVar[int | None] = 1
     config: CcxtOrderToolConfig
+    kill_switch: KillSwitch  # the capability the ops server drives (handlers.base.KillSwitchControl)
 
     def __init__(
         self,
@@ -374,3 +376,42 @@ class CcxtOrderTool(Tool):
             "filled": ccxt_order.get("filled"),
             "found": found,
         }
+
+# -- registry entry (daemon/registry.py lists SPEC) ----------------------------------------------------
+
+
+def _factory(name: str, config: CcxtOrderToolConfig, ctx: BuildContext) -> CcxtOrderTool:
+    path = ctx.resolve(config.kill_switch_path) if config.kill_switch_path else None
+    return CcxtOrderTool(name, config, path)
+
+
+def _summary(c: CcxtOrderToolConfig) -> list[tuple[str, Any]]:
+    return [
+        ("exchange", c.exchange),
+        ("mode", "DRY RUN" if c.dry_run else "LIVE"),
+        ("allowed_symbols", c.allowed_symbols),
+        ("max_notional", c.max_notional),
+        ("max_orders", f"{c.max_orders}/{c.window_seconds:g}s"),
+        ("kill_switch_path", c.kill_switch_path),
+        *CcxtOrderTool.common_summary(c),
+    ]
+
+
+SPEC = ComponentSpec(
+    "tool",
+    "ccxt_order",
+    CcxtOrderToolConfig,
+    _factory,  # ccxt itself is imported when a live tool starts
+    _summary,
+    "Market and limit orders through ccxt, guarded (allowed symbols, max notional, max orders "
+    "per window, kill switch), idempotent (clientOrderId), dry-run by default.",
+    {
+        "type": "ccxt_order",
+        "exchange": "binance",
+        "allowed_symbols": ["BTC/USDT"],
+        "max_notional": 500,
+        "max_orders": 5,
+        "window_seconds": 60,
+        "kill_switch_path": "var/kill-switch",
+    },
+)

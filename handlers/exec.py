@@ -53,8 +53,8 @@ from pydantic import Field, field_validator, model_validator
 
 from daemon.errors import ExpressionError, StartupError, ToolError
 from daemon.logs import get_logger
-from daemon.registry import BuildContext, ComponentSpec
 from handlers.base import CallContext, Tool, ToolConfig
+from streams.component import BuildContext, ComponentSpec
 from streams.event import Event
 from streams.expressions import compile_template
 from streams.rules.row import make_row
@@ -553,6 +553,9 @@ class ExecTool(Tool):
             await _within(_DRAIN_SECONDS, child.exited, child.closed)
 
 
+# -- registry entry (daemon/registry.py lists SPEC) ----------------------------------------------------
+
+
 def _summary(c: ExecToolConfig) -> list[tuple[str, Any]]:
     return [
         ("program", c.argv[0]),
@@ -562,8 +565,7 @@ def _summary(c: ExecToolConfig) -> list[tuple[str, Any]]:
         ("env_allowlist", c.env_allowlist),
         ("options_end", c.options_end),
         ("max_output_bytes", c.max_output_bytes),
-        ("concurrency", c.concurrency),
-        ("timeout_seconds", c.timeout_seconds),
+        *ExecTool.common_summary(c),
     ]
 
 

@@ -18,8 +18,9 @@ from pydantic import Field
 
 from daemon.errors import StartupError
 from handlers.base import CallContext, Tool, ToolConfig
+from streams.component import BuildContext, ComponentSpec
 
-__all__ = ["FileTool", "FileToolConfig"]
+__all__ = ["SPEC", "FileTool", "FileToolConfig"]
 
 
 class FileToolConfig(ToolConfig):
@@ -70,3 +71,25 @@ class FileTool(Tool):
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
+
+
+# -- registry entry (daemon/registry.py lists SPEC) ----------------------------------------------------
+
+
+def _factory(name: str, config: FileToolConfig, ctx: BuildContext) -> FileTool:
+    return FileTool(name, config, ctx.resolve(config.path))
+
+
+def _summary(c: FileToolConfig) -> list[tuple[str, Any]]:
+    return [("path", c.path), *FileTool.common_summary(c)]
+
+
+SPEC = ComponentSpec(
+    "tool",
+    "file",
+    FileToolConfig,
+    _factory,
+    _summary,
+    FileTool.description,
+    {"type": "file", "path": "var/alerts.jsonl"},
+)

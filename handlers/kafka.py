@@ -33,10 +33,11 @@ from pydantic import Field
 from daemon.errors import ToolError
 from daemon.logs import get_logger
 from handlers.base import CallContext, StartedCalls, Tool, ToolConfig
+from streams.component import BuildContext, ComponentSpec
 from streams.expressions import compile_template
 from streams.kafka_client import KafkaSecurityConfig, client_options, stop_client
 
-__all__ = ["KafkaTool", "KafkaToolConfig"]
+__all__ = ["SPEC", "KafkaTool", "KafkaToolConfig"]
 
 log = get_logger("tool.kafka")
 
@@ -283,3 +284,24 @@ class KafkaTool(Tool):
 
     async def _stop_producer(self, producer: AIOKafkaProducer | None) -> None:
         await stop_client(producer, log, tool=self.name)
+
+# -- registry entry (daemon/registry.py lists SPEC) ----------------------------------------------------
+
+
+def _factory(name: str, config: KafkaToolConfig, ctx: BuildContext) -> KafkaTool:
+    return KafkaTool(name, config)
+
+
+def _summary(c: KafkaToolConfig) -> list[tuple[str, Any]]:
+    return [("bootstrap_servers", c.bootstrap_servers), ("topic", c.topic), *KafkaTool.common_summary(c)]
+
+
+SPEC = ComponentSpec(
+    "tool",
+    "kafka",
+    KafkaToolConfig,
+    _factory,
+    _summary,
+    KafkaTool.description,
+    {"type": "kafka", "bootstrap_servers": "localhost:9092", "topic": "alerts", "key": "{key}"},
+)

@@ -9,8 +9,9 @@ from pydantic import Field
 
 from daemon.logs import get_logger
 from handlers.base import CallContext, Tool, ToolConfig
+from streams.component import BuildContext, ComponentSpec
 
-__all__ = ["LogTool", "LogToolConfig"]
+__all__ = ["SPEC", "LogTool", "LogToolConfig"]
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -46,3 +47,25 @@ class LogTool(Tool):
         fields["args"] = args
         text = args.get("text")
         self._log.log(self._level, text if isinstance(text, str) else "rule fired", extra={"fields": fields})
+
+
+# -- registry entry (daemon/registry.py lists SPEC) ----------------------------------------------------
+
+
+def _factory(name: str, config: LogToolConfig, ctx: BuildContext) -> LogTool:
+    return LogTool(name, config)
+
+
+def _summary(c: LogToolConfig) -> list[tuple[str, Any]]:
+    return [("level", c.level), *LogTool.common_summary(c)]
+
+
+SPEC = ComponentSpec(
+    "tool",
+    "log",
+    LogToolConfig,
+    _factory,
+    _summary,
+    LogTool.description,
+    {"type": "log", "level": "warning"},
+)

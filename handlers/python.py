@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import importlib
 import inspect
-import re
 import reprlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -42,13 +40,16 @@ import orjson
 from pydantic import Field, field_validator
 
 from daemon.errors import StartupError
-from daemon.registry import BuildContext, ComponentSpec
 from handlers.base import CallContext, Tool, ToolConfig
+from streams.component import (
+    BuildContext,
+    ComponentSpec,
+    ImportStringError,
+    import_from_string,
+    is_import_string,
+)
 
 __all__ = ["SPEC", "PythonTool", "PythonToolConfig", "bounded_result", "load_function"]
-
-_REF = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", re.ASCII)
-
 
 class PythonToolConfig(ToolConfig):
     """Calls a Python function."""
@@ -64,27 +65,28 @@ class PythonToolConfig(ToolConfig):
     @field_validator("function")
     @classmethod
     def _check_function(cls, ref: str) -> str:
-        if not _REF.fullmatch(ref):
+        if not is_import_string(ref):
             raise ValueError(f"{ref!r} must look like package.module:function")
         return ref
 
 
 def load_function(ref: str) -> Callable[..., Any]:
-    """Import ``package.module:attr.path`` and return the callable; ``LookupError`` says what is wrong."""
-    module_name, _, attr = ref.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise LookupError(f"cannot import {module_name!r}: {exc}") from exc
-    obj: Any = module
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise LookupError(f"module {module_name!r} has no attribute {attr!r}") from None
+    """Import ``package.module:attr.path`` and return the callable; ``LookupError`` says what is wrong
+    (:class:`~streams.component.ImportStringError` when it cannot be imported)."""
+    obj = import_from_string(ref)
     if not callable(obj):
         raise LookupError(f"{ref} is a {type(obj).__name__}, not a function")
     return obj  # type: ignore[no-any-return]
+
+
+def _load_failure(ref: str, exc: LookupError) -> str:
+    """Why :func:`load_function` failed, as :meth:`PythonTool.start` reports it."""
+    cause = exc.__cause__
+    if isinstance(exc, ImportStringError) and exc.stage == "import" and cause is not None:
+        if isinstance(cause, ImportError):
+            return f"cannot import {exc.module!r}: {cause}"
+        return f"importing {ref} failed: {type(cause).__name__}: {cause}"  # the module's own code raised
+    return str(exc)
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
@@ -140,11 +142,7 @@ class PythonTool(Tool):
         try:
             fn = load_function(self.config.function)
         except LookupError as exc:
-            raise StartupError(f"tool {self.name}", str(exc)) from exc
-        except Exception as exc:  # the module raised while being imported
-            raise StartupError(
-                f"tool {self.name}", f"importing {self.config.function} failed: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise StartupError(f"tool {self.name}", _load_failure(self.config.function, exc)) from exc
         self.function = fn
         self._async = _is_async(fn)
         self._ctx = _wants_ctx(fn)
@@ -181,8 +179,11 @@ class PythonTool(Tool):
             executor.shutdown(wait=False, cancel_futures=True)
 
 
+# -- registry entry (daemon/registry.py lists SPEC) ----------------------------------------------------
+
+
 def _summary(c: PythonToolConfig) -> list[tuple[str, Any]]:
-    return [("function", c.function), ("concurrency", c.concurrency), ("timeout_seconds", c.timeout_seconds)]
+    return [("function", c.function), *PythonTool.common_summary(c)]
 
 
 def _factory(name: str, config: PythonToolConfig, ctx: BuildContext) -> Tool:

@@ -43,9 +43,9 @@ from yarl import URL
 
 from daemon.errors import ExpressionError, ToolError
 from daemon.logs import get_logger
-from daemon.registry import BuildContext, ComponentSpec
 from handlers.base import CallContext, Tool, ToolConfig
 from handlers.netguard import AddressRefused, GuardedResolver, InvalidTarget, NetPolicy
+from streams.component import BuildContext, ComponentSpec
 from streams.event import Event
 from streams.expressions import compile_template, is_constant_template
 
@@ -465,7 +465,7 @@ class WebhookTool(Tool):
         return ToolError(self.name, f"request to {target} failed: {type(exc).__name__}")
 
 
-# -- registry entry (daemon/registry.py registers SPEC) ------------------------------------------------
+# -- registry entry (daemon/registry.py lists SPEC) ----------------------------------------------------
 
 
 def _factory(name: str, cfg: WebhookToolConfig, ctx: BuildContext) -> Tool:
@@ -473,7 +473,6 @@ def _factory(name: str, cfg: WebhookToolConfig, ctx: BuildContext) -> Tool:
 
 
 def _summary(c: WebhookToolConfig) -> list[tuple[str, Any]]:
-    concurrency = c.concurrency
     return [
         ("url", c.url),
         ("method", c.method),
@@ -481,8 +480,7 @@ def _summary(c: WebhookToolConfig) -> list[tuple[str, Any]]:
         ("signed", c.signing_secret is not None),
         ("follow_redirects", c.follow_redirects),
         ("allow_private_networks", c.allow_private_networks),
-        ("concurrency", concurrency),
-        ("timeout_seconds", c.timeout_seconds),
+        *WebhookTool.common_summary(c),
     ]
 
 

@@ -184,6 +184,12 @@ class Source(ABC):
     async def close(self) -> None:
         """Release the session; must not raise."""
 
+    @classmethod
+    def queue_summary(cls, config: SourceConfig) -> str:
+        """``max_events/when_full`` of ``config``'s queue (the type's default policy when it sets none),
+        as ``reflexd check`` shows it (each type's ``SPEC.summary`` adds it)."""
+        return f"{config.queue.max_events}/{config.queue.when_full or cls.default_when_full}"
+
     def extra_status(self) -> dict[str, Any]:
         """Type-specific fields for /status (never configuration values)."""
         return {}

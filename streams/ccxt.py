@@ -53,10 +53,12 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from daemon.errors import IdleTimeout, NotConnected, StartupError
 from daemon.logs import RateLimitedLog, get_logger
 from streams.base import Source, SourceConfig, SourceStats
+from streams.component import BuildContext, ComponentSpec
 from streams.event import DATA, Event
 from streams.queue import WhenFull
 
 __all__ = [
+    "SPEC",
     "CcxtCredentials",
     "CcxtSource",
     "CcxtSourceConfig",
@@ -1102,3 +1104,38 @@ class CcxtSource(Source):
         while True:
             rows = await _timed(ex.watch_ohlcv(symbol, tf, params=dict(params)), stall)
             self._feed_candles(gen, st, rows)
+
+# -- registry entry (daemon/registry.py lists SPEC) ----------------------------------------------------
+
+
+def _factory(name: str, config: CcxtSourceConfig, ctx: BuildContext) -> CcxtSource:
+    return CcxtSource(name, config)  # ccxt itself is imported when the source connects
+
+
+def _summary(c: CcxtSourceConfig) -> list[tuple[str, Any]]:
+    return [
+        ("exchange", c.exchange),
+        ("channel", c.channel if c.channel != "ohlcv" else f"ohlcv {c.timeframe}"),
+        ("symbols", c.symbols),
+        ("mode", c.mode),
+        ("credentials", "from environment" if c.credentials else "none"),
+        ("queue", CcxtSource.queue_summary(c)),
+    ]
+
+
+SPEC = ComponentSpec(
+    "source",
+    "ccxt",
+    CcxtSourceConfig,
+    _factory,
+    _summary,
+    "Exchange market data through ccxt: trades, ticker, order book or candles, "
+    "over WebSocket (ccxt.pro) or REST polling.",
+    {
+        "type": "ccxt",
+        "exchange": "binance",
+        "channel": "trades",
+        "symbols": ["BTC/USDT", "ETH/USDT"],
+        "stall_timeout_seconds": 30,
+    },
+)

@@ -33,11 +33,12 @@ from daemon.errors import NotConnected
 from daemon.logs import RateLimitedLog, get_logger
 from streams.ack import OffsetTracker
 from streams.base import Source, SourceConfig
+from streams.component import BuildContext, ComponentSpec
 from streams.event import DATA, Event
 from streams.kafka_client import KafkaSecurityConfig, client_options, stop_client
 from streams.queue import QueueConfig, QueueFull, WhenFull
 
-__all__ = ["KafkaSource", "KafkaSourceConfig"]
+__all__ = ["SPEC", "KafkaSource", "KafkaSourceConfig"]
 
 log = get_logger("source.kafka")
 
@@ -417,3 +418,37 @@ class KafkaSource(Source):
             "dead_lettered": self.dead_lettered,
             "in_flight_records": sum(t.in_flight for t in self.trackers.values()),
         }
+
+# -- registry entry (daemon/registry.py lists SPEC) ----------------------------------------------------
+
+
+def _factory(name: str, config: KafkaSourceConfig, ctx: BuildContext) -> KafkaSource:
+    return KafkaSource(name, config)
+
+
+def _summary(c: KafkaSourceConfig) -> list[tuple[str, Any]]:
+    return [
+        ("bootstrap_servers", c.bootstrap_servers),
+        ("topics" if c.topics else "pattern", c.topics or c.pattern),
+        ("group_id", c.group_id),
+        ("value_format", c.value_format),
+        ("dead_letter_topic", c.dead_letter_topic),
+        ("queue", KafkaSource.queue_summary(c)),
+    ]
+
+
+SPEC = ComponentSpec(
+    "source",
+    "kafka",
+    KafkaSourceConfig,
+    _factory,
+    _summary,
+    "Kafka topics in a consumer group, at least once.",
+    {
+        "type": "kafka",
+        "bootstrap_servers": "localhost:9092",
+        "topics": ["orders"],
+        "group_id": "reflexd",
+        "dead_letter_topic": "orders.dlq",
+    },
+)

@@ -24,11 +24,12 @@ from pydantic import Field
 from daemon.errors import EndOfStream, NotConnected
 from daemon.logs import RateLimitedLog, get_logger
 from streams.base import Source, SourceConfig
+from streams.component import BuildContext, ComponentSpec
 from streams.event import KEY_TYPES, Event, ProgressBound, key_problem
 from streams.queue import WhenFull
 from streams.websocket import TIME_SCALE
 
-__all__ = ["ReplaySource", "ReplaySourceConfig"]
+__all__ = ["SPEC", "ReplaySource", "ReplaySourceConfig"]
 
 log = get_logger("source.replay")
 
@@ -148,3 +149,25 @@ class ReplaySource(Source):
         f, self._file = self._file, None
         if f is not None:
             f.close()
+
+
+# -- registry entry (daemon/registry.py lists SPEC) ----------------------------------------------------
+
+
+def _factory(name: str, config: ReplaySourceConfig, ctx: BuildContext) -> ReplaySource:
+    return ReplaySource(name, config, ctx.resolve(config.path))
+
+
+def _summary(c: ReplaySourceConfig) -> list[tuple[str, Any]]:
+    return [("path", c.path), ("speed", c.speed), ("loop", c.loop), ("queue", ReplaySource.queue_summary(c))]
+
+
+SPEC = ComponentSpec(
+    "source",
+    "replay",
+    ReplaySourceConfig,
+    _factory,
+    _summary,
+    "A recorded JSON Lines stream, paced by event time.",
+    {"type": "replay", "path": "data/sample-trades.jsonl", "time_field": "T", "speed": 1, "loop": True},
+)

@@ -38,10 +38,11 @@ from websockets.uri import WebSocketURI, parse_uri
 from daemon.errors import IdleTimeout, NotConnected
 from daemon.logs import RateLimitedLog, get_logger
 from streams.base import Source, SourceConfig
+from streams.component import BuildContext, ComponentSpec
 from streams.event import DATA, KEY_TYPES, Event, key_problem
 from streams.queue import WhenFull
 
-__all__ = ["WebSocketSource", "WebSocketSourceConfig"]
+__all__ = ["SPEC", "WebSocketSource", "WebSocketSourceConfig"]
 
 log = get_logger("source.websocket")
 
@@ -341,3 +342,36 @@ class WebSocketSource(Source):
             await ws.close()
         except Exception:
             ws.transport.abort()
+
+# -- registry entry (daemon/registry.py lists SPEC) ----------------------------------------------------
+
+
+def _factory(name: str, config: WebSocketSourceConfig, ctx: BuildContext) -> WebSocketSource:
+    return WebSocketSource(name, config, secret_subscribe=ctx.from_env("sources", name, "subscribe"))
+
+
+def _summary(c: WebSocketSourceConfig) -> list[tuple[str, Any]]:
+    return [
+        ("url", c.url),
+        ("subscribe", len(c.subscribe)),
+        ("headers", sorted(c.headers)),
+        ("idle_timeout_seconds", c.idle_timeout_seconds),
+        ("queue", WebSocketSource.queue_summary(c)),
+    ]
+
+
+SPEC = ComponentSpec(
+    "source",
+    "websocket",
+    WebSocketSourceConfig,
+    _factory,
+    _summary,
+    "A WebSocket feed.",
+    {
+        "type": "websocket",
+        "url": "wss://stream.binance.com:9443/ws",
+        "subscribe": [{"method": "SUBSCRIBE", "params": ["btcusdt@trade"], "id": 1}],
+        "key_field": "s",
+        "time_field": "T",
+    },
+)
