@@ -37,7 +37,7 @@ from pydantic import Field, model_validator
 from daemon.errors import StartupError, ToolError
 from daemon.logs import get_logger
 from handlers.base import CallContext, Tool, ToolConfig
-from streams.ccxt import CcxtCredentials, ExchangeId, build_exchange, ccxt_error_kind, read_credentials
+from streams.ccxt_client import CcxtCredentials, ExchangeId, build_exchange, ccxt_error_kind, read_credentials
 from streams.component import BuildContext, ComponentSpec
 
 __all__ = ["SPEC", "CcxtOrderTool", "CcxtOrderToolConfig", "KillSwitch", "client_order_id"]

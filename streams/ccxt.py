@@ -33,43 +33,57 @@ is closed (long-running ccxt clients grow: ccxt#29331, freqtrade#13082).
 
 ccxt is imported only when a ccxt source is built (the import costs ~0.5 s and ~100 MB);
 this module's configuration model imports nothing from it.
+
+The client helpers shared with the ``ccxt_order`` tool (building a client, credentials, error
+classes) are in :mod:`streams.ccxt_client`; turning ccxt's trades, tickers, books and candles
+into event data (pure functions) is :mod:`streams.ccxt_normalize`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import importlib.util
 import math
 import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from daemon.errors import IdleTimeout, NotConnected, StartupError
 from daemon.logs import RateLimitedLog, get_logger
 from streams.base import Source, SourceConfig, SourceStats
+from streams.ccxt_client import (
+    ERROR_REASON,
+    CcxtCredentials,
+    ExchangeId,
+    build_exchange,
+    ccxt_error_kind,
+    describe_error,
+    import_ccxt,
+    is_fatal,
+    read_credentials,
+)
+from streams.ccxt_normalize import (
+    book_data,
+    candle_data,
+    close_candles,
+    ticker_data,
+    ticker_fingerprint,
+    trade_data,
+    trade_key,
+)
 from streams.component import BuildContext, ComponentSpec
 from streams.event import DATA, Event
 from streams.queue import WhenFull
 
 __all__ = [
     "SPEC",
-    "CcxtCredentials",
     "CcxtSource",
     "CcxtSourceConfig",
     "CcxtStats",
-    "ExchangeId",
-    "build_exchange",
-    "ccxt_error_kind",
-    "exchange_exists",
-    "exchange_id",
-    "import_ccxt",
-    "read_credentials",
 ]
 
 log = get_logger("source.ccxt")
@@ -99,174 +113,10 @@ WATCH_PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "binanceusdm": {"trades": {"name": "aggTrade"}, "ticker": {"name": "ticker"}},
     "binancecoinm": {"trades": {"name": "aggTrade"}, "ticker": {"name": "ticker"}},
 }
-#: Errors that stop one subscription for good (a configuration problem, not an outage).
-FATAL_ERRORS = ("AuthenticationError", "BadSymbol", "BadRequest", "NotSupported", "ArgumentsRequired")
 BACKFILL_PAGE = 1000
 BACKFILL_WAIT = 2.0  # seconds to wait for the first live trade before backfilling without it
 CLOSE_TIMEOUT = 12.0  # above aiohttp's 10 s wait for the peer's closing handshake
 TASK_STOP_TIMEOUT = 5.0
-
-
-# -- shared with the ccxt_order tool ---------------------------------------------------------
-
-
-def exchange_exists(name: str) -> bool | None:
-    """True if ccxt has an exchange class ``name``; None if ccxt is not installed.
-
-    Looks for the module file instead of importing ccxt (which loads every exchange).
-    """
-    spec = importlib.util.find_spec("ccxt")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return any(
-        (Path(location) / "async_support" / f"{name}.py").is_file()
-        for location in spec.submodule_search_locations
-    )
-
-
-def exchange_id(value: str) -> str:
-    """Validate a ccxt exchange id: lower-case identifier of an exchange ccxt has."""
-    if not value.isidentifier() or not value.islower():
-        raise ValueError("must be a ccxt exchange id (lower case, e.g. binance)")
-    if exchange_exists(value) is False:
-        raise ValueError(f"ccxt has no exchange {value!r}")
-    return value
-
-
-#: The ``exchange`` field of ccxt sources and tools.
-ExchangeId = Annotated[str, AfterValidator(exchange_id)]
-
-
-def import_ccxt(pro: bool) -> Any:
-    """``ccxt.pro`` (WebSocket + REST) or ``ccxt.async_support`` (REST), imported on first use."""
-    return importlib.import_module("ccxt.pro" if pro else "ccxt.async_support")
-
-
-class CcxtCredentials(BaseModel):
-    """Names of the environment variables holding the API credentials (never the values)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    api_key_env: str = Field(description="Variable holding the API key.", examples=["BINANCE_API_KEY"])
-    secret_env: str = Field(description="Variable holding the API secret.", examples=["BINANCE_API_SECRET"])
-    password_env: str | None = Field(None, description="Variable holding the API passphrase, if any.")
-
-
-def read_credentials(creds: CcxtCredentials | None, env: Mapping[str, str], component: str) -> dict[str, str]:
-    """ccxt's ``apiKey`` / ``secret`` / ``password`` from the environment; StartupError if one is unset."""
-    if creds is None:
-        return {}
-    wanted = {"apiKey": creds.api_key_env, "secret": creds.secret_env}
-    if creds.password_env:
-        wanted["password"] = creds.password_env
-    missing = [var for var in wanted.values() if not env.get(var)]
-    if missing:
-        raise StartupError(component, f"credentials: environment variable(s) not set: {', '.join(missing)}")
-    return {key: env[var] for key, var in wanted.items()}
-
-
-def _with_hooks(cls: type) -> type:
-    """``cls`` with its WebSocket close / error callbacks reported to ``reflexd_on_ws_lost``.
-
-    ``on_close`` / ``on_error`` are the callbacks ccxt's clients call on the exchange; the
-    override keeps ccxt's own handling and only adds the report.
-    """
-
-    class Hooked(cls):  # type: ignore[misc]
-        reflexd_on_ws_lost: Callable[[str], None] | None = None
-
-        def on_close(self, client: Any, error: Any) -> None:
-            super().on_close(client, error)
-            report = self.reflexd_on_ws_lost
-            if report is not None:
-                report(f"WebSocket closed by the exchange (code {error})")
-
-        def on_error(self, client: Any, error: Any) -> None:
-            super().on_error(client, error)
-            report = self.reflexd_on_ws_lost
-            if report is not None:
-                report(f"WebSocket error: {type(error).__name__}: {error}")
-
-    Hooked.__name__ = Hooked.__qualname__ = cls.__name__
-    return Hooked
-
-
-_hooked = functools.lru_cache(maxsize=None)(_with_hooks)
-
-
-def build_exchange(
-    exchange: str,
-    *,
-    pro: bool,
-    credentials: Mapping[str, str],
-    timeout_seconds: float,
-    options: Mapping[str, Any],
-    urls: Mapping[str, Any],
-    sandbox: bool,
-    rate_limit_ms: int | None = None,
-) -> Any:
-    """A ccxt exchange instance. ``pro`` picks the ccxt.pro class when the exchange has one."""
-    module = import_ccxt(pro)
-    cls = getattr(module, exchange, None)
-    if cls is None and pro:
-        cls = getattr(import_ccxt(False), exchange, None)
-    if cls is None:
-        raise StartupError("ccxt", f"ccxt has no exchange {exchange!r}")
-    config: dict[str, Any] = {
-        "enableRateLimit": True,
-        "timeout": int(timeout_seconds * 1000),
-        "options": dict(options),
-        **credentials,
-    }
-    if rate_limit_ms is not None:
-        config["rateLimit"] = rate_limit_ms
-    ex = _hooked(cls)(config)
-    if sandbox:
-        ex.set_sandbox_mode(True)  # replaces urls['api'] wholesale: before the overrides below
-    if urls:
-        ex.urls = ex.deep_extend(ex.urls, dict(urls))
-    return ex
-
-
-def ccxt_error_kind(exc: BaseException) -> str | None:
-    """The first ccxt error class name in ``exc``'s hierarchy that reflexd cares about, else None."""
-    for klass in type(exc).__mro__:
-        if klass.__module__.startswith("ccxt."):
-            name = klass.__name__
-            if name in FATAL_ERRORS or name in (
-                "RateLimitExceeded",
-                "DDoSProtection",
-                "RequestTimeout",
-                "ExchangeNotAvailable",
-                "NetworkError",
-                "InvalidNonce",
-                "ExchangeError",
-                "OperationFailed",
-                "BaseError",
-            ):
-                return name
-    return None
-
-
-def _is_fatal(exc: BaseException) -> bool:
-    return any(k.__name__ in FATAL_ERRORS and k.__module__.startswith("ccxt.") for k in type(exc).__mro__)
-
-
-ERROR_REASON = {
-    "RateLimitExceeded": "rate_limited",
-    "DDoSProtection": "rate_limited",
-    "RequestTimeout": "request_timeout",
-    "ExchangeNotAvailable": "exchange_not_available",
-    "NetworkError": "network",
-    "InvalidNonce": "network",
-}
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    if len(text) > 300:
-        text = text[:297] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 # -- configuration ---------------------------------------------------------------------------
@@ -451,12 +301,6 @@ class _Stall(Exception):
     pass
 
 
-def _trade_key(t: Mapping[str, Any]) -> Any:
-    """A trade's id, or what identifies it on exchanges that send none."""
-    tid = t["id"]
-    return tid if tid is not None else (t["timestamp"], t["price"], t["amount"], t["side"])
-
-
 async def _timed(aw: Awaitable[T], seconds: float) -> T:
     """``await aw`` under the stall watchdog; an expiry raises :class:`_Stall` (never ccxt's own timeouts)."""
     cm = asyncio.timeout(seconds)
@@ -528,7 +372,7 @@ class CcxtSource(Source):
 
     def classify_error(self, exc: BaseException) -> bool:
         if ccxt_error_kind(exc) is not None:
-            return not _is_fatal(exc)
+            return not is_fatal(exc)
         return super().classify_error(exc)
 
     def readiness(self, now: float | None = None) -> tuple[bool, str]:
@@ -705,13 +549,13 @@ class CcxtSource(Source):
                 await ex.close()
             return
         except Exception as exc:
-            self._close_log.hit(source=self.name, error=_describe(exc) if str(exc) else type(exc).__name__)
+            self._close_log.hit(source=self.name, error=describe_error(exc))
         session = getattr(ex, "session", None)
         if session is not None and not session.closed:
             try:
                 await session.close()  # closes the connector: every socket of the client
             except Exception as exc:
-                self._close_log.hit(source=self.name, error=_describe(exc))
+                self._close_log.hit(source=self.name, error=describe_error(exc))
 
     def _ws_lost(self, gen: _Generation, reason: str) -> None:
         if gen.closing:
@@ -757,9 +601,9 @@ class CcxtSource(Source):
         kind = ccxt_error_kind(exc)
         if kind is None:
             self.stats.count_error("unexpected")
-            return NotConnected(self.name, f"{doing}: {_describe(exc)}")
+            return NotConnected(self.name, f"{doing}: {describe_error(exc)}")
         self.stats.count_error(ERROR_REASON.get(kind, "exchange_error"))
-        return NotConnected(self.name, f"{doing}: {_describe(exc)}", retryable=not _is_fatal(exc))
+        return NotConnected(self.name, f"{doing}: {describe_error(exc)}", retryable=not is_fatal(exc))
 
     # -- per-symbol tasks ---------------------------------------------------------------------
 
@@ -794,8 +638,8 @@ class CcxtSource(Source):
         except Exception as exc:
             if gen.closing:
                 return
-            if _is_fatal(exc):
-                self._stop_symbol(st, _describe(exc))
+            if is_fatal(exc):
+                self._stop_symbol(st, describe_error(exc))
                 return
             err = self._mapped(exc, st.symbol)
             err.__cause__ = exc
@@ -847,27 +691,13 @@ class CcxtSource(Source):
         put = self._put
         emitted = 0
         for t in trades:
-            tid = t["id"]
             ts = t["timestamp"]
-            if not seen.add(tid if tid is not None else (ts, t["price"], t["amount"], t["side"])):
+            if not seen.add(trade_key(t)):
                 stats.duplicates += 1
                 continue
             stats.received += 1
             emitted += 1
-            put(
-                st,
-                ts,
-                {
-                    "symbol": symbol,
-                    "id": tid,
-                    "price": t["price"],
-                    "amount": t["amount"],
-                    "side": t["side"],
-                    "ts": ts,
-                },
-                now,
-                backfill,
-            )
+            put(st, ts, trade_data(symbol, t), now, backfill)
             if ts is not None and (last is None or ts > last):
                 last = ts
         st.last_ts = last
@@ -887,7 +717,7 @@ class CcxtSource(Source):
                 if not st.polled:  # the first poll is a baseline: history before the start is not replayed
                     st.polled = True
                     for t in page:
-                        st.seen.add(_trade_key(t))
+                        st.seen.add(trade_key(t))
                     st.last_ts = max(
                         (t["timestamp"] for t in page if t["timestamp"] is not None), default=None
                     )
@@ -967,25 +797,16 @@ class CcxtSource(Source):
             if not self._delivered(gen, st):
                 return
             now = time.time()
-            ts = t.get("timestamp")
-            data = {
-                "symbol": symbol,
-                "bid": t.get("bid"),
-                "ask": t.get("ask"),
-                "last": t.get("last"),
-                "bid_volume": t.get("bidVolume"),
-                "ask_volume": t.get("askVolume"),
-                "ts": ts,
-            }
+            data = ticker_data(symbol, t)
             self.stats.received += 1
             self.stats.last_event_at = now
-            self._put(st, ts, data, now)
+            self._put(st, data["ts"], data, now)
 
         if self._poll:
 
             async def poll() -> None:
                 t = await _timed(ex.fetch_ticker(symbol), stall)
-                fingerprint = (t.get("timestamp"), t.get("bid"), t.get("ask"), t.get("last"))
+                fingerprint = ticker_fingerprint(t)
                 if fingerprint == st.last_ticker:
                     self._delivered(gen, st)
                     self.stats.last_event_at = time.time()
@@ -1012,14 +833,10 @@ class CcxtSource(Source):
             if not self._delivered(gen, st):
                 return
             now = time.time()
-            # watch_order_book returns one live object that ccxt keeps mutating: copy the levels
-            bids = [[level[0], level[1]] for level in ob["bids"][:depth]]
-            asks = [[level[0], level[1]] for level in ob["asks"][:depth]]
-            ts = ob.get("timestamp")
-            data = {"symbol": symbol, "bids": bids, "asks": asks, "ts": ts, "nonce": ob.get("nonce")}
+            data = book_data(symbol, ob, depth)  # a copy: ccxt keeps mutating the object it returned
             self.stats.received += 1
             self.stats.last_event_at = now
-            self._put(st, ts, data, now)
+            self._put(st, data["ts"], data, now)
 
         if self._poll:
 
@@ -1040,39 +857,17 @@ class CcxtSource(Source):
         if not self._delivered(gen, st):
             return
         now = time.time()
-        include_forming = self.config.include_forming
-        for row in sorted(rows, key=lambda r: r[0]):
-            ts = row[0]
-            if st.closed_ts is not None and ts <= st.closed_ts:
-                continue
-            forming = st.forming
-            if forming is not None and ts < forming[0]:
-                continue
-            if forming is not None and ts > forming[0]:
-                self._emit_candle(st, forming, True, now, backfill)
-                st.closed_ts = forming[0]
-            st.forming = list(row[:6])
-            if include_forming:
-                self._emit_candle(st, st.forming, False, now, backfill)
-
-    def _emit_candle(self, st: _Symbol, row: list[Any], closed: bool, now: float, backfill: bool) -> None:
-        ts, o, h, low, c, v = row[:6]
-        data = {
-            "symbol": st.symbol,
-            "timeframe": self.config.timeframe,
-            "ts": ts,
-            "open": o,
-            "high": h,
-            "low": low,
-            "close": c,
-            "volume": v,
-            "closed": closed,
-        }
-        self.stats.received += 1
-        self.stats.last_event_at = now
-        if backfill and closed:
-            self.stats.backfilled += 1
-        self._put(st, ts, data, now, backfill)
+        emits, st.forming, st.closed_ts = close_candles(
+            rows, st.forming, st.closed_ts, self.config.include_forming
+        )
+        timeframe = self.config.timeframe
+        stats = self.stats
+        for row, closed in emits:
+            stats.received += 1
+            stats.last_event_at = now
+            if backfill and closed:
+                stats.backfilled += 1
+            self._put(st, row[0], candle_data(st.symbol, timeframe, row, closed), now, backfill)
 
     async def _ohlcv(self, gen: _Generation, st: _Symbol) -> None:
         ex = gen.exchange
