@@ -44,7 +44,7 @@ import orjson
 
 from daemon.errors import StartupError
 from daemon.logs import RateLimitedLog, get_logger
-from streams.event import Event
+from streams.event import READABLE_FIELDS, Event
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -129,6 +129,8 @@ _SECRET_NAMES = ("password", "passwd", "secret", "token", "authorization", "api_
 
 def _plain(value: Any) -> Any:
     """What orjson cannot serialise: named tuples as objects, anything else as its repr."""
+    if isinstance(value, Event):  # its readable fields (the ack is a transport handle)
+        return dict(zip(READABLE_FIELDS, value, strict=False))
     if isinstance(value, tuple) and hasattr(type(value), "_fields"):
         return value._asdict()  # type: ignore[attr-defined]
     return repr(value)
@@ -211,16 +213,12 @@ def event_record(event: Any, *, data: bool = True) -> dict[str, Any] | None:
     ``data`` only where it came from."""
     if event is None:
         return None
-    meta = event.meta
-    if "ack" in meta:
-        meta = dict(meta)
-        del meta["ack"]
     record = {
         "source": event.source,
         "ts": event.ts,
         "received_at": event.received_at,
         "key": event.key,
-        "meta": meta,
+        "meta": event.meta,
         "kind": event.kind,
     }
     if data:

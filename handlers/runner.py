@@ -7,7 +7,7 @@ source's bounded queue and its ``when_full`` policy. A lane accepts at most
 ``max_pending + CALL_SLACK`` calls (the slack absorbs the calls of the event that filled it);
 past that a call is rejected and counted, never silently lost.
 
-A call whose event carries an acknowledgement (``meta["ack"]``, Kafka records) holds it until
+A call whose event carries an acknowledgement (``event.ack``, Kafka records) holds it until
 the call has ended — succeeded, or failed for good — so the record's offset is committed only
 after every tool it triggered has finished. A rejected call keeps its hold: the record is never
 committed and is delivered again after a restart.
@@ -292,11 +292,11 @@ class ToolRunner:
         lane = self._lanes[tool]
         if self._closed:
             lane.stats.rejected += 1
-            if ctx.event is not None and (closed_ack := ctx.event.meta.get("ack")) is not None:
+            if ctx.event is not None and (closed_ack := ctx.event.ack) is not None:
                 closed_ack.hold()  # stopping: leave the record uncommitted
             return False
         event = ctx.event
-        ack = event.meta.get("ack") if event is not None else None
+        ack = event.ack if event is not None else None
         try:
             journal_id = self._journal_queued(lane, args, ctx)
             lane.queue.put_nowait(Invocation(args, ctx, ack, done, dead_letter, journal_id))
@@ -326,7 +326,7 @@ class ToolRunner:
         name = lane.tool.name
         secrets = self._secret_args.get((ctx.rule, name), frozenset())
         event = ctx.event
-        if event is not None and "ack" in event.meta:
+        if event is not None and event.ack is not None:
             # a Kafka record: redelivery, not the journal, resumes it after a crash, so its row keeps
             # only where the record came from (its data stays in Kafka, and in the DLQ if it fails)
             journal.started(

@@ -2,7 +2,7 @@
 
 A record is *finished* when the dispatcher has shown it to every rule and every tool call
 it triggered has ended (succeeded, or failed for good). Each record carries an :class:`Ack`
-in ``event.meta["ack"]``: the dispatcher holds it while the rules run, the tool runner holds
+in ``event.ack``: the dispatcher holds it while the rules run, the tool runner holds
 it once per call; the last release marks the record's offset finished in its partition's
 :class:`OffsetTracker`, which knows the last contiguous finished offset — the only thing that
 may be committed.

@@ -132,7 +132,7 @@ class Source(ABC):
     emits_gaps: ClassVar[bool] = True
     #: ``queue.when_full`` when the configuration does not say.
     default_when_full: ClassVar[WhenFull] = "block"
-    #: Events carry an acknowledgement (``meta["ack"]``) that must be released when finished.
+    #: Events carry an acknowledgement (``event.ack``) that must be released when finished.
     acknowledges: ClassVar[bool] = False
 
     def __init__(self, name: str, config: SourceConfig) -> None:

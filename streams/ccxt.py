@@ -76,7 +76,7 @@ from streams.ccxt_normalize import (
     trade_key,
 )
 from streams.component import BuildContext, ComponentSpec
-from streams.event import DATA, Event
+from streams.event import new_event
 from streams.queue import WhenFull
 
 __all__ = [
@@ -663,8 +663,7 @@ class CcxtSource(Source):
             self.drop_future(ts, now, data)
             return
         meta = {"seq": self._seq, "backfill": True} if backfill else {"seq": self._seq}
-        new = tuple.__new__  # Event(...) without the NamedTuple's Python-level __new__
-        self.queue.put_nowait(new(Event, (self.name, ts, now, st.symbol, data, meta, DATA)))
+        self.queue.put_nowait(new_event(self.name, ts, now, st.symbol, data, meta))
 
     async def _polling(self, fetch: Callable[[], Awaitable[None]]) -> None:
         interval = self.config.poll_interval_seconds
@@ -899,6 +898,7 @@ class CcxtSource(Source):
         while True:
             rows = await _timed(ex.watch_ohlcv(symbol, tf, params=dict(params)), stall)
             self._feed_candles(gen, st, rows)
+
 
 # -- registry entry (daemon/registry.py lists SPEC) ----------------------------------------------------
 

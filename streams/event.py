@@ -1,5 +1,8 @@
 """The Event record: one small immutable value per message, created on the hot path.
 
+Build one with ``Event(...)`` where speed does not matter, and with :func:`new_event` (same
+arguments, about 60 ns cheaper) in a source's read loop.
+
 Also the two checks every source applies while it builds events, kept here so that every
 source (and ``reflexd replay``) applies the same ones:
 
@@ -18,7 +21,19 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-__all__ = ["DATA", "GAP", "KEY_TYPES", "MAX_FUTURE_SECONDS", "Event", "ProgressBound", "key_problem"]
+from streams.ack import Ack
+
+__all__ = [
+    "DATA",
+    "GAP",
+    "KEY_TYPES",
+    "MAX_FUTURE_SECONDS",
+    "READABLE_FIELDS",
+    "Event",
+    "ProgressBound",
+    "key_problem",
+    "new_event",
+]
 
 DATA = "data"
 GAP = "gap"
@@ -42,6 +57,8 @@ class Event(NamedTuple):
     - ``data``: the decoded payload
     - ``meta``: transport details (sequence number, topic, partition, offset, headers, ...)
     - ``kind``: ``"data"`` for payloads, ``"gap"`` for a reconnect marker (``data`` holds the outage)
+    - ``ack``: the delivery acknowledgement of a record promised at-least-once (Kafka), else None;
+      a transport handle, never recorded, journaled or readable by an expression
     """
 
     source: str
@@ -51,6 +68,30 @@ class Event(NamedTuple):
     data: Any
     meta: dict[str, Any]
     kind: str = DATA
+    ack: Ack | None = None
+
+
+_tuple_new = tuple.__new__
+
+
+def new_event(
+    source: str,
+    ts: float,
+    received_at: float,
+    key: Any,
+    data: Any,
+    meta: dict[str, Any],
+    kind: str = DATA,
+    ack: Ack | None = None,
+) -> Event:
+    """``Event(...)`` for the hot path: the same value, without the NamedTuple's ``__new__`` (that
+    one is reached through ``type.__call__``; a plain function call costs ~60 ns less per event)."""
+    event: Event = _tuple_new(Event, (source, ts, received_at, key, data, meta, kind, ack))
+    return event
+
+
+#: The fields an expression or a template can name: all but the transport handle ``ack``.
+READABLE_FIELDS: tuple[str, ...] = tuple(name for name in Event._fields if name != "ack")
 
 
 def key_problem(value: Any) -> str | None:

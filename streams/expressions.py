@@ -57,7 +57,7 @@ from types import MappingProxyType
 from typing import Any, Final, NoReturn
 
 from daemon.errors import ExpressionError
-from streams.event import Event
+from streams.event import READABLE_FIELDS, Event
 
 __all__ = [
     "FUNCTIONS",
@@ -278,7 +278,8 @@ _NUMERIC_RESULT: Final = frozenset(
 
 _SIZED: Final = (str, bytes, bytearray, list, tuple)
 _STRINGS: Final = (str, bytes, bytearray)
-_FIELD_INDEX: Final[Mapping[str, int]] = {name: i for i, name in enumerate(Event._fields)}
+_FIELD_INDEX: Final[Mapping[str, int]] = {name: Event._fields.index(name) for name in READABLE_FIELDS}
+_COMPUTED_INDEX: Final = len(Event._fields)  # a Row keeps its computed fields after the event's (rules.row)
 
 
 def _field(value: Any, name: str) -> Any:
@@ -633,14 +634,15 @@ class _Compiler:
             return _Part(itemgetter(index))
         name = node.id
         if name in self.names:
+            at = _COMPUTED_INDEX
 
             def computed_field(e: Event) -> Any:
-                return e[7][name]  # type: ignore[misc]  # a Row: the computed-field dict
+                return e[at][name]  # type: ignore[index]  # a Row: the computed-field dict
 
             return _Part(computed_field)
         if name in FUNCTIONS:
             self.fail(f"function {name!r} must be called, as in {name}(...)", node)
-        allowed = ", ".join(Event._fields)
+        allowed = ", ".join(READABLE_FIELDS)
         computed = f"; computed fields here: {', '.join(sorted(self.names))}" if self.names else ""
         self.fail(f"unknown name {name!r} (an expression can use {allowed}{computed})", node)
 

@@ -1,6 +1,6 @@
 """``kafka`` source (aiokafka): at-least-once delivery of records to the rules and their tools.
 
-- Auto-commit is off. Each record carries an :class:`~streams.ack.Ack`; it is finished when
+- Auto-commit is off. Each record carries an :class:`~streams.ack.Ack` (``event.ack``); it is finished when
   the rules have seen it and every tool call it triggered has ended. Per partition the source
   commits the last contiguous finished offset + 1: every ``commit_interval_seconds``, when
   partitions are revoked (after giving their in-flight records a short while to finish), and
@@ -34,7 +34,7 @@ from daemon.logs import RateLimitedLog, get_logger
 from streams.ack import OffsetTracker
 from streams.base import Source, SourceConfig
 from streams.component import BuildContext, ComponentSpec
-from streams.event import DATA, Event
+from streams.event import DATA, new_event
 from streams.kafka_client import KafkaSecurityConfig, client_options, stop_client
 from streams.queue import QueueConfig, QueueFull, WhenFull
 
@@ -222,9 +222,7 @@ class KafkaSource(Source):
             }
         if self._commit_on_receipt:
             ack.release()  # the control run's bug: finished before any rule or tool saw it
-        else:
-            meta["ack"] = ack
-        event = tuple.__new__(Event, (self.name, ts, now, key, data, meta, DATA))
+        event = new_event(self.name, ts, now, key, data, meta, DATA, None if self._commit_on_receipt else ack)
         try:
             self.queue.put_nowait(event)
         except QueueFull:  # cannot happen while the pause threshold leaves room for a full poll
@@ -335,10 +333,11 @@ class KafkaSource(Source):
         """
         for tracker in trackers:
             tracker.revoked = True
-        removed = self.queue.discard(lambda e: (a := e.meta.get("ack")) is not None and a.tracker.revoked)
+        removed = self.queue.discard(lambda e: e.ack is not None and e.ack.tracker.revoked)
         by_tracker: dict[int, tuple[OffsetTracker, set[int]]] = {}
         for event in removed:
-            ack = event.meta["ack"]
+            ack = event.ack
+            assert ack is not None  # the predicate above took only records with an ack
             by_tracker.setdefault(id(ack.tracker), (ack.tracker, set()))[1].add(ack.offset)
         for tracker, offsets in by_tracker.values():
             tracker.forget(offsets)
@@ -418,6 +417,7 @@ class KafkaSource(Source):
             "dead_lettered": self.dead_lettered,
             "in_flight_records": sum(t.in_flight for t in self.trackers.values()),
         }
+
 
 # -- registry entry (daemon/registry.py lists SPEC) ----------------------------------------------------
 

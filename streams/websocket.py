@@ -39,7 +39,7 @@ from daemon.errors import IdleTimeout, NotConnected
 from daemon.logs import RateLimitedLog, get_logger
 from streams.base import Source, SourceConfig
 from streams.component import BuildContext, ComponentSpec
-from streams.event import DATA, KEY_TYPES, Event, key_problem
+from streams.event import KEY_TYPES, key_problem, new_event
 from streams.queue import WhenFull
 
 __all__ = ["SPEC", "WebSocketSource", "WebSocketSourceConfig"]
@@ -273,7 +273,6 @@ class WebSocketSource(Source):
         max_future = self.config.max_future_seconds or math.inf
         key_types = KEY_TYPES
         sleep0 = asyncio.sleep
-        new = tuple.__new__  # Event(...) without the NamedTuple's Python-level __new__: ~100 ns per message
         while True:
             raw = await recv(decode=False)
             now = clock()
@@ -301,7 +300,7 @@ class WebSocketSource(Source):
                         if ts - now > max_future:  # e.g. µs read as ms: would poison the watermark
                             self.drop_future(ts, now, raw)
                             continue
-            put(new(Event, (name, ts, now, key, data, {"seq": stats.received}, DATA)))
+            put(new_event(name, ts, now, key, data, {"seq": stats.received}))
             stats.last_event_at = now
             if not stats.received & 511:
                 # One socket read can hold thousands of frames; let the dispatcher take its share
@@ -342,6 +341,7 @@ class WebSocketSource(Source):
             await ws.close()
         except Exception:
             ws.transport.abort()
+
 
 # -- registry entry (daemon/registry.py lists SPEC) ----------------------------------------------------
 

@@ -84,17 +84,14 @@ def _jsonable(value: Any) -> Any:
 
 
 def encode_event(event: Event) -> bytes:
-    """One recording line (with its newline). A delivery acknowledgement in ``meta`` is left out."""
-    meta = event.meta
-    if "ack" in meta:
-        meta = {k: v for k, v in meta.items() if k != "ack"}
+    """One recording line (with its newline). The delivery acknowledgement (``event.ack``) is left out."""
     record = {
         "source": event.source,
         "ts": event.ts,
         "received_at": event.received_at,
         "key": event.key,
         "kind": event.kind,
-        "meta": meta,
+        "meta": event.meta,
         "data": event.data,
     }
     return orjson.dumps(record, default=_jsonable, option=orjson.OPT_NON_STR_KEYS) + b"\n"
@@ -383,9 +380,8 @@ async def record_source(
                 out.flush()
                 pending = 0
             for event in batch:  # written: the record may be committed (Kafka)
-                ack = event.meta.get("ack")
-                if ack is not None:
-                    ack.release()
+                if event.ack is not None:
+                    event.ack.release()
         out.flush()
 
     reconnector = Reconnector(source, source.config.reconnect)

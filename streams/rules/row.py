@@ -4,7 +4,7 @@ A :class:`Row` *is* an :class:`~streams.event.Event` (a subclass, so every consu
 — tool runner, journal, templates — takes it as is) with one more tuple slot: the dict of
 computed fields that ``set``, ``window``, ``crossing``, ``join_latest``, ... added. The first
 seven slots are the event's, at the same positions, so an expression compiled for events
-reads a row the same way; a computed field ``vwap`` compiles to ``row[7]["vwap"]``.
+reads a row the same way; a computed field ``vwap`` compiles to ``row[FIELDS_INDEX]["vwap"]``.
 
 A plain event flowing through steps that add nothing stays a plain event: a row is only built
 when a step adds a field (one ``tuple.__new__`` plus a dict).
@@ -12,14 +12,16 @@ when a step adds a field (one ``tuple.__new__`` plus a dict).
 
 from __future__ import annotations
 
+from types import EllipsisType
 from typing import Any
 
+from streams.ack import Ack
 from streams.event import DATA, Event
 
 __all__ = ["FIELDS_INDEX", "Row", "fields_of", "make_row"]
 
-FIELDS_INDEX = 7
-"""Position of the computed-fields dict in a row."""
+FIELDS_INDEX = len(Event._fields)
+"""Position of the computed-fields dict in a row (right after the event's own fields)."""
 
 _new = tuple.__new__
 _getitem: Any = tuple.__getitem__  # past the 7 named slots, mypy's view of Event's length
@@ -63,9 +65,12 @@ def make_row(
     ts: float | None = None,
     key: Any = ...,
     meta: dict[str, Any] | None = None,
+    ack: Ack | EllipsisType | None = ...,
 ) -> Row:
-    """A row with ``item``'s event slots (``ts``/``key``/``meta`` optionally replaced) and ``fields``."""
-    source, item_ts, received_at, item_key, data, item_meta, kind = _getitem(item, slice(0, 7))
+    """A row with ``item``'s event slots (``ts``/``key``/``meta``/``ack`` may be replaced) and ``fields``."""
+    source, item_ts, received_at, item_key, data, item_meta, kind, item_ack = _getitem(
+        item, slice(0, FIELDS_INDEX)
+    )
     row: Row = _new(
         Row,
         (
@@ -76,6 +81,7 @@ def make_row(
             data,
             item_meta if meta is None else meta,
             kind or DATA,
+            item_ack if ack is ... else ack,
             fields,
         ),
     )

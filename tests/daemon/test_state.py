@@ -115,14 +115,14 @@ async def test_final_failure_is_dead_lettered_before_the_record_is_released(tmp_
     store, journal, runner = await journaled(tmp_path, target)
     tracker = OffsetTracker()
     ack = tracker.received(41)
-    event = Event("orders", 1.0, 2.0, "k", {"id": 7}, {"topic": "orders", "offset": 41, "ack": ack})
+    event = Event("orders", 1.0, 2.0, "k", {"id": 7}, {"topic": "orders", "offset": 41}, ack=ack)
     runner.submit("t", {"i": 7}, ctx("dl-1", event=event))
     ack.release()  # the dispatcher's hold
     await wait_for(lambda: tracker.committable == 42, within=5)
     (letter,) = store.dead_letters()
     assert (letter.key, letter.tool, letter.attempts, letter.args) == ("dl-1", "t", 2, {"i": 7})
     assert letter.error == "target down" and letter.event is not None and letter.event["data"] == {"id": 7}
-    assert "ack" not in letter.event["meta"]
+    assert "ack" not in letter.event and letter.event["meta"] == {"topic": "orders", "offset": 41}
     await finish(store, journal, runner)
     assert rows(store, "SELECT outcome FROM invocations") == [("dead_lettered",)]
 

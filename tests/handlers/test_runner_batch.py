@@ -91,8 +91,7 @@ class BatchTool(Tool):
 
 
 def ctx(i: int, ack: Any = None) -> CallContext:
-    meta = {} if ack is None else {"ack": ack}
-    return CallContext("b", "rule", Event("src", float(i), float(i), None, {"i": i}, meta), f"rule:{i}:0")
+    return CallContext("b", "rule", Event("src", float(i), float(i), None, {"i": i}, {}, ack=ack), f"rule:{i}:0")
 
 
 def submit_records(runner: ToolRunner, tracker: OffsetTracker, n: int) -> list[Any]:

@@ -277,7 +277,7 @@ def test_live_in_virtual_time_gives_the_replay_output(steps: list[dict[str, Any]
     assert any(at not in deliveries for at in fired_at)
 
 
-# -- delivery acknowledgements (Kafka records carry meta["ack"]) --------------------------------------
+# -- delivery acknowledgements (Kafka records carry event.ack) ----------------------------------------
 
 
 class FakeAck:
@@ -300,7 +300,7 @@ def test_held_events_keep_their_record_unfinished_and_timer_rows_drop_the_ack() 
     rec = Recorder()
     r = make_rule([{"debounce": 5}], rec, allowed_lateness_seconds=2)
     ack = FakeAck()
-    first = Event("feed", 10.0, 10.0, "k", {"v": 1}, {"offset": 1, "ack": ack})
+    first = Event("feed", 10.0, 10.0, "k", {"v": 1}, {"offset": 1}, ack=ack)
     r.on_next(first)
     assert ack.holds == 2  # the dispatcher's hold + the buffer's
     ack.release()  # the dispatcher is done with it; the record is still not finished
@@ -310,7 +310,7 @@ def test_held_events_keep_their_record_unfinished_and_timer_rows_drop_the_ack() 
     r.on_next(ev(30, "other"))  # the debounce timer fires at 15
     (row_ts, _key, _fields) = rec.rows[0]
     event = rec.calls[0][2].event
-    assert row_ts == 15 and event is not None and "ack" not in event.meta and event.meta["offset"] == 1
+    assert row_ts == 15 and event is not None and event.ack is None and event.meta["offset"] == 1
 
 
 def test_a_disposed_rule_fires_nothing_more() -> None:
