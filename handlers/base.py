@@ -18,6 +18,7 @@ from typing import Any, ClassVar, NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from streams.backoff import BackoffPolicy
 from streams.call import CallContext
 
 __all__ = [
@@ -31,16 +32,22 @@ __all__ = [
 ]
 
 
-class RetryConfig(BaseModel):
-    """``retry:`` of a tool. Only failures the tool marks retryable (and timeouts) are retried."""
+class _RetryAttempts(BaseModel):
+    """``retry.max_attempts``: a base of its own only so that it stays the first key of ``retry:``
+    (pydantic orders fields by base class), as docs/components.md and the JSON Schema show it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
     max_attempts: int = Field(3, ge=1, le=100, description="Attempts in all, the first one included.")
+
+
+class RetryConfig(BackoffPolicy, _RetryAttempts):
+    """``retry:`` of a tool. Only failures the tool marks retryable (and timeouts) are retried."""
+
+    # The wait between attempts is the backoff policy a source's ``reconnect:`` uses too
+    # (streams.backoff.BackoffPolicy, waited by backoff_delay); a tool's first retry waits longer.
+
     initial_seconds: float = Field(0.5, gt=0, le=600, description="Wait before the second attempt.")
-    multiplier: float = Field(2.0, ge=1, le=10, description="Growth of the wait between attempts.")
-    max_seconds: float = Field(30.0, gt=0, le=3600, description="Cap on one wait (before jitter).")
-    jitter_ratio: float = Field(0.3, ge=0, le=1, description="Each wait is stretched by a random 0..ratio.")
     retry_timeouts: bool = Field(True, description="Retry a call that ran past timeout_seconds.")
 
 

@@ -40,6 +40,7 @@ from daemon.logs import RateLimitedLog, get_logger
 from daemon.state import Journal, event_record
 from handlers.base import CallContext, CircuitConfig, RetryConfig, Tool
 from streams.ack import Ack
+from streams.backoff import backoff_delay
 
 __all__ = ["DURATION_BUCKETS", "CircuitBreaker", "Invocation", "ToolRunner", "ToolStats"]
 
@@ -78,19 +79,17 @@ def _retryable(policy: RetryConfig, exc: BaseException) -> bool:
 
 
 def _retry_delay(
-    policy: RetryConfig, rng: random.Random, failed_attempt: int, exc: BaseException | None
+    policy: RetryConfig, rng: random.Random, failed_attempt: int, retry_after: float | None
 ) -> float:
-    """Exponential backoff with jitter after attempt ``failed_attempt``, never sooner than a Retry-After."""
-    base = min(policy.max_seconds, policy.initial_seconds * policy.multiplier ** (failed_attempt - 1))
-    delay = base * (1.0 + policy.jitter_ratio * rng.random())
-    retry_after = None if exc is None else _retry_after(exc)
+    """The policy's backoff after attempt ``failed_attempt``, never sooner than ``retry_after``."""
+    delay = backoff_delay(policy, failed_attempt, rng.random())
     return max(delay, retry_after) if retry_after is not None else delay
 
 
 def _retry_wait(policy: RetryConfig, rng: random.Random, state: RetryCallState) -> float:
     """tenacity's wait for the retry phase, whose attempt 1 is the call's attempt 2."""
     exc = state.outcome.exception() if state.outcome else None
-    return _retry_delay(policy, rng, state.attempt_number + 1, exc)
+    return _retry_delay(policy, rng, state.attempt_number + 1, None if exc is None else _retry_after(exc))
 
 
 def _retry_after(exc: BaseException) -> float | None:
@@ -497,7 +496,7 @@ class ToolRunner:
             stats.retries += len(pending)
 
         stats.retries += len(pending)
-        await asyncio.sleep(_retry_delay(policy, self._rng, 1, still_failing()))
+        await asyncio.sleep(_retry_delay(policy, self._rng, 1, still_failing().retry_after))
         retrying = AsyncRetrying(
             stop=stop_after_attempt(policy.max_attempts - 1),
             wait=functools.partial(_retry_wait, policy, self._rng),

@@ -4,13 +4,17 @@ A source only knows how to ``connect()``, ``read()`` until the connection ends, 
 ``close()``; it never retries by itself. :class:`Reconnector` runs sessions forever:
 
 - a failed attempt (or a session that ended before ``healthy_after_seconds``) waits an
-  exponential backoff with jitter, capped at ``max_seconds`` (tenacity);
+  exponential backoff with jitter, capped at ``max_seconds`` (tenacity; :func:`backoff_delay`);
 - the backoff resets only after a session stayed connected ``healthy_after_seconds`` — a
   server that accepts and closes at once therefore cannot cause a hot reconnect loop;
 - ``source.classify_error(exc)`` says whether an error is retryable; a fatal one stops the
   source with its reason (shown by ``/readyz`` and ``/status``);
 - after every reconnect a ``gap`` event is queued, carrying the outage duration;
 - every attempt is counted and logged (rate-limited).
+
+The backoff itself — :class:`BackoffPolicy` and :func:`backoff_delay` — is the one policy of
+reflexd: a source's ``reconnect:`` (:class:`ReconnectConfig`) and a tool's ``retry:``
+(``handlers.base.RetryConfig``, used by the tool runner) are both one.
 """
 
 from __future__ import annotations
@@ -31,32 +35,44 @@ from streams.event import GAP, Event
 if TYPE_CHECKING:
     from streams.base import Source
 
-__all__ = ["ReconnectConfig", "Reconnector", "backoff_delay"]
+__all__ = ["BackoffPolicy", "ReconnectConfig", "Reconnector", "backoff_delay"]
 
 log = get_logger("reconnect")
 
 
-class ReconnectConfig(BaseModel):
-    """``reconnect:`` of a source."""
+class BackoffPolicy(BaseModel):
+    """Exponential backoff with jitter: the four keys a source's ``reconnect:`` and a tool's
+    ``retry:`` share. The wait after failed attempt *n* is :func:`backoff_delay`.
+
+    Each policy declares ``initial_seconds`` again with its own default and cap (a reconnect
+    starts sooner than a tool retry).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
+    initial_seconds: float = Field(gt=0, description="Wait after the first failed attempt.")
+    multiplier: float = Field(2.0, ge=1.0, le=10, description="Growth factor of the wait between attempts.")
+    max_seconds: float = Field(30.0, gt=0, le=3600, description="Cap on one wait (before jitter).")
+    jitter_ratio: float = Field(0.3, ge=0, le=1, description="Each wait is stretched by a random 0..ratio.")
+
+
+def backoff_delay(policy: BackoffPolicy, attempt: int, rnd: float) -> float:
+    """The wait after failed attempt number ``attempt`` (1-based), ``rnd`` in [0, 1):
+    ``min(max_seconds, initial_seconds * multiplier ** (attempt - 1)) * (1 + jitter_ratio * rnd)``."""
+    base = min(policy.max_seconds, policy.initial_seconds * policy.multiplier ** (attempt - 1))
+    return base * (1.0 + policy.jitter_ratio * rnd)
+
+
+class ReconnectConfig(BackoffPolicy):
+    """``reconnect:`` of a source."""
+
     initial_seconds: float = Field(0.1, gt=0, le=60, description="First backoff delay.")
-    multiplier: float = Field(2.0, ge=1.0, le=10, description="Growth factor between attempts.")
-    max_seconds: float = Field(30.0, gt=0, le=3600, description="Cap on one backoff delay (before jitter).")
-    jitter_ratio: float = Field(0.3, ge=0, le=1, description="Each delay is stretched by a random 0..ratio.")
     healthy_after_seconds: float = Field(
         10.0, ge=0, description="A session must stay up this long before the backoff resets."
     )
     max_attempts: int | None = Field(
         None, gt=0, description="Give up after this many failed attempts; null = never."
     )
-
-
-def backoff_delay(cfg: ReconnectConfig, attempt: int, rnd: float) -> float:
-    """Delay before the attempt after failed attempt number ``attempt`` (1-based); ``rnd`` in [0, 1)."""
-    base = min(cfg.max_seconds, cfg.initial_seconds * cfg.multiplier ** (attempt - 1))
-    return base * (1.0 + cfg.jitter_ratio * rnd)
 
 
 class _Retry(Exception):
