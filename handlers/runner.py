@@ -12,11 +12,19 @@ the call has ended — succeeded, or failed for good — so the record's offset 
 after every tool it triggered has finished. A rejected call keeps its hold: the record is never
 committed and is delivered again after a restart.
 
-Each attempt runs under the tool's timeout. Coroutine tools are awaited on the loop; plain
-functions run in a thread pool and their exceptions come back to the runner, which counts
-and logs them with the traceback (rate-limited). A batching tool (``batch_limit`` > 0) gets up
-to that many queued calls at once from each of its few workers: one timeout covers the batch's
-attempt, and each call is then judged, retried, dead-lettered and journaled on its own.
+A worker takes calls and runs them to their end in three layers, the same for every tool:
+
+- :meth:`ToolRunner._invoke` — the outcome bookkeeping, in one place: deduplication by the
+  idempotency key, the circuit breaker, counters, the journal, the dead-letter queue and the
+  release of acknowledgements;
+- :meth:`ToolRunner._attempts` — attempt after attempt: each call's outcome is judged (ended,
+  or retried after the retry policy's backoff, :func:`streams.backoff.backoff_delay`) until
+  every call has ended;
+- :meth:`ToolRunner._attempt` — one attempt under the tool's timeout. The one-call path awaits
+  a coroutine tool on the loop or runs a plain function in a thread pool (its exceptions come
+  back to the runner, which counts and logs them with the traceback, rate-limited); a batching
+  tool (``batch_limit`` > 0) gets several queued calls at once through its own mode,
+  :mod:`handlers.batching`, and one timeout covers the batch's attempt.
 """
 
 from __future__ import annotations
@@ -33,12 +41,11 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
-
 from daemon.errors import ShutdownTimeout, ToolError
 from daemon.logs import RateLimitedLog, get_logger
 from daemon.state import Journal, event_record
 from handlers.base import CallContext, CircuitConfig, RetryConfig, Tool
+from handlers.batching import BatchAttempt, Outcome, lane_shape
 from streams.ack import Ack
 from streams.backoff import backoff_delay
 
@@ -86,32 +93,8 @@ def _retry_delay(
     return max(delay, retry_after) if retry_after is not None else delay
 
 
-def _retry_wait(policy: RetryConfig, rng: random.Random, state: RetryCallState) -> float:
-    """tenacity's wait for the retry phase, whose attempt 1 is the call's attempt 2."""
-    exc = state.outcome.exception() if state.outcome else None
-    return _retry_delay(policy, rng, state.attempt_number + 1, None if exc is None else _retry_after(exc))
-
-
 def _retry_after(exc: BaseException) -> float | None:
     return exc.retry_after if isinstance(exc, ToolError) else None
-
-
-class _StillFailing(ToolError):
-    """Calls of one retry attempt that failed again, retryably (tenacity retries on this)."""
-
-    def __init__(self, tool: str, calls: int, retry_after: float | None) -> None:
-        super().__init__(tool, f"{calls} calls failed again", retryable=True, retry_after=retry_after)
-
-
-def _no_result(fut: asyncio.Future[Any]) -> bool:
-    """A resolved call future that holds no result (failed or cancelled)."""
-    return fut.cancelled() or fut.exception() is not None
-
-
-def _ignore_outcome(fut: asyncio.Future[Any]) -> None:
-    """Retrieve the outcome of a call future nobody waits for any more (no 'never retrieved' log)."""
-    if not fut.cancelled():
-        fut.exception()
 
 
 class Invocation(NamedTuple):
@@ -232,18 +215,7 @@ class _Lane:
 
     def __init__(self, tool: Tool) -> None:
         self.tool = tool
-        concurrency = tool.concurrency
-        limit = tool.batch_limit
-        if limit > 0 and type(tool).start_calls is Tool.start_calls:
-            raise TypeError(f"tool type {type(tool).__name__} sets batch_limit but has no start_calls")
-        if limit > 0:
-            # a batching tool: few workers, each handing up to `batch` calls to the tool at once,
-            # so that no more than `concurrency` calls run at once in all
-            self.worker_count = -(-concurrency // limit)
-            self.batch = concurrency // self.worker_count
-        else:
-            self.worker_count = concurrency
-            self.batch = 0
+        self.worker_count, self.batch = lane_shape(tool)  # batch 0: one call at a time
         self.queue: asyncio.Queue[Invocation] = asyncio.Queue(maxsize=tool.config.max_pending + CALL_SLACK)
         self.stats = ToolStats()
         self.is_async = inspect.iscoroutinefunction(tool.call)
@@ -451,81 +423,41 @@ class ToolRunner:
                     inv.ack.release()  # cut off (outcome None): the record stays unfinished
 
     async def _attempts(self, lane: _Lane, invs: list[Invocation]) -> list[tuple[int, Any, str | None]]:
-        """Run the calls' attempts; per call (attempts, result, None) on success, (attempts, None,
-        error text) on failure.
+        """Run the calls' attempts until each has ended; per call (attempts, result, None) on success,
+        (attempts, None, error text) on failure.
 
-        The first attempt runs directly (most calls succeed, and building a retry controller per
-        call costs more than the call's own bookkeeping); only the calls whose first attempt
-        failed with something retryable enter tenacity's retry loop, together.
+        Attempt 1 runs every call. Each call's outcome is judged here, for every attempt and both
+        modes: a success or a failure that is not retried (not retryable, or the last attempt)
+        ends the call; the calls that failed retryably run their next attempt together, after
+        the retry policy's backoff and never sooner than the longest Retry-After among them.
         """
         policy = lane.tool.config.retry
-        ended: list[tuple[int, Any, str | None]] = []
-        again: list[int] = []
-        errors: dict[int, BaseException] = {}
-        first = await self._attempt(lane, [(inv.args, inv.ctx) for inv in invs])
-        for i, (result, exc) in enumerate(first):
-            if exc is None:
-                ended.append((1, result, None))
-            elif policy.max_attempts > 1 and _retryable(policy, exc):
-                ended.append((1, None, None))  # placeholder, filled by the retries
-                again.append(i)
-                errors[i] = exc
-            else:
-                ended.append((1, None, self._failure_text(lane, invs[i], exc)))
-        if again:
-            await self._retry(lane, invs, again, errors, ended)
-        return ended
-
-    async def _retry(
-        self,
-        lane: _Lane,
-        invs: list[Invocation],
-        pending: list[int],
-        errors: dict[int, BaseException],
-        ended: list[tuple[int, Any, str | None]],
-    ) -> None:
-        """Attempts 2.. of the calls ``pending`` (indexes into ``invs``), written into ``ended``."""
-        policy = lane.tool.config.retry
-        stats = lane.stats
-
-        def still_failing() -> _StillFailing:
-            waits = [w for i in pending if (w := _retry_after(errors[i])) is not None]
-            return _StillFailing(lane.tool.name, len(pending), max(waits, default=None))
-
-        def count(state: RetryCallState) -> None:
-            stats.retries += len(pending)
-
-        stats.retries += len(pending)
-        await asyncio.sleep(_retry_delay(policy, self._rng, 1, still_failing().retry_after))
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(policy.max_attempts - 1),
-            wait=functools.partial(_retry_wait, policy, self._rng),
-            retry=retry_if_exception_type(_StillFailing),
-            before_sleep=count,
-            reraise=True,
-            sleep=asyncio.sleep,
-        )
-        attempt_no = 1
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    attempt_no = attempt.retry_state.attempt_number + 1
-                    calls = [(invs[i].args, invs[i].ctx._replace(attempt=attempt_no)) for i in pending]
-                    still: list[int] = []
-                    for i, (result, exc) in zip(pending, await self._attempt(lane, calls), strict=True):
-                        if exc is None:
-                            ended[i] = (attempt_no, result, None)
-                        elif _retryable(policy, exc):
-                            still.append(i)
-                            errors[i] = exc
-                        else:
-                            ended[i] = (attempt_no, None, self._failure_text(lane, invs[i], exc))
-                    pending = still
-                    if pending:
-                        raise still_failing()
-        except _StillFailing:
-            for i in pending:
-                ended[i] = (attempt_no, None, self._failure_text(lane, invs[i], errors[i]))
+        last = policy.max_attempts
+        n = len(invs)
+        ended: list[tuple[int, Any, str | None]] = [(0, None, None)] * n  # every slot is set below
+        pending = list(range(n))
+        calls = [(inv.args, inv.ctx) for inv in invs]
+        attempt = 1
+        while True:
+            again: list[int] = []
+            retry_after: float | None = None
+            for i, (result, exc) in zip(pending, await self._attempt(lane, calls), strict=True):
+                if exc is None:
+                    ended[i] = (attempt, result, None)
+                elif attempt < last and _retryable(policy, exc):
+                    again.append(i)
+                    wait = _retry_after(exc)
+                    if wait is not None and (retry_after is None or wait > retry_after):
+                        retry_after = wait
+                else:
+                    ended[i] = (attempt, None, self._failure_text(lane, invs[i], exc))
+            if not again:
+                return ended
+            lane.stats.retries += len(again)
+            await asyncio.sleep(_retry_delay(policy, self._rng, attempt, retry_after))
+            attempt += 1
+            pending = again
+            calls = [(invs[i].args, invs[i].ctx._replace(attempt=attempt)) for i in pending]
 
     def _failure_text(self, lane: _Lane, inv: Invocation, exc: BaseException) -> str:
         """Log the final failure (rate-limited) and say what to journal and dead-letter."""
@@ -563,14 +495,11 @@ class ToolRunner:
             journal.ended(inv_id, ctx.call_id, attempts, "dead_lettered", error, None)
         return "dead_lettered"
 
-    async def _attempt(
-        self, lane: _Lane, calls: list[tuple[dict[str, Any], CallContext]]
-    ) -> list[tuple[Any, BaseException | None]]:
+    async def _attempt(self, lane: _Lane, calls: list[tuple[dict[str, Any], CallContext]]) -> list[Outcome]:
         """One attempt of each call, under one timeout: (result, None) or (None, error) per call.
 
-        A tool that batches starts them all with :meth:`Tool.start_calls` and the attempt waits for
-        their futures in order (one that is already resolved costs no wake-up); any other tool
-        gets exactly one call.
+        The one-call path gives the tool exactly one call; a batching tool gets them all at once
+        (:class:`~handlers.batching.BatchAttempt`), collected in order.
         """
         tool = lane.tool
         stats = lane.stats
@@ -589,28 +518,11 @@ class ToolRunner:
 
         loop = asyncio.get_running_loop()
         timer = loop.call_later(tool.config.timeout_seconds, expire)
-        results: list[tuple[Any, BaseException | None]] = []
-        futures: list[asyncio.Future[Any]] = []
-        token: Any = None
+        results: list[Outcome] = []
+        batch = BatchAttempt(tool, calls) if lane.batch else None
         try:
-            if lane.batch:
-                futures, token = await tool.start_calls(calls)
-                if len(futures) != n:
-                    raise RuntimeError(f"start_calls gave {len(futures)} futures for {n} calls")
-                for fut in futures:
-                    if not fut.done():
-                        # through a shield: our timer (or shutdown) cancels this wait, never the
-                        # tool's future, which other calls of the batch may share
-                        try:
-                            await asyncio.shield(fut)
-                        except asyncio.CancelledError:
-                            if task.cancelling():
-                                raise  # our timer, or shutdown
-                        except Exception:
-                            pass  # judged just below
-                    results.append(
-                        await self._judged(tool, fut, token) if _no_result(fut) else (fut.result(), None)
-                    )
+            if batch is not None:
+                await batch.run(results, task)
             elif lane.is_async:
                 results.append((await tool.call(*calls[0]), None))
             else:
@@ -626,11 +538,9 @@ class ToolRunner:
             timeout = _AttemptTimeout(tool.config.timeout_seconds, calls[len(results)][1].attempt)
             timeout.__cause__ = exc
             for k in range(len(results), n):
-                left = futures[k] if futures else None
-                if left is not None and left.done():  # ended in time, collected late
-                    results.append(
-                        await self._judged(tool, left, token) if _no_result(left) else (left.result(), None)
-                    )
+                late = await batch.ended_in_time(k) if batch is not None else None
+                if late is not None:
+                    results.append(late)
                     continue
                 stats.timeouts += 1
                 results.append((None, timeout))
@@ -640,23 +550,10 @@ class ToolRunner:
             results.extend((None, exc) for _ in range(n - len(results)))
         finally:
             timer.cancel()
-            consumed = len(results)
-            for k, left in enumerate(futures):
-                if k >= consumed or not left.done():  # cut off, or timed out: nobody waits for it now
-                    left.add_done_callback(_ignore_outcome)
+            if batch is not None:
+                batch.abandon(len(results))
             stats.observe(time.perf_counter() - started, n)
         return results
-
-    async def _judged(self, tool: Tool, fut: asyncio.Future[Any], token: Any) -> tuple[None, BaseException]:
-        """A batched call whose future holds no result: the error as the tool judges it."""
-        if fut.cancelled():
-            return None, ToolError(tool.name, "call cancelled by the tool", retryable=True)
-        exc = fut.exception()
-        assert exc is not None
-        try:
-            return None, await tool.call_failed(exc, token)
-        except Exception as judging:  # the judgement itself failed: a bug, never retried
-            return None, judging
 
     def _log_failure(self, lane: _Lane, inv: Invocation, exc: BaseException) -> None:
         before = lane.fail_log.suppressed

@@ -1,4 +1,5 @@
-"""The runner with a batching tool (``batch_limit`` > 0): calls handed over together, judged one by one."""
+"""The runner's batching mode (handlers/batching.py, ``batch_limit`` > 0): calls handed over together,
+judged one by one by the same bookkeeping as the one-call path."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from daemon.errors import ShutdownTimeout, ToolError
 from handlers.base import CallContext, StartedCalls, Tool, ToolConfig
+from handlers.batching import lane_shape
 from handlers.runner import ToolRunner
 from streams.ack import OffsetTracker
 from streams.event import Event
@@ -115,6 +117,90 @@ async def run(tool: BatchTool, n: int) -> ToolRunner:
     await wait_for(lambda: stats.succeeded + stats.failures == n and stats.in_flight == 0)
     await runner.stop(5)
     return runner
+
+
+class OneCall(Tool):
+    """The one-call twin of :class:`BatchTool`: each call resolves ``delay`` seconds later as ``decide`` says."""
+
+    type_name: ClassVar[str] = "onecall"
+
+    def __init__(self, config: ToolConfig, decide: Decide, delay: float = 0.005) -> None:
+        super().__init__("b", config)
+        self.decide = decide
+        self.delay = delay
+
+    async def call(self, args: dict[str, Any], ctx: CallContext) -> Any:
+        await asyncio.sleep(self.delay)
+        outcome = self.decide(args, ctx)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+
+def test_lane_shape_gives_a_batching_tool_few_workers_within_its_concurrency() -> None:
+    """A one-call tool gets one worker per concurrency slot and no batch; a batching tool ceil(concurrency /
+    limit) workers of equal batches (never more than concurrency calls in all); batch_limit without
+    start_calls is refused."""
+    decide: Decide = lambda a, c: "ok"  # noqa: E731
+    assert lane_shape(OneCall(ToolConfig(type="x", concurrency=7), decide)) == (7, 0)
+    shapes = [(c, lim, lane_shape(BatchTool(ToolConfig(type="x", concurrency=c), lim, decide))) for c, lim in
+              [(20, 8), (1024, 256), (5, 256), (1, 1)]]
+    assert [shape for *_, shape in shapes] == [(3, 6), (4, 256), (1, 5), (1, 1)]
+    assert all(workers * batch <= c for c, _, (workers, batch) in shapes)
+
+    class NoStart(OneCall):
+        batch_limit = 4  # type: ignore[assignment]
+
+    with pytest.raises(TypeError, match="sets batch_limit but has no start_calls"):
+        lane_shape(NoStart(ToolConfig(type="x"), decide))
+
+
+async def test_a_wrong_number_of_futures_fails_every_call_of_the_batch() -> None:
+    """start_calls answering with fewer futures than calls is a tool bug: every call of the batch fails
+    (not retried), none is left hanging."""
+
+    class Short(BatchTool):
+        async def start_calls(self, calls: Sequence[tuple[dict[str, Any], CallContext]]) -> StartedCalls:
+            started = await super().start_calls(calls)
+            return StartedCalls(started.futures[:-1], started.token)
+
+    tool = Short(ToolConfig(type="x", concurrency=4, retry=FAST_RETRY), limit=4, decide=lambda a, c: "ok")
+    stats = (await run(tool, 4)).stats("b")
+    assert (stats.attempts, stats.retries, stats.succeeded, stats.failures) == (4, 0, 0, 4)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+async def test_both_modes_judge_outcomes_alike(batched: bool) -> None:
+    """The same calls with the same outcomes end the same way through the one-call path and the batching
+    mode: success, retried then succeeded, not retryable, retries exhausted — same attempts seen by the
+    tool, same final outcomes, same counters (one place judges and books outcomes for both)."""
+
+    seen: list[tuple[int, int]] = []
+
+    def decide(args: dict[str, Any], ctx: CallContext) -> Any:
+        seen.append((args["i"], ctx.attempt))
+        kind = args["i"] % 4
+        if (kind == 1 and ctx.attempt == 1) or kind == 3:
+            return ToolError("b", "try again", retryable=True)
+        if kind == 2:
+            return ToolError("b", "refused", retryable=False)
+        return args["i"]
+
+    config = ToolConfig(type="x", concurrency=8, retry=FAST_RETRY)
+    tool: Tool = BatchTool(config, limit=8, decide=decide) if batched else OneCall(config, decide)
+    runner = ToolRunner({"b": tool})
+    await runner.start()
+    loop = asyncio.get_running_loop()
+    done = [loop.create_future() for _ in range(8)]
+    for i in range(8):
+        assert runner.submit("b", {"i": i}, ctx(i), done=done[i])
+    outcomes = [await fut for fut in done]
+    stats = runner.stats("b")
+    await runner.stop(5)
+    assert outcomes == ["succeeded", "succeeded", "failed", "failed"] * 2
+    attempts = {0: 1, 1: 2, 2: 1, 3: 3}  # per kind: succeeded, retried once, refused, max_attempts
+    assert sorted(seen) == [(i, a) for i in range(8) for a in range(1, attempts[i % 4] + 1)]
+    assert (stats.calls, stats.attempts, stats.retries, stats.succeeded, stats.failures) == (8, 14, 6, 4, 4)
 
 
 async def test_calls_are_handed_over_in_batches_within_the_concurrency() -> None:
