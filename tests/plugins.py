@@ -1,4 +1,9 @@
-"""A third-party-style component, loaded by the registry as ``type: tests.plugins:COUNTER``."""
+"""Third-party-style tool types, loaded by the registry as ``type: tests.plugins:COUNTER`` (or listed in a
+registry value: ``builtin_registry().with_specs(COUNTER)``); each is its config model, its class and its
+``SPEC``. The contract suite (tests/test_contract.py) runs every spec of this module.
+
+The source plugin is tests/plugins_source.py; the rule step plugin tests/plugins_step.py.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,8 @@ import orjson
 from pydantic import Field
 
 from daemon.errors import ToolError
-from daemon.registry import ComponentSpec
 from handlers.base import CallContext, Tool, ToolConfig
+from streams.component import ComponentSpec
 
 
 class CounterToolConfig(ToolConfig):
@@ -58,9 +63,11 @@ class SleeperTool(Tool):
     def __init__(self, name: str, config: SleeperToolConfig) -> None:
         super().__init__(name, config)
         self.seconds = config.seconds
+        self.done = 0  # calls that slept their time
 
     async def call(self, args: dict[str, Any], ctx: CallContext) -> None:
         await asyncio.sleep(self.seconds)
+        self.done += 1
 
 
 SLEEPER = ComponentSpec(
@@ -113,4 +120,55 @@ GATE = ComponentSpec(
     lambda c: [("gate", c.gate)],
     "Deliver to a file once a gate file exists.",
     {"type": "gate", "gate": "/tmp/gate", "out": "/tmp/out"},
+)
+
+
+class HaltSwitch:
+    """The haltable tool's kill switch (handlers.base.KillSwitchControl), in memory."""
+
+    def __init__(self, reason: str | None = None) -> None:
+        self.reason = reason
+
+    def engage(self, reason: str) -> None:
+        self.reason = reason
+
+    def release(self) -> None:
+        self.reason = None
+
+    def state(self) -> dict[str, Any]:
+        return {"engaged": self.reason is not None, "reason": self.reason}
+
+
+class HaltableToolConfig(ToolConfig):
+    """Counts its calls; refuses them while its kill switch is engaged."""
+
+    start_engaged: bool = False
+
+
+class HaltableTool(Tool):
+    """Any tool type can expose a kill switch: the ops server's /kill-switch drives it without knowing the type."""
+
+    type_name: ClassVar[str] = "haltable"
+    description: ClassVar[str] = "Count calls unless halted."
+
+    def __init__(self, name: str, config: HaltableToolConfig) -> None:
+        super().__init__(name, config)
+        self.kill_switch: HaltSwitch = HaltSwitch("engaged at start" if config.start_engaged else None)
+        self.count = 0
+
+    async def call(self, args: dict[str, Any], ctx: CallContext) -> None:
+        reason = self.kill_switch.reason
+        if reason is not None:
+            raise ToolError(self.name, f"halted by its kill switch: {reason}")
+        self.count += 1
+
+
+HALTABLE = ComponentSpec(
+    "tool",
+    "haltable",
+    HaltableToolConfig,
+    lambda name, cfg, ctx: HaltableTool(name, cfg),
+    lambda c: [("start_engaged", c.start_engaged)],
+    "Count calls unless halted.",
+    {"type": "haltable"},
 )
