@@ -23,8 +23,7 @@ from daemon.errors import ConfigError, ConfigIssue, ExpressionError
 from daemon.registry import BuildContext, ComponentSpec, Kind, Registry
 from daemon.yamlio import EnvText, LoadedYaml, format_path, load_yaml_file, load_yaml_text, resolve_scalar
 from streams.expressions import compile_expression, compile_template
-from streams.rules.pipeline import RuleConfig, plan_rule
-from streams.rules.steps import STEP_KINDS
+from streams.rules.pipeline import RuleConfig, plan_rule, rule_config_model
 
 __all__ = [
     "AppConfig",
@@ -402,7 +401,7 @@ def validate(loaded: LoadedYaml, registry: Registry, base_dir: Path) -> AppConfi
     daemon_cfg = c.model(DaemonConfig, root.get("daemon") or {}, ("daemon",)) or DaemonConfig()
     sources = _components(c, registry, "source", "sources", root.get("sources"))
     tools = _components(c, registry, "tool", "tools", root.get("tools"))
-    rules = _rules(c, root.get("rules"), sources, tools)
+    rules = _rules(c, registry, root.get("rules"), sources, tools)
     if not sources and not any(i.path.startswith("sources") for i in c.issues):
         c.add(("sources",), "at least one source is required")
     if c.issues:
@@ -455,15 +454,21 @@ def _components(c: _Checker, registry: Registry, kind: Kind, key: str, raw: Any)
 
 
 def _rules(
-    c: _Checker, raw: Any, sources: Mapping[str, ComponentPlan], tools: Mapping[str, ComponentPlan]
+    c: _Checker,
+    registry: Registry,
+    raw: Any,
+    sources: Mapping[str, ComponentPlan],
+    tools: Mapping[str, ComponentPlan],
 ) -> dict[str, RuleConfig]:
     rules: dict[str, RuleConfig] = {}
+    rule_model = rule_config_model(registry.steps)  # the rule step kinds are the registry's
+    step_kinds = [step.name for step in registry.steps]
     raw_sources = c.loaded.data.get("sources") if isinstance(c.loaded.data, dict) else None
     raw_tools = c.loaded.data.get("tools") if isinstance(c.loaded.data, dict) else None
     for name, body in _section(c, "rules", raw).items():
         prefix: Path_ = ("rules", name)
-        reported = _precheck_steps(c, prefix, body.get("steps"))
-        rule, errors = c.validate(RuleConfig, _as_templates(c, prefix, body, _is_call_argument))
+        reported = _precheck_steps(c, prefix, body.get("steps"), step_kinds)
+        rule, errors = c.validate(rule_model, _as_templates(c, prefix, body, _is_call_argument))
         if rule is None:
             for err in errors:
                 loc = _step_loc(tuple(err["loc"]))
@@ -542,7 +547,7 @@ def _step_loc(loc: Path_) -> Path_:
     return loc
 
 
-def _precheck_steps(c: _Checker, prefix: Path_, raw: Any) -> set[int]:
+def _precheck_steps(c: _Checker, prefix: Path_, raw: Any, kinds: Sequence[str]) -> set[int]:
     """Explain steps that are not one-key mappings of a known step name; returns their indexes."""
     reported: set[int] = set()
     if not isinstance(raw, list):
@@ -550,7 +555,7 @@ def _precheck_steps(c: _Checker, prefix: Path_, raw: Any) -> set[int]:
     for i, step in enumerate(raw):
         at = (*prefix, "steps", i)
         if not isinstance(step, dict):
-            c.add(at, f"must be a mapping with one key, the step's name ({', '.join(STEP_KINDS)})")
+            c.add(at, f"must be a mapping with one key, the step's name ({', '.join(kinds)})")
             reported.add(i)
             continue
         if len(step) != 1:
@@ -559,9 +564,9 @@ def _precheck_steps(c: _Checker, prefix: Path_, raw: Any) -> set[int]:
             reported.add(i)
             continue
         (kind,) = step
-        if kind not in STEP_KINDS:
-            close = difflib.get_close_matches(str(kind), STEP_KINDS, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"steps are: {', '.join(STEP_KINDS)}"
+        if kind not in kinds:
+            close = difflib.get_close_matches(str(kind), kinds, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"steps are: {', '.join(kinds)}"
             c.add((*at, kind), f"unknown step ({hint})")
             reported.add(i)
     return reported
@@ -619,7 +624,7 @@ def config_json_schema(registry: Registry) -> dict[str, Any]:
             "propertyNames": {"pattern": NAME_RE.pattern},
         }
 
-    rules = embed(RuleConfig)
+    rules = embed(rule_config_model(registry.steps))
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "reflexd configuration",

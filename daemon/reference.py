@@ -21,8 +21,7 @@ from handlers.base import RetryConfig, ToolConfig
 from streams.backoff import ReconnectConfig
 from streams.base import SourceConfig
 from streams.queue import QueueConfig
-from streams.rules.pipeline import RuleConfig, ToolCallConfig
-from streams.rules.steps import STEP_BODIES
+from streams.rules.pipeline import ToolCallConfig, rule_config_model
 
 __all__ = ["render_reference"]
 
@@ -117,7 +116,7 @@ def render_reference(registry: Registry) -> str:
     nested = ["`queue`:", "", *_fields(QueueConfig), "", "`reconnect`:", "", *_fields(ReconnectConfig), ""]
     out += _kind_section("Sources", "source", registry, SourceConfig, nested)
     out += _kind_section("Tools", "tool", registry, ToolConfig, ["`retry`:", "", *_fields(RetryConfig), ""])
-    out += ["## Rules", "", *_fields(RuleConfig), ""]
+    out += ["## Rules", "", *_fields(rule_config_model(registry.steps)), ""]
     out += ["Each entry of `then`:", "", *_fields(ToolCallConfig), ""]
     out += [
         "### Steps",
@@ -126,15 +125,12 @@ def render_reference(registry: Registry) -> str:
         "timelines: [rules.md](rules.md).",
         "",
     ]
-    for kind, (body, shorthand) in STEP_BODIES.items():
-        out += [f"#### `{kind}`", ""]
-        if isinstance(body, str):
-            out += [body, ""]
-            continue
-        out += [(body.__doc__ or "").strip(), ""]
-        if shorthand:
-            out += [shorthand, ""]
-        out += [*_fields(body), ""]
+    for spec in registry.steps:
+        out += [f"#### `{spec.name}`", "", spec.doc, ""]
+        if spec.shorthand is not None:
+            out += [spec.shorthand.doc(spec.name), ""]
+        if isinstance(spec.config, type) and issubclass(spec.config, BaseModel):
+            out += [*_fields(spec.config), ""]
     return "\n".join(out)
 
 

@@ -11,6 +11,7 @@ Every source and tool type is one module that ends with its ``SPEC`` (``streams/
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from handlers.ccxt_order import SPEC as CCXT_ORDER
 from handlers.exec import SPEC as EXEC
@@ -23,29 +24,45 @@ from streams.ccxt import SPEC as CCXT
 from streams.component import BuildContext, ComponentSpec, ImportStringError, Kind, import_from_string
 from streams.kafka import SPEC as KAFKA
 from streams.replay import SPEC as REPLAY
+from streams.rules.spec import StepSpec
+from streams.rules.steps import BUILTIN_STEPS
 from streams.websocket import SPEC as WEBSOCKET
 
 __all__ = ["BuildContext", "ComponentSpec", "Kind", "Registry", "builtin_registry"]
 
 
 class Registry:
-    """Immutable mapping of (kind, type) to :class:`ComponentSpec`."""
+    """Immutable mapping of (kind, type) to :class:`ComponentSpec`, and the rule step kinds
+    (:class:`~streams.rules.spec.StepSpec`, by default the built-in ones) rules are parsed with."""
 
-    def __init__(self, specs: Iterable[ComponentSpec] = ()) -> None:
+    def __init__(
+        self, specs: Iterable[ComponentSpec] = (), steps: Iterable[StepSpec[Any]] = BUILTIN_STEPS
+    ) -> None:
         self._specs: dict[tuple[Kind, str], ComponentSpec] = {}
         for spec in specs:
             key = (spec.kind, spec.type)
             if key in self._specs:
                 raise ValueError(f"{spec.kind} type {spec.type!r} registered twice")
             self._specs[key] = spec
+        self.steps: tuple[StepSpec[Any], ...] = tuple(steps)
+        names = [step.name for step in self.steps]
+        if len(set(names)) != len(names):
+            raise ValueError(f"rule steps registered twice: {', '.join(names)}")
 
     def with_specs(self, *specs: ComponentSpec) -> Registry:
         """A copy with ``specs`` added or replaced."""
         replaced = {(s.kind, s.type) for s in specs}
-        return Registry([s for k, s in self._specs.items() if k not in replaced] + list(specs))
+        return Registry([s for k, s in self._specs.items() if k not in replaced] + list(specs), self.steps)
 
     def without(self, kind: Kind, *types: str) -> Registry:
-        return Registry([s for (k, t), s in self._specs.items() if not (k == kind and t in types)])
+        kept = [s for (k, t), s in self._specs.items() if not (k == kind and t in types)]
+        return Registry(kept, self.steps)
+
+    def with_steps(self, *steps: StepSpec[Any]) -> Registry:
+        """A copy with rule step kinds added (a step of the same name is replaced, in its place)."""
+        new = {step.name: step for step in steps}
+        kept = [new.pop(step.name, step) for step in self.steps]
+        return Registry(self._specs.values(), [*kept, *new.values()])
 
     def types(self, kind: Kind) -> list[str]:
         return sorted(t for (k, t) in self._specs if k == kind)

@@ -29,9 +29,9 @@ import logging
 import math
 import os
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from reactivex import Observable, abc
 from reactivex.subject import Subject
 
@@ -42,12 +42,23 @@ from streams.call import CallContext
 from streams.event import Event
 from streams.expressions import compile_expression, compile_template
 from streams.rules.clock import EventClock
-from streams.rules.operators import StepContext, cooldown, event_time_gate
+from streams.rules.operators import event_time_gate
 from streams.rules.sink import Submit, ToolSink
+from streams.rules.spec import StepContext, StepEntry, StepPlan, StepSpec, compile_steps, step_union
 from streams.rules.stats import RuleStats
-from streams.rules.steps import StepConfig, StepPlan, compile_steps
+from streams.rules.steps import BUILTIN_STEPS
+from streams.rules.steps.cooldown import cooldown
 
-__all__ = ["Dispatcher", "Rule", "RuleConfig", "RuleStats", "ToolCallConfig", "plan_rule"]
+__all__ = [
+    "Dispatcher",
+    "Rule",
+    "RuleConfig",
+    "RuleStats",
+    "StepConfig",
+    "ToolCallConfig",
+    "plan_rule",
+    "rule_config_model",
+]
 
 log = get_logger("rule")
 
@@ -70,6 +81,17 @@ class ToolCallConfig(BaseModel):
     )
 
 
+def _steps_description(steps: Sequence[StepSpec[Any]]) -> str:
+    return f"Pipeline after `where`: {', '.join(spec.name for spec in steps)} (see docs/rules.md)."
+
+
+if TYPE_CHECKING:
+    StepConfig: TypeAlias = StepEntry
+else:
+    StepConfig = step_union(BUILTIN_STEPS)
+"""One entry of a rule's ``steps`` with the built-in step kinds (a union tagged by the entry's key)."""
+
+
 class RuleConfig(BaseModel):
     """A reactive rule: which sources it reads, when it matches, what it fires."""
 
@@ -77,11 +99,7 @@ class RuleConfig(BaseModel):
 
     from_: list[str] = Field(alias="from", min_length=1, description="Source names the rule reads.")
     where: str | None = Field(None, description="Expression; the rule matches when it is true.")
-    steps: list[StepConfig] = Field(
-        default_factory=list,
-        description="Pipeline after `where`: where, set, key, window, crossing, changed, distinct, "
-        "throttle, debounce, cooldown, sample, sequence, join_latest, absence (see docs/rules.md).",
-    )
+    steps: list[StepConfig] = Field(default_factory=list, description=_steps_description(BUILTIN_STEPS))
     cooldown_seconds: float = Field(0.0, ge=0, description="After firing for a key, stay quiet this long.")
     kinds: list[EventKind] = Field(
         default_factory=_data_only, min_length=1, description="Event kinds the rule sees: data, gap."
@@ -100,6 +118,19 @@ class RuleConfig(BaseModel):
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+
+def rule_config_model(steps: Sequence[StepSpec[Any]]) -> type[RuleConfig]:
+    """The rule model whose ``steps`` are these step kinds (:class:`RuleConfig` for the built-in ones);
+    the config loader takes them from its registry."""
+    if tuple(steps) == BUILTIN_STEPS:
+        return RuleConfig
+    entry: Any = step_union(steps)
+    field: Any = Field(default_factory=list, description=_steps_description(steps))
+    model: type[RuleConfig] = create_model(
+        "RuleConfig", __base__=RuleConfig, __doc__=RuleConfig.__doc__, steps=(list[entry], field)
+    )
+    return model
 
 
 def plan_rule(config: RuleConfig, now: Callable[[], float] | None = None) -> StepPlan:
@@ -368,7 +399,7 @@ class Dispatcher:
             await self._dispatched(batch)
 
     async def _run_acknowledged(self) -> None:
-        """The same loop for records promised at-least-once: each carries an Ack in meta.
+        """The same loop for records promised at-least-once: each carries an Ack (``event.ack``).
 
         Records of a partition this consumer no longer owns are skipped (the new owner reads them
         again); every other record is released after the rules saw it, so it finishes once its
@@ -380,7 +411,7 @@ class Dispatcher:
         size = self.batch_size
         while batch := await queue.get_batch(size):
             for event in batch:
-                ack = event.meta.get("ack")
+                ack = event.ack
                 if ack is not None and ack.tracker.revoked:
                     ack.tracker.forget({ack.offset})  # the partition's next owner reads it again
                     self.skipped += 1

@@ -1,0 +1,224 @@
+"""``window``: aggregates over a time or count window, per key (see :mod:`streams.rules.aggregates`)."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from daemon.errors import ExpressionError
+from streams.event import Event
+from streams.rules.aggregates import WindowProgram, WindowState, compile_aggregates
+from streams.rules.operators import admit, later, operator
+from streams.rules.row import fields_of, make_row
+from streams.rules.spec import (
+    CompiledStep,
+    Emit,
+    OnNext,
+    Operator,
+    Seconds,
+    StepContext,
+    StepModel,
+    StepScope,
+    StepSpec,
+    describe_expression_error,
+    per_key_text,
+    seconds_text,
+)
+
+__all__ = ["SPEC", "WindowConfig", "compile_window", "window"]
+
+
+class WindowConfig(StepModel):
+    """``window``: aggregates over a time or count window, per key."""
+
+    seconds: Seconds | None = Field(None, description="Window length in event-time seconds (or `count`).")
+    count: int | None = Field(None, ge=1, le=1_000_000, description="Window length in events (or `seconds`).")
+    mode: Literal["sliding", "tumbling"] = Field(
+        "sliding", description="sliding: emit per event over the last window; tumbling: emit once per window."
+    )
+    per_key: bool = Field(True, description="One window per event key (false: one for all).")
+    aggregates: dict[str, str] = Field(
+        min_length=1, description="Output field → aggregate, e.g. `vwap: vwap(price, qty)`."
+    )
+    min_events: int = Field(1, ge=1, description="Emit only when the window holds at least this many events.")
+    max_events: int = Field(
+        100_000, ge=1, le=10_000_000, description="Most events a sliding window holds (oldest dropped first)."
+    )
+
+    @model_validator(mode="after")
+    def _one_length(self) -> WindowConfig:
+        if (self.seconds is None) == (self.count is None):
+            raise ValueError("give exactly one of seconds (a time window) or count (a count window)")
+        return self
+
+
+def window(
+    program: WindowProgram,
+    ctx: StepContext,
+    label: str,
+    *,
+    seconds: float | None,
+    count: int | None,
+    tumbling: bool,
+    per_key: bool,
+    min_events: int,
+    max_events: int,
+) -> Operator:
+    """Aggregate over a time or count window, sliding (emit per event) or tumbling (emit per window).
+
+    - sliding, time: on each event, the aggregates over the events of its key with
+      ``ts - seconds < t <= ts``;
+    - sliding, count: on each event, over the last ``count`` events of its key;
+    - tumbling, time: windows ``[k*seconds, (k+1)*seconds)`` of event time; each non-empty one
+      is emitted once when the watermark reaches its end, with ``ts`` = the end and fields
+      ``window_start`` / ``window_end``; empty windows emit nothing;
+    - tumbling, count: every ``count`` events of a key, once.
+
+    Emitted rows carry the newest event of the window plus the aggregates (only when the window
+    holds at least ``min_events``). A sliding window holds at most ``max_events`` (the oldest
+    beyond are dropped, counted as ``overflow``).
+    """
+    stats = ctx.stats
+    fail = ctx.fail
+    max_keys = ctx.max_keys
+    evaluate = program.evaluate
+    add = program.add
+    remove_oldest = program.remove_oldest
+    results = program.results
+
+    if not tumbling or count is not None:  # no timers: a window moves (or closes) on its own events
+        sliding = not tumbling
+        length = count if count is not None else 0  # of a count window, in events
+
+        def build_untimed(emit: Emit) -> OnNext:
+            states: OrderedDict[Any, WindowState] = OrderedDict()
+
+            def on_next(item: Event) -> None:
+                try:
+                    values = evaluate(item)
+                except Exception as exc:
+                    fail(label, exc, item)
+                    return
+                k = item.key if per_key else None
+                st = states.get(k)
+                if st is None:
+                    st = admit(states, k, WindowState(program, sliding), max_keys, stats)
+                else:
+                    states.move_to_end(k)
+                ts = item.ts
+                if sliding:
+                    entries = st.entries
+                    assert entries is not None
+                    if seconds is not None:
+                        cutoff = ts - seconds
+                        while entries and entries[0][0] <= cutoff:
+                            remove_oldest(st)
+                    else:
+                        while st.n >= length:
+                            remove_oldest(st)
+                    add(st, ts, values)
+                    while st.n > max_events:
+                        remove_oldest(st)
+                        stats.overflow += 1
+                else:  # tumbling by count: complete (and forgotten) at its `count`-th event
+                    add(st, ts, values)
+                    if st.n < length:
+                        return
+                    del states[k]
+                if st.n >= min_events:
+                    emit(make_row(item, results(st, dict(fields_of(item)))))
+
+            return on_next
+
+        return operator(build_untimed)
+
+    assert seconds is not None
+    clock = ctx.need_clock()
+    size = seconds
+
+    def build_tumbling_time(emit: Emit) -> OnNext:
+        states: OrderedDict[Any, WindowState] = OrderedDict()
+
+        def flush(st: WindowState) -> None:
+            if st.n >= min_events:
+                end = st.start + size
+                out = dict(fields_of(st.item))
+                out["window_start"] = st.start
+                out["window_end"] = end
+                emit(later(st.item, end, results(st, out)))
+
+        def close(arg: tuple[Any, WindowState]) -> None:
+            k, st = arg
+            if states.get(k) is st:
+                del states[k]
+                flush(st)
+
+        def on_next(item: Event) -> None:
+            try:
+                values = evaluate(item)
+            except Exception as exc:
+                fail(label, exc, item)
+                return
+            k = item.key if per_key else None
+            ts = item.ts
+            start = math.floor(ts / size) * size
+            st = states.get(k)
+            if st is not None and st.start != start:  # its close timer has not fired (clock skew)
+                del states[k]
+                flush(st)
+                st = None
+            if st is None:
+                st = admit(states, k, WindowState(program, False), max_keys, stats)
+                st.start = start
+                clock.call_at(start + size, close, (k, st))
+            else:
+                states.move_to_end(k)
+            add(st, ts, values)
+            st.item = item
+
+        return on_next
+
+    return operator(build_tumbling_time)
+
+
+def compile_window(cfg: WindowConfig, scope: StepScope) -> CompiledStep | None:
+    ok = True
+    for name in cfg.aggregates:
+        ok &= scope.define(name, "aggregates", name)
+
+    def bad(name: str, exc: ExpressionError) -> None:
+        scope.problem(describe_expression_error(exc, cfg.aggregates[name]), "aggregates", name)
+
+    program = compile_aggregates(cfg.aggregates, scope.names, now=scope.now, on_error=bad)
+    scope.add(*cfg.aggregates)
+    tumbling = cfg.mode == "tumbling"
+    timed = cfg.seconds is not None
+    if tumbling and timed:
+        scope.add("window_start", "window_end")
+    if program is None or not ok:
+        return None
+    length = seconds_text(cfg.seconds) if cfg.seconds is not None else f"{cfg.count} events"
+    summary = f"window {length} {cfg.mode}{per_key_text(cfg.per_key)}: {', '.join(cfg.aggregates)}"
+    label = scope.label
+
+    def make(ctx: StepContext) -> Operator:
+        return window(
+            program,
+            ctx,
+            label,
+            seconds=cfg.seconds,
+            count=cfg.count,
+            tumbling=tumbling,
+            per_key=cfg.per_key,
+            min_events=cfg.min_events,
+            max_events=cfg.max_events,
+        )
+
+    # a sliding time window needs events in time order; a tumbling one needs timers
+    return scope.compiled(summary, make, uses_clock=timed)
+
+
+SPEC = StepSpec("window", WindowConfig, compile_window)
