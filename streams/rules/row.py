@@ -1,49 +1,85 @@
-"""Rows: events carrying computed fields through a rule's steps.
+"""Rows: events carrying the computed fields of a rule's steps.
 
-A :class:`Row` *is* an :class:`~streams.event.Event` (a subclass, so every consumer of events
-— tool runner, journal, templates — takes it as is) with one more tuple slot: the dict of
-computed fields that ``set``, ``window``, ``crossing``, ``join_latest``, ... added. The first
-seven slots are the event's, at the same positions, so an expression compiled for events
-reads a row the same way; a computed field ``vwap`` compiles to ``row[FIELDS_INDEX]["vwap"]``.
+A :class:`Row` *is* an :class:`~streams.event.Event` (a subclass, so every consumer of events —
+tool runner, journal, templates — takes it as is) that declares one more field, ``fields``: the
+dict of computed fields that ``set``, ``window``, ``crossing``, ``join_latest``, ... added. The
+event's fields keep their positions and ``fields`` comes right after them (:data:`FIELDS_INDEX`),
+so an expression compiled for events reads a row the same way, and a computed field ``vwap`` is
+``row.fields["vwap"]``. ``Row(...)``, ``row._replace(...)``, ``row._asdict()``, ``repr`` and
+pickling all know the field.
 
 A plain event flowing through steps that add nothing stays a plain event: a row is only built
-when a step adds a field (one ``tuple.__new__`` plus a dict).
+when a step adds a field. :func:`make_row` builds one on the hot path (one tuple plus the dict).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from types import EllipsisType
-from typing import Any
+from typing import Any, Final
 
 from streams.ack import Ack
 from streams.event import DATA, Event
 
 __all__ = ["FIELDS_INDEX", "Row", "fields_of", "make_row"]
 
-FIELDS_INDEX = len(Event._fields)
-"""Position of the computed-fields dict in a row (right after the event's own fields)."""
+FIELDS_INDEX: Final = len(Event._fields)
+"""Position of ``fields`` in a row: right after the event's own fields."""
 
 _new = tuple.__new__
-_getitem: Any = tuple.__getitem__  # past the 7 named slots, mypy's view of Event's length
+_getitem: Any = tuple.__getitem__  # mypy sees a Row as an Event, a tuple of the event's fields only
 _EMPTY: dict[str, Any] = {}
 
 
 class Row(Event):
-    """An event plus its computed fields (``row.fields``). Build with :func:`make_row`."""
+    """An event plus its computed fields: ``Row(source, ts, ..., ack, fields={...})``; on the hot
+    path, :func:`make_row` from an event."""
 
     __slots__ = ()
+    _fields = (*Event._fields, "fields")  # type: ignore[assignment]  # mypy fixes a NamedTuple's names
+
+    def __new__(
+        cls,
+        source: str,
+        ts: float,
+        received_at: float,
+        key: Any,
+        data: Any,
+        meta: dict[str, Any],
+        kind: str = DATA,
+        ack: Ack | None = None,
+        fields: dict[str, Any] | None = None,
+    ) -> Row:
+        row: Row = _new(
+            cls, (source, ts, received_at, key, data, meta, kind, ack, {} if fields is None else fields)
+        )
+        return row
+
+    # NamedTuple's own _make and _replace count the event's fields: these count a row's
+
+    @classmethod
+    def _make(cls, iterable: Iterable[Any]) -> Row:  # type: ignore[override]
+        row: Row = _new(cls, iterable)
+        if len(row) != len(cls._fields):
+            raise TypeError(f"expected {len(cls._fields)} values for a Row, got {len(row)}")
+        return row
+
+    def _replace(self, **changes: Any) -> Row:
+        row = self._make([changes.pop(name, value) for name, value in zip(self._fields, self, strict=True)])
+        if changes:
+            raise ValueError(f"not fields of a Row: {', '.join(changes)}")
+        return row
 
     @property
     def fields(self) -> dict[str, Any]:
+        """The computed fields: name → value."""
         value: dict[str, Any] = _getitem(self, FIELDS_INDEX)
         return value
 
     def __repr__(self) -> str:
-        parts = ", ".join(f"{name}={value!r}" for name, value in zip(self._fields, self, strict=False))
-        return f"Row({parts}, fields={self.fields!r})"
-
-    def __getnewargs__(self) -> tuple[Any, ...]:  # pragma: no cover - pickling support
-        return tuple(self)
+        return (
+            f"Row({', '.join(f'{name}={value!r}' for name, value in zip(self._fields, self, strict=True))})"
+        )
 
     def as_event(self) -> Event:
         """The plain event (without the computed fields)."""
@@ -67,7 +103,7 @@ def make_row(
     meta: dict[str, Any] | None = None,
     ack: Ack | EllipsisType | None = ...,
 ) -> Row:
-    """A row with ``item``'s event slots (``ts``/``key``/``meta``/``ack`` may be replaced) and ``fields``."""
+    """A row with ``item``'s event fields (``ts``/``key``/``meta``/``ack`` may be replaced) and ``fields``."""
     source, item_ts, received_at, item_key, data, item_meta, kind, item_ack = _getitem(
         item, slice(0, FIELDS_INDEX)
     )
