@@ -26,6 +26,7 @@ from daemon.errors import ConfigError, StartupError
 from daemon.logs import configure_logging, get_logger
 from daemon.registry import Registry, builtin_registry
 from daemon.state import redact
+from streams.decode import DecodeFields
 from streams.rules.pipeline import plan_rule
 from streams.rules.replay import (
     Fired,
@@ -231,10 +232,9 @@ def _replay_input(config: AppConfig, spec: str) -> ReplayInput:
             return ReplayInput(path, max_future=_max_future(config))
         ctx = config.build_context()
         for candidate, plan in config.sources.items():
-            configured = getattr(plan.config, "path", None)
-            if plan.spec.type != "replay" or not configured:
-                continue
-            if ctx.resolve(configured).resolve() == path.resolve():
+            cfg = plan.config
+            configured = cfg.replay_file() if isinstance(cfg, DecodeFields) else None
+            if configured and ctx.resolve(configured).resolve() == path.resolve():
                 source = candidate
                 break
         else:
@@ -243,8 +243,7 @@ def _replay_input(config: AppConfig, spec: str) -> ReplayInput:
                 f"to replay raw messages write SOURCE={text} (sources: {', '.join(config.sources)})"
             )
     cfg = config.sources[source].config
-    time_field = getattr(cfg, "time_field", None)
-    if not time_field:
+    if not isinstance(cfg, DecodeFields) or not cfg.time_field:
         raise _InputError(
             f"{text}: source {source!r} has no time_field, and a replay needs event times "
             "(record the source with `reflexd record`, or set its time_field)"
@@ -252,9 +251,9 @@ def _replay_input(config: AppConfig, spec: str) -> ReplayInput:
     return ReplayInput(
         path,
         source,
-        key_field=getattr(cfg, "key_field", None),
-        time_field=time_field,
-        time_unit=getattr(cfg, "time_unit", "ms"),
+        key_field=cfg.key_field,
+        time_field=cfg.time_field,
+        time_unit=cfg.time_unit,
         max_future=_max_future(config),
     )
 

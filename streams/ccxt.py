@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import math
 import os
 import time
 from collections import deque
@@ -76,6 +75,7 @@ from streams.ccxt_normalize import (
     trade_key,
 )
 from streams.component import BuildContext, ComponentSpec
+from streams.decode import future_limit
 from streams.event import new_event
 from streams.queue import WhenFull
 
@@ -334,7 +334,7 @@ class CcxtSource(Source):
         )
         self._symbols = {s: _Symbol(s, config.dedupe_window) for s in config.symbols}
         self.stats.symbols = self._symbols
-        self._max_future = config.max_future_seconds or math.inf
+        self._max_future = future_limit(config.max_future_seconds)
         profile = WATCH_PROFILES.get(config.exchange, {}).get(config.channel, {})
         self._watch_params = {**profile, **config.watch_params}
         self._generations: list[_Generation] = []

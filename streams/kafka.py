@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import time
 from collections.abc import Iterable
@@ -34,6 +33,7 @@ from daemon.logs import RateLimitedLog, get_logger
 from streams.ack import OffsetTracker
 from streams.base import Source, SourceConfig
 from streams.component import BuildContext, ComponentSpec
+from streams.decode import future_limit
 from streams.event import DATA, new_event
 from streams.kafka_client import KafkaSecurityConfig, client_options, stop_client
 from streams.queue import QueueConfig, QueueFull, WhenFull
@@ -134,7 +134,7 @@ class KafkaSource(Source):
         self._commit_on_receipt = os.environ.get(COMMIT_ON_RECEIPT_ENV) == "1"
         self._commit_log = RateLimitedLog(log, "offset commit failed", interval=10.0)
         self._poison_log = RateLimitedLog(log, "undecodable record", interval=10.0)
-        self._max_future = config.max_future_seconds or math.inf
+        self._max_future = future_limit(config.max_future_seconds)
 
     # -- session -----------------------------------------------------------------------------
 

@@ -16,33 +16,32 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import IO, Any, ClassVar, Literal
+from typing import IO, Any, ClassVar
 
-import orjson
 from pydantic import Field
 
 from daemon.errors import EndOfStream, NotConnected
 from daemon.logs import RateLimitedLog, get_logger
 from streams.base import Source, SourceConfig
 from streams.component import BuildContext, ComponentSpec
-from streams.event import KEY_TYPES, Event, ProgressBound, key_problem
+from streams.decode import BadKey, DecodeFields, NotJson, make_decoder
+from streams.event import Event, ProgressBound
 from streams.queue import WhenFull
-from streams.websocket import TIME_SCALE
 
 __all__ = ["SPEC", "ReplaySource", "ReplaySourceConfig"]
 
 log = get_logger("source.replay")
 
 
-class ReplaySourceConfig(SourceConfig):
+class ReplaySourceConfig(DecodeFields, SourceConfig):
     """A recorded stream, one JSON message per line."""
 
     path: str = Field(description="JSONL file; relative to the configuration file's folder.")
     speed: float = Field(1.0, ge=0, description="Event-time speed-up; 0 = as fast as possible.")
     loop: bool = Field(False, description="Start again at the end of the file.")
-    time_field: str | None = Field(None, description="Field holding the event time (needed for pacing).")
-    time_unit: Literal["s", "ms", "us", "ns"] = Field("ms", description="Unit of `time_field`.")
-    key_field: str | None = Field(None, description="Field used as the event key.")
+
+    def replay_file(self) -> str | None:
+        return self.path
 
 
 class ReplaySource(Source):
@@ -75,10 +74,9 @@ class ReplaySource(Source):
         name = self.name
         stats = self.stats
         queue = self.queue
-        loads = orjson.loads
+        decode = make_decoder(name, cfg.key_field, cfg.time_field, cfg.time_unit)
         clock = time.time
-        scale = TIME_SCALE[cfg.time_unit]
-        key_field, time_field, speed = cfg.key_field, cfg.time_field, cfg.speed
+        speed = cfg.speed
         bound = ProgressBound(cfg.max_future_seconds)  # one per session: a reconnect reads the file anew
         offset = 0.0  # added to event times on later laps
         wall0 = 0.0
@@ -92,36 +90,30 @@ class ReplaySource(Source):
                     continue
                 stats.received += 1
                 try:
-                    data: Any = loads(line)
-                except orjson.JSONDecodeError:
+                    key, t, data = decode(line)
+                except NotJson:
                     self._bad_line(lineno, line)
+                    continue
+                except BadKey as exc:
+                    self._bad_line(lineno, line, exc.problem)
                     continue
                 now = clock()
                 ts = now
-                key = None
-                if type(data) is dict:
-                    if key_field is not None:
-                        key = data.get(key_field)
-                        if type(key) not in KEY_TYPES:
-                            self._bad_line(lineno, line, key_problem(key))
-                            continue
-                    if time_field is not None:
-                        raw_ts = data.get(time_field)
-                        if type(raw_ts) is int or type(raw_ts) is float:
-                            ts = raw_ts / scale + offset
-                            if not bound.admit(ts):
-                                self.drop_future(ts, bound.newest, line)
-                                continue
-                            if first_ts is None:
-                                first_ts = ts
-                            last_ts = ts
-                            if speed > 0:
-                                if ts0 is None:
-                                    ts0, wall0 = ts, time.monotonic()
-                                delay = wall0 + (ts - ts0) / speed - time.monotonic()
-                                if delay > 0.001:
-                                    await asyncio.sleep(delay)
-                                    now = clock()
+                if t is not None:
+                    ts = t + offset
+                    if not bound.admit(ts):
+                        self.drop_future(ts, bound.newest, line)
+                        continue
+                    if first_ts is None:
+                        first_ts = ts
+                    last_ts = ts
+                    if speed > 0:
+                        if ts0 is None:
+                            ts0, wall0 = ts, time.monotonic()
+                        delay = wall0 + (ts - ts0) / speed - time.monotonic()
+                        if delay > 0.001:
+                            await asyncio.sleep(delay)
+                            now = clock()
                 count += 1
                 meta = {"line": lineno, "lap": self.laps, "run": self.run_id}
                 await queue.put(Event(name, ts, now, key, data, meta))

@@ -18,7 +18,6 @@ A redirect to another origin is refused too when the ``subscribe`` messages hold
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 import urllib.parse
 from typing import Any, ClassVar, Literal
@@ -39,14 +38,13 @@ from daemon.errors import IdleTimeout, NotConnected
 from daemon.logs import RateLimitedLog, get_logger
 from streams.base import Source, SourceConfig
 from streams.component import BuildContext, ComponentSpec
-from streams.event import KEY_TYPES, key_problem, new_event
+from streams.decode import BadKey, DecodeFields, NotJson, TooFarAhead, make_live_decoder
 from streams.queue import WhenFull
 
 __all__ = ["SPEC", "WebSocketSource", "WebSocketSourceConfig"]
 
 log = get_logger("source.websocket")
 
-TIME_SCALE = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
 #: Handshake answers worth retrying: rate limits, timeouts and server-side failures.
 RETRYABLE_STATUS = frozenset({408, 425, 429})
 #: Handshake answers that are redirects (the source follows them itself, see the module docstring).
@@ -93,7 +91,7 @@ class _Connect(connect):
         return exc
 
 
-class WebSocketSourceConfig(SourceConfig):
+class WebSocketSourceConfig(DecodeFields, SourceConfig):
     """A WebSocket feed."""
 
     block_refused: ClassVar[str | None] = (
@@ -109,9 +107,6 @@ class WebSocketSourceConfig(SourceConfig):
     )
     headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers for the handshake.")
     decode: Literal["json", "text"] = Field("json", description="How a message becomes `data`.")
-    key_field: str | None = Field(None, description="Field of a JSON message used as the event key.")
-    time_field: str | None = Field(None, description="Field of a JSON message holding the event time.")
-    time_unit: Literal["s", "ms", "us", "ns"] = Field("ms", description="Unit of `time_field`.")
     ping_interval_seconds: float | None = Field(
         20.0, gt=0, description="Keepalive ping interval; null disables."
     )
@@ -264,45 +259,35 @@ class WebSocketSource(Source):
         put = self.queue.put_nowait
         clock = time.time
         recv = ws.recv
-        as_json = self.config.decode == "json"
-        loads = orjson.loads
-        decode_error = orjson.JSONDecodeError
-        key_field = self.config.key_field
-        time_field = self.config.time_field
-        scale = TIME_SCALE[self.config.time_unit]
-        max_future = self.config.max_future_seconds or math.inf
-        key_types = KEY_TYPES
+        cfg = self.config
+        decode = make_live_decoder(
+            name,
+            cfg.key_field,
+            cfg.time_field,
+            cfg.time_unit,
+            text=cfg.decode == "text",
+            max_future=cfg.max_future_seconds,
+        )
         sleep0 = asyncio.sleep
+        received = stats.received  # counted here, stored at once: the status reads stats.received
         while True:
             raw = await recv(decode=False)
             now = clock()
-            stats.received += 1
-            if as_json:
-                try:
-                    data = loads(raw)
-                except decode_error:
-                    self._bad_frame(raw)
-                    continue
-            else:
-                data = raw.decode("utf-8", "replace")
-            key = None
-            ts = now
-            if type(data) is dict:
-                if key_field is not None:
-                    key = data.get(key_field)
-                    if type(key) is not str and type(key) not in key_types:  # a list/object cannot be a key
-                        self._bad_frame(raw, key_problem(key))
-                        continue
-                if time_field is not None:
-                    t = data.get(time_field)
-                    if type(t) is int or type(t) is float:
-                        ts = t / scale
-                        if ts - now > max_future:  # e.g. µs read as ms: would poison the watermark
-                            self.drop_future(ts, now, raw)
-                            continue
-            put(new_event(name, ts, now, key, data, {"seq": stats.received}))
+            stats.received = received = received + 1
+            try:
+                event = decode(raw, now, {"seq": received})
+            except NotJson:
+                self._bad_frame(raw)
+                continue
+            except BadKey as exc:
+                self._bad_frame(raw, exc.problem)
+                continue
+            except TooFarAhead as exc:  # e.g. µs read as ms: would poison the watermark
+                self.drop_future(exc.time, now, raw)
+                continue
+            put(event)
             stats.last_event_at = now
-            if not stats.received & 511:
+            if not received & 511:
                 # One socket read can hold thousands of frames; let the dispatcher take its share
                 # before the queue's drop policy has to act on a burst the CPU can keep up with.
                 await sleep0(0)

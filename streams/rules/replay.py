@@ -49,6 +49,7 @@ import orjson
 
 from streams.backoff import Reconnector
 from streams.call import CallContext
+from streams.decode import BadKey, NotJson, TimeUnit, make_decoder
 from streams.event import DATA, GAP, MAX_FUTURE_SECONDS, Event, ProgressBound, key_problem
 from streams.rules.pipeline import Rule, RuleConfig
 
@@ -68,8 +69,6 @@ __all__ = [
     "record_source",
     "replay_rules",
 ]
-
-_TIME_SCALE = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
 
 
 # -- the recording format -------------------------------------------------------------------------
@@ -143,7 +142,7 @@ class ReplayInput:
     source: str | None = None
     key_field: str | None = None
     time_field: str | None = None
-    time_unit: str = "ms"
+    time_unit: TimeUnit = "ms"
     #: ``max_future_seconds`` per source name (a source not listed gets the default; None: no bound)
     max_future: Mapping[str, float | None] = field(default_factory=dict)
     events: int = 0
@@ -172,42 +171,40 @@ class ReplayInput:
 def read_input(item: ReplayInput) -> Iterator[Event]:
     """The events of one file, in file order (a bad line is counted and skipped)."""
     loads = orjson.loads
-    scale = _TIME_SCALE.get(item.time_unit, 1e3)
+    source = item.source
     bounds: dict[str, ProgressBound] = {}
-    if item.source is not None:
-        bounds[item.source] = item.bound(item.source)
+    if source is not None:
+        bounds[source] = item.bound(source)
+    decode = make_decoder(source or "", item.key_field, item.time_field, item.time_unit)  # raw files
+    no_time = f"no number in time field {item.time_field!r}"
     with item.path.open("rb") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            try:
-                value = loads(line)
-            except orjson.JSONDecodeError as exc:
-                item.bad(lineno, f"not JSON ({exc})")
-                continue
-            if item.source is None:
+            if source is None:  # a recording
+                try:
+                    value = loads(line)
+                except orjson.JSONDecodeError as exc:
+                    item.bad(lineno, f"not JSON ({exc})")
+                    continue
                 try:
                     event = decode_record(value)
                 except (ValueError, TypeError) as exc:
                     item.bad(lineno, str(exc))
                     continue
-            else:
-                key = None
-                ts: Any = None
-                if isinstance(value, dict):
-                    if item.key_field is not None:
-                        key = value.get(item.key_field)
-                    if item.time_field is not None:
-                        ts = value.get(item.time_field)
-                if type(ts) is not int and type(ts) is not float:
-                    item.bad(lineno, f"no number in time field {item.time_field!r}")
+            else:  # raw messages, decoded as their source decodes them
+                try:
+                    key, seconds, value = decode(line)
+                except NotJson as exc:
+                    item.bad(lineno, exc.reason)
                     continue
-                problem = key_problem(key)
-                if problem is not None:
-                    item.bad(lineno, f"{problem} in key field {item.key_field!r}")
+                except BadKey as exc:  # a missing time is named first, as it was
+                    item.bad(lineno, exc.reason if exc.time is not None else no_time)
                     continue
-                seconds = ts / scale
-                event = Event(item.source, seconds, seconds, key, value, {"line": lineno})
+                if seconds is None:
+                    item.bad(lineno, no_time)
+                    continue
+                event = Event(source, seconds, seconds, key, value, {"line": lineno})
             if event.kind == DATA:  # a gap's time is reflexd's own wall clock, never a peer's field
                 bound = bounds.get(event.source)
                 if bound is None:

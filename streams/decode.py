@@ -1,0 +1,199 @@
+"""Decoding is pure: one raw message (bytes or text) → its key, its event time and its data.
+
+The websocket source (each frame), the replay source (each line of a file) and ``reflexd
+replay`` (raw files) all decode here, so a message means the same wherever it is read; none of
+it needs a socket to be tested.
+
+- **Data**: JSON (orjson) by default; ``text`` keeps the message as text (UTF-8, undecodable
+  bytes replaced). A message that is not JSON raises :class:`NotJson`.
+- **Key** (``key_field``): that field of a JSON object; None when the field is missing or the
+  message is not an object. A key is a scalar — text, a number, a boolean or null
+  (:data:`KEY_TYPES`, :func:`key_problem`): a field holding a list or an object raises
+  :class:`BadKey` (a rule groups its state by key, and such a value cannot be one).
+- **Event time** (``time_field`` in ``time_unit``, :data:`TIME_SCALE`): that field's number, in
+  seconds; a message without one (the field missing, or not a number: a boolean is not one) has
+  none, and the caller decides what that means: a live source uses the arrival time, ``reflexd
+  replay`` skips the line.
+- Field names are keys of the top-level object: ``a.b`` names a key with a dot in it, not a nested
+  field (what it has always meant; a configuration keeps its meaning).
+
+Two shapes of decoder, one implementation:
+
+- :func:`make_live_decoder` (the websocket read loop, once per frame): ``decode(raw, now, meta)``
+  returns the :class:`~streams.event.Event` itself, timed by the arrival time ``now`` when the
+  message has no time, and raises :class:`TooFarAhead` for a time more than
+  ``max_future_seconds`` after ``now`` (one message in the wrong unit must not move the rules'
+  watermark years ahead). Building the event here keeps the loop at one Python call per message.
+- :func:`make_decoder` (replays): ``decode(raw)`` returns ``(key, time or None, data)``; a replay
+  judges times against the recording's own progress (:class:`~streams.event.ProgressBound`).
+
+:class:`DecodeFields` declares ``key_field`` / ``time_field`` / ``time_unit`` once, for every
+source configuration that decodes this way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from daemon.errors import DecodeError, SourceError
+from streams.event import DATA, KEY_TYPES, Event, key_problem
+
+__all__ = [
+    "TIME_SCALE",
+    "BadKey",
+    "Decode",
+    "DecodeFields",
+    "LiveDecode",
+    "NotJson",
+    "TimeUnit",
+    "TooFarAhead",
+    "future_limit",
+    "make_decoder",
+    "make_live_decoder",
+]
+
+TimeUnit = Literal["s", "ms", "us", "ns"]
+
+#: Units of a time field, as the number one second is in each.
+TIME_SCALE: dict[str, float] = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
+
+#: ``decode(raw) -> (key, event time in seconds or None, data)``; raises :class:`NotJson` or :class:`BadKey`.
+Decode = Callable[[bytes | str], tuple[Any, float | None, Any]]
+
+#: ``decode(raw, now, meta) -> Event``; raises :class:`NotJson`, :class:`BadKey` or :class:`TooFarAhead`.
+LiveDecode = Callable[[bytes | str, float, dict[str, Any]], Event]
+
+
+class NotJson(DecodeError):
+    """The message is not JSON (``reason``: ``not JSON (<the parser's message>)``)."""
+
+    def __init__(self, source: str, error: str) -> None:
+        super().__init__(source, f"not JSON ({error})")
+
+
+class BadKey(DecodeError):
+    """The key field holds a list or an object.
+
+    ``problem`` says what it holds (:func:`key_problem`); ``time`` is the message's event time (None
+    if it has none), for a caller that judges a missing time first.
+    """
+
+    def __init__(self, source: str, key_field: str | None, problem: str, time: float | None) -> None:
+        super().__init__(source, f"{problem} in key field {key_field!r}")
+        self.problem = problem
+        self.time = time
+
+
+class TooFarAhead(SourceError):
+    """The message's event time is more than ``max_future_seconds`` after the arrival time: counted
+    as ``future`` and dropped, not a decode error. ``time`` is the event time, ``now`` the arrival."""
+
+    def __init__(self, source: str, time: float, now: float) -> None:
+        super().__init__(source, f"event time {time!r} is {time - now:.0f} s ahead of the clock")
+        self.time = time
+        self.now = now
+
+
+class DecodeFields(BaseModel):
+    """Where the key and the event time of a JSON message are (a mixin of source configurations)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+    key_field: str | None = Field(None, description="Field of a JSON message used as the event key.")
+    time_field: str | None = Field(
+        None,
+        description="Field of a JSON message holding the event time (a replay source needs it for pacing).",
+    )
+    time_unit: TimeUnit = Field("ms", description="Unit of `time_field`.")
+
+    def replay_file(self) -> str | None:
+        """The file of raw messages this source reads, if it reads one: ``reflexd replay FILE`` with
+        that file decodes it as this source does. None here; the replay source names its ``path``."""
+        return None
+
+
+def future_limit(max_future_seconds: float | None) -> float:
+    """``max_future_seconds`` as a number to compare with (null: no bound, infinity)."""
+    return math.inf if max_future_seconds is None else max_future_seconds
+
+
+def make_live_decoder(
+    source: str,
+    key_field: str | None = None,
+    time_field: str | None = None,
+    time_unit: TimeUnit = "ms",
+    *,
+    text: bool = False,
+    max_future: float | None = None,
+) -> LiveDecode:
+    """The decoder of ``source``'s messages as they arrive: ``decode(raw, now, meta)`` is the event
+    (``text``: the message as text, no key, timed ``now``). ``max_future``: seconds an event time
+    may be ahead of ``now`` (None: no bound)."""
+    build = tuple.__new__  # Event(...) / new_event(...) without a second call per message
+    if text:
+
+        def decode_text(raw: bytes | str, now: float, meta: dict[str, Any]) -> Event:
+            data = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
+            event: Event = build(Event, (source, now, now, None, data, meta, DATA, None))
+            return event
+
+        return decode_text
+
+    scale = TIME_SCALE[time_unit]
+    limit = future_limit(max_future)
+    loads = orjson.loads
+    not_json = orjson.JSONDecodeError
+    key_types = KEY_TYPES
+
+    def decode(raw: bytes | str, now: float, meta: dict[str, Any]) -> Event:
+        try:
+            data = loads(raw)
+        except not_json as exc:
+            raise NotJson(source, str(exc)) from exc
+        key = None
+        ts = now
+        if type(data) is dict:
+            if time_field is not None:
+                t = data.get(time_field)
+                if type(t) is int or type(t) is float:
+                    ts = t / scale
+            if key_field is not None:
+                key = data.get(key_field)
+                if type(key) is not str and type(key) not in key_types:  # a list/object cannot be a key
+                    raise BadKey(source, key_field, key_problem(key) or "", None if ts is now else ts)
+            if ts - now > limit:  # e.g. µs read as ms: would poison the watermark
+                raise TooFarAhead(source, ts, now)
+        event: Event = build(Event, (source, ts, now, key, data, meta, DATA, None))
+        return event
+
+    return decode
+
+
+#: The ``now`` :func:`make_decoder` passes: an event timed by this very object had no time of its own.
+_UNTIMED = float("nan")
+
+
+def make_decoder(
+    source: str,
+    key_field: str | None = None,
+    time_field: str | None = None,
+    time_unit: TimeUnit = "ms",
+    *,
+    text: bool = False,
+) -> Decode:
+    """The decoder of ``source``'s messages read from a file: ``decode(raw)`` is ``(key, event time
+    in seconds or None, data)`` (``text``: the message as text, no key, no time)."""
+    live = make_live_decoder(source, key_field, time_field, time_unit, text=text)
+    untimed = _UNTIMED
+
+    def decode(raw: bytes | str) -> tuple[Any, float | None, Any]:
+        event = live(raw, untimed, {})
+        ts = event.ts
+        return event.key, None if ts is untimed else ts, event.data
+
+    return decode

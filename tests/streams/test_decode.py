@@ -1,0 +1,210 @@
+"""Decoding without sockets: raw message → key, event time, data; the same for the live and the replay shape."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from daemon.errors import DecodeError
+from streams.decode import (
+    TIME_SCALE,
+    BadKey,
+    DecodeFields,
+    NotJson,
+    TooFarAhead,
+    future_limit,
+    make_decoder,
+    make_live_decoder,
+)
+from streams.event import Event
+from streams.replay import ReplaySourceConfig
+from streams.websocket import WebSocketSourceConfig
+
+NOW = 1_768_485_600.5
+T_MS = 1_768_485_600_139
+
+
+def both(raw: bytes | str, **fields: Any) -> tuple[tuple[Any, float | None, Any], Event]:
+    """What the replay decoder and the live decoder (at NOW) make of ``raw``."""
+    return make_decoder("s", **fields)(raw), make_live_decoder("s", **fields)(raw, NOW, {"seq": 1})
+
+
+def test_a_trade_gives_its_key_its_time_in_seconds_and_the_whole_message() -> None:
+    """key_field and time_field are read from the object; the live decoder builds the very event."""
+    message = {"e": "trade", "s": "BTCUSDT", "p": "65000.10", "T": T_MS}
+    decoded, event = both(orjson.dumps(message), key_field="s", time_field="T")
+    assert decoded == ("BTCUSDT", T_MS / 1e3, message)
+    assert event == Event("s", T_MS / 1e3, NOW, "BTCUSDT", message, {"seq": 1})
+    assert type(event) is Event and event.kind == "data" and event.ack is None
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+def test_time_units(unit: str) -> None:
+    """A time in s, ms, µs or ns is the same second."""
+    raw = orjson.dumps({"T": 1_768_485_600 * int(TIME_SCALE[unit])})
+    decoded, event = both(raw, time_field="T", time_unit=unit)
+    assert decoded[1] == event.ts == 1_768_485_600.0
+
+
+@pytest.mark.parametrize("value", ["1768485600139", True, None, [1], {"t": 1}])
+def test_a_time_field_that_is_not_a_number_means_no_time(value: Any) -> None:
+    """Text, booleans, null, lists and objects are not times: none for a replay, the arrival time live."""
+    decoded, event = both(orjson.dumps({"T": value}), time_field="T")
+    assert decoded[1] is None
+    assert event.ts == NOW
+
+
+def test_missing_fields_give_no_key_and_no_time() -> None:
+    """A message without the configured fields decodes; its key is None and it has no time of its own."""
+    decoded, event = both(b'{"x": 1}', key_field="s", time_field="T")
+    assert decoded == (None, None, {"x": 1})
+    assert (event.key, event.ts) == (None, NOW)
+
+
+@pytest.mark.parametrize("value", [[1, 2], 7, "text", None, 1.5])
+def test_a_message_that_is_not_an_object_has_no_key_and_no_time(value: Any) -> None:
+    """JSON that is not an object is data as it is: no key, no time (and never a bad key)."""
+    decoded, event = both(orjson.dumps(value), key_field="s", time_field="T")
+    assert decoded == (None, None, value)
+    assert (event.key, event.ts, event.data) == (None, NOW, value)
+
+
+@pytest.mark.parametrize("key", ["BTC", 1, 1.5, True, None])
+def test_scalars_are_keys(key: Any) -> None:
+    """Text, numbers, booleans and null are taken as they are."""
+    decoded, event = both(orjson.dumps({"k": key}), key_field="k")
+    assert decoded[0] == event.key == key
+    assert type(decoded[0]) is type(key)
+
+
+@pytest.mark.parametrize(
+    ("key", "problem"), [([1, 2], "key is a list, not a scalar"), ({"a": 1}, "key is a dict, not a scalar")]
+)
+def test_a_list_or_an_object_is_a_bad_key_naming_what_it_is(key: Any, problem: str) -> None:
+    """BadKey is a DecodeError naming the source, the field and the type; it carries the time it saw."""
+    raw = orjson.dumps({"k": key, "T": T_MS})
+    for decode in (make_decoder("s", "k", "T"), lambda r: make_live_decoder("s", "k", "T")(r, NOW, {})):
+        with pytest.raises(BadKey) as info:
+            decode(raw)
+        assert isinstance(info.value, DecodeError)
+        assert (info.value.source, info.value.problem, info.value.time) == ("s", problem, T_MS / 1e3)
+        assert info.value.reason == f"{problem} in key field 'k'"
+    with pytest.raises(BadKey) as untimed:
+        make_decoder("s", "k", "T")(orjson.dumps({"k": key}))
+    assert untimed.value.time is None
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"", b"\xff\xfe", b'{"T": NaN}', "[1,"])
+def test_what_is_not_json_raises_not_json_with_the_parsers_reason(raw: bytes | str) -> None:
+    """Not JSON (and JSON's NaN, which orjson refuses) is a DecodeError saying what the parser said."""
+    for decode in (make_decoder("s", "k", "T"), lambda r: make_live_decoder("s", "k", "T")(r, NOW, {})):
+        with pytest.raises(NotJson) as info:
+            decode(raw)
+        assert isinstance(info.value, DecodeError) and info.value.source == "s"
+        assert info.value.reason.startswith("not JSON (") and info.value.reason.endswith(")")
+
+
+def test_text_keeps_the_message_as_text() -> None:
+    """decode: text replaces undecodable bytes and ignores key and time fields; text input stays text."""
+    raw = b'{"s": "A", "T": 1}\xff'
+    decoded, event = both(raw, key_field="s", time_field="T", text=True)
+    assert decoded == (None, None, '{"s": "A", "T": 1}\ufffd')
+    assert (event.key, event.ts, event.data) == (None, NOW, '{"s": "A", "T": 1}\ufffd')
+    assert make_decoder("s", text=True)("héllo") == (None, None, "héllo")
+
+
+def test_text_and_bytes_decode_alike() -> None:
+    """A frame received as text decodes as its UTF-8 bytes do."""
+    message = {"s": "É", "T": T_MS}
+    assert make_decoder("s", "s", "T")(orjson.dumps(message).decode()) == make_decoder("s", "s", "T")(
+        orjson.dumps(message)
+    )
+
+
+def test_a_dotted_field_name_is_a_key_with_a_dot_not_a_path() -> None:
+    """``a.b`` names the top-level key "a.b" (what it always meant), not a nested field."""
+    decode = make_decoder("s", "a.b", "t.ms")
+    assert decode(b'{"a.b": "K", "t.ms": 1000}')[:2] == ("K", 1.0)
+    assert decode(b'{"a": {"b": "K"}, "t": {"ms": 1000}}')[:2] == (None, None)
+
+
+def test_live_times_beyond_max_future_raise_too_far_ahead() -> None:
+    """Live, a time more than max_future after the arrival is refused (not a decode error); at the limit it
+    passes; without a bound nothing is refused."""
+    decode = make_live_decoder("s", time_field="T", time_unit="s", max_future=300.0)
+    assert decode(orjson.dumps({"T": NOW + 300}), NOW, {}).ts == NOW + 300
+    with pytest.raises(TooFarAhead) as info:
+        decode(orjson.dumps({"T": NOW + 301}), NOW, {})
+    assert not isinstance(info.value, DecodeError)
+    assert (info.value.time, info.value.now) == (NOW + 301, NOW)
+    unbounded = make_live_decoder("s", time_field="T", time_unit="s")
+    assert unbounded(orjson.dumps({"T": NOW * 1000}), NOW, {}).ts == NOW * 1000
+    assert decode(orjson.dumps({"T": 0}), NOW, {}).ts == 0.0  # the past is the rules' business (late)
+
+
+def test_a_bad_key_is_reported_before_a_time_too_far_ahead() -> None:
+    """A message with both problems is a decode error (as the websocket source always counted it)."""
+    with pytest.raises(BadKey):
+        make_live_decoder("s", "k", "T", "s", max_future=1.0)(orjson.dumps({"k": [1], "T": NOW * 2}), NOW, {})
+
+
+def test_future_limit() -> None:
+    """max_future_seconds null is no bound."""
+    assert future_limit(None) == math.inf
+    assert future_limit(2.5) == 2.5
+
+
+def test_the_websocket_and_replay_sources_declare_the_fields_once() -> None:
+    """Both source configurations take key_field/time_field/time_unit from DecodeFields, with its defaults;
+    only the replay source names a file of raw messages for `reflexd replay`."""
+    ws = WebSocketSourceConfig(type="websocket", url="ws://127.0.0.1:1/", key_field="s", time_field="T")
+    replay = ReplaySourceConfig(type="replay", path="in.jsonl", time_unit="us")
+    for config in (ws, replay):
+        assert isinstance(config, DecodeFields)
+        for name in ("key_field", "time_field", "time_unit"):
+            assert repr(type(config).model_fields[name]) == repr(DecodeFields.model_fields[name])
+    assert (ws.key_field, ws.time_field, ws.time_unit) == ("s", "T", "ms")
+    assert (replay.key_field, replay.time_field, replay.time_unit) == (None, None, "us")
+    assert (ws.replay_file(), replay.replay_file()) == (None, "in.jsonl")
+
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**53), 2**53),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(),
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=scalars, t=st.integers(0, 2**53), extra=st.dictionaries(st.text(), json_values, max_size=4))
+def test_any_object_with_a_scalar_key_and_a_numeric_time_round_trips(
+    key: Any, t: int, extra: dict[str, Any]
+) -> None:
+    """For any JSON object, the decoders read back the key and the time that were written, and the data whole."""
+    message = {**extra, "k": key, "T": t}
+    decoded, event = both(orjson.dumps(message), key_field="k", time_field="T")
+    assert decoded == (key, t / 1e3, message)
+    assert (event.key, event.ts, event.data) == (key, t / 1e3, message)
+
+
+@settings(max_examples=500, deadline=None)
+@given(raw=st.binary(max_size=64) | st.builds(orjson.dumps, json_values))
+def test_any_bytes_decode_or_raise_a_documented_error(raw: bytes) -> None:
+    """Whatever arrives, decoding returns or raises NotJson / BadKey, never anything else (fuzz)."""
+    for key_field in ("k", None):
+        try:
+            make_decoder("s", key_field, "T")(raw)
+        except (NotJson, BadKey):
+            pass
