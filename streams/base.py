@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from daemon.logs import RateLimitedLog, get_logger
 from streams.backoff import ReconnectConfig
-from streams.event import MAX_FUTURE_SECONDS, Event
+from streams.decode import MAX_FUTURE_SECONDS
+from streams.event import Event
 from streams.queue import BoundedQueue, QueueConfig, WhenFull
 
 __all__ = ["Source", "SourceConfig", "SourceStats"]

@@ -14,6 +14,12 @@ it needs a socket to be tested.
   seconds; a message without one (the field missing, or not a number: a boolean is not one) has
   none, and the caller decides what that means: a live source uses the arrival time, ``reflexd
   replay`` skips the line.
+- **Event-time bound** (``max_future_seconds``, default :data:`MAX_FUTURE_SECONDS`): live, an event
+  whose time is more than that ahead of the wall clock when it arrived is counted (``future``)
+  and dropped, so one message in the wrong unit cannot move a rule's watermark years ahead. A
+  replay has no wall clock: :class:`ProgressBound` judges each event against the recording's own
+  progress instead. Kafka and ccxt sources apply the live bound to their records' times too
+  (:func:`future_limit`).
 - Field names are keys of the top-level object: ``a.b`` names a key with a dot in it, not a nested
   field (what it has always meant; a configuration keeps its meaning).
 
@@ -22,10 +28,10 @@ Two shapes of decoder, one implementation:
 - :func:`make_live_decoder` (the websocket read loop, once per frame): ``decode(raw, now, meta)``
   returns the :class:`~streams.event.Event` itself, timed by the arrival time ``now`` when the
   message has no time, and raises :class:`TooFarAhead` for a time more than
-  ``max_future_seconds`` after ``now`` (one message in the wrong unit must not move the rules'
-  watermark years ahead). Building the event here keeps the loop at one Python call per message.
-- :func:`make_decoder` (replays): ``decode(raw)`` returns ``(key, time or None, data)``; a replay
-  judges times against the recording's own progress (:class:`~streams.event.ProgressBound`).
+  ``max_future_seconds`` after ``now``. Building the event here keeps the loop at one Python
+  call per message.
+- :func:`make_decoder` (replays): ``decode(raw)`` returns ``(key, time or None, data)``; the caller
+  applies its :class:`ProgressBound`.
 
 :class:`DecodeFields` declares ``key_field`` / ``time_field`` / ``time_unit`` once, for every
 source configuration that decodes this way.
@@ -41,21 +47,31 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from daemon.errors import DecodeError, SourceError
-from streams.event import DATA, KEY_TYPES, Event, key_problem
+from streams.event import DATA, Event
 
 __all__ = [
+    "KEY_TYPES",
+    "MAX_FUTURE_SECONDS",
     "TIME_SCALE",
     "BadKey",
     "Decode",
     "DecodeFields",
     "LiveDecode",
     "NotJson",
+    "ProgressBound",
     "TimeUnit",
     "TooFarAhead",
     "future_limit",
+    "key_problem",
     "make_decoder",
     "make_live_decoder",
 ]
+
+#: Types an event key may have (what JSON scalars decode to). Check with ``type(key) in KEY_TYPES``.
+KEY_TYPES: frozenset[type] = frozenset({str, int, float, bool, type(None)})
+
+MAX_FUTURE_SECONDS = 300.0
+"""Default ``max_future_seconds`` of a source: how far ahead of the wall clock an event time may be."""
 
 TimeUnit = Literal["s", "ms", "us", "ns"]
 
@@ -120,6 +136,46 @@ class DecodeFields(BaseModel):
 def future_limit(max_future_seconds: float | None) -> float:
     """``max_future_seconds`` as a number to compare with (null: no bound, infinity)."""
     return math.inf if max_future_seconds is None else max_future_seconds
+
+
+def key_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be an event key (None if it can: a scalar)."""
+    if type(value) in KEY_TYPES:
+        return None
+    return f"key is a {type(value).__name__}, not a scalar"
+
+
+class ProgressBound:
+    """``max_future_seconds`` for a recording, judged against its own progress (deterministic).
+
+    :meth:`admit` is True for an event time at most ``max_future`` seconds after the newest time
+    admitted so far (the first event sets the start). A time beyond that is *future*: the caller
+    counts and drops the event, and it moves nothing. If the next event is also beyond it, and
+    within ``max_future`` of the one just refused, the recording itself jumped forward (the
+    recorder was down for a while): that event is admitted and becomes the new reference, so a
+    gap in a recording costs its first event, not the rest of the file. Time going backwards is
+    never refused (it is the rules' business: late events). NaN is admitted and moves nothing.
+    """
+
+    __slots__ = ("_refused", "limit", "max_future", "newest")
+
+    def __init__(self, max_future: float | None) -> None:
+        self.max_future = math.inf if max_future is None else max_future
+        self.newest = -math.inf
+        self.limit = math.inf  # newest + max_future; no limit before the first event
+        self._refused: float | None = None  # the time last refused, if the event before was refused
+
+    def admit(self, ts: float) -> bool:
+        if ts > self.limit:
+            refused = self._refused
+            if refused is None or abs(ts - refused) > self.max_future:
+                self._refused = ts
+                return False
+        self._refused = None
+        if ts > self.newest:
+            self.newest = ts
+            self.limit = ts + self.max_future
+        return True
 
 
 def make_live_decoder(

@@ -8,7 +8,7 @@ keep increasing. Relative paths are resolved against the configuration file's fo
 A line whose key field holds a list or an object is a decode error. There is no wall clock to
 judge event times by (a recording is of the past, and replays as fast as it is read), so
 ``max_future_seconds`` is applied against the recording's own progress
-(:class:`~streams.event.ProgressBound`), as ``reflexd replay`` does.
+(:class:`~streams.decode.ProgressBound`), as ``reflexd replay`` does.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from daemon.errors import EndOfStream, NotConnected
 from daemon.logs import RateLimitedLog, get_logger
 from streams.base import Source, SourceConfig
 from streams.component import BuildContext, ComponentSpec
-from streams.decode import BadKey, DecodeFields, NotJson, make_decoder
-from streams.event import Event, ProgressBound
+from streams.decode import BadKey, DecodeFields, NotJson, ProgressBound, make_decoder
+from streams.event import Event
 from streams.queue import WhenFull
 
 __all__ = ["SPEC", "ReplaySource", "ReplaySourceConfig"]

@@ -25,7 +25,8 @@ from daemon.errors import NotConnected
 from daemon.logs import RateLimitedLog, get_logger
 from streams.base import Source, SourceConfig
 from streams.component import BuildContext, ComponentSpec
-from streams.event import KEY_TYPES, Event, key_problem
+from streams.decode import KEY_TYPES, key_problem
+from streams.event import Event
 from streams.queue import WhenFull
 
 __all__ = ["LINES", "LinesSource", "LinesSourceConfig"]

@@ -12,7 +12,7 @@ Watermark
     and released in event-time order once the watermark passes them, so the steps always see
     time go forward. The watermark never goes back, so an event time years ahead (a unit
     error) would make everything after it late: sources drop such events before they get here
-    (``max_future_seconds``, see :mod:`streams.event`).
+    (``max_future_seconds``, see :mod:`streams.decode`).
 Timers
     Steps schedule callbacks at event times (a window's end, a debounce deadline, an absence
     deadline). They fire when the watermark reaches them, in time order, *before* an event

@@ -17,7 +17,7 @@ Raw files
 Bad input
     A line that is not JSON, not a recording line, or whose key is a list or an object is
     counted and skipped. An event more than its source's ``max_future_seconds`` ahead of the
-    file's own progress (:class:`~streams.event.ProgressBound`: the newest event time so far) is
+    file's own progress (:class:`~streams.decode.ProgressBound`: the newest event time so far) is
     counted as ``future`` and skipped, as the live source would have dropped it against the wall
     clock (``gap`` events carry reflexd's own clock and are not judged): one time in the wrong
     unit cannot move the rules' clocks years ahead. The bound is per file and per source, so a
@@ -49,8 +49,16 @@ import orjson
 
 from streams.backoff import Reconnector
 from streams.call import CallContext
-from streams.decode import BadKey, NotJson, TimeUnit, make_decoder
-from streams.event import DATA, GAP, MAX_FUTURE_SECONDS, Event, ProgressBound, key_problem
+from streams.decode import (
+    MAX_FUTURE_SECONDS,
+    BadKey,
+    NotJson,
+    ProgressBound,
+    TimeUnit,
+    key_problem,
+    make_decoder,
+)
+from streams.event import DATA, GAP, Event
 from streams.rules.pipeline import Rule, RuleConfig
 
 __all__ = [

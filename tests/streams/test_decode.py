@@ -1,8 +1,10 @@
-"""Decoding without sockets: raw message → key, event time, data; the same for the live and the replay shape."""
+"""Decoding without sockets: raw message → key, event time, data (the same for the live and the replay shape);
+scalar keys; the event-time bound of replays; reflexd replay reading raw files and recordings."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -16,13 +18,16 @@ from streams.decode import (
     BadKey,
     DecodeFields,
     NotJson,
+    ProgressBound,
     TooFarAhead,
     future_limit,
+    key_problem,
     make_decoder,
     make_live_decoder,
 )
 from streams.event import Event
 from streams.replay import ReplaySourceConfig
+from streams.rules.replay import ReplayInput, read_input
 from streams.websocket import WebSocketSourceConfig
 
 NOW = 1_768_485_600.5
@@ -208,3 +213,77 @@ def test_any_bytes_decode_or_raise_a_documented_error(raw: bytes) -> None:
             make_decoder("s", key_field, "T")(raw)
         except (NotJson, BadKey):
             pass
+
+
+# -- keys and the replay event-time bound (moved here from test_event.py with the code) -------------
+
+
+def test_scalars_are_keys_lists_and_objects_are_not() -> None:
+    """Text, numbers, booleans and null are keys; a list or an object is refused with its type named."""
+    assert [key_problem(k) for k in ("BTC", 1, 1.5, True, None)] == [None] * 5
+    assert key_problem([1, 2]) == "key is a list, not a scalar"
+    assert key_problem({"a": 1}) == "key is a dict, not a scalar"
+
+
+def admitted(bound: ProgressBound, times: list[float]) -> list[float]:
+    return [t for t in times if bound.admit(t)]
+
+
+def test_one_time_far_ahead_is_refused_and_moves_nothing() -> None:
+    """A time in µs among times in s is refused; the times after it are judged against the sane ones."""
+    bound = ProgressBound(300)
+    times = [1000.0, 1001.0, 1002.0e6, 1003.0, 1004.0]
+    assert admitted(bound, times) == [1000.0, 1001.0, 1003.0, 1004.0]
+    assert bound.newest == 1004.0
+
+
+def test_a_gap_in_the_recording_costs_one_event() -> None:
+    """Two times in a row past the bound and close together are a jump of the recording: the second goes on."""
+    bound = ProgressBound(300)
+    assert admitted(bound, [0.0, 10.0, 3600.0, 3601.0, 3602.0]) == [0.0, 10.0, 3601.0, 3602.0]
+
+
+def test_two_bad_times_apart_are_both_refused() -> None:
+    """Refused times that are not close to each other (or not in a row) never open a new timeline."""
+    bound = ProgressBound(300)
+    assert admitted(bound, [0.0, 1e9, 2e9, 1.0, 1e9, 2.0, 1e9]) == [0.0, 1.0, 2.0]
+
+
+def test_time_going_back_and_nan_are_admitted_without_moving_the_bound() -> None:
+    """Older times are the rules' business (late), not the bound's; NaN never moves it."""
+    bound = ProgressBound(300)
+    verdicts = [bound.admit(t) for t in (100.0, 50.0, math.nan, 390.0, 1000.0)]
+    assert verdicts == [True, True, True, True, False]
+    assert bound.newest == 390.0
+
+
+def test_no_bound_admits_everything() -> None:
+    """max_future_seconds: null turns the bound off."""
+    assert admitted(ProgressBound(None), [0.0, 1e12, 5.0]) == [0.0, 1e12, 5.0]
+
+
+@pytest.mark.parametrize("recording", [False, True], ids=["raw", "recording"])
+def test_read_input_skips_list_keys_and_future_times_with_counts(tmp_path: Path, recording: bool) -> None:
+    """`reflexd replay` input: a list key is a bad line, a µs time a future drop; both counted, the rest read.
+    A gap event (reflexd's own wall clock) is never judged by the bound."""
+    rows = [(1_000_000, "A"), (1_001_000, [1, 2]), (1_002_000_000, "A"), (1_003_000, "A")]
+    lines = []
+    for t, key in rows:
+        if recording:
+            lines.append({"source": "s", "ts": t / 1000, "key": key, "data": {"T": t}})
+        else:
+            lines.append({"T": t, "k": key})
+    if recording:
+        lines.append({"source": "s", "ts": 1.7e9, "key": None, "kind": "gap", "data": {}})
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+    item = (
+        ReplayInput(path, max_future={"s": 300.0})
+        if recording
+        else ReplayInput(path, "s", key_field="k", time_field="T", max_future={"s": 300.0})
+    )
+    events = list(read_input(item))
+    assert [e.ts for e in events if e.kind == "data"] == [1000.0, 1003.0]
+    assert (item.bad_lines, item.future, item.events) == (1, 1, len(events))
+    assert item.first_error is not None and "list" in item.first_error
+    assert item.first_future is not None and item.first_future.startswith(f"{path}:3: ")
