@@ -27,9 +27,10 @@ import orjson
 
 from daemon.config import AppConfig
 from daemon.errors import StartupError
-from daemon.state import DeadLetter, Journal, StateStore, event_from_record, redact
+from daemon.state import DeadLetter, Journal, StateStore, redact
 from handlers.base import CallContext, Tool
 from handlers.runner import ToolRunner
+from streams.event import event_from_record
 from streams.expressions import compile_template
 from streams.rules.pipeline import plan_rule
 

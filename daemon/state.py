@@ -52,8 +52,6 @@ __all__ = [
     "Journal",
     "StateStore",
     "Unfinished",
-    "event_from_record",
-    "event_record",
     "redact",
     "redact_names",
 ]
@@ -206,39 +204,6 @@ def _migrate(db: sqlite3.Connection, path: Path) -> None:
     except BaseException:
         db.execute("ROLLBACK")
         raise
-
-
-def event_record(event: Any, *, data: bool = True) -> dict[str, Any] | None:
-    """The journaled form of an event: everything but transport handles (the Kafka ack); without
-    ``data`` only where it came from."""
-    if event is None:
-        return None
-    record = {
-        "source": event.source,
-        "ts": event.ts,
-        "received_at": event.received_at,
-        "key": event.key,
-        "meta": event.meta,
-        "kind": event.kind,
-    }
-    if data:
-        record["data"] = event.data
-    return record
-
-
-def event_from_record(record: dict[str, Any] | None) -> Event | None:
-    """Rebuild an event from its journaled form (for recovered and replayed invocations)."""
-    if not record:
-        return None
-    return Event(
-        record.get("source", ""),
-        float(record.get("ts") or 0.0),
-        float(record.get("received_at") or 0.0),
-        record.get("key"),
-        record.get("data"),
-        dict(record.get("meta") or {}),
-        record.get("kind", "data"),
-    )
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,12 @@ from daemon.config import AppConfig
 from daemon.errors import ShutdownTimeout
 from daemon.http import OpsServer
 from daemon.logs import get_logger
-from daemon.state import Journal, StateStore, event_from_record
+from daemon.state import Journal, StateStore
 from handlers.base import CallContext, Tool
 from handlers.runner import ToolRunner
 from streams.backoff import Reconnector
 from streams.base import Source
+from streams.event import event_from_record
 from streams.rules.pipeline import Dispatcher, Rule
 
 __all__ = ["Daemon"]

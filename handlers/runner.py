@@ -43,11 +43,12 @@ from typing import Any, NamedTuple
 
 from daemon.errors import ShutdownTimeout, ToolError
 from daemon.logs import RateLimitedLog, get_logger
-from daemon.state import Journal, event_record
 from handlers.base import CallContext, CircuitConfig, RetryConfig, Tool
 from handlers.batching import BatchAttempt, Outcome, lane_shape
+from handlers.journal import CallJournal
 from streams.ack import Ack
 from streams.backoff import backoff_delay
+from streams.event import event_record
 
 __all__ = ["DURATION_BUCKETS", "CircuitBreaker", "Invocation", "ToolRunner", "ToolStats"]
 
@@ -232,7 +233,7 @@ class ToolRunner:
         self,
         tools: Mapping[str, Tool],
         *,
-        journal: Journal | None = None,
+        journal: CallJournal | None = None,
         secret_args: Mapping[tuple[str | None, str], frozenset[str]] | None = None,
     ) -> None:
         self.tools = dict(tools)

@@ -3,8 +3,9 @@
 Build one with ``Event(...)`` where speed does not matter, and with :func:`new_event` (same
 arguments, about 60 ns cheaper) in a source's read loop.
 
-The checks a source applies while it builds events (scalar keys, the event-time bound) live
-with the decoding, in :mod:`streams.decode`.
+Its journaled form (:func:`event_record`, :func:`event_from_record`) is what the tool runner
+writes to a journal and the daemon reads back. The checks a source applies while it builds
+events (scalar keys, the event-time bound) live with the decoding, in :mod:`streams.decode`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ __all__ = [
     "GAP",
     "READABLE_FIELDS",
     "Event",
+    "event_from_record",
+    "event_record",
     "new_event",
 ]
 
@@ -73,3 +76,35 @@ def new_event(
 #: The fields an expression or a template can name: all but the transport handle ``ack``.
 READABLE_FIELDS: tuple[str, ...] = tuple(name for name in Event._fields if name != "ack")
 
+
+def event_record(event: Any, *, data: bool = True) -> dict[str, Any] | None:
+    """The journaled form of an event: everything but transport handles (the Kafka ack); without
+    ``data`` only where it came from."""
+    if event is None:
+        return None
+    record = {
+        "source": event.source,
+        "ts": event.ts,
+        "received_at": event.received_at,
+        "key": event.key,
+        "meta": event.meta,
+        "kind": event.kind,
+    }
+    if data:
+        record["data"] = event.data
+    return record
+
+
+def event_from_record(record: dict[str, Any] | None) -> Event | None:
+    """Rebuild an event from its journaled form (for recovered and replayed invocations)."""
+    if not record:
+        return None
+    return Event(
+        record.get("source", ""),
+        float(record.get("ts") or 0.0),
+        float(record.get("received_at") or 0.0),
+        record.get("key"),
+        record.get("data"),
+        dict(record.get("meta") or {}),
+        record.get("kind", "data"),
+    )

@@ -21,8 +21,8 @@ from daemon.cli import main
 from daemon.config import load_config_text
 from daemon.dlq import restore_args
 from daemon.registry import builtin_registry
-from daemon.state import REDACTED, DeadLetter, event_record
-from streams.event import Event
+from daemon.state import REDACTED, DeadLetter
+from streams.event import Event, event_record
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "tok-5f0c8a2e9d1b47c3"  # a canary: it must never be read back from a dead letter

@@ -7,9 +7,8 @@ import orjson
 import pytest
 
 from daemon.errors import ExpressionError
-from daemon.state import event_record
 from streams.ack import OffsetTracker
-from streams.event import Event, new_event
+from streams.event import Event, event_record, new_event
 from streams.expressions import compile_expression
 from streams.rules.replay import decode_record, encode_event
 from streams.rules.row import make_row
