@@ -603,12 +603,13 @@ def test_example_passes_check(spec: ComponentSpec, tmp_path: Path) -> None:
 
 
 async def test_source_delivers_and_stops_within_budget(source_case: tuple[ComponentSpec, SourcePeer]) -> None:
-    """Events from the peer arrive named after the source; close before any connect and a second
+    """Events from the peer arrive named after the source; close/finish before any connect and a second
     close/finish are no-ops; stopping ends within budget while the reader waits on a full queue."""
     spec, peer = source_case
     source = build(spec, {**peer.config, "queue": {"max_events": MAX_EVENTS}}, "s")
     assert isinstance(source, Source)
     await within("close before connect", source.close())
+    await within("finish before connect", source.finish())
     task = asyncio.create_task(Reconnector(source, source.config.reconnect).run())
     try:
         if peer.after_connect is not None:

@@ -77,13 +77,15 @@ def test_bad_plugin_is_a_config_error(type_name: str, reason: str) -> None:
 
 def test_each_spec_lives_in_its_types_module() -> None:
     """Every built-in type's SPEC is the `SPEC` of the module holding its config model and runtime
-    (streams/<type>.py or handlers/<type>.py); the registry only lists them, in that order."""
+    (streams/<type>.py or handlers/<type>.py), and builds a component of that type name."""
     registry = builtin_registry()
     for kind in ("source", "tool"):
         for spec in registry.specs(kind):
             module = importlib.import_module(spec.config_model.__module__)
             assert module.__name__ == f"{'streams' if kind == 'source' else 'handlers'}.{spec.type}"
             assert module.SPEC is spec, spec.type
+            built = spec.factory("x", spec.config_model.model_validate(dict(spec.example)), BuildContext(ROOT))
+            assert built.type_name == spec.type, spec.type
 
 
 def test_outside_types_load_by_reference_and_by_registry_value(tmp_path: Path) -> None:
