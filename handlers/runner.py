@@ -94,6 +94,9 @@ def _retry_delay(
     return max(delay, retry_after) if retry_after is not None else delay
 
 
+_NOT_ENDED: tuple[int, Any, str | None] = (0, None, None)
+
+
 def _retry_after(exc: BaseException) -> float | None:
     return exc.retry_after if isinstance(exc, ToolError) else None
 
@@ -394,7 +397,8 @@ class ToolRunner:
             if not run:
                 return
             ended = await self._attempts(lane, [invs[i] for i in run])
-            for i, (attempts, result, error) in zip(run, ended, strict=True):
+            for k, (attempts, result, error) in enumerate(ended):
+                i = run[k]  # indexing, not zip(..., strict=True), which costs ~0.4 µs per call here
                 inv = invs[i]
                 if error is None:
                     stats.succeeded += 1
@@ -417,7 +421,8 @@ class ToolRunner:
                     )
         finally:
             stats.in_flight -= n
-            for inv, outcome in zip(invs, outcomes, strict=True):
+            for i, inv in enumerate(invs):
+                outcome = outcomes[i]
                 if inv.done is not None and not inv.done.done():
                     inv.done.set_result(outcome or "cancelled")
                 if inv.ack is not None and outcome is not None:
@@ -435,14 +440,15 @@ class ToolRunner:
         policy = lane.tool.config.retry
         last = policy.max_attempts
         n = len(invs)
-        ended: list[tuple[int, Any, str | None]] = [(0, None, None)] * n  # every slot is set below
-        pending = list(range(n))
+        ended: list[tuple[int, Any, str | None]] = [_NOT_ENDED] * n  # every slot is set below
+        pending: list[int] | None = None  # the indexes of this attempt's calls; None: all of them
         calls = [(inv.args, inv.ctx) for inv in invs]
         attempt = 1
         while True:
             again: list[int] = []
             retry_after: float | None = None
-            for i, (result, exc) in zip(pending, await self._attempt(lane, calls), strict=True):
+            for k, (result, exc) in enumerate(await self._attempt(lane, calls)):
+                i = k if pending is None else pending[k]  # not zip(..., strict=True): ~0.4 µs more
                 if exc is None:
                     ended[i] = (attempt, result, None)
                 elif attempt < last and _retryable(policy, exc):
