@@ -45,3 +45,4 @@ clean:
 
 docs: $(STAMP)
 	$(BIN)/python -m daemon.reference > docs/components.md
+	$(BIN)/python -m daemon.reference --metrics docs/operations.md

@@ -70,12 +70,14 @@ from daemon.errors import StartupError
 from daemon.logs import RateLimitedLog, get_logger
 from daemon.telemetry import metrics_registry
 from handlers.base import KillSwitchControl
+from streams.metrics import MetricSpec
 
 if TYPE_CHECKING:
     from daemon.supervisor import Daemon
 
 __all__ = [
     "AUTH_FAILURE_WINDOW_SECONDS",
+    "HTTP_METRICS",
     "MAX_AUTH_FAILURES",
     "MAX_BODY_BYTES",
     "REFUSAL_REASONS",
@@ -266,27 +268,53 @@ class HttpStats:
     errors: int = 0  # handler or server errors (500)
 
 
+HTTP_REFUSED = MetricSpec(
+    "reflexd_http_refused_total",
+    "counter",
+    "Ops HTTP requests refused, by reason.",
+    ("reason",),
+    "`reason`: `host` (421), `origin`, `token_off` (403), `token_missing`, `token_wrong` (401), "
+    "`throttled` (429), `body_unreadable` (400/415), `body_too_large` (413), `body_timeout` (408), "
+    "`malformed` (400 from the HTTP parser)",
+)
+HTTP_CONNECTIONS_DROPPED = MetricSpec(
+    "reflexd_http_connections_dropped_total",
+    "counter",
+    "Ops HTTP connections closed at max_connections: evicted (idle) or refused (all busy).",
+    ("reason",),
+    "`reason`: `evicted` (an idle connection closed), `refused` (503, all busy)",
+)
+HTTP_ERRORS = MetricSpec(
+    "reflexd_http_errors_total",
+    "counter",
+    "Ops HTTP requests that failed (500).",
+    (),
+    "A bug: logged with the traceback.",
+)
+HTTP_CONNECTIONS = MetricSpec("reflexd_http_connections", "gauge", "Open ops HTTP connections.")
+#: The ops server's metrics, in the order /metrics shows them (after the daemon's).
+HTTP_METRICS = (HTTP_REFUSED, HTTP_CONNECTIONS_DROPPED, HTTP_ERRORS, HTTP_CONNECTIONS)
+
+
 class _HttpCollector(Collector):
     def __init__(self, server: OpsServer) -> None:
         self.server = server
 
     def collect(self) -> Iterator[Metric]:
         stats = self.server.stats
-        refused = CounterMetricFamily(
-            "reflexd_http_refused_total", "Ops HTTP requests refused, by reason.", labels=["reason"]
-        )
+        refused = CounterMetricFamily(HTTP_REFUSED.name, HTTP_REFUSED.help, labels=list(HTTP_REFUSED.labels))
         for reason in REFUSAL_REASONS:
             refused.add_metric([reason], stats.refused[reason])
         dropped = CounterMetricFamily(
-            "reflexd_http_connections_dropped_total",
-            "Ops HTTP connections closed at max_connections: evicted (idle) or refused (all busy).",
-            labels=["reason"],
+            HTTP_CONNECTIONS_DROPPED.name,
+            HTTP_CONNECTIONS_DROPPED.help,
+            labels=list(HTTP_CONNECTIONS_DROPPED.labels),
         )
         dropped.add_metric(["evicted"], stats.connections_evicted)
         dropped.add_metric(["refused"], stats.connections_refused)
-        errors = CounterMetricFamily("reflexd_http_errors_total", "Ops HTTP requests that failed (500).")
+        errors = CounterMetricFamily(HTTP_ERRORS.name, HTTP_ERRORS.help)
         errors.add_metric([], stats.errors)
-        open_ = GaugeMetricFamily("reflexd_http_connections", "Open ops HTTP connections.")
+        open_ = GaugeMetricFamily(HTTP_CONNECTIONS.name, HTTP_CONNECTIONS.help)
         open_.add_metric([], self.server.open_connections())
         yield from (refused, dropped, errors, open_)
 

@@ -4,45 +4,10 @@ Nothing on the per-event path touches prometheus-client: sources, queues, rules 
 tool runner keep integers, and :class:`DaemonCollector` turns them into metric families
 when ``/metrics`` is scraped.
 
-=====================================================  ===========================================
-metric                                                  meaning
-=====================================================  ===========================================
-reflexd_up / reflexd_ready                              process up; every source ready
-reflexd_events_received_total{source}                   messages received from the peer
-reflexd_events_dropped_total{source,reason}             queue_full_oldest, queue_full_newest,
-                                                        decode_error, future_time
-reflexd_source_connected{source}                        1 while a session is connected
-reflexd_source_connects_total{source}                   sessions that connected
-reflexd_source_reconnects_total{source}                 sessions attempted after the first
-reflexd_source_gaps_total{source}                       gap events emitted
-reflexd_source_errors_total{source,reason}              connect, http_<status>, idle_timeout,
-                                                        message_too_big
-reflexd_source_last_event_age_seconds{source}           seconds since the last event
-reflexd_queue_depth / _capacity / _high_water{source}   bounded queue in front of the rules
-reflexd_rule_events_total{rule}                         events the rule looked at
-reflexd_rule_matched_total{rule}                        `where` was true
-reflexd_rule_errors_total{rule}                         an expression raised (event dropped)
-reflexd_rule_late_total{rule}                           behind the watermark (dropped)
-reflexd_rule_suppressed_total{rule}                     muted by cooldown or throttle
-reflexd_rule_evicted_total{rule}                        per-key state forgotten at max_keys
-reflexd_rule_overflow_total{rule}                       dropped from a full window / reorder buffer
-reflexd_rule_fired_total{rule}                          fired its tool calls
-reflexd_tool_calls_total{tool}                          calls started
-reflexd_tool_failures_total{tool}                       calls that failed for good (after retries)
-reflexd_tool_timeouts_total{tool}                       attempts that timed out
-reflexd_tool_retries_total{tool}                        attempts after the first
-reflexd_tool_rejected_total{tool}                       calls refused: backlog over its bound
-reflexd_tool_in_flight{tool} / reflexd_tool_pending     running / waiting calls
-reflexd_tool_duration_seconds{tool}                     histogram of call durations
-reflexd_journal_dropped_total / _write_errors_total      journal rows the writer could not keep / write
-reflexd_journal_backlog                                 journal rows waiting for the writer
-reflexd_ccxt_*{source}                                  ccxt sources: backfills, backfilled, duplicates,
-                                                        recycles, stalls (totals), symbols_stopped
-reflexd_kafka_*{source}                                 Kafka sources: assigned_partitions, paused,
-                                                        pauses_total, rebalances_total, commits_total,
-                                                        commit_failures_total, dead_lettered_total,
-                                                        in_flight_records
-=====================================================  ===========================================
+Every metric is declared once, as a :class:`~streams.metrics.MetricSpec`: the daemon's own
+below (:data:`DAEMON_METRICS`), a source or tool type's in its ``SPEC.metrics``, the ops
+server's in ``daemon/http.py``. The families are built from those specs, and so is the table
+in ``docs/operations.md`` (``python -m daemon.reference --metrics docs/operations.md``).
 """
 
 from __future__ import annotations
@@ -55,19 +20,179 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from handlers.runner import DURATION_BUCKETS
+from streams.metrics import MetricSpec
 
 if TYPE_CHECKING:
     from daemon.supervisor import Daemon
 
-__all__ = ["DaemonCollector", "metrics_registry"]
+__all__ = ["DAEMON_METRICS", "DaemonCollector", "metrics_registry"]
+
+_S = ("source",)
+
+UP = MetricSpec("reflexd_up", "gauge", "1 while the daemon runs.")
+READY = MetricSpec("reflexd_ready", "gauge", "1 when every source is ready.")
+
+EVENTS_RECEIVED = MetricSpec("reflexd_events_received_total", "counter", "Messages received, by source.", _S)
+EVENTS_DROPPED = MetricSpec(
+    "reflexd_events_dropped_total",
+    "counter",
+    "Events dropped, by source and reason.",
+    ("source", "reason"),
+    "`reason`: `queue_full_oldest`, `queue_full_newest`, `decode_error` (also a key that is a list or "
+    "an object), `future_time` (event time beyond `max_future_seconds`, see [rules.md](rules.md#time))",
+)
+SOURCE_CONNECTED = MetricSpec("reflexd_source_connected", "gauge", "1 while a session is connected.", _S)
+SOURCE_CONNECTS = MetricSpec("reflexd_source_connects_total", "counter", "Sessions that connected.", _S)
+SOURCE_RECONNECTS = MetricSpec(
+    "reflexd_source_reconnects_total", "counter", "Sessions attempted after the first.", _S
+)
+SOURCE_GAPS = MetricSpec("reflexd_source_gaps_total", "counter", "Gap events emitted after reconnects.", _S)
+SOURCE_ERRORS = MetricSpec(
+    "reflexd_source_errors_total",
+    "counter",
+    "Source errors, by reason.",
+    ("source", "reason"),
+    "`reason`: `connect`, `http_<status>`, `idle_timeout`, `message_too_big`, `redirect`; ccxt sources "
+    "also `stall`, `ws_closed`, `symbol_stopped`, `unexpected` and the exchange's error kind "
+    "(`rate_limited`, `request_timeout`, `exchange_not_available`, `network`, `exchange_error`)",
+)
+SOURCE_LAST_EVENT_AGE = MetricSpec(
+    "reflexd_source_last_event_age_seconds", "gauge", "Seconds since the last event.", _S
+)
+QUEUE_DEPTH = MetricSpec("reflexd_queue_depth", "gauge", "Events waiting in the source queue.", _S)
+QUEUE_CAPACITY = MetricSpec("reflexd_queue_capacity", "gauge", "max_events of the source queue.", _S)
+QUEUE_HIGH_WATER = MetricSpec("reflexd_queue_high_water", "gauge", "Deepest the source queue has been.", _S)
+
+_R = ("rule",)
+#: (attribute of :class:`~streams.rules.stats.RuleStats`, its metric)
+RULE_METRICS: tuple[tuple[str, MetricSpec], ...] = (
+    ("seen", MetricSpec("reflexd_rule_events_total", "counter", "Events the rule looked at.", _R)),
+    ("matched", MetricSpec("reflexd_rule_matched_total", "counter", "Events whose `where` was true.", _R)),
+    (
+        "errors",
+        MetricSpec(
+            "reflexd_rule_errors_total", "counter", "Events dropped because an expression raised.", _R
+        ),
+    ),
+    (
+        "late",
+        MetricSpec(
+            "reflexd_rule_late_total",
+            "counter",
+            "Events behind the watermark, dropped by time-driven steps.",
+            _R,
+        ),
+    ),
+    (
+        "suppressed",
+        MetricSpec("reflexd_rule_suppressed_total", "counter", "Matches muted by cooldown or throttle.", _R),
+    ),
+    (
+        "evicted",
+        MetricSpec("reflexd_rule_evicted_total", "counter", "Per-key states forgotten at max_keys.", _R),
+    ),
+    (
+        "overflow",
+        MetricSpec(
+            "reflexd_rule_overflow_total",
+            "counter",
+            "Events dropped from a full window or reorder buffer.",
+            _R,
+        ),
+    ),
+    ("fired", MetricSpec("reflexd_rule_fired_total", "counter", "Times the rule fired its tool calls.", _R)),
+)
+
+_T = ("tool",)
+TOOL_CALLS = MetricSpec("reflexd_tool_calls_total", "counter", "Tool calls started.", _T)
+TOOL_FAILURES = MetricSpec(
+    "reflexd_tool_failures_total",
+    "counter",
+    "Tool calls that failed for good.",
+    _T,
+    "Retries exhausted, or not retryable.",
+)
+TOOL_TIMEOUTS = MetricSpec(
+    "reflexd_tool_timeouts_total", "counter", "Tool call attempts that timed out.", _T, "(`timeout_seconds`)"
+)
+TOOL_RETRIES = MetricSpec("reflexd_tool_retries_total", "counter", "Tool call attempts after the first.", _T)
+TOOL_DEDUPLICATED = MetricSpec(
+    "reflexd_tool_deduplicated_total", "counter", "Calls skipped: key already succeeded.", _T
+)
+TOOL_DEAD_LETTERED = MetricSpec(
+    "reflexd_tool_dead_lettered_total", "counter", "Calls parked in the dead-letter queue.", _T
+)
+TOOL_SHORT_CIRCUITED = MetricSpec(
+    "reflexd_tool_short_circuited_total", "counter", "Calls refused: circuit open.", _T
+)
+TOOL_CIRCUIT_STATE = MetricSpec(
+    "reflexd_tool_circuit_state", "gauge", "Circuit breaker: 0 closed, 1 open, 2 half-open.", _T
+)
+TOOL_REJECTED = MetricSpec("reflexd_tool_rejected_total", "counter", "Tool calls refused (backlog full).", _T)
+TOOL_IN_FLIGHT = MetricSpec("reflexd_tool_in_flight", "gauge", "Tool calls running.", _T)
+TOOL_PENDING = MetricSpec("reflexd_tool_pending", "gauge", "Tool calls waiting for a slot.", _T)
+TOOL_DURATION = MetricSpec("reflexd_tool_duration_seconds", "histogram", "Tool call duration.", _T)
+
+JOURNAL_DROPPED = MetricSpec(
+    "reflexd_journal_dropped_total", "counter", "Journal rows dropped: writer fell behind.", ()
+)
+JOURNAL_WRITE_ERRORS = MetricSpec(
+    "reflexd_journal_write_errors_total",
+    "counter",
+    "Journal batches that failed to write.",
+    (),
+    "Disk full, …",
+)
+JOURNAL_BACKLOG = MetricSpec(
+    "reflexd_journal_backlog",
+    "gauge",
+    "Journal rows waiting for the writer.",
+    (),
+    "It keeps up when this stays near one batch.",
+)
+
+#: The daemon's own metrics, in the order /metrics shows them (a source type's follow the sources').
+DAEMON_METRICS: tuple[MetricSpec, ...] = (
+    UP,
+    READY,
+    EVENTS_RECEIVED,
+    EVENTS_DROPPED,
+    SOURCE_CONNECTED,
+    SOURCE_CONNECTS,
+    SOURCE_RECONNECTS,
+    SOURCE_GAPS,
+    SOURCE_ERRORS,
+    SOURCE_LAST_EVENT_AGE,
+    QUEUE_DEPTH,
+    QUEUE_CAPACITY,
+    QUEUE_HIGH_WATER,
+    *(spec for _, spec in RULE_METRICS),
+    TOOL_CALLS,
+    TOOL_FAILURES,
+    TOOL_TIMEOUTS,
+    TOOL_RETRIES,
+    TOOL_DEDUPLICATED,
+    TOOL_DEAD_LETTERED,
+    TOOL_SHORT_CIRCUITED,
+    TOOL_CIRCUIT_STATE,
+    TOOL_REJECTED,
+    TOOL_IN_FLIGHT,
+    TOOL_PENDING,
+    TOOL_DURATION,
+    JOURNAL_DROPPED,
+    JOURNAL_WRITE_ERRORS,
+    JOURNAL_BACKLOG,
+)
 
 
-def _counter(name: str, doc: str, labels: list[str]) -> CounterMetricFamily:
-    return CounterMetricFamily(name, doc, labels=labels)
+def _counter(spec: MetricSpec) -> CounterMetricFamily:
+    assert spec.kind == "counter", spec.name
+    return CounterMetricFamily(spec.name, spec.help, labels=list(spec.labels))
 
 
-def _gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, doc, labels=labels)
+def _gauge(spec: MetricSpec) -> GaugeMetricFamily:
+    assert spec.kind == "gauge", spec.name
+    return GaugeMetricFamily(spec.name, spec.help, labels=list(spec.labels))
 
 
 class DaemonCollector(Collector):
@@ -79,9 +204,9 @@ class DaemonCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         d = self.daemon
         now = time.time()
-        up = _gauge("reflexd_up", "1 while the daemon runs.", [])
+        up = _gauge(UP)
         up.add_metric([], 1)
-        ready = _gauge("reflexd_ready", "1 when every source is ready.", [])
+        ready = _gauge(READY)
         ready.add_metric([], 1 if d.readiness()[0] else 0)
         yield up
         yield ready
@@ -90,34 +215,26 @@ class DaemonCollector(Collector):
         yield from self._tools(d)
         journal = d.journal
         if journal is not None:
-            dropped = _counter(
-                "reflexd_journal_dropped_total", "Journal rows dropped: writer fell behind.", []
-            )
+            dropped = _counter(JOURNAL_DROPPED)
             dropped.add_metric([], journal.dropped)
-            errors = _counter(
-                "reflexd_journal_write_errors_total", "Journal batches that failed to write.", []
-            )
+            errors = _counter(JOURNAL_WRITE_ERRORS)
             errors.add_metric([], journal.write_errors)
-            backlog = _gauge("reflexd_journal_backlog", "Journal rows waiting for the writer.", [])
+            backlog = _gauge(JOURNAL_BACKLOG)
             backlog.add_metric([], journal.backlog)
             yield from (dropped, errors, backlog)
 
     def _sources(self, d: Daemon, now: float) -> Iterator[Metric]:
-        received = _counter("reflexd_events_received_total", "Messages received, by source.", ["source"])
-        dropped = _counter(
-            "reflexd_events_dropped_total", "Events dropped, by source and reason.", ["source", "reason"]
-        )
-        connected = _gauge("reflexd_source_connected", "1 while a session is connected.", ["source"])
-        connects = _counter("reflexd_source_connects_total", "Sessions that connected.", ["source"])
-        reconnects = _counter(
-            "reflexd_source_reconnects_total", "Sessions attempted after the first.", ["source"]
-        )
-        gaps = _counter("reflexd_source_gaps_total", "Gap events emitted after reconnects.", ["source"])
-        errors = _counter("reflexd_source_errors_total", "Source errors, by reason.", ["source", "reason"])
-        age = _gauge("reflexd_source_last_event_age_seconds", "Seconds since the last event.", ["source"])
-        depth = _gauge("reflexd_queue_depth", "Events waiting in the source queue.", ["source"])
-        capacity = _gauge("reflexd_queue_capacity", "max_events of the source queue.", ["source"])
-        high = _gauge("reflexd_queue_high_water", "Deepest the source queue has been.", ["source"])
+        received = _counter(EVENTS_RECEIVED)
+        dropped = _counter(EVENTS_DROPPED)
+        connected = _gauge(SOURCE_CONNECTED)
+        connects = _counter(SOURCE_CONNECTS)
+        reconnects = _counter(SOURCE_RECONNECTS)
+        gaps = _counter(SOURCE_GAPS)
+        errors = _counter(SOURCE_ERRORS)
+        age = _gauge(SOURCE_LAST_EVENT_AGE)
+        depth = _gauge(QUEUE_DEPTH)
+        capacity = _gauge(QUEUE_CAPACITY)
+        high = _gauge(QUEUE_HIGH_WATER)
         for name, src in d.sources.items():
             s, q = src.stats, src.queue
             received.add_metric([name], s.received)
@@ -152,53 +269,38 @@ class DaemonCollector(Collector):
         yield from self._source_specific(d)
 
     def _source_specific(self, d: Daemon) -> Iterator[Metric]:
-        """Metrics a source type adds (e.g. Kafka pauses and commits), one family per name."""
+        """Metrics a source type adds (its ``SPEC.metrics``, e.g. Kafka pauses and commits), one
+        family per metric, labelled by source."""
         families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
         for name, src in d.sources.items():
-            for metric, kind, doc, value in src.metric_samples():
-                family = families.get(metric)
-                if family is None:
-                    make = _counter if kind == "counter" else _gauge
-                    family = families[metric] = make(metric, doc, ["source"])
-                family.add_metric([name], value)
+            for spec, value in src.metric_samples():
+                fam = families.get(spec.name)
+                if fam is None:
+                    fam = families[spec.name] = _counter(spec) if spec.kind == "counter" else _gauge(spec)
+                fam.add_metric([name], value)
         yield from families.values()
 
     def _rules(self, d: Daemon) -> Iterator[Metric]:
-        fields = {
-            "seen": ("reflexd_rule_events_total", "Events the rule looked at."),
-            "matched": ("reflexd_rule_matched_total", "Events whose `where` was true."),
-            "errors": ("reflexd_rule_errors_total", "Events dropped because an expression raised."),
-            "late": ("reflexd_rule_late_total", "Events behind the watermark, dropped by time-driven steps."),
-            "suppressed": ("reflexd_rule_suppressed_total", "Matches muted by cooldown or throttle."),
-            "evicted": ("reflexd_rule_evicted_total", "Per-key states forgotten at max_keys."),
-            "overflow": (
-                "reflexd_rule_overflow_total",
-                "Events dropped from a full window or reorder buffer.",
-            ),
-            "fired": ("reflexd_rule_fired_total", "Times the rule fired its tool calls."),
-        }
-        families = {f: _counter(n, doc, ["rule"]) for f, (n, doc) in fields.items()}
+        families = [(field, _counter(spec)) for field, spec in RULE_METRICS]
         for name, rule in d.rules.items():
-            for f, family in families.items():
-                family.add_metric([name], getattr(rule.stats, f))
-        yield from families.values()
+            for field, fam in families:
+                fam.add_metric([name], getattr(rule.stats, field))
+        yield from (fam for _, fam in families)
 
     def _tools(self, d: Daemon) -> Iterator[Metric]:
-        calls = _counter("reflexd_tool_calls_total", "Tool calls started.", ["tool"])
-        failures = _counter("reflexd_tool_failures_total", "Tool calls that failed for good.", ["tool"])
-        timeouts = _counter("reflexd_tool_timeouts_total", "Tool call attempts that timed out.", ["tool"])
-        retries = _counter("reflexd_tool_retries_total", "Tool call attempts after the first.", ["tool"])
-        dedup = _counter("reflexd_tool_deduplicated_total", "Calls skipped: key already succeeded.", ["tool"])
-        dlq = _counter("reflexd_tool_dead_lettered_total", "Calls parked in the dead-letter queue.", ["tool"])
-        shorted = _counter("reflexd_tool_short_circuited_total", "Calls refused: circuit open.", ["tool"])
-        circuit = _gauge(
-            "reflexd_tool_circuit_state", "Circuit breaker: 0 closed, 1 open, 2 half-open.", ["tool"]
-        )
-        rejected = _counter("reflexd_tool_rejected_total", "Tool calls refused (backlog full).", ["tool"])
-        in_flight = _gauge("reflexd_tool_in_flight", "Tool calls running.", ["tool"])
-        pending = _gauge("reflexd_tool_pending", "Tool calls waiting for a slot.", ["tool"])
+        calls = _counter(TOOL_CALLS)
+        failures = _counter(TOOL_FAILURES)
+        timeouts = _counter(TOOL_TIMEOUTS)
+        retries = _counter(TOOL_RETRIES)
+        dedup = _counter(TOOL_DEDUPLICATED)
+        dlq = _counter(TOOL_DEAD_LETTERED)
+        shorted = _counter(TOOL_SHORT_CIRCUITED)
+        circuit = _gauge(TOOL_CIRCUIT_STATE)
+        rejected = _counter(TOOL_REJECTED)
+        in_flight = _gauge(TOOL_IN_FLIGHT)
+        pending = _gauge(TOOL_PENDING)
         duration = HistogramMetricFamily(
-            "reflexd_tool_duration_seconds", "Tool call duration.", labels=["tool"]
+            TOOL_DURATION.name, TOOL_DURATION.help, labels=list(TOOL_DURATION.labels)
         )
         for name, (_tool, s, waiting) in d.runner.lanes().items():
             calls.add_metric([name], s.calls)

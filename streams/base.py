@@ -23,6 +23,7 @@ from daemon.logs import RateLimitedLog, get_logger
 from streams.backoff import ReconnectConfig
 from streams.decode import MAX_FUTURE_SECONDS
 from streams.event import Event
+from streams.metrics import MetricSpec
 from streams.queue import BoundedQueue, QueueConfig, WhenFull
 
 __all__ = ["Source", "SourceConfig", "SourceStats"]
@@ -195,8 +196,9 @@ class Source(ABC):
         """Type-specific fields for /status (never configuration values)."""
         return {}
 
-    def metric_samples(self) -> list[tuple[str, str, str, float]]:
-        """Type-specific metrics as (name, "gauge" | "counter", help, value); labelled by source."""
+    def metric_samples(self) -> list[tuple[MetricSpec, float]]:
+        """Type-specific metrics as (spec, value), labelled by source; each spec is declared in the
+        type's ``SPEC.metrics`` (counters and gauges)."""
         return []
 
     def classify_error(self, exc: BaseException) -> bool:

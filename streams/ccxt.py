@@ -77,6 +77,7 @@ from streams.ccxt_normalize import (
 from streams.component import BuildContext, ComponentSpec
 from streams.decode import future_limit
 from streams.event import new_event
+from streams.metrics import MetricSpec
 from streams.queue import WhenFull
 
 __all__ = [
@@ -349,22 +350,11 @@ class CcxtSource(Source):
 
     # -- contract ------------------------------------------------------------------------------
 
-    def metric_samples(self) -> list[tuple[str, str, str, float]]:
+    def metric_samples(self) -> list[tuple[MetricSpec, float]]:
         st = self.stats
         stopped = sum(1 for sym in st.symbols.values() if sym.state == "stopped")
-        return [
-            ("reflexd_ccxt_backfills_total", "counter", "Backfill runs after reconnects.", st.backfills),
-            (
-                "reflexd_ccxt_backfilled_total",
-                "counter",
-                "Trades or candles emitted from backfills.",
-                st.backfilled,
-            ),
-            ("reflexd_ccxt_duplicates_total", "counter", "Trades dropped as already emitted.", st.duplicates),
-            ("reflexd_ccxt_recycles_total", "counter", "Exchange clients rebuilt.", st.recycles),
-            ("reflexd_ccxt_stalls_total", "counter", "Watchdog expiries (silent stalls).", st.stalls),
-            ("reflexd_ccxt_symbols_stopped", "gauge", "Symbols stopped by a fatal error.", stopped),
-        ]
+        values = (st.backfills, st.backfilled, st.duplicates, st.recycles, st.stalls, stopped)
+        return list(zip(_METRICS, values, strict=True))
 
     @property
     def idle_timeout(self) -> float | None:
@@ -918,6 +908,17 @@ def _summary(c: CcxtSourceConfig) -> list[tuple[str, Any]]:
     ]
 
 
+_S = ("source",)
+#: The ccxt source's own metrics (``SPEC.metrics``), in the order of ``metric_samples()``.
+_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("reflexd_ccxt_backfills_total", "counter", "Backfill runs after reconnects.", _S),
+    MetricSpec("reflexd_ccxt_backfilled_total", "counter", "Trades or candles emitted from backfills.", _S),
+    MetricSpec("reflexd_ccxt_duplicates_total", "counter", "Trades dropped as already emitted.", _S),
+    MetricSpec("reflexd_ccxt_recycles_total", "counter", "Exchange clients rebuilt.", _S),
+    MetricSpec("reflexd_ccxt_stalls_total", "counter", "Watchdog expiries (silent stalls).", _S),
+    MetricSpec("reflexd_ccxt_symbols_stopped", "gauge", "Symbols stopped by a fatal error.", _S),
+)
+
 SPEC = ComponentSpec(
     "source",
     "ccxt",
@@ -933,4 +934,5 @@ SPEC = ComponentSpec(
         "symbols": ["BTC/USDT", "ETH/USDT"],
         "stall_timeout_seconds": 30,
     },
+    metrics=_METRICS,
 )

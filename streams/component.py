@@ -1,10 +1,10 @@
 """What a component type is: the :class:`ComponentSpec` every source and tool module ends with.
 
-A leaf module (it imports nothing from reflexd), so that ``streams/<type>.py`` and
-``handlers/<type>.py`` can each carry their own ``SPEC`` and ``daemon/registry.py`` can list
-them without an import circle. :func:`import_from_string` loads ``package.module:attr``
-references: plugin component types (``type: package.module:SPEC``) and the python tool's
-functions.
+A leaf module (it imports nothing from reflexd but :mod:`streams.metrics`, a leaf too), so that
+``streams/<type>.py`` and ``handlers/<type>.py`` can each carry their own ``SPEC`` and
+``daemon/registry.py`` can list them without an import circle. :func:`import_from_string` loads
+``package.module:attr`` references: plugin component types (``type: package.module:SPEC``) and the
+python tool's functions.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel
+
+from streams.metrics import MetricSpec
 
 __all__ = [
     "BuildContext",
@@ -66,6 +68,9 @@ class ComponentSpec:
     description: str = ""
     #: A minimal valid configuration (docs, the registry test and the contract suite check it).
     example: Mapping[str, Any] = field(default_factory=dict)
+    #: Metrics the type adds to the daemon's, labelled by component (a source's ``metric_samples()``);
+    #: the metrics table of docs/operations.md lists them.
+    metrics: tuple[MetricSpec, ...] = ()
 
 
 # -- package.module:attr ----------------------------------------------------------------------------

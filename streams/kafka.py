@@ -36,6 +36,7 @@ from streams.component import BuildContext, ComponentSpec
 from streams.decode import future_limit
 from streams.event import DATA, new_event
 from streams.kafka_client import KafkaSecurityConfig, client_options, stop_client
+from streams.metrics import MetricSpec
 from streams.queue import QueueConfig, QueueFull, WhenFull
 
 __all__ = ["SPEC", "KafkaSource", "KafkaSourceConfig"]
@@ -372,38 +373,9 @@ class KafkaSource(Source):
 
     # -- introspection -----------------------------------------------------------------------
 
-    def metric_samples(self) -> list[tuple[str, str, str, float]]:
+    def metric_samples(self) -> list[tuple[MetricSpec, float]]:
         s = self.extra_status()
-        return [
-            ("reflexd_kafka_assigned_partitions", "gauge", "Partitions assigned.", s["assigned_partitions"]),
-            (
-                "reflexd_kafka_paused",
-                "gauge",
-                "1 while partitions are paused (queue full).",
-                int(s["paused"]),
-            ),
-            ("reflexd_kafka_pauses_total", "counter", "Times the partitions were paused.", s["pauses"]),
-            ("reflexd_kafka_rebalances_total", "counter", "Partition revocations.", s["rebalances"]),
-            ("reflexd_kafka_commits_total", "counter", "Offset commits.", s["commits"]),
-            (
-                "reflexd_kafka_commit_failures_total",
-                "counter",
-                "Failed offset commits.",
-                s["commit_failures"],
-            ),
-            (
-                "reflexd_kafka_dead_lettered_total",
-                "counter",
-                "Records sent to the dead-letter topic.",
-                s["dead_lettered"],
-            ),
-            (
-                "reflexd_kafka_in_flight_records",
-                "gauge",
-                "Records received, not yet finished.",
-                s["in_flight_records"],
-            ),
-        ]
+        return [(spec, int(s[key])) for key, spec in _METRICS]
 
     def extra_status(self) -> dict[str, Any]:
         consumer = self._consumer
@@ -437,6 +409,36 @@ def _summary(c: KafkaSourceConfig) -> list[tuple[str, Any]]:
     ]
 
 
+_S = ("source",)
+#: The kafka source's own metrics (``SPEC.metrics``), each with its key in ``extra_status()``.
+_METRICS: tuple[tuple[str, MetricSpec], ...] = (
+    (
+        "assigned_partitions",
+        MetricSpec("reflexd_kafka_assigned_partitions", "gauge", "Partitions assigned.", _S),
+    ),
+    (
+        "paused",
+        MetricSpec("reflexd_kafka_paused", "gauge", "1 while partitions are paused (queue full).", _S),
+    ),
+    ("pauses", MetricSpec("reflexd_kafka_pauses_total", "counter", "Times the partitions were paused.", _S)),
+    ("rebalances", MetricSpec("reflexd_kafka_rebalances_total", "counter", "Partition revocations.", _S)),
+    ("commits", MetricSpec("reflexd_kafka_commits_total", "counter", "Offset commits.", _S)),
+    (
+        "commit_failures",
+        MetricSpec("reflexd_kafka_commit_failures_total", "counter", "Failed offset commits.", _S),
+    ),
+    (
+        "dead_lettered",
+        MetricSpec(
+            "reflexd_kafka_dead_lettered_total", "counter", "Records sent to the dead-letter topic.", _S
+        ),
+    ),
+    (
+        "in_flight_records",
+        MetricSpec("reflexd_kafka_in_flight_records", "gauge", "Records received, not yet finished.", _S),
+    ),
+)
+
 SPEC = ComponentSpec(
     "source",
     "kafka",
@@ -451,4 +453,5 @@ SPEC = ComponentSpec(
         "group_id": "reflexd",
         "dead_letter_topic": "orders.dlq",
     },
+    metrics=tuple(spec for _, spec in _METRICS),
 )
