@@ -23,7 +23,7 @@ it needs a socket to be tested.
 - Field names are keys of the top-level object: ``a.b`` names a key with a dot in it, not a nested
   field (what it has always meant; a configuration keeps its meaning).
 
-Two shapes of decoder, one implementation:
+Two shapes of decoder, the same rules:
 
 - :func:`make_live_decoder` (the websocket read loop, once per frame): ``decode(raw, now, meta)``
   returns the :class:`~streams.event.Event` itself, timed by the arrival time ``now`` when the
@@ -230,10 +230,6 @@ def make_live_decoder(
     return decode
 
 
-#: The ``now`` :func:`make_decoder` passes: an event timed by this very object had no time of its own.
-_UNTIMED = float("nan")
-
-
 def make_decoder(
     source: str,
     key_field: str | None = None,
@@ -243,13 +239,40 @@ def make_decoder(
     text: bool = False,
 ) -> Decode:
     """The decoder of ``source``'s messages read from a file: ``decode(raw)`` is ``(key, event time
-    in seconds or None, data)`` (``text``: the message as text, no key, no time)."""
-    live = make_live_decoder(source, key_field, time_field, time_unit, text=text)
-    untimed = _UNTIMED
+    in seconds or None, data)`` (``text``: the message as text, no key, no time).
+
+    The same rules as :func:`make_live_decoder`, which builds the event itself for the live hot
+    path; the two are written side by side (a shared helper would be a second call per message)
+    and ``tests/streams/test_decode.py`` runs every case through both.
+    """
+    if text:
+
+        def decode_text(raw: bytes | str) -> tuple[Any, float | None, Any]:
+            return None, None, raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
+
+        return decode_text
+
+    scale = TIME_SCALE[time_unit]
+    loads = orjson.loads
+    not_json = orjson.JSONDecodeError
+    key_types = KEY_TYPES
 
     def decode(raw: bytes | str) -> tuple[Any, float | None, Any]:
-        event = live(raw, untimed, {})
-        ts = event.ts
-        return event.key, None if ts is untimed else ts, event.data
+        try:
+            data = loads(raw)
+        except not_json as exc:
+            raise NotJson(source, str(exc)) from exc
+        key = None
+        ts = None
+        if type(data) is dict:
+            if time_field is not None:
+                t = data.get(time_field)
+                if type(t) is int or type(t) is float:
+                    ts = t / scale
+            if key_field is not None:
+                key = data.get(key_field)
+                if type(key) is not str and type(key) not in key_types:  # a list/object cannot be a key
+                    raise BadKey(source, key_field, key_problem(key) or "", ts)
+        return key, ts, data
 
     return decode

@@ -207,12 +207,21 @@ def test_any_object_with_a_scalar_key_and_a_numeric_time_round_trips(
 @settings(max_examples=500, deadline=None)
 @given(raw=st.binary(max_size=64) | st.builds(orjson.dumps, json_values))
 def test_any_bytes_decode_or_raise_a_documented_error(raw: bytes) -> None:
-    """Whatever arrives, decoding returns or raises NotJson / BadKey, never anything else (fuzz)."""
+    """Whatever arrives, both decoders return or raise NotJson / BadKey (TooFarAhead live), never anything
+    else, and they agree (fuzz)."""
     for key_field in ("k", None):
         try:
-            make_decoder("s", key_field, "T")(raw)
-        except (NotJson, BadKey):
-            pass
+            key, ts, data = make_decoder("s", key_field, "T")(raw)
+        except (NotJson, BadKey) as exc:
+            with pytest.raises(type(exc)):
+                make_live_decoder("s", key_field, "T")(raw, NOW, {})
+            continue
+        try:
+            event = make_live_decoder("s", key_field, "T", max_future=300.0)(raw, NOW, {})
+        except TooFarAhead as exc:
+            assert ts is not None and ts - NOW > 300.0 and exc.time == ts
+            continue
+        assert (event.key, event.ts, event.data) == (key, NOW if ts is None else ts, data)
 
 
 # -- keys and the replay event-time bound (moved here from test_event.py with the code) -------------
