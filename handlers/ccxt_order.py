@@ -377,6 +377,7 @@ class CcxtOrderTool(Tool):
             "found": found,
         }
 
+
 # -- registry entry (daemon/registry.py lists SPEC) ----------------------------------------------------
 
 

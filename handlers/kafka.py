@@ -285,6 +285,7 @@ class KafkaTool(Tool):
     async def _stop_producer(self, producer: AIOKafkaProducer | None) -> None:
         await stop_client(producer, log, tool=self.name)
 
+
 # -- registry entry (daemon/registry.py lists SPEC) ----------------------------------------------------
 
 
