@@ -54,7 +54,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 import orjson
 from aiohttp import hdrs, web
@@ -68,12 +68,9 @@ from yarl import URL
 from daemon.config import HttpConfig, parse_listen
 from daemon.errors import StartupError
 from daemon.logs import RateLimitedLog, get_logger
-from daemon.telemetry import metrics_registry
-from handlers.base import KillSwitchControl
+from daemon.telemetry import Observed, metrics_registry
+from handlers.base import KillSwitchControl, Tool
 from streams.metrics import MetricSpec
-
-if TYPE_CHECKING:
-    from daemon.supervisor import Daemon
 
 __all__ = [
     "AUTH_FAILURE_WINDOW_SECONDS",
@@ -85,6 +82,7 @@ __all__ = [
     "HostPolicy",
     "HttpStats",
     "OpsServer",
+    "OpsTarget",
     "split_host",
 ]
 
@@ -415,10 +413,18 @@ class _CappedSite(web.BaseSite):
 # -- the server ---------------------------------------------------------------------------------
 
 
+class OpsTarget(Observed, Protocol):
+    """What the ops server reads of a running daemon (:class:`daemon.supervisor.Daemon` is one)."""
+
+    tools: dict[str, Tool]
+
+    def status(self) -> dict[str, Any]: ...
+
+
 class OpsServer:
     """The ops endpoints of one daemon."""
 
-    def __init__(self, daemon: Daemon, config: HttpConfig) -> None:
+    def __init__(self, daemon: OpsTarget, config: HttpConfig) -> None:
         self.daemon = daemon
         self.config = config
         self.host, self.port = parse_listen(config.listen)

@@ -25,9 +25,9 @@ from daemon.logs import get_logger
 from daemon.state import Journal, StateStore
 from handlers.base import CallContext, Tool
 from handlers.runner import ToolRunner
-from streams.backoff import Reconnector
 from streams.base import Source
 from streams.event import event_from_record
+from streams.reconnect import Reconnector
 from streams.rules.pipeline import Dispatcher, Rule
 
 __all__ = ["Daemon"]

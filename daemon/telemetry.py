@@ -14,18 +14,30 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from handlers.runner import DURATION_BUCKETS
+from daemon.state import Journal
+from handlers.runner import DURATION_BUCKETS, ToolRunner
+from streams.base import Source
 from streams.metrics import MetricSpec
+from streams.rules.pipeline import Rule
 
-if TYPE_CHECKING:
-    from daemon.supervisor import Daemon
+__all__ = ["DAEMON_METRICS", "DaemonCollector", "Observed", "metrics_registry"]
 
-__all__ = ["DAEMON_METRICS", "DaemonCollector", "metrics_registry"]
+
+class Observed(Protocol):
+    """What the metrics read of a running daemon (:class:`daemon.supervisor.Daemon` is one): this
+    module needs no import of the supervisor, which imports the ops server, which imports this."""
+
+    sources: dict[str, Source]
+    rules: dict[str, Rule]
+    runner: ToolRunner
+    journal: Journal | None
+
+    def readiness(self) -> tuple[bool, dict[str, str]]: ...
 
 _S = ("source",)
 
@@ -196,9 +208,9 @@ def _gauge(spec: MetricSpec) -> GaugeMetricFamily:
 
 
 class DaemonCollector(Collector):
-    """Reads a running :class:`~daemon.supervisor.Daemon` at scrape time."""
+    """Reads a running daemon at scrape time."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Observed) -> None:
         self.daemon = daemon
 
     def collect(self) -> Iterator[Metric]:
@@ -223,7 +235,7 @@ class DaemonCollector(Collector):
             backlog.add_metric([], journal.backlog)
             yield from (dropped, errors, backlog)
 
-    def _sources(self, d: Daemon, now: float) -> Iterator[Metric]:
+    def _sources(self, d: Observed, now: float) -> Iterator[Metric]:
         received = _counter(EVENTS_RECEIVED)
         dropped = _counter(EVENTS_DROPPED)
         connected = _gauge(SOURCE_CONNECTED)
@@ -268,7 +280,7 @@ class DaemonCollector(Collector):
         )
         yield from self._source_specific(d)
 
-    def _source_specific(self, d: Daemon) -> Iterator[Metric]:
+    def _source_specific(self, d: Observed) -> Iterator[Metric]:
         """Metrics a source type adds (its ``SPEC.metrics``, e.g. Kafka pauses and commits), one
         family per metric, labelled by source."""
         families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
@@ -280,14 +292,14 @@ class DaemonCollector(Collector):
                 fam.add_metric([name], value)
         yield from families.values()
 
-    def _rules(self, d: Daemon) -> Iterator[Metric]:
+    def _rules(self, d: Observed) -> Iterator[Metric]:
         families = [(field, _counter(spec)) for field, spec in RULE_METRICS]
         for name, rule in d.rules.items():
             for field, fam in families:
                 fam.add_metric([name], getattr(rule.stats, field))
         yield from (fam for _, fam in families)
 
-    def _tools(self, d: Daemon) -> Iterator[Metric]:
+    def _tools(self, d: Observed) -> Iterator[Metric]:
         calls = _counter(TOOL_CALLS)
         failures = _counter(TOOL_FAILURES)
         timeouts = _counter(TOOL_TIMEOUTS)
@@ -336,7 +348,7 @@ class DaemonCollector(Collector):
         yield duration
 
 
-def metrics_registry(daemon: Daemon) -> CollectorRegistry:
+def metrics_registry(daemon: Observed) -> CollectorRegistry:
     """A fresh registry holding only this daemon's metrics (tests build their own)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DaemonCollector(daemon))

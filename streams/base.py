@@ -1,6 +1,6 @@
 """The source contract: what every source type implements, and its shared config.
 
-A source is driven by the engine (:class:`streams.backoff.Reconnector`):
+A source is driven by the engine (:class:`streams.reconnect.Reconnector`):
 
 - ``connect()`` opens one session (raises on failure);
 - ``read()`` hands events to ``self.queue`` until the session ends (returns or raises);

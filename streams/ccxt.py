@@ -12,7 +12,7 @@
 (its rate limiter, HTTP session and WebSocket connections). A retryable error in any symbol
 (``NetworkError`` family: dropped socket, ``RequestTimeout``, ``ExchangeNotAvailable``,
 ``DDoSProtection``, 429/5xx) or a stall (no answer within ``stall_timeout_seconds``) ends the
-session; the engine's :class:`~streams.backoff.Reconnector` backs off, builds a new client,
+session; the engine's :class:`~streams.reconnect.Reconnector` backs off, builds a new client,
 queues a ``gap`` event, and every symbol subscribes again — trades are backfilled with
 ``fetch_trades`` since the last seen trade and de-duplicated by trade id, candles with
 ``fetch_ohlcv``. A fatal error of one symbol (``BadSymbol``, ``AuthenticationError``,

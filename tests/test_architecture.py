@@ -7,9 +7,10 @@ inside ``if TYPE_CHECKING:``.
 - **Direction** counts every import, ``TYPE_CHECKING`` ones included: a type named in a signature
   couples the modules as much as a call does (the lower layer cannot be read, type-checked or
   reused without the upper one).
-- **Circles** count the imports that run: module level and inside functions, not the
-  ``TYPE_CHECKING`` ones, which never execute (they are how Python spells a back-reference for
-  types, e.g. ``daemon.http`` naming the ``Daemon`` that owns it).
+- **Circles** count every import too, ``TYPE_CHECKING`` ones included: a back-reference for types
+  still means neither file can be read without the other. Where a module needs something of its
+  owner (``daemon.http`` and ``daemon.telemetry`` reading the running daemon), it declares a
+  Protocol of what it reads (``OpsTarget``, ``Observed``) instead of importing the owner.
 
 Leaf modules may be imported from anywhere; a leaf imports nothing of reflexd's own but other
 leaves (checked here too). A failure names each offending import as ``file:line → module``.
@@ -131,12 +132,11 @@ def upward(imports: Iterable[Import]) -> list[Import]:
 
 
 def circles(imports: Iterable[Import]) -> list[tuple[list[str], list[Import]]]:
-    """Each group of files that reach each other (runtime imports only): its files, and one circle
-    through them as the imports that close it."""
+    """Each group of files that reach each other: its files, and one circle through them as the
+    imports that close it."""
     edges: dict[str, dict[str, Import]] = {}
     for i in imports:
-        if not i.type_only:
-            edges.setdefault(i.importer, {}).setdefault(i.target, i)
+        edges.setdefault(i.importer, {}).setdefault(i.target, i)
     # Tarjan's strongly connected components
     index: dict[str, int] = {}
     low: dict[str, int] = {}
@@ -227,7 +227,7 @@ def test_scanner_sees_imports_in_functions_and_type_checking_blocks() -> None:
 
 
 def test_no_import_circle_between_files(imports: list[Import]) -> None:
-    """No two files import each other, directly or through others (imports that run)."""
+    """No two files import each other, directly or through others (TYPE_CHECKING imports included)."""
     for files, chain in circles(imports):
         _fail_with(f"import circle among {', '.join(files)}, e.g.:", chain)
 

@@ -62,9 +62,9 @@ from daemon.registry import BuildContext, ComponentSpec, builtin_registry
 from daemon.supervisor import Daemon
 from daemon.telemetry import metrics_registry
 from handlers.base import CallContext, Tool
-from streams.backoff import Reconnector
 from streams.base import Source
 from streams.event import Event
+from streams.reconnect import Reconnector
 from tests.conftest import StartDaemon
 from tests.exchange import BinanceEmulator, MarketSpec
 from tests.exchange.harness import ccxt_source, daemon_config

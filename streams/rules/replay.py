@@ -47,7 +47,6 @@ from typing import IO, Any, NamedTuple
 
 import orjson
 
-from streams.backoff import Reconnector
 from streams.call import CallContext
 from streams.decode import (
     MAX_FUTURE_SECONDS,
@@ -59,6 +58,7 @@ from streams.decode import (
     make_decoder,
 )
 from streams.event import DATA, GAP, Event
+from streams.reconnect import Reconnector
 from streams.rules.pipeline import Rule, RuleConfig
 
 __all__ = [

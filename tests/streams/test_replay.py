@@ -9,8 +9,9 @@ from typing import Any
 
 import orjson
 
-from streams.backoff import ReconnectConfig, Reconnector
+from streams.backoff import ReconnectConfig
 from streams.event import Event
+from streams.reconnect import Reconnector
 from streams.replay import ReplaySource, ReplaySourceConfig
 
 

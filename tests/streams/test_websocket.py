@@ -24,8 +24,8 @@ from pydantic import Field
 from daemon.config import AppConfig, load_config_text
 from daemon.registry import ComponentSpec, Registry, builtin_registry
 from handlers.base import CallContext, Tool, ToolConfig
-from streams.backoff import Reconnector
 from streams.event import Event
+from streams.reconnect import Reconnector
 from streams.websocket import WebSocketSource, WebSocketSourceConfig
 from tests.conftest import StartDaemon, StartServer
 from tests.servers import ACCEPT_AND_CLOSE, Plan, holds_for, wait_for
