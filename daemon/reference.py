@@ -14,19 +14,17 @@ from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from daemon.config import DaemonConfig, HttpConfig, JournalConfig
+from daemon.config import DaemonConfig
 from daemon.http import HTTP_METRICS
 from daemon.registry import Kind, Registry, builtin_registry
 from daemon.telemetry import DAEMON_METRICS
-from handlers.base import RetryConfig, ToolConfig
-from streams.backoff import ReconnectConfig
+from handlers.base import ToolConfig
 from streams.base import SourceConfig
 from streams.metrics import MetricSpec
-from streams.queue import QueueConfig
 from streams.rules.pipeline import ToolCallConfig, rule_config_model
 
 __all__ = ["METRICS_BEGIN", "METRICS_END", "render_metrics", "render_reference", "with_metrics_table"]
@@ -51,7 +49,19 @@ def _type_name(annotation: Any) -> str:
         return "mapping"
     if annotation is Any:
         return "any"
-    return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(annotation, str(annotation))
+    if isinstance(annotation, type) and issubclass(annotation, SecretStr):
+        return "string (secret)"
+    named = {str: "string", int: "integer", float: "number", bool: "boolean"}.get(annotation)
+    return named or str(getattr(annotation, "__name__", annotation))
+
+
+def _models(annotation: Any) -> list[type[BaseModel]]:
+    """The configuration models an annotation admits (``X``, ``X | None``, ``Annotated[X, ...]``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    if get_origin(annotation) in (Annotated, Union, UnionType):
+        return [model for arg in get_args(annotation) for model in _models(arg)]
+    return []
 
 
 def _default(info: FieldInfo) -> str:
@@ -66,20 +76,23 @@ def _default(info: FieldInfo) -> str:
     return f"`{yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}`"
 
 
-def _fields(model: type[BaseModel], skip: frozenset[str] = frozenset()) -> list[str]:
+def _fields(model: type[BaseModel], skip: frozenset[str] = frozenset(), path: str = "") -> list[str]:
+    """The table of ``model``'s keys, then one table per key whose value is itself a mapping (named by
+    its dotted path, nested ones after it): every "see below" has its table below."""
     rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    nested: list[str] = []
     for name, info in model.model_fields.items():
         if name in skip:
             continue
         key = info.alias or name
         description = (info.description or "").replace("|", "\\|")
         rows.append(f"| `{key}` | {_type_name(info.annotation)} | {_default(info)} | {description} |")
-    return rows
+        for sub in dict.fromkeys(_models(info.annotation)):
+            nested += ["", f"`{path}{key}`:", "", *_fields(sub, path=f"{path}{key}.")]
+    return rows + nested
 
 
-def _kind_section(
-    title: str, kind: Kind, registry: Registry, base: type[BaseModel], nested: list[str]
-) -> list[str]:
+def _kind_section(title: str, kind: Kind, registry: Registry, base: type[BaseModel]) -> list[str]:
     common = frozenset(base.model_fields)
     out = [
         f"## {title}",
@@ -88,7 +101,7 @@ def _kind_section(
         "",
         *_fields(base, frozenset({"type"})),
     ]
-    out += ["", *nested]
+    out += [""]
     for spec in registry.specs(kind):
         own = _fields(spec.config_model, common)
         example = yaml.safe_dump({f"my_{kind}": dict(spec.example)}, sort_keys=False).strip()
@@ -110,18 +123,9 @@ def render_reference(registry: Registry) -> str:
         "",
         *_fields(DaemonConfig),
         "",
-        "`http`:",
-        "",
-        *_fields(HttpConfig),
-        "",
-        "`journal`:",
-        "",
-        *_fields(JournalConfig),
-        "",
     ]
-    nested = ["`queue`:", "", *_fields(QueueConfig), "", "`reconnect`:", "", *_fields(ReconnectConfig), ""]
-    out += _kind_section("Sources", "source", registry, SourceConfig, nested)
-    out += _kind_section("Tools", "tool", registry, ToolConfig, ["`retry`:", "", *_fields(RetryConfig), ""])
+    out += _kind_section("Sources", "source", registry, SourceConfig)
+    out += _kind_section("Tools", "tool", registry, ToolConfig)
     out += ["## Rules", "", *_fields(rule_config_model(registry.steps)), ""]
     out += ["Each entry of `then`:", "", *_fields(ToolCallConfig), ""]
     out += [

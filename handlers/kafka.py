@@ -94,7 +94,9 @@ class KafkaToolConfig(ToolConfig):
         256, ge=1, le=10_000, description="Most queued calls handed to the producer at once."
     )
     start_timeout_seconds: float = Field(10.0, gt=0, description="Budget for connecting the producer.")
-    security: KafkaSecurityConfig = Field(default_factory=KafkaSecurityConfig)
+    security: KafkaSecurityConfig = Field(
+        default_factory=KafkaSecurityConfig, description="TLS and SASL settings for the brokers."
+    )
 
 
 class KafkaTool(Tool):

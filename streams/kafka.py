@@ -79,7 +79,9 @@ class KafkaSourceConfig(SourceConfig):
     revoke_drain_seconds: float = Field(
         2.0, ge=0, description="On rebalance, wait this long for in-flight records before committing."
     )
-    security: KafkaSecurityConfig = Field(default_factory=KafkaSecurityConfig)
+    security: KafkaSecurityConfig = Field(
+        default_factory=KafkaSecurityConfig, description="TLS and SASL settings for the brokers."
+    )
 
     @field_validator("queue")
     @classmethod

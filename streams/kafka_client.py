@@ -25,8 +25,12 @@ class KafkaSecurityConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
-    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field("PLAINTEXT")
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(None)
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How to talk to the brokers: plain TCP, TLS, SASL, or SASL over TLS."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism with a SASL protocol; null: PLAIN."
+    )
     username: str | None = Field(None, description="SASL user; use ${VAR}.")
     password: str | None = Field(None, description="SASL password; use ${VAR}. Never logged or shown.")
     ssl_cafile: str | None = Field(None, description="CA bundle for SSL.")

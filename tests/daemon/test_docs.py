@@ -112,3 +112,17 @@ def test_every_refusal_and_drop_reason_is_documented() -> None:
     counted = set(re.findall(r'dropped\.add_metric\(\[name, "(\w+)"\]', telemetry))
     assert counted == {"queue_full_oldest", "queue_full_newest", "decode_error", "future_time"}
     assert all(f"`{reason}`" in dropped_row for reason in counted)
+
+
+def test_every_nested_mapping_has_its_table_and_no_type_shows_as_a_python_class() -> None:
+    """Each key documented as a mapping with "see below" (Kafka's `security`, a tool's `circuit`, ...) has
+    its own table of keys in the reference, and secrets read `string (secret)`, not `<class ...>`."""
+    text = render_reference(builtin_registry())
+    assert "<class" not in text
+    assert "| `signing_secret` | string (secret) or null |" in text
+    assert "| `token` | string (secret) or null |" in text
+    for section in re.split(r"\n(?=#+ )", text):
+        for key in re.findall(r"^\| `([^`]+)` \| [^|]* \| see below \|", section, re.M):
+            assert f"\n`{key}`:\n" in section or re.search(rf"\n`[\w.]*\.{key}`:\n", section), key
+    for key in ("protocol", "sasl_mechanism", "username", "password", "ssl_cafile"):
+        assert f"| `{key}` |" in text, key
