@@ -37,11 +37,12 @@ log = get_logger("reconnect")
 
 
 class _Retry(Exception):
-    """A failed attempt or a session that ended before it became healthy."""
+    """A failed attempt (``session_seconds`` None) or a session that ended before it became healthy."""
 
-    def __init__(self, cause: BaseException) -> None:
+    def __init__(self, cause: BaseException, session_seconds: float | None = None) -> None:
         super().__init__(str(cause))
         self.cause = cause
+        self.session_seconds = session_seconds
 
 
 class _Fatal(Exception):
@@ -63,6 +64,7 @@ class Reconnector:
         self.cfg = cfg
         self._rng = rng or random.Random()
         self._attempt_log = RateLimitedLog(log, "connect attempt failed", level=logging.WARNING, interval=5.0)
+        self._session_log = RateLimitedLog(log, "session ended", level=logging.WARNING, interval=5.0)
         self._disconnected_at: float | None = None
         self._outage_reason: str | None = None
 
@@ -76,12 +78,24 @@ class Reconnector:
         stats.next_attempt_in = delay
         exc = state.outcome.exception() if state.outcome else None
         cause = exc.cause if isinstance(exc, _Retry) else exc
-        self._attempt_log.hit(
-            source=self.source.name,
-            attempt=state.attempt_number,
-            retry_in_seconds=round(delay, 3),
-            error=_describe(cause) if cause else None,
-        )
+        error = _describe(cause) if cause else None
+        session = exc.session_seconds if isinstance(exc, _Retry) else None
+        if session is None:  # it never connected
+            self._attempt_log.hit(
+                source=self.source.name,
+                attempt=state.attempt_number,
+                retry_in_seconds=round(delay, 3),
+                error=error,
+            )
+        else:  # it was connected, then the session ended: not a failure to connect
+            self._session_log.hit(
+                f"session ended after {session:.1f} s",
+                source=self.source.name,
+                session_seconds=round(session, 3),
+                error=error,
+                attempt=state.attempt_number,
+                retry_in_seconds=round(delay, 3),
+            )
 
     async def run(self) -> None:
         """Run until cancelled; returns after a fatal error or exhausted attempts (state ``failed``)."""
@@ -165,16 +179,20 @@ class Reconnector:
             self._outage_reason = _describe(reason)
         if not source.classify_error(reason):
             raise _Fatal(reason)
-        healthy = (
-            connected_at is not None and time.monotonic() - connected_at >= self.cfg.healthy_after_seconds
-        )
-        if healthy:
+        session = None if connected_at is None else time.monotonic() - connected_at
+        if session is not None and session >= self.cfg.healthy_after_seconds:
             log.info(
-                "disconnected after a healthy session; reconnecting",
-                extra={"fields": {"source": source.name, "error": _describe(reason)}},
+                f"session ended after {session:.1f} s; reconnecting",
+                extra={
+                    "fields": {
+                        "source": source.name,
+                        "session_seconds": round(session, 3),
+                        "error": _describe(reason),
+                    }
+                },
             )
             return  # the outer loop starts a fresh AsyncRetrying: backoff reset
-        raise _Retry(reason)
+        raise _Retry(reason, session)
 
     async def _emit_gap(self) -> None:
         now = time.time()

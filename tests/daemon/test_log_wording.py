@@ -1,0 +1,67 @@
+"""What the log says, checked against real peers: a session that ended is not a failed connect, a
+long graceful stop reports its progress, a permanent configuration error is one line."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+from typing import Any
+
+import orjson
+
+from streams.reconnect import Reconnector
+from streams.websocket import WebSocketSource, WebSocketSourceConfig
+from tests.conftest import StartServer
+from tests.servers import Plan, wait_for
+
+
+def _lines(out: io.StringIO) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in out.getvalue().splitlines() if line.startswith("{")]
+
+
+async def _run_source(server_url: str, healthy_after: float, until: Any) -> None:
+    reconnect = {"initial_seconds": 0.01, "max_seconds": 0.05, "healthy_after_seconds": healthy_after}
+    cfg = WebSocketSourceConfig.model_validate({"type": "websocket", "url": server_url, "reconnect": reconnect})
+    task = asyncio.create_task(Reconnector(WebSocketSource("feed", cfg), cfg.reconnect).run())
+    try:
+        await wait_for(until, what="the second session")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_session_that_ended_is_logged_with_its_duration_not_as_a_failed_connect(
+    feed_server: StartServer, debug_log: io.StringIO
+) -> None:
+    """A refused handshake logs "connect attempt failed"; a session that was up ~0.4 s and then closed by the
+    server logs "session ended after 0.4 s" with its reason, and is not called a failed connect attempt."""
+    session = Plan(frames=['{"a": 1}', '{"a": 2}'], interval=0.4, after="close", close_code=1001)
+    server = await feed_server([session, Plan()], reject=[503])
+    await _run_source(server.url, 10.0, lambda: len(server.connections) == 2)
+
+    lines = [line for line in _lines(debug_log) if line["logger"] == "reflexd.reconnect"]
+    failed = [line for line in lines if line["msg"] == "connect attempt failed"]
+    ended = [line for line in lines if line["msg"].startswith("session ended")]
+    assert len(failed) == 1 and "503" in failed[0]["error"], lines
+    assert len(ended) == 1, lines
+    assert re.fullmatch(r"session ended after 0\.[4-9] s", ended[0]["msg"]), ended
+    assert ended[0]["level"] == "warning" and 0.4 <= ended[0]["session_seconds"] < 5
+    assert "1001" in ended[0]["error"] and ended[0]["retry_in_seconds"] >= 0
+
+
+async def test_a_healthy_session_that_ended_says_how_long_it_lasted(
+    feed_server: StartServer, debug_log: io.StringIO
+) -> None:
+    """A session past healthy_after_seconds that the server closes logs "session ended after N s;
+    reconnecting" at info with the duration and the reason (the backoff resets, no failed attempt)."""
+    session = Plan(frames=['{"a": 1}', '{"a": 2}'], interval=0.4, after="close", close_code=1001)
+    server = await feed_server([session, Plan()])
+    await _run_source(server.url, 0.2, lambda: len(server.connections) == 2)
+
+    lines = [line for line in _lines(debug_log) if line["logger"] == "reflexd.reconnect"]
+    ended = [line for line in lines if line["msg"].startswith("session ended")]
+    assert not [line for line in lines if line["msg"] == "connect attempt failed"], lines
+    assert len(ended) == 1 and ended[0]["level"] == "info", lines
+    assert re.fullmatch(r"session ended after 0\.[4-9] s; reconnecting", ended[0]["msg"]), ended
+    assert "1001" in ended[0]["error"]
