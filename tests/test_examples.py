@@ -1,0 +1,232 @@
+"""The configurations in ``examples/`` work as their comments say.
+
+Every example passes ``reflexd check`` (with the environment variables it documents), and those that
+can run offline are replayed over their input (``reflexd replay``, as a user runs it from the
+repository's top folder) with assertions on what fires, computed here from the input itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+SAMPLE = ROOT / "data" / "sample-trades.jsonl"
+
+#: Every example, with the environment variables it needs to pass `check`.
+NEEDS: dict[str, dict[str, str]] = {
+    "binance-trades-alerts.yaml": {},
+    "kafka-triggered-action.yaml": {},
+    "ccxt-order-guarded.yaml": {},
+    "windows-and-crossings.yaml": {},
+    "exec-and-webhook.yaml": {"WEBHOOK_SECRET": "whsec_c2VjcmV0LWZvci10aGUtZXhhbXBsZS10ZXN0"},
+}
+
+
+def reflexd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``reflexd ARGS`` from the repository's top folder, in a clean environment plus ``env``."""
+    base = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "HOME", "PYTHONPATH")}
+    return subprocess.run(
+        [sys.executable, "-m", "daemon.cli", *args],
+        cwd=ROOT,
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def replay(example: str, *files: str, env: dict[str, str] | None = None) -> tuple[list[dict[str, Any]], str]:
+    """What ``reflexd replay`` says would fire (JSON lines), and its summary; it must exit 0."""
+    done = reflexd("replay", "-c", f"examples/{example}", *files, "--format", "jsonl", env=env)
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()], done.stderr
+
+
+def sample() -> list[dict[str, Any]]:
+    return [json.loads(line) for line in SAMPLE.read_text().splitlines()]
+
+
+def big_trades(trades: list[dict[str, Any]], threshold: float, cooldown: float) -> list[dict[str, Any]]:
+    """Trades above ``threshold`` notional, then ``cooldown`` seconds of trade time muted per symbol."""
+    last: dict[str, float] = {}
+    out = []
+    for t in trades:
+        ts = t["T"] / 1000
+        if float(t["p"]) * float(t["q"]) > threshold and (
+            t["s"] not in last or ts - last[t["s"]] >= cooldown
+        ):
+            last[t["s"]] = ts
+            out.append(t)
+    return out
+
+
+def test_every_example_is_listed() -> None:
+    """The examples folder holds exactly the listed examples (a new one must get its check here)."""
+    assert sorted(p.name for p in EXAMPLES.glob("*.yaml")) == sorted(NEEDS)
+
+
+@pytest.mark.parametrize("example", sorted(NEEDS))
+def test_example_passes_check(example: str) -> None:
+    """`reflexd check` accepts the example as shipped, with only the variables its comments name,
+    shows no secret, and the example says how to check and replay or run itself."""
+    text = (EXAMPLES / example).read_text()
+    assert f"reflexd check  -c examples/{example}" in text
+    assert "reflexd replay" in text or "reflexd run" in text
+    env = NEEDS[example]
+    for name in env:
+        assert name in text.split("daemon:")[0], f"{name} is not documented in the header comments"
+    done = reflexd("check", "-c", f"examples/{example}", env=env)
+    assert done.returncode == 0, done.stderr
+    assert f"examples/{example}: ok" in done.stdout
+    for value in env.values():
+        assert value not in done.stdout + done.stderr
+
+
+def test_exec_and_webhook_needs_its_secret() -> None:
+    """Without WEBHOOK_SECRET the exec-and-webhook example is a configuration error naming it."""
+    done = reflexd("check", "-c", "examples/exec-and-webhook.yaml")
+    assert done.returncode == 2
+    assert "signing_secret: environment variable WEBHOOK_SECRET is not set" in done.stderr
+
+
+def test_windows_and_crossings_replay() -> None:
+    """Over the sample: one bar per symbol and closed minute with the OHLC computed here, sharp
+    moves down then up for both symbols, BTC level crossings alternating from down, beyond the band."""
+    fired, summary = replay("windows-and-crossings.yaml", "data/sample-trades.jsonl")
+    assert "errors 0" in summary and "errors 1" not in summary
+    by_rule: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for f in fired:
+        by_rule[f["rule"]].append(f)
+
+    trades = sample()
+    last_ts = trades[-1]["T"] / 1000
+    expected: dict[tuple[str, float], dict[str, Any]] = {}
+    for t in trades:
+        start = (t["T"] / 1000) // 60 * 60
+        if start + 60 > last_ts:  # the minute still open at the end is not emitted
+            continue
+        bar = expected.setdefault(
+            (t["s"], start), {"open": float(t["p"]), "high": 0.0, "low": float("inf"), "trades": 0}
+        )
+        price = float(t["p"])
+        bar.update(high=max(bar["high"], price), low=min(bar["low"], price), close=price)
+        bar["trades"] += 1
+    bars = {(f["args"]["symbol"], f["args"]["start"]): f["args"] for f in by_rule["minute_bars"]}
+    assert len(expected) == 20  # 10 closed minutes, 2 symbols
+    assert bars.keys() == expected.keys()
+    for k, want in expected.items():
+        assert {name: bars[k][name] for name in want} == want, k
+
+    moves: dict[str, list[float]] = defaultdict(list)
+    for f in by_rule["sharp_move"]:
+        symbol, _, rest = f["args"]["text"].partition(" moved ")
+        moves[symbol].append(float(rest.partition("%")[0]))
+    assert set(moves) == {"BTCUSDT", "ETHUSDT"}
+    for seen in moves.values():  # data/README.md: a drop at +150..185 s, a rise at +420..460 s
+        assert seen[0] <= -0.5 and all(m >= 0.5 for m in seen[1:]) and len(seen) >= 2
+
+    levels = [f["args"]["text"].split() for f in by_rule["btc_level"]]
+    directions = [words[3] for words in levels]
+    assert len(directions) >= 2 and directions[0] == "down"
+    assert all(a != b for a, b in pairwise(directions))
+    for words in levels:
+        price = float(words[-1])
+        assert price < 64290 if words[3] == "down" else price > 64310
+    assert by_rule["vwap_cross"], "the VWAP crossing never fired"
+
+
+def test_binance_replay_fires_on_the_big_trades() -> None:
+    """The recorded Binance frames: the subscription reply is skipped, not a rule error; the alerts
+    are the trades above 250,000 USDT with 10 s of cooldown per symbol (data/README.md: the first
+    is BTCUSDT 9.47143 @ 65004.03)."""
+    path = EXAMPLES / "data" / "binance-trades.jsonl"
+    frames = [json.loads(line) for line in path.read_text().splitlines()]
+    assert frames[0] == {"result": None, "id": 1}
+    fired, summary = replay("binance-trades-alerts.yaml", "binance=examples/data/binance-trades.jsonl")
+    assert "1 line(s) skipped" in summary
+    assert "rule big_trade: seen 207, fired 2, errors 0" in summary
+    want = big_trades(frames[1:], 250000, 10)
+    assert [f["args"] for f in fired if f["tool"] == "record"] == [
+        {"symbol": t["s"], "price": t["p"], "qty": t["q"], "trade_id": t["t"]} for t in want
+    ]
+    alerts = [f["args"]["text"] for f in fired if f["tool"] == "alert"]
+    assert alerts[0] == "big trade BTCUSDT 9.47143 @ 65004.03"
+    assert len(alerts) == len(want) == 2
+
+
+def test_kafka_example_replay_flags_only_large_orders() -> None:
+    """Over the recorded orders: only the orders of 10,000 or more are reviewed and flagged; a
+    cancel and an order without an amount are no rule error."""
+    fired, summary = replay("kafka-triggered-action.yaml", "examples/data/orders.recording.jsonl")
+    assert "rule large_order: seen 6, fired 2, errors 0" in summary
+    assert [(f["tool"], f["args"]["order_id"]) for f in fired] == [
+        ("review", "A-1002"),
+        ("flagged", "A-1002"),
+        ("review", "A-1005"),
+        ("flagged", "A-1005"),
+    ]
+    assert fired[2]["args"] == {
+        "order_id": "A-1005",
+        "customer": "c-08",
+        "amount": 48000.0,
+        "currency": "USD",
+        "offset": 102,
+    }
+
+
+def test_ccxt_example_replay_orders_within_its_guards() -> None:
+    """Over the recorded drop: one limit buy, 0.1 % under the trade that fired, on an allowed symbol
+    and within max_notional (so the dry-run tool would accept it)."""
+    fired, summary = replay("ccxt-order-guarded.yaml", "examples/data/ccxt-btc-trades.recording.jsonl")
+    assert "fired 1, errors 0" in summary
+    [order] = fired
+    records = [json.loads(line) for line in (EXAMPLES / "data" / "ccxt-btc-trades.recording.jsonl").open()]
+    trigger = next(r for r in records if r["ts"] == order["ts"])
+    args = order["args"]
+    assert args["symbol"] == "BTC/USDT" and args["side"] == "buy" and args["type"] == "limit"
+    assert args["price"] == round(trigger["data"]["price"] * 0.999, 2)
+    assert args["amount"] * args["price"] <= 100
+
+
+def test_exec_and_webhook_replay() -> None:
+    """Over the sample: for every big trade (cooldown 10 s per symbol) one notify call and one
+    webhook call with the trade's numbers."""
+    env = NEEDS["exec-and-webhook.yaml"]
+    fired, _ = replay("exec-and-webhook.yaml", "data/sample-trades.jsonl", env=env)
+    want = big_trades(sample(), 250000, 10)
+    assert len(want) > 10
+    hooks = [f["args"] for f in fired if f["tool"] == "webhook"]
+    assert hooks == [
+        {
+            "symbol": t["s"],
+            "price": float(t["p"]),
+            "qty": float(t["q"]),
+            "notional": round(float(t["p"]) * float(t["q"]), 2),
+            "trade_id": t["t"],
+        }
+        for t in want
+    ]
+    notes = [f["args"]["text"] for f in fired if f["tool"] == "notify"]
+    assert notes == [f"big trade {t['s']} {t['q']} @ {t['p']}" for t in want]
+
+
+def test_notify_script_writes_each_call_once(tmp_path: Path) -> None:
+    """examples/bin/notify.sh, run as the exec tool runs it (after `--`): one line per call id, a
+    retry of the same call writes nothing more, and event text stays one argument."""
+    log = tmp_path / "out" / "notifications.log"
+    env = {"PATH": os.environ["PATH"], "NOTIFY_LOG": str(log), "REFLEXD_CALL_ID": "c1", "EVENT_ID": "e1"}
+    argv = [str(EXAMPLES / "bin" / "notify.sh"), "--", "BTCUSDT", "65004.03", "9.47143", "big; $(x) trade"]
+    for _ in range(2):
+        subprocess.run(argv, env=env, check=True, timeout=10)
+    assert log.read_text() == "c1 BTCUSDT 65004.03 9.47143 big; $(x) trade\n"
