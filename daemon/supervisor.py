@@ -35,6 +35,8 @@ __all__ = ["Daemon"]
 log = get_logger("daemon")
 
 FINISH_GRACE_SECONDS = 3.0
+#: While a graceful stop waits for work, it logs what is left this often.
+STOP_PROGRESS_SECONDS = 2.0
 
 #: The cyclic collector's young-generation threshold while a daemon runs (CPython's default is
 #: 700 allocations). Every event allocates a few containers that then wait in queues for some
@@ -100,6 +102,7 @@ class Daemon:
         self.rules: dict[str, Rule] = {}
         self.http: OpsServer | None = None
         self.state = "created"  # created | starting | running | stopping | stopped
+        self.stop_progress_seconds = STOP_PROGRESS_SECONDS
         self.started_at: float | None = None
         self._source_tasks: dict[str, asyncio.Task[None]] = {}
         self._dispatch_tasks: dict[str, asyncio.Task[None]] = {}
@@ -212,6 +215,7 @@ class Daemon:
         systemd.notify("STOPPING=1")
         log.info("stopping", extra={"fields": {"budget_seconds": budget}})
         cancelled: list[str] = []
+        progress = asyncio.create_task(self._report_stop_progress(deadline), name="stop progress")
 
         try:
             await self._stop_in_order(deadline, cancelled)
@@ -221,6 +225,7 @@ class Daemon:
             await self._abandon()
             raise
         finally:
+            progress.cancel()
             if self._heap_tuned:
                 self._heap_tuned = False
                 _HeapTuning.leave()
@@ -235,6 +240,34 @@ class Daemon:
                 "stopped", extra={"fields": {"seconds": round(budget - (deadline - time.monotonic()), 3)}}
             )
         return cancelled
+
+    async def _report_stop_progress(self, deadline: float) -> None:
+        """Every :attr:`stop_progress_seconds` of a graceful stop, log the calls still queued or running
+        per tool and the events still queued, so a long drain is not silent."""
+        while True:
+            await asyncio.sleep(self.stop_progress_seconds)
+            tools = {
+                name: stats.in_flight + pending
+                for name, (_tool, stats, pending) in self.runner.lanes().items()
+                if stats.in_flight + pending
+            }
+            events = sum(len(source.queue) for source in self.sources.values())
+            calls = sum(tools.values())
+            if not calls and not events:
+                continue
+            log.info(
+                f"stopping: {calls} calls still running"
+                + (f" (tools: {', '.join(f'{name} {n}' for name, n in tools.items())})" if tools else "")
+                + (f", {events} events queued" if events else ""),
+                extra={
+                    "fields": {
+                        "calls": calls,
+                        "tools": tools,
+                        "queued_events": events,
+                        "budget_left_seconds": round(max(0.0, deadline - time.monotonic()), 1),
+                    }
+                },
+            )
 
     async def _stop_in_order(self, deadline: float, cancelled: list[str]) -> None:
         """The graceful stop, within ``deadline``; what had to be cut is added to ``cancelled``."""

@@ -10,9 +10,13 @@ from typing import Any
 
 import orjson
 
+from daemon.config import load_config_text
+from daemon.registry import builtin_registry
+from daemon.supervisor import Daemon
 from streams.reconnect import Reconnector
 from streams.websocket import WebSocketSource, WebSocketSourceConfig
 from tests.conftest import StartServer
+from tests.plugins import SLEEPER
 from tests.servers import Plan, wait_for
 
 
@@ -65,3 +69,36 @@ async def test_a_healthy_session_that_ended_says_how_long_it_lasted(
     assert len(ended) == 1 and ended[0]["level"] == "info", lines
     assert re.fullmatch(r"session ended after 0\.[4-9] s; reconnecting", ended[0]["msg"]), ended
     assert "1001" in ended[0]["error"]
+
+
+async def test_a_graceful_stop_that_waits_for_calls_logs_its_progress(
+    feed_server: StartServer, debug_log: io.StringIO
+) -> None:
+    """A stop that drains slow calls logs, while it waits, how many calls are still running and for which
+    tool, then "stopped" once they finished (before: nothing between "stopping" and "stopped")."""
+    server = await feed_server(Plan(frames=['{"n": 1}', '{"n": 2}', '{"n": 3}']))
+    text = f"""
+daemon: {{http: null, state_path: ":memory:", shutdown_timeout_seconds: 10}}
+sources:
+  feed: {{type: websocket, url: "{server.url}"}}
+tools:
+  slow: {{type: sleeper, seconds: 1.0, concurrency: 4}}
+rules:
+  r: {{from: [feed], then: [{{tool: slow, args: {{n: "{{data.n}}"}}}}]}}
+"""
+    cfg = load_config_text(text, builtin_registry().with_specs(SLEEPER), env={})
+    daemon = Daemon(cfg)
+    daemon.stop_progress_seconds = 0.3
+    await daemon.start()
+    try:
+        await wait_for(lambda: daemon.runner.stats("slow").in_flight == 3, what="three calls running")
+    finally:
+        assert await daemon.stop() == []
+
+    lines = [line for line in _lines(debug_log) if line["logger"] == "reflexd.daemon"]
+    msgs = [line["msg"] for line in lines]
+    progress = [line for line in lines if line["msg"].startswith("stopping: ")]
+    assert progress, msgs
+    assert progress[0]["msg"] == "stopping: 3 calls still running (tools: slow 3)", progress
+    assert progress[0]["tools"] == {"slow": 3} and 0 < progress[0]["budget_left_seconds"] < 10
+    assert msgs.index("stopping") < msgs.index(progress[0]["msg"]) < msgs.index("stopped")
