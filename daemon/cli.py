@@ -255,6 +255,7 @@ def _replay_input(config: AppConfig, spec: str) -> ReplayInput:
         time_field=cfg.time_field,
         time_unit=cfg.time_unit,
         max_future=_max_future(config),
+        where=cfg.compiled_where(),
     )
 
 
@@ -325,6 +326,8 @@ def _replay(config: AppConfig, specs: Sequence[str], speed: float, only: list[st
     for item in inputs:
         if item.bad_lines:
             print(f"  {item.path}: {item.bad_lines} line(s) skipped, first: {item.first_error}", file=err)
+        if item.filtered:
+            print(f"  {item.path}: {item.filtered} message(s) filtered by the source's where:", file=err)
         if item.future:
             print(
                 f"  {item.path}: {item.future} event(s) dropped: event time more than max_future_seconds "

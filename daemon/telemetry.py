@@ -59,6 +59,12 @@ SOURCE_RECONNECTS = MetricSpec(
     "reflexd_source_reconnects_total", "counter", "Sessions attempted after the first.", _S
 )
 SOURCE_GAPS = MetricSpec("reflexd_source_gaps_total", "counter", "Gap events emitted after reconnects.", _S)
+EVENTS_FILTERED = MetricSpec(
+    "reflexd_events_filtered_total",
+    "counter",
+    "Messages the source's `where:` filter dropped before the rules (intentional, not errors), by source.",
+    _S,
+)
 SOURCE_ERRORS = MetricSpec(
     "reflexd_source_errors_total",
     "counter",
@@ -173,6 +179,7 @@ DAEMON_METRICS: tuple[MetricSpec, ...] = (
     SOURCE_CONNECTS,
     SOURCE_RECONNECTS,
     SOURCE_GAPS,
+    EVENTS_FILTERED,
     SOURCE_ERRORS,
     SOURCE_LAST_EVENT_AGE,
     QUEUE_DEPTH,
@@ -242,6 +249,7 @@ class DaemonCollector(Collector):
         connects = _counter(SOURCE_CONNECTS)
         reconnects = _counter(SOURCE_RECONNECTS)
         gaps = _counter(SOURCE_GAPS)
+        filtered = _counter(EVENTS_FILTERED)
         errors = _counter(SOURCE_ERRORS)
         age = _gauge(SOURCE_LAST_EVENT_AGE)
         depth = _gauge(QUEUE_DEPTH)
@@ -258,6 +266,7 @@ class DaemonCollector(Collector):
             connects.add_metric([name], s.connects)
             reconnects.add_metric([name], s.reconnect_attempts)
             gaps.add_metric([name], s.gaps)
+            filtered.add_metric([name], s.filtered)
             for reason, count in sorted(s.errors.items()):
                 errors.add_metric([name, reason], count)
             if s.last_event_at is not None:
@@ -272,6 +281,7 @@ class DaemonCollector(Collector):
             connects,
             reconnects,
             gaps,
+            filtered,
             errors,
             age,
             depth,

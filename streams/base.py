@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -72,6 +73,7 @@ class SourceStats:
         "decode_errors",
         "disconnects",
         "errors",
+        "filtered",
         "future",
         "gaps",
         "last_error",
@@ -93,6 +95,7 @@ class SourceStats:
         self.received = 0  # messages received from the peer
         self.decode_errors = 0  # undecodable messages, and messages whose key is not a scalar
         self.future = 0  # event time beyond max_future_seconds: dropped
+        self.filtered = 0  # messages the source's `where:` refused (intentional, not errors)
         self.errors: dict[str, int] = {}  # other per-reason error counts (e.g. message_too_big)
         self.last_event_at: float | None = None  # wall clock of the last data event
         self.connected_since: float | None = None
@@ -115,6 +118,7 @@ class SourceStats:
             "received": self.received,
             "decode_errors": self.decode_errors,
             "future": self.future,
+            "filtered": self.filtered,
             "errors": dict(self.errors),
             "last_event_age_seconds": None
             if self.last_event_at is None
@@ -166,6 +170,17 @@ class Source(ABC):
             max_future_seconds=self.config.max_future_seconds,
             sample=sample,
         )
+
+    def admit(self, keep: Callable[[Event], Any], event: Event) -> bool:
+        """Whether ``event`` passes the source's ``where:`` filter ``keep``; a refused event (false, or
+        the expression cannot evaluate it: a field it reads is missing) is counted as ``filtered``."""
+        try:
+            if keep(event):
+                return True
+        except Exception:  # a control frame without the field is what the filter is for
+            pass
+        self.stats.filtered += 1
+        return False
 
     def begin_stop(self) -> None:
         """The daemon is stopping: the next ``close()`` may keep what ``finish()`` still needs."""

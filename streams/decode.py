@@ -11,17 +11,22 @@ it needs a socket to be tested.
   (:data:`KEY_TYPES`, :func:`key_problem`): a field holding a list or an object raises
   :class:`BadKey` (a rule groups its state by key, and such a value cannot be one).
 - **Event time** (``time_field`` in ``time_unit``, :data:`TIME_SCALE`): that field's number, in
-  seconds; a message without one (the field missing, or not a number: a boolean is not one) has
-  none, and the caller decides what that means: a live source uses the arrival time, ``reflexd
-  replay`` skips the line.
+  seconds; text holding a number is read the same way, and other text as an ISO-8601 time
+  (``2026-01-15T12:00:00.123Z``; without an offset it is UTC). A message without one (the field
+  missing or null) has none, and the caller decides what that means: a live source uses the
+  arrival time, ``reflexd replay`` skips the line. A time field holding anything else (a boolean,
+  a list, an object, text that is neither, a number that is not finite) raises :class:`BadTime`:
+  counted as a decode error (``bad_time``), never replaced by the arrival time.
 - **Event-time bound** (``max_future_seconds``, default :data:`MAX_FUTURE_SECONDS`): live, an event
   whose time is more than that ahead of the wall clock when it arrived is counted (``future``)
   and dropped, so one message in the wrong unit cannot move a rule's watermark years ahead. A
   replay has no wall clock: :class:`ProgressBound` judges each event against the recording's own
   progress instead. Kafka and ccxt sources apply the live bound to their records' times too
   (:func:`future_limit`).
-- Field names are keys of the top-level object: ``a.b`` names a key with a dot in it, not a nested
-  field (what it has always meant; a configuration keeps its meaning).
+- Field names may be paths: ``data.s`` reads ``{"data": {"s": …}}`` (Binance's combined streams).
+  The top-level key wins: a message holding the key ``"data.s"`` itself (what the name always
+  meant) is read as before, and the path is walked only when that key is absent or null. The path
+  is split once, when the decoder is built; a name without a dot costs nothing more.
 
 Two shapes of decoder, the same rules:
 
@@ -41,19 +46,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from daemon.errors import DecodeError, SourceError
+from daemon.errors import DecodeError, ExpressionError, SourceError
 from streams.event import DATA, Event
+from streams.expressions import Compiled, compile_expression
 
 __all__ = [
     "KEY_TYPES",
     "MAX_FUTURE_SECONDS",
     "TIME_SCALE",
     "BadKey",
+    "BadTime",
     "Decode",
     "DecodeFields",
     "LiveDecode",
@@ -65,6 +73,7 @@ __all__ = [
     "key_problem",
     "make_decoder",
     "make_live_decoder",
+    "parse_time",
 ]
 
 #: Types an event key may have (what JSON scalars decode to). Check with ``type(key) in KEY_TYPES``.
@@ -78,10 +87,12 @@ TimeUnit = Literal["s", "ms", "us", "ns"]
 #: Units of a time field, as the number one second is in each.
 TIME_SCALE: dict[str, float] = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
 
-#: ``decode(raw) -> (key, event time in seconds or None, data)``; raises :class:`NotJson` or :class:`BadKey`.
+#: ``decode(raw) -> (key, event time in seconds or None, data)``; raises :class:`NotJson`,
+#: :class:`BadKey` or :class:`BadTime`.
 Decode = Callable[[bytes | str], tuple[Any, float | None, Any]]
 
-#: ``decode(raw, now, meta) -> Event``; raises :class:`NotJson`, :class:`BadKey` or :class:`TooFarAhead`.
+#: ``decode(raw, now, meta) -> Event``; raises :class:`NotJson`, :class:`BadKey`, :class:`BadTime` or
+#: :class:`TooFarAhead`.
 LiveDecode = Callable[[bytes | str, float, dict[str, Any]], Event]
 
 
@@ -105,6 +116,19 @@ class BadKey(DecodeError):
         self.time = time
 
 
+class BadTime(DecodeError):
+    """The time field holds something that is not a time (:func:`parse_time`): a decode error,
+    ``problem`` ``bad_time: ...`` names what it holds."""
+
+    def __init__(self, source: str, time_field: str | None, value: Any) -> None:
+        shown = repr(value)
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        self.problem = f"bad_time: {type(value).__name__} {shown} in time field {time_field!r}"
+        super().__init__(source, self.problem)
+        self.value = value
+
+
 class TooFarAhead(SourceError):
     """The message's event time is more than ``max_future_seconds`` after the arrival time: counted
     as ``future`` and dropped, not a decode error. ``time`` is the event time, ``now`` the arrival."""
@@ -116,21 +140,89 @@ class TooFarAhead(SourceError):
 
 
 class DecodeFields(BaseModel):
-    """Where the key and the event time of a JSON message are (a mixin of source configurations)."""
+    """Where the key and the event time of a JSON message are, and which messages are events at all
+    (a mixin of source configurations)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
-    key_field: str | None = Field(None, description="Field of a JSON message used as the event key.")
+    key_field: str | None = Field(
+        None,
+        description="Field of a JSON message used as the event key; a dotted name is a path (`data.s`) "
+        "when the message has no top-level key of that very name.",
+    )
     time_field: str | None = Field(
         None,
-        description="Field of a JSON message holding the event time (a replay source needs it for pacing).",
+        description="Field of a JSON message holding the event time (a replay source needs it for pacing): "
+        "a number in `time_unit`, or an ISO-8601 text (`2026-01-15T12:00:00.123Z`); a dotted name is a "
+        "path, as for `key_field`. A value that is neither is a decode error (`bad_time`).",
     )
     time_unit: TimeUnit = Field("ms", description="Unit of `time_field`.")
+    where: str | None = Field(
+        None,
+        description="Expression (the rules' language) a message must satisfy to become an event, e.g. "
+        "`data.e == 'trade'` to drop a subscription reply; a message for which it is false, or which it "
+        "cannot evaluate (a missing field), is dropped before any rule and counted as `filtered`, not "
+        "as an error.",
+    )
+
+    @field_validator("where")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                compile_expression(value)
+            except ExpressionError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    def compiled_where(self) -> Compiled | None:
+        """The ``where`` filter, compiled (None without one): call it with an event."""
+        return None if self.where is None else compile_expression(self.where)
 
     def replay_file(self) -> str | None:
         """The file of raw messages this source reads, if it reads one: ``reflexd replay FILE`` with
         that file decodes it as this source does. None here; the replay source names its ``path``."""
         return None
+
+
+def parse_time(value: Any, scale: float) -> float | None:
+    """``value`` of a time field as seconds (None if it is not a time): a number in the unit whose
+    second is ``scale``, text holding such a number, or an ISO-8601 text (UTC without an offset).
+    Non-finite times are not times."""
+    if type(value) is int or type(value) is float:
+        seconds = value / scale
+    elif type(value) is str:
+        try:
+            seconds = float(value) / scale
+        except ValueError:
+            try:
+                moment = datetime.fromisoformat(value)
+            except ValueError:
+                return None
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            seconds = moment.timestamp()
+    else:
+        return None
+    return seconds if math.isfinite(seconds) else None
+
+
+def _path(name: str | None) -> tuple[str, ...] | None:
+    """The nested path a dotted field name also means (None for a plain name)."""
+    if name is None or "." not in name:
+        return None
+    parts = tuple(name.split("."))
+    return parts if all(parts) else None  # "a..b", ".a": only ever the literal key
+
+
+def _walk(data: dict[str, Any], path: tuple[str, ...]) -> Any:
+    """The value at ``path`` in ``data`` (None if a step is missing or not an object)."""
+    value: Any = data
+    for part in path:
+        if type(value) is not dict:
+            return None
+        value = value.get(part)
+    return value
 
 
 def future_limit(max_future_seconds: float | None) -> float:
@@ -205,6 +297,10 @@ def make_live_decoder(
     loads = orjson.loads
     not_json = orjson.JSONDecodeError
     key_types = KEY_TYPES
+    key_path = _path(key_field)
+    time_path = _path(time_field)
+    walk = _walk
+    parse = parse_time
 
     def decode(raw: bytes | str, now: float, meta: dict[str, Any]) -> Event:
         try:
@@ -216,10 +312,19 @@ def make_live_decoder(
         if type(data) is dict:
             if time_field is not None:
                 t = data.get(time_field)
+                if t is None and time_path is not None:
+                    t = walk(data, time_path)
                 if type(t) is int or type(t) is float:
                     ts = t / scale
+                elif t is not None:
+                    parsed = parse(t, scale)
+                    if parsed is None:
+                        raise BadTime(source, time_field, t)
+                    ts = parsed
             if key_field is not None:
                 key = data.get(key_field)
+                if key is None and key_path is not None:
+                    key = walk(data, key_path)
                 if type(key) is not str and type(key) not in key_types:  # a list/object cannot be a key
                     raise BadKey(source, key_field, key_problem(key) or "", None if ts is now else ts)
             if ts - now > limit:  # e.g. µs read as ms: would poison the watermark
@@ -256,6 +361,10 @@ def make_decoder(
     loads = orjson.loads
     not_json = orjson.JSONDecodeError
     key_types = KEY_TYPES
+    key_path = _path(key_field)
+    time_path = _path(time_field)
+    walk = _walk
+    parse = parse_time
 
     def decode(raw: bytes | str) -> tuple[Any, float | None, Any]:
         try:
@@ -267,10 +376,18 @@ def make_decoder(
         if type(data) is dict:
             if time_field is not None:
                 t = data.get(time_field)
+                if t is None and time_path is not None:
+                    t = walk(data, time_path)
                 if type(t) is int or type(t) is float:
                     ts = t / scale
+                elif t is not None:
+                    ts = parse(t, scale)
+                    if ts is None:
+                        raise BadTime(source, time_field, t)
             if key_field is not None:
                 key = data.get(key_field)
+                if key is None and key_path is not None:
+                    key = walk(data, key_path)
                 if type(key) is not str and type(key) not in key_types:  # a list/object cannot be a key
                     raise BadKey(source, key_field, key_problem(key) or "", ts)
         return key, ts, data

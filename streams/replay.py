@@ -24,7 +24,7 @@ from daemon.errors import EndOfStream, NotConnected
 from daemon.logs import RateLimitedLog, get_logger
 from streams.base import Source, SourceConfig
 from streams.component import BuildContext, ComponentSpec
-from streams.decode import BadKey, DecodeFields, NotJson, ProgressBound, make_decoder
+from streams.decode import BadKey, BadTime, DecodeFields, NotJson, ProgressBound, make_decoder
 from streams.event import Event
 from streams.queue import WhenFull
 
@@ -77,6 +77,7 @@ class ReplaySource(Source):
         decode = make_decoder(name, cfg.key_field, cfg.time_field, cfg.time_unit)
         clock = time.time
         speed = cfg.speed
+        keep = cfg.compiled_where()
         bound = ProgressBound(cfg.max_future_seconds)  # one per session: a reconnect reads the file anew
         offset = 0.0  # added to event times on later laps
         wall0 = 0.0
@@ -94,9 +95,13 @@ class ReplaySource(Source):
                 except NotJson:
                     self._bad_line(lineno, line)
                     continue
-                except BadKey as exc:
+                except (BadKey, BadTime) as exc:
                     self._bad_line(lineno, line, exc.problem)
                     continue
+                if keep is not None:
+                    seen = clock()
+                    if not self.admit(keep, Event(name, seen if t is None else t, seen, key, data, {})):
+                        continue
                 now = clock()
                 ts = now
                 if t is not None:

@@ -38,7 +38,7 @@ from daemon.errors import IdleTimeout, NotConnected
 from daemon.logs import RateLimitedLog, get_logger
 from streams.base import Source, SourceConfig
 from streams.component import BuildContext, ComponentSpec
-from streams.decode import BadKey, DecodeFields, NotJson, TooFarAhead, make_live_decoder
+from streams.decode import BadKey, BadTime, DecodeFields, NotJson, TooFarAhead, make_live_decoder
 from streams.queue import WhenFull
 
 __all__ = ["SPEC", "WebSocketSource", "WebSocketSourceConfig"]
@@ -268,6 +268,7 @@ class WebSocketSource(Source):
             text=cfg.decode == "text",
             max_future=cfg.max_future_seconds,
         )
+        keep = cfg.compiled_where()  # None unless `where:` is set: then one call per message
         sleep0 = asyncio.sleep
         received = stats.received  # counted here, stored at once: the status reads stats.received
         while True:
@@ -279,11 +280,13 @@ class WebSocketSource(Source):
             except NotJson:
                 self._bad_frame(raw)
                 continue
-            except BadKey as exc:
+            except (BadKey, BadTime) as exc:
                 self._bad_frame(raw, exc.problem)
                 continue
             except TooFarAhead as exc:  # e.g. µs read as ms: would poison the watermark
                 self.drop_future(exc.time, now, raw)
+                continue
+            if keep is not None and not self.admit(keep, event):
                 continue
             put(event)
             stats.last_event_at = now

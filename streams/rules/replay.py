@@ -51,6 +51,7 @@ from streams.call import CallContext
 from streams.decode import (
     MAX_FUTURE_SECONDS,
     BadKey,
+    BadTime,
     NotJson,
     ProgressBound,
     TimeUnit,
@@ -58,6 +59,7 @@ from streams.decode import (
     make_decoder,
 )
 from streams.event import DATA, GAP, Event
+from streams.expressions import Compiled
 from streams.reconnect import Reconnector
 from streams.rules.pipeline import Rule, RuleConfig
 
@@ -153,7 +155,10 @@ class ReplayInput:
     time_unit: TimeUnit = "ms"
     #: ``max_future_seconds`` per source name (a source not listed gets the default; None: no bound)
     max_future: Mapping[str, float | None] = field(default_factory=dict)
+    #: the source's ``where:`` filter (raw files only: a recording holds what passed it)
+    where: Compiled | None = None
     events: int = 0
+    filtered: int = 0  # raw messages the source's `where:` refused
     bad_lines: int = 0
     first_error: str | None = None
     future: int = 0  # events dropped: time beyond max_future_seconds of the file's progress
@@ -185,6 +190,7 @@ def read_input(item: ReplayInput) -> Iterator[Event]:
         bounds[source] = item.bound(source)
     decode = make_decoder(source or "", item.key_field, item.time_field, item.time_unit)  # raw files
     no_time = f"no number in time field {item.time_field!r}"
+    keep = item.where if source is not None else None
     with item.path.open("rb") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -209,6 +215,18 @@ def read_input(item: ReplayInput) -> Iterator[Event]:
                 except BadKey as exc:  # a missing time is named first, as it was
                     item.bad(lineno, exc.reason if exc.time is not None else no_time)
                     continue
+                except BadTime as exc:
+                    item.bad(lineno, exc.reason)
+                    continue
+                if keep is not None:  # before the time check: a control frame has no time
+                    event = Event(source, seconds or 0.0, seconds or 0.0, key, value, {"line": lineno})
+                    try:
+                        passed = bool(keep(event))
+                    except Exception:  # a missing field refuses, as live
+                        passed = False
+                    if not passed:
+                        item.filtered += 1
+                        continue
                 if seconds is None:
                     item.bad(lineno, no_time)
                     continue

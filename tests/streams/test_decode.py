@@ -16,6 +16,7 @@ from daemon.errors import DecodeError
 from streams.decode import (
     TIME_SCALE,
     BadKey,
+    BadTime,
     DecodeFields,
     NotJson,
     ProgressBound,
@@ -56,12 +57,42 @@ def test_time_units(unit: str) -> None:
     assert decoded[1] == event.ts == 1_768_485_600.0
 
 
-@pytest.mark.parametrize("value", ["1768485600139", True, None, [1], {"t": 1}])
-def test_a_time_field_that_is_not_a_number_means_no_time(value: Any) -> None:
-    """Text, booleans, null, lists and objects are not times: none for a replay, the arrival time live."""
-    decoded, event = both(orjson.dumps({"T": value}), time_field="T")
+def test_a_null_time_field_means_no_time() -> None:
+    """Null is an absent time: none for a replay, the arrival time live."""
+    decoded, event = both(orjson.dumps({"T": None}), time_field="T")
     assert decoded[1] is None
     assert event.ts == NOW
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("1768485600139", 1_768_485_600.139),
+        ("2026-01-15T14:00:00.139Z", 1_768_485_600.139),
+        ("2026-01-15T15:00:00.139+01:00", 1_768_485_600.139),
+        ("2026-01-15T14:00:00.139", 1_768_485_600.139),  # no offset: UTC
+        ("2026-01-15 14:00:00", 1_768_485_600.0),
+    ],
+)
+def test_iso_8601_and_numeric_text_are_times(value: str, seconds: float) -> None:
+    """ISO-8601 text (UTC when it has no offset) and text holding a number in time_unit are event times."""
+    decoded, event = both(orjson.dumps({"T": value}), time_field="T")
+    assert decoded[1] == pytest.approx(seconds, abs=1e-6)
+    assert event.ts == decoded[1]
+
+
+@pytest.mark.parametrize("value", [True, [1], {"t": 1}, "soon", "", "nan", "inf", "2026-13-45T99:00:00Z"])
+def test_a_time_field_that_is_not_a_time_is_a_decode_error(value: Any) -> None:
+    """A boolean, a list, an object, text that is neither a number nor ISO-8601, a non-finite number: BadTime
+    (a decode error, reason bad_time), never the arrival time in its place."""
+    raw = orjson.dumps({"T": value, "s": "K"})
+    with pytest.raises(BadTime) as replayed:
+        make_decoder("s", "s", "T")(raw)
+    with pytest.raises(BadTime) as live:
+        make_live_decoder("s", "s", "T")(raw, NOW, {})
+    assert isinstance(live.value, DecodeError)
+    assert replayed.value.problem == live.value.problem
+    assert live.value.problem.startswith("bad_time: ") and "'T'" in live.value.problem
 
 
 def test_missing_fields_give_no_key_and_no_time() -> None:
@@ -131,11 +162,34 @@ def test_text_and_bytes_decode_alike() -> None:
     )
 
 
-def test_a_dotted_field_name_is_a_key_with_a_dot_not_a_path() -> None:
-    """``a.b`` names the top-level key "a.b" (what it always meant), not a nested field."""
-    decode = make_decoder("s", "a.b", "t.ms")
-    assert decode(b'{"a.b": "K", "t.ms": 1000}')[:2] == ("K", 1.0)
-    assert decode(b'{"a": {"b": "K"}, "t": {"ms": 1000}}')[:2] == (None, None)
+def test_a_dotted_field_name_is_the_key_with_a_dot_first_then_a_path() -> None:
+    """``a.b`` names the top-level key "a.b" when the message has it (what it always meant), and the
+    nested field ``{"a": {"b": …}}`` otherwise (Binance's combined streams: ``data.s``)."""
+    for decode in (make_decoder("s", "a.b", "t.ms"), lambda raw: make_live_decoder("s", "a.b", "t.ms")(raw, NOW, {})):
+        both_ways = b'{"a.b": "K", "t.ms": 1000, "a": {"b": "P"}, "t": {"ms": 2000}}'
+        nested = b'{"a": {"b": "P"}, "t": {"ms": 2000}}'
+        got = [decode(raw) for raw in (b'{"a.b": "K", "t.ms": 1000}', both_ways, nested)]
+        assert [(g.key, g.ts) if isinstance(g, Event) else g[:2] for g in got] == [("K", 1.0), ("K", 1.0), ("P", 2.0)]
+
+
+def test_a_binance_combined_stream_message_reads_through_data() -> None:
+    """``{"stream": …, "data": {…}}``: key ``data.s`` and time ``data.T`` reach into the payload; a path
+    through a non-object, or a missing step, is no key and no time; an empty segment is only a literal key."""
+    trade = {"stream": "btcusdt@trade", "data": {"e": "trade", "s": "BTCUSDT", "T": T_MS, "p": "1"}}
+    decoded, event = both(orjson.dumps(trade), key_field="data.s", time_field="data.T")
+    assert decoded == ("BTCUSDT", T_MS / 1e3, trade)
+    assert (event.key, event.ts) == ("BTCUSDT", T_MS / 1e3)
+    for odd in ({"data": "text"}, {"data": {"x": 1}}, {"data": [1]}, {"result": None, "id": 1}):
+        decoded, event = both(orjson.dumps(odd), key_field="data.s", time_field="data.T")
+        assert decoded[:2] == (None, None) and (event.key, event.ts) == (None, NOW)
+    assert make_decoder("s", "a..b")(b'{"a": {"": {"b": 1}}, "a..b": 2}')[0] == 2
+    assert make_decoder("s", "a..b")(b'{"a": {"": {"b": 1}}}')[0] is None
+
+
+def test_a_nested_key_holding_an_object_is_a_bad_key() -> None:
+    """The scalar-key rule holds for a nested key too."""
+    with pytest.raises(BadKey):
+        make_decoder("s", "data.s")(b'{"data": {"s": {"x": 1}}}')
 
 
 def test_live_times_beyond_max_future_raise_too_far_ahead() -> None:
@@ -207,12 +261,12 @@ def test_any_object_with_a_scalar_key_and_a_numeric_time_round_trips(
 @settings(max_examples=500, deadline=None)
 @given(raw=st.binary(max_size=64) | st.builds(orjson.dumps, json_values))
 def test_any_bytes_decode_or_raise_a_documented_error(raw: bytes) -> None:
-    """Whatever arrives, both decoders return or raise NotJson / BadKey (TooFarAhead live), never anything
+    """Whatever arrives, both decoders return or raise NotJson / BadKey / BadTime (TooFarAhead live), never anything
     else, and they agree (fuzz)."""
     for key_field in ("k", None):
         try:
             key, ts, data = make_decoder("s", key_field, "T")(raw)
-        except (NotJson, BadKey) as exc:
+        except (NotJson, BadKey, BadTime) as exc:
             with pytest.raises(type(exc)):
                 make_live_decoder("s", key_field, "T")(raw, NOW, {})
             continue
@@ -296,3 +350,44 @@ def test_read_input_skips_list_keys_and_future_times_with_counts(tmp_path: Path,
     assert (item.bad_lines, item.future, item.events) == (1, 1, len(events))
     assert item.first_error is not None and "list" in item.first_error
     assert item.first_future is not None and item.first_future.startswith(f"{path}:3: ")
+
+
+# -- the source-level `where:` filter --------------------------------------------------------------
+
+
+def test_a_source_where_that_does_not_compile_is_a_config_error_at_its_path() -> None:
+    """`where:` is compiled when the configuration loads: a bad expression is reported at sources.<name>.where."""
+    from daemon.config import load_config_text
+    from daemon.errors import ConfigError
+    from daemon.registry import builtin_registry
+
+    text = (
+        "sources:\n  feed:\n    type: websocket\n    url: ws://127.0.0.1:1/\n    where: \"data.e = 'trade'\"\n"
+        "tools:\n  t: {type: log}\nrules:\n  r: {from: feed, then: [{tool: t}]}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, builtin_registry())
+    assert "sources.feed.where" in str(info.value)
+    good = text.replace("data.e = 'trade'", "data.e == 'trade'")
+    cfg = load_config_text(good, builtin_registry()).sources["feed"].config
+    assert isinstance(cfg, DecodeFields) and cfg.compiled_where() is not None
+    assert WebSocketSourceConfig(type="websocket", url="ws://127.0.0.1:1/").compiled_where() is None
+
+
+def test_read_input_filters_raw_messages_with_the_source_where(tmp_path: Path) -> None:
+    """`reflexd replay SOURCE=FILE`: messages the source's where: refuses (false, or a field it reads is
+    missing, as a subscription reply) are counted as filtered, not as bad lines; the trades are read."""
+    lines = [
+        {"result": None, "id": 1},
+        {"e": "trade", "s": "A", "T": 1_000_000},
+        {"e": "24hrTicker", "s": "A", "T": 1_001_000},
+        {"e": "trade", "s": "A", "T": 1_002_000},
+    ]
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+    where = ReplaySourceConfig(type="replay", path="x", where="data.e == 'trade'").compiled_where()
+    item = ReplayInput(path, "s", key_field="s", time_field="T", where=where)
+    assert [e.ts for e in read_input(item)] == [1000.0, 1002.0]
+    assert (item.filtered, item.bad_lines, item.events) == (2, 0, 2)
+    unfiltered = ReplayInput(path, "s", key_field="s", time_field="T")
+    assert len(list(read_input(unfiltered))) == 3 and unfiltered.bad_lines == 1  # the reply: no time
