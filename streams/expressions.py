@@ -496,6 +496,8 @@ _FORBIDDEN: Final[Mapping[type[ast.AST], str]] = {
 }
 
 _CONSTANT_TYPES: Final = (str, int, float, bool, type(None))
+# Bare names read as constants: JSON's spelling, which is what people write in YAML.
+_JSON_CONSTANTS: Final[Mapping[str, Any]] = MappingProxyType({"true": True, "false": False, "null": None})
 _NUMBER_TYPES: Final = (int, float, bool)
 
 # Operators and contexts are not counted against MAX_NODES / MAX_DEPTH.
@@ -640,6 +642,8 @@ class _Compiler:
                 return e[at][name]  # type: ignore[index]  # a Row: the computed-field dict
 
             return _Part(computed_field)
+        if name in _JSON_CONSTANTS:  # JSON's (and YAML's) spelling of True, False, None
+            return _const_part(_JSON_CONSTANTS[name])
         if name in FUNCTIONS:
             self.fail(f"function {name!r} must be called, as in {name}(...)", node)
         allowed = ", ".join(READABLE_FIELDS)
@@ -737,7 +741,8 @@ class _Compiler:
         if funcs is None:
             symbol = _BINOP_SYMBOL.get(op, op.__name__)
             column = self.operator_column(node.left, node.right, symbol)
-            self.fail(f"operator {symbol!r} is not allowed", column=column)
+            hint = {"&": " (use 'and')", "|": " (use 'or')"}.get(symbol, "")
+            self.fail(f"operator {symbol!r} is not allowed{hint}", column=column)
         left, right = self.compile(node.left), self.compile(node.right)
         numbers = left.num and right.num
         l_fn, r_fn = left.fn, right.fn
@@ -1004,11 +1009,57 @@ def field_name_problem(name: Any) -> str | None:
         return "computed field names must not start with '_'"
     if keyword.iskeyword(name) or name in ("True", "False", "None"):
         return f"{name!r} is a Python keyword"
+    if name in _JSON_CONSTANTS:
+        return f"{name!r} means {_JSON_CONSTANTS[name]!r} in an expression"
     if name in _FIELD_INDEX:
         return f"{name!r} is an event field (data, meta, key, source, ts, received_at, kind)"
     if name in FUNCTIONS:
         return f"{name!r} is a function name"
     return None
+
+
+# Operators from other languages, found in text that does not parse (string literals blanked out):
+# a lone ``=`` (not part of == != <= >= :=), ``&&``, ``||`` and a ``!`` that is not ``!=``.
+_FOREIGN_OPERATOR: Final = re.compile(r"(?<![=!<>:])=(?!=)|&&|\|\||!(?!=)")
+_FOREIGN_HINT: Final[Mapping[str, str]] = {
+    "=": "use == to compare ('=' does not compare or assign here)",
+    "&&": "use 'and' instead of '&&'",
+    "||": "use 'or' instead of '||'",
+    "!": "use 'not' instead of '!'",
+}
+
+
+def _blank_strings(source: str) -> str:
+    """``source`` with the inside of every string literal replaced by spaces (same length)."""
+    out = list(source)
+    quote = ""
+    i = 0
+    while i < len(source):
+        ch = source[i]
+        if quote:
+            if ch == "\\":
+                out[i] = " "
+                if i + 1 < len(source):
+                    out[i + 1] = " "
+                i += 2
+                continue
+            if ch == quote:
+                quote = ""
+            else:
+                out[i] = " "
+        elif ch in "'\"":
+            quote = ch
+        i += 1
+    return "".join(out)
+
+
+def _syntax_hint(source: str) -> tuple[str, int] | None:
+    """For text that does not parse: an operator from another language in it, as (what to write
+    instead, its 0-based offset in ``source``), or None."""
+    match = _FOREIGN_OPERATOR.search(_blank_strings(source))
+    if match is None:
+        return None
+    return _FOREIGN_HINT[match.group(0)], match.start()
 
 
 def compile_expression(
@@ -1039,6 +1090,10 @@ def compile_expression(
             warnings.simplefilter("ignore")
             tree = ast.parse(source, mode="eval")
     except SyntaxError as exc:
+        hint = _syntax_hint(source)
+        if hint is not None:
+            reason, offset = hint
+            raise ExpressionError(text, f"syntax error: {reason}", skipped + offset + 1) from None
         reason = exc.msg or "invalid syntax"
         if exc.lineno is None or exc.offset is None or exc.offset < 1:
             column = len(text) + 1

@@ -799,3 +799,57 @@ def test_get_refuses_what_is_not_a_container() -> None:
     """get() reads mappings, lists and strings only."""
     with pytest.raises(TypeError, match="get\\(\\) needs a mapping"):
         evaluate("get(data.n, 'x')")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("data.flag == true", True),
+        ("data.zero == false", True),
+        ("data.none == null", True),
+        ("coalesce(data.none, null, false)", False),
+        ("[true, false, null]", [True, False, None]),
+        ("data.true", "field"),
+        ("data['null']", "item"),
+    ],
+)
+def test_json_spellings_of_true_false_null(text: str, expected: Any) -> None:
+    """`true`, `false`, `null` read as True, False, None; `data.true` still reads the key "true"."""
+    event = event_with({**DATA, "true": "field", "null": "item"})
+    assert compile_expression(text)(event) == expected
+
+
+def test_json_constant_names_cannot_be_computed_fields() -> None:
+    """A computed field named `true`, `false` or `null` could never be read: the name is refused."""
+    for name in ("true", "false", "null"):
+        reason = field_name_problem(name)
+        assert reason is not None and "in an expression" in reason
+
+
+@pytest.mark.parametrize(
+    ("text", "hint", "column"),
+    [
+        ("key = 'BTCUSDT'", "use == to compare", 5),
+        ("key == 'a=b' and data.s = 'x'", "use == to compare", 25),
+        ("key == 1 && data.n > 2", "use 'and' instead of '&&'", 10),
+        ("key == 1 || data.n > 2", "use 'or' instead of '||'", 10),
+        ("!(key == 'BTC')", "use 'not' instead of '!'", 1),
+        ("  !data.flag", "use 'not' instead of '!'", 3),
+        ("data.n & 1", "use 'and'", 8),
+        ("data.n | 1", "use 'or'", 8),
+    ],
+)
+def test_operators_from_other_languages_name_the_fix(text: str, hint: str, column: int) -> None:
+    """`=`, `&&`, `||`, `!` (and `&`, `|`) are refused with what to write instead, at their column."""
+    with pytest.raises(ExpressionError) as caught:
+        compile_expression(text)
+    assert hint in caught.value.reason
+    assert caught.value.column == column
+
+
+def test_operator_hints_ignore_string_literals() -> None:
+    """`!=`, `==`, `<=` and operators inside quotes get no hint; a plain syntax error stays one."""
+    assert compile_expression("key != '!' and key != 'a=b' and data.n <= 3")(EVENT) is True
+    with pytest.raises(ExpressionError) as caught:
+        compile_expression("key == '&&' and (")
+    assert "instead" not in caught.value.reason and "never closed" in caught.value.reason
