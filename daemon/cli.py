@@ -1,6 +1,6 @@
 """The ``reflexd`` command line: verbs → exit codes.
 
-Exit codes: 0 clean stop, 1 anything else, 2 configuration error, 3 startup failure, 141 the
+Exit codes: 0 clean stop, 1 anything else, 2 configuration or usage error, 3 startup failure, 141 the
 reader of the output went away (``| head``).
 """
 
@@ -9,23 +9,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 import os
 import signal
 import sys
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 import orjson
 
+from daemon.completion import SHELLS, completion_script
 from daemon.config import AppConfig, ComponentPlan, config_json_schema, load_config
 from daemon.dlq import add_dlq_parser, run_dlq
 from daemon.errors import ConfigError, StartupError
 from daemon.logs import configure_logging, get_logger
 from daemon.registry import Registry, builtin_registry
 from daemon.state import redact
+from streams.base import StartAt
 from streams.decode import DecodeFields
 from streams.rules.pipeline import plan_rule
 from streams.rules.replay import (
@@ -53,7 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reflexd", description="Reflexes for an AI agent: streams → rules → tools."
     )
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    parser.add_argument("--version", action="version", version=f"reflexd {_version()}")
+    # not required: with no verb, _main prints the help (usage and the verbs) and exits 2
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
 
     def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
         p = verbs.add_parser(name, help=help_text, description=help_text)
@@ -63,7 +69,16 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     with_config("run", "run the daemon")
-    with_config("check", "validate the configuration and print the plan; exit 2 on an error")
+    check = with_config(
+        "check",
+        "validate the configuration and what starting it needs (files, programs, imports, tool "
+        "arguments) and print the plan; exit 2 on an error; nothing is sent",
+    )
+    check.add_argument(
+        "--offline",
+        action="store_true",
+        help="skip the checks that need the network (none of the built-in ones does yet)",
+    )
     with_config("tools", "list the configured tools with their argument schemas")
     replay = with_config(
         "replay",
@@ -94,9 +109,32 @@ def _parser() -> argparse.ArgumentParser:
     record.add_argument(
         "--duration", type=float, metavar="S", help="stop after S seconds (default: until Ctrl-C or the end)"
     )
+    record.add_argument(
+        "--from",
+        dest="start",
+        metavar="WHERE",
+        help="where a source that keeps a position (kafka) starts: latest (default: what arrives from now "
+        "on), earliest, or a time (ISO-8601 with a zone, e.g. 2025-01-31T12:00:00Z, or epoch milliseconds). "
+        "Kafka is read without the consumer group and nothing is committed: a running daemon loses nothing",
+    )
     add_dlq_parser(with_config("dlq", "inspect and retry dead-lettered tool invocations"))
     verbs.add_parser("schema", help="print the JSON Schema of the configuration (for editors)")
+    completion = verbs.add_parser(
+        "completion",
+        help="print a shell completion script (bash: `source <(reflexd completion bash)`)",
+        description="print a completion script for the verbs, actions and flags; load it with "
+        "`source <(reflexd completion bash)` (or zsh) in the shell's rc file",
+    )
+    completion.add_argument("shell", choices=SHELLS, help="the shell")
     return parser
+
+
+def _version() -> str:
+    """The installed package's version (``unknown`` when run from a tree that is not installed)."""
+    try:
+        return importlib.metadata.version("reflexd")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def main(argv: Sequence[str] | None = None, registry: Registry | None = None) -> int:
@@ -115,7 +153,14 @@ def main(argv: Sequence[str] | None = None, registry: Registry | None = None) ->
 
 
 def _main(argv: Sequence[str] | None, registry: Registry | None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.verb is None:  # like git: the verbs, and a usage error's exit code (argparse's 2)
+        parser.print_help(sys.stderr)
+        return EXIT_CONFIG
+    if args.verb == "completion":
+        sys.stdout.write(completion_script(parser, args.shell))
+        return EXIT_OK
     registry = registry or builtin_registry()
     if args.verb == "schema":
         sys.stdout.write(
@@ -123,7 +168,8 @@ def _main(argv: Sequence[str] | None, registry: Registry | None) -> int:
         )
         return EXIT_OK
     try:
-        config = load_config(args.config, registry)
+        check = args.verb == "check"
+        config = load_config(args.config, registry, preflight=check, offline=check and args.offline)
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
@@ -140,7 +186,7 @@ def _main(argv: Sequence[str] | None, registry: Registry | None) -> int:
     if args.verb == "replay":
         return _replay(config, args.files, args.speed, args.rule, args.format)
     if args.verb == "record":
-        return _record(config, args.source, args.out, args.duration)
+        return _record(config, args.source, args.out, args.duration, args.start)
     try:
         return asyncio.run(serve(config))
     except KeyboardInterrupt:  # pragma: no cover - signal handlers normally catch it
@@ -343,11 +389,38 @@ def _replay(config: AppConfig, specs: Sequence[str], speed: float, only: list[st
             f"suppressed {st.suppressed}",
             file=err,
         )
+    render_errors = sum(rule.stats.render_errors for rule in result.rules.values())
+    if render_errors:  # calls skipped: an argument template raised; the earliest sample named
+        samples = [rule.first_render_error for rule in result.rules.values() if rule.first_render_error]
+        first = f" (first: {min(samples, key=lambda s: s[0])[1]})" if samples else ""
+        print(f"  {render_errors} render error(s), call(s) skipped{first}", file=err)
     return EXIT_OK
 
 
-def _record(config: AppConfig, name: str, out_path: str, duration: float | None) -> int:
-    """``reflexd record``: one source, its events written as a recording."""
+def parse_start(text: str | None) -> StartAt | None:
+    """``--from``: ``earliest``, ``latest``, epoch milliseconds, or an ISO-8601 time with a zone."""
+    if text is None:
+        return None
+    word = text.strip().lower()
+    if word in ("earliest", "latest"):
+        return "earliest" if word == "earliest" else "latest"
+    if word.isdigit():
+        return int(word)
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"--from {text!r}: expected latest, earliest, epoch milliseconds or an ISO-8601 time "
+            "(2025-01-31T12:00:00Z)"
+        ) from None
+    if moment.tzinfo is None:
+        raise ValueError(f"--from {text!r}: say which zone the time is in (append Z for UTC, or +02:00)")
+    return int(moment.timestamp() * 1000)
+
+
+def _record(config: AppConfig, name: str, out_path: str, duration: float | None, start: str | None) -> int:
+    """``reflexd record``: one source, its events written as a recording; the source reads as an
+    observer (``Source.observe_only``): a Kafka source joins no group and commits nothing."""
     plan = config.sources.get(name)
     if plan is None:
         print(f"reflexd: no source named {name!r} (sources: {', '.join(config.sources)})", file=sys.stderr)
@@ -356,6 +429,11 @@ def _record(config: AppConfig, name: str, out_path: str, duration: float | None)
         print("reflexd: --duration must be positive", file=sys.stderr)
         return EXIT_ERROR
     source = plan.spec.factory(name, plan.config, config.build_context())
+    try:
+        source.observe_only(parse_start(start))
+    except ValueError as exc:
+        print(f"reflexd: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     started = time.monotonic()
     try:
         with open(out_path, "wb") as out:

@@ -1,7 +1,8 @@
 """``python`` tool: call a Python function, ``package.module:function``, with the arguments and the event.
 
 The function is imported when the tool starts (a missing module or attribute, or something
-that is not callable, is a :class:`~daemon.errors.StartupError`). It is called as::
+that is not callable, is a :class:`~daemon.errors.StartupError`); the configuration file's folder
+is on the import path, after the installed packages. It is called as::
 
     fn(args: dict[str, Any], event: Event | None) -> Any
     fn(args, event, ctx=ctx)   # if it has a parameter named ``ctx`` (a CallContext: call_id, attempt, ...)
@@ -31,9 +32,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import json
+import os
 import reprlib
+import subprocess
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, ClassVar
 
 import orjson
@@ -45,11 +51,21 @@ from streams.component import (
     BuildContext,
     ComponentSpec,
     ImportStringError,
+    PreflightContext,
+    Problem,
     import_from_string,
     is_import_string,
 )
 
-__all__ = ["SPEC", "PythonTool", "PythonToolConfig", "bounded_result", "load_function"]
+__all__ = [
+    "IMPORT_CHECK_SECONDS",
+    "SPEC",
+    "PythonTool",
+    "PythonToolConfig",
+    "bounded_result",
+    "import_problem",
+    "load_function",
+]
 
 class PythonToolConfig(ToolConfig):
     """Calls a Python function."""
@@ -70,9 +86,17 @@ class PythonToolConfig(ToolConfig):
         return ref
 
 
-def load_function(ref: str) -> Callable[..., Any]:
+def load_function(ref: str, import_dir: Path | None = None) -> Callable[..., Any]:
     """Import ``package.module:attr.path`` and return the callable; ``LookupError`` says what is wrong
-    (:class:`~streams.component.ImportStringError` when it cannot be imported)."""
+    (:class:`~streams.component.ImportStringError` when it cannot be imported).
+
+    ``import_dir`` (the configuration file's folder) is added at the end of ``sys.path`` first, so a
+    module next to the configuration imports without PYTHONPATH; an installed module of the same
+    name comes first."""
+    if import_dir is not None:
+        folder = str(import_dir.resolve())
+        if folder not in sys.path:
+            sys.path.append(folder)
     obj = import_from_string(ref)
     if not callable(obj):
         raise LookupError(f"{ref} is a {type(obj).__name__}, not a function")
@@ -131,8 +155,9 @@ class PythonTool(Tool):
     args_schema: ClassVar[dict[str, Any]] = {"type": "object", "additionalProperties": True}
     config: PythonToolConfig
 
-    def __init__(self, name: str, config: PythonToolConfig) -> None:
+    def __init__(self, name: str, config: PythonToolConfig, import_dir: Path | None = None) -> None:
         super().__init__(name, config)
+        self.import_dir = import_dir  # the configuration file's folder: its modules import
         self.function: Callable[..., Any] | None = None  # imported at start
         self._async = False
         self._ctx = False
@@ -140,7 +165,7 @@ class PythonTool(Tool):
 
     async def start(self) -> None:
         try:
-            fn = load_function(self.config.function)
+            fn = load_function(self.config.function, self.import_dir)
         except LookupError as exc:
             raise StartupError(f"tool {self.name}", _load_failure(self.config.function, exc)) from exc
         self.function = fn
@@ -187,7 +212,65 @@ def _summary(c: PythonToolConfig) -> list[tuple[str, Any]]:
 
 
 def _factory(name: str, config: PythonToolConfig, ctx: BuildContext) -> Tool:
-    return PythonTool(name, config)
+    return PythonTool(name, config, ctx.base_dir)
+
+
+IMPORT_CHECK_SECONDS = 15.0
+"""How long ``reflexd check`` lets one function's import take (in its own process)."""
+
+# Runs in a child interpreter: the parent's sys.path, then load_function as start() calls it. What the
+# user's module prints goes to stderr; the one JSON line on the original stdout is the verdict.
+_IMPORT_CHECK = """
+import json, os, sys
+from pathlib import Path
+verdict = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)
+sys.path[:] = json.loads(sys.argv[2])
+from handlers.python import _load_failure, load_function
+try:
+    load_function(sys.argv[1], Path(sys.argv[3]) if sys.argv[3] else None)
+    why = None
+except LookupError as exc:
+    why = _load_failure(sys.argv[1], exc)
+verdict.write(json.dumps(why) + "\\n")
+verdict.flush()
+os._exit(0)
+"""
+
+
+def import_problem(
+    ref: str, import_dir: Path | None = None, timeout: float = IMPORT_CHECK_SECONDS
+) -> str | None:
+    """Why ``ref`` would not load at start (:meth:`PythonTool.start`), found by importing it in a
+    child process (its code never runs in this one), within ``timeout`` seconds; None if it loads."""
+    folder = str(import_dir) if import_dir is not None else ""
+    argv = [sys.executable, "-I", "-c", _IMPORT_CHECK, ref, json.dumps(sys.path), folder]
+    try:
+        done = subprocess.run(
+            argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, env=dict(os.environ)
+        )
+    except subprocess.TimeoutExpired:
+        return f"importing {ref} took more than {timeout:g} s (stopped)"
+    except OSError as exc:
+        return f"cannot run {sys.executable} to import {ref}: {exc.strerror}"
+    lines = done.stdout.decode("utf-8", "replace").splitlines()
+    if done.returncode == 0 and lines:
+        try:
+            why = json.loads(lines[-1])
+        except ValueError:
+            pass
+        else:
+            return why if isinstance(why, str) or why is None else str(why)
+    tail = done.stderr.decode("utf-8", "replace").strip().splitlines()
+    last = f": {tail[-1][:200]}" if tail else ""
+    return f"importing {ref} ended the process (exit code {done.returncode}){last}"
+
+
+def _preflight(config: PythonToolConfig, ctx: PreflightContext) -> list[Problem]:
+    """Import the function as ``start()`` will, in a child process; offline-safe (the module's
+    import-time code runs there; reflexd itself sends nothing)."""
+    problem = import_problem(config.function, ctx.build.base_dir)
+    return [Problem(("function",), problem)] if problem else []
 
 
 SPEC = ComponentSpec(
@@ -199,4 +282,5 @@ SPEC = ComponentSpec(
     "Call a Python function (package.module:function) with the arguments and the event; coroutine "
     "functions are awaited, plain ones run in a thread pool.",
     {"type": "python", "function": "myproject.alerts:on_trade", "timeout_seconds": 5},
+    preflight=_preflight,
 )

@@ -190,6 +190,10 @@ class Rule:
             raise RuleError(f"rule {name}: {problems}")
         self._where = compile_expression(config.where, now=now) if config.where else None
         self._calls = [(call.tool, compile_template(call.args, plan.names, now=now)) for call in config.then]
+        self._names, self._now = plan.names, now
+        self._arg_leaves: dict[int, list[tuple[str, Callable[[Event], Any]]]] = {}  # built at a first error
+        #: the first argument template that raised: (event time, "rule R, argument A: KeyError 'p'")
+        self.first_render_error: tuple[float, str] | None = None
         self._error_log = RateLimitedLog(log, "rule expression raised; event dropped", interval=10.0)
         self._render_log = RateLimitedLog(log, "argument template raised; call skipped", interval=10.0)
         # bugs below the steps' own guards, and a runner that raises: still per event, so still rate-limited
@@ -320,8 +324,7 @@ class Rule:
             try:
                 args = render(event)
             except Exception as exc:
-                stats.render_errors += 1
-                self._render_log.hit(rule=self.name, tool=tool, error=f"{type(exc).__name__}: {exc}")
+                self._render_failed(index, tool, event, exc)
                 continue
             if ref is None:
                 ref = _event_ref(event)
@@ -337,6 +340,39 @@ class Rule:
                 stats.submitted += 1
             else:
                 stats.rejected += 1
+
+    def _render_failed(self, index: int, tool: str, event: Event, exc: Exception) -> None:
+        """Count a call whose arguments did not render; name the argument (in the log, and the first
+        sample in :attr:`first_render_error`)."""
+        self.stats.render_errors += 1
+        argument = self._failing_argument(index, event)
+        error = f"{type(exc).__name__}: {exc}"
+        self._render_log.hit(rule=self.name, tool=tool, argument=argument, error=error)
+        if self.first_render_error is None:
+            sample = f"rule {self.name}, argument {argument}: {type(exc).__name__} {exc}"
+            self.first_render_error = (event.ts, sample)
+
+    def _failing_argument(self, index: int, event: Event) -> str:
+        """Which argument of call ``index`` raises on ``event`` (``text``, ``order.qty``): each template
+        rendered alone, on the error path only."""
+        leaves = self._arg_leaves.get(index)
+        if leaves is None:
+            leaves = self._arg_leaves[index] = []
+            pending: list[tuple[str, Any]] = [("", self.config.then[index].args)]
+            while pending:
+                path, value = pending.pop(0)
+                if isinstance(value, dict):
+                    pending.extend((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+                elif isinstance(value, list):
+                    pending.extend((f"{path}.{i}", v) for i, v in enumerate(value))
+                else:
+                    leaves.append((path, compile_template(value, self._names, now=self._now)))
+        for path, render in leaves:
+            try:
+                render(event)
+            except Exception:
+                return path or "(all)"
+        return "(all)"
 
     def _on_error(self, exc: Exception) -> None:  # pragma: no cover - every step catches its own errors
         log.error("rule pipeline failed", exc_info=exc, extra={"fields": {"rule": self.name}})
