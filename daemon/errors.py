@@ -132,15 +132,24 @@ class ToolError(ReflexdError):
 
     ``retryable``: trying again may help (a 5xx, a timeout, a dropped connection).
     ``retry_after``: the peer asked to wait this many seconds first (e.g. HTTP ``Retry-After``).
+    ``permanent``: a configuration problem (a refused address, a target that is gone): every call
+    fails the same way until the configuration changes; the reason says it all (no traceback logged).
     """
 
     def __init__(
-        self, tool: str, reason: str, *, retryable: bool = False, retry_after: float | None = None
+        self,
+        tool: str,
+        reason: str,
+        *,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        permanent: bool = False,
     ) -> None:
         self.tool = tool
         self.reason = reason
         self.retryable = retryable
         self.retry_after = retry_after
+        self.permanent = permanent
         super().__init__(f"tool {tool}: {reason}")
 
 

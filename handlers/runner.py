@@ -207,6 +207,7 @@ class _Lane:
     __slots__ = (
         "batch",
         "breaker",
+        "config_log",
         "fail_log",
         "full",
         "is_async",
@@ -226,6 +227,10 @@ class _Lane:
         self.full = False
         self.workers: list[asyncio.Task[None]] = []
         self.fail_log = RateLimitedLog(log, "tool call failed", level=logging.WARNING, interval=10.0)
+        #: a failure the configuration causes (ToolError.permanent): one line, apart from the others
+        self.config_log = RateLimitedLog(
+            log, "tool call failed: configuration problem", level=logging.ERROR, interval=60.0
+        )
         self.breaker = CircuitBreaker(tool.config.circuit, tool.name)
 
 
@@ -563,6 +568,9 @@ class ToolRunner:
         return results
 
     def _log_failure(self, lane: _Lane, inv: Invocation, exc: BaseException) -> None:
+        if isinstance(exc, ToolError) and exc.permanent:  # its reason is the whole story: no traceback
+            lane.config_log.hit(tool=lane.tool.name, rule=inv.ctx.rule, error=exc.reason)
+            return
         before = lane.fail_log.suppressed
         lane.fail_log.hit(tool=lane.tool.name, rule=inv.ctx.rule, error=f"{type(exc).__name__}: {exc}")
         if lane.fail_log.suppressed == before:  # this one was logged: add its traceback

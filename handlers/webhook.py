@@ -297,7 +297,7 @@ class WebhookTool(Tool):
 
     async def call(self, args: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
         if self._disabled is not None:
-            raise ToolError(self.name, self._disabled)
+            raise ToolError(self.name, self._disabled, permanent=True)
         session = self._session
         if session is None:
             raise ToolError(self.name, "the tool is not started")
@@ -381,9 +381,9 @@ class WebhookTool(Tool):
         try:
             self._policy.check_url(url)
         except AddressRefused as exc:
-            raise ToolError(self.name, f"{exc} (allow_private_networks is off)") from exc
+            raise ToolError(self.name, f"{exc} (allow_private_networks is off)", permanent=True) from exc
         except InvalidTarget as exc:
-            raise ToolError(self.name, f"invalid target {_origin(url)}: {exc}") from exc
+            raise ToolError(self.name, f"invalid target {_origin(url)}: {exc}", permanent=True) from exc
 
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> tuple[int, bool]:
         """Read at most ``max_response_bytes`` of the body, in chunks; drop the connection if more is left."""
@@ -411,7 +411,9 @@ class WebhookTool(Tool):
         target = _origin(url)
         if status == 410:
             self._disable(target)
-            raise ToolError(self.name, f"HTTP 410 Gone from {target}: the tool is disabled until reload")
+            raise ToolError(
+                self.name, f"HTTP 410 Gone from {target}: the tool is disabled until reload", permanent=True
+            )
         if status in RETRYABLE_STATUSES or 500 <= status <= 599:
             retry_after = parse_retry_after(resp.headers.get("Retry-After"), self._clock())
             wait = f", Retry-After {retry_after:g}s" if retry_after is not None else ""
@@ -451,13 +453,13 @@ class WebhookTool(Tool):
         target = _origin(url)
         cause = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
         if isinstance(cause, AddressRefused):
-            return ToolError(self.name, f"{cause} (allow_private_networks is off)")
+            return ToolError(self.name, f"{cause} (allow_private_networks is off)", permanent=True)
         if isinstance(exc, (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError)):
             return ToolError(self.name, f"TLS error with {target}: {type(exc).__name__}")
         if isinstance(exc, aiohttp.ServerFingerprintMismatch):
             return ToolError(self.name, f"TLS fingerprint mismatch with {target}")
         if isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError):
-            return ToolError(self.name, f"invalid target {target}: {type(exc).__name__}")
+            return ToolError(self.name, f"invalid target {target}: {type(exc).__name__}", permanent=True)
         if isinstance(exc, TimeoutError):
             return ToolError(self.name, f"timed out talking to {target}", retryable=True)
         if isinstance(exc, aiohttp.ClientError | OSError):

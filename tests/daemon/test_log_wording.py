@@ -9,10 +9,16 @@ import re
 from typing import Any
 
 import orjson
+import pytest
+from aiohttp import web
 
 from daemon.config import load_config_text
 from daemon.registry import builtin_registry
 from daemon.supervisor import Daemon
+from handlers.base import CallContext
+from handlers.runner import ToolRunner
+from handlers.webhook import WebhookTool, WebhookToolConfig
+from streams.event import Event
 from streams.reconnect import Reconnector
 from streams.websocket import WebSocketSource, WebSocketSourceConfig
 from tests.conftest import StartServer
@@ -26,7 +32,9 @@ def _lines(out: io.StringIO) -> list[dict[str, Any]]:
 
 async def _run_source(server_url: str, healthy_after: float, until: Any) -> None:
     reconnect = {"initial_seconds": 0.01, "max_seconds": 0.05, "healthy_after_seconds": healthy_after}
-    cfg = WebSocketSourceConfig.model_validate({"type": "websocket", "url": server_url, "reconnect": reconnect})
+    cfg = WebSocketSourceConfig.model_validate(
+        {"type": "websocket", "url": server_url, "reconnect": reconnect}
+    )
     task = asyncio.create_task(Reconnector(WebSocketSource("feed", cfg), cfg.reconnect).run())
     try:
         await wait_for(until, what="the second session")
@@ -102,3 +110,66 @@ rules:
     assert progress[0]["msg"] == "stopping: 3 calls still running (tools: slow 3)", progress
     assert progress[0]["tools"] == {"slow": 3} and 0 < progress[0]["budget_left_seconds"] < 10
     assert msgs.index("stopping") < msgs.index(progress[0]["msg"]) < msgs.index("stopped")
+
+
+async def _gone_server() -> tuple[web.AppRunner, str, list[int]]:
+    hits: list[int] = []
+
+    async def gone(_request: web.Request) -> web.Response:
+        hits.append(410)
+        return web.Response(status=410)
+
+    app = web.Application()
+    app.router.add_post("/hook", gone)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}/hook", hits
+
+
+@pytest.mark.parametrize("case", ["ssrf", "gone"])
+async def test_a_permanent_configuration_error_is_one_line_without_a_traceback(
+    case: str, debug_log: io.StringIO
+) -> None:
+    """A webhook to 127.0.0.1 without allow_private_networks (refused by the SSRF guard), and a target
+    answering 410 Gone, each log exactly one line for the failed calls (error level, the reason, no
+    traceback) — plus, for the 410, the tool's own line saying it disabled itself — not a warning plus a
+    "tool call traceback"; the calls still fail and are counted."""
+    server, url, hits = await _gone_server()
+    allow = case == "gone"
+    config = WebhookToolConfig.model_validate(
+        {
+            "type": "webhook",
+            "url": url,
+            "allow_private_networks": allow,
+            "concurrency": 1,
+            "retry": {"max_attempts": 1},
+        }
+    )
+    runner = ToolRunner({"hook": WebhookTool("hook", config)})
+    await runner.start()
+    try:
+        for i in range(3):
+            event = Event("src", float(i), float(i), "k", {"i": i}, {})
+            assert runner.submit("hook", {"i": i}, CallContext("hook", "rule", event, f"rule:ev{i}:0"))
+        await wait_for(lambda: runner.stats("hook").failures == 3, what="three failed calls")
+    finally:
+        await runner.stop(5)
+        await server.cleanup()
+
+    lines = [line for line in _lines(debug_log) if line["level"] in ("warning", "error")]
+    assert "Traceback" not in debug_log.getvalue() and all("exc_info" not in line for line in lines)
+    calls = [line for line in lines if line["logger"] == "reflexd.runner"]
+    assert len(calls) == 1, lines
+    assert calls[0]["msg"] == "tool call failed: configuration problem" and calls[0]["level"] == "error"
+    if case == "ssrf":
+        assert lines == calls
+        assert "allow_private_networks is off" in calls[0]["error"] and hits == []
+    else:  # besides the calls' line, the tool's own line when it disables itself (once)
+        assert [line["msg"] for line in lines if line not in calls] == [
+            "webhook target is gone (410); tool disabled until reload"
+        ]
+        assert "410 Gone" in calls[0]["error"] and "disabled until reload" in calls[0]["error"]
+        assert hits == [410]  # the tool disabled itself: the next calls were not sent
