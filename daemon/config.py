@@ -11,10 +11,11 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_core import ErrorDetails
@@ -22,6 +23,7 @@ from pydantic_core import ErrorDetails
 from daemon.errors import ConfigError, ConfigIssue, ExpressionError
 from daemon.registry import BuildContext, ComponentSpec, Kind, Registry
 from daemon.yamlio import EnvText, LoadedYaml, format_path, load_yaml_file, load_yaml_text, resolve_scalar
+from streams.event import READABLE_FIELDS
 from streams.expressions import compile_expression, compile_template
 from streams.rules.pipeline import RuleConfig, plan_rule, rule_config_model
 
@@ -263,13 +265,21 @@ class _Checker:
             return _FROM_ENV
         return _kind(value)
 
-    def pydantic(self, prefix: Path_, errors: list[ErrorDetails]) -> None:
+    def pydantic(self, prefix: Path_, errors: list[ErrorDetails], model: Any = None) -> None:
         for err in errors:
             path = prefix + tuple(err["loc"])
-            self.add(path, self.reason(path, err))
+            self.add(path, self.reason(path, err, model))
 
-    def reason(self, path: Path_, err: ErrorDetails) -> str:
+    def reason(self, path: Path_, err: ErrorDetails, model: Any = None) -> str:
+        """Why ``err`` (at ``path``); ``model``, the type validated, names the keys an unknown key
+        could have meant."""
         value = err.get("input")
+        if err["type"] == "extra_forbidden" and model is not None:
+            return "unknown key" + _key_hint(str(err["loc"][-1]), _keys_at(model, tuple(err["loc"])[:-1]))
+        if isinstance(value, dict) and err["type"].endswith("_type") and not self.secret(path):
+            quoted = _unquoted_template(value)
+            if quoted is not None:
+                return _unquoted_reason(path, quoted)
         if isinstance(value, EnvText) and err["type"].endswith(("_parsing", "_parsing_size", "_type")):
             try:
                 resolve_scalar(value)
@@ -307,7 +317,7 @@ class _Checker:
 
     def model(self, model: type[BaseModel], raw: Any, prefix: Path_) -> Any:
         result, errors = self.validate(model, raw)
-        self.pydantic(prefix, errors)
+        self.pydantic(prefix, errors, model)
         return result
 
 
@@ -381,13 +391,59 @@ def _kind(value: Any) -> str:
 
 
 def _unknown_key_hint(checker: _Checker, path: Path_, key: str, allowed: Sequence[str]) -> None:
+    checker.add((*path, key), f"unknown key{_key_hint(key, allowed)}")
+
+
+def _key_hint(key: str, allowed: Sequence[str] | None) -> str:
+    """`` (did you mean 'x'?)``, or the keys allowed when none is close; empty when they are unknown."""
+    if not allowed:
+        return ""
     close = difflib.get_close_matches(key, allowed, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else f" (expected one of: {', '.join(allowed)})"
-    checker.add((*path, key), f"unknown key{hint}")
+    return f" (did you mean {close[0]!r}?)" if close else f" (expected one of: {', '.join(allowed)})"
 
 
-def validate(loaded: LoadedYaml, registry: Registry, base_dir: Path) -> AppConfig:
-    """Validate a loaded YAML document against the registry's component models."""
+def _arms(annotation: Any) -> list[Any]:
+    """The types a value of ``annotation`` may have (``Annotated`` and unions unwrapped)."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _arms(get_args(annotation)[0])
+    if origin is Union or origin is types.UnionType:
+        return [arm for arg in get_args(annotation) for arm in _arms(arg)]
+    return [annotation]
+
+
+def _keys_at(annotation: Any, loc: Path_, depth: int = 0) -> list[str] | None:
+    """The keys of the model found at ``loc`` (a pydantic error location) below ``annotation``,
+    or None when that is not a model (or not known)."""
+    if depth > 64:
+        return None
+    arms = _arms(annotation)
+    for arm in arms:
+        if isinstance(arm, type) and issubclass(arm, BaseModel):
+            fields = {(f.alias or n): f.annotation for n, f in arm.model_fields.items()}
+            if not loc:
+                return list(fields)
+            head = loc[0]
+            if isinstance(head, str) and head in fields:
+                found = _keys_at(fields[head], loc[1:], depth + 1)
+                if found is not None:
+                    return found
+        elif loc and get_origin(arm) in (list, tuple, dict):
+            args = get_args(arm)
+            if args:  # an index or a key, then the item's type
+                found = _keys_at(args[-1], loc[1:], depth + 1)
+                if found is not None:
+                    return found
+    if len(arms) > 1 and loc and isinstance(loc[0], str):  # a tagged union puts the tag in the location
+        return _keys_at(annotation, loc[1:], depth + 1)
+    return None
+
+
+def validate(
+    loaded: LoadedYaml, registry: Registry, base_dir: Path, *, preflight: bool = False, offline: bool = False
+) -> AppConfig:
+    """Validate a loaded YAML document against the registry's component models (and, with
+    ``preflight``, what starting it needs: :mod:`daemon.preflight`)."""
     c = _Checker(loaded)
     root = loaded.data
     if root is None:
@@ -468,18 +524,20 @@ def _rules(
     for name, body in _section(c, "rules", raw).items():
         prefix: Path_ = ("rules", name)
         reported = _precheck_steps(c, prefix, body.get("steps"), step_kinds)
-        rule, errors = c.validate(rule_model, _as_templates(c, prefix, body, _is_call_argument))
-        if rule is None:
-            for err in errors:
-                loc = _step_loc(tuple(err["loc"]))
-                if len(loc) >= 2 and loc[0] == "steps" and loc[1] in reported:
-                    continue  # already explained by the pre-check
-                c.add(prefix + loc, c.reason(prefix + loc, err))
-            continue
-        if reported:
-            continue
-        ok = True
-        for i, src in enumerate(rule.from_):
+        body = _as_templates(c, prefix, body, _is_call_argument)
+        rule, errors = c.validate(rule_model, body)
+        # With schema errors the rule is not built, but the parts that are valid are still checked
+        # (names, expressions, templates): all the errors in one round.
+        bad: set[str | int | tuple[str, int]] = set()
+        for err in errors:
+            loc = _step_loc(tuple(err["loc"]))
+            bad.add(loc[0] if len(loc) < 2 or not isinstance(loc[1], int) else (str(loc[0]), loc[1]))
+            if len(loc) >= 2 and loc[0] == "steps" and loc[1] in reported:
+                continue  # already explained by the pre-check
+            c.add(prefix + loc, c.reason(prefix + loc, err, rule_model))
+        ok = rule is not None and not reported
+        from_ = rule.from_ if rule is not None else _raw_names(body.get("from"), "from" in bad)
+        for i, src in enumerate(from_):
             if src not in sources:
                 if isinstance(raw_sources, dict) and src in raw_sources:
                     continue  # the source itself is invalid and already reported
@@ -489,24 +547,66 @@ def _rules(
                 shown = _FROM_ENV if c.secret(path) else repr(src)
                 c.add(path, f"no source named {shown} (sources: {known})")
                 ok = False
-        if rule.where is not None:
-            ok &= _expression(c, (*prefix, "where"), rule.where)
-        plan = plan_rule(rule)
-        for issue in plan.issues:
-            at = prefix + issue.path
-            hidden = c.from_env(at)  # an expression error quotes pieces of the text
-            c.add(at, f"invalid expression ({_FROM_ENV}, not shown)" if hidden else issue.reason)
-            ok = False
-        for i, call in enumerate(rule.then):
-            if call.tool not in tools and not (isinstance(raw_tools, dict) and call.tool in raw_tools):
+        where = rule.where if rule is not None else body.get("where")
+        if isinstance(where, str) and "where" not in bad:
+            ok &= _expression(c, (*prefix, "where"), where)
+        plan = None
+        if rule is not None and not reported:
+            plan = plan_rule(rule)
+        elif not reported and not any(b == "steps" or (type(b) is tuple and b[0] == "steps") for b in bad):
+            plan = _plan_steps(c, rule_model, body.get("steps"), from_)
+        if plan is not None:
+            for issue in plan.issues:
+                at = prefix + issue.path
+                hidden = c.from_env(at)  # an expression error quotes pieces of the text
+                c.add(at, f"invalid expression ({_FROM_ENV}, not shown)" if hidden else issue.reason)
+                ok = False
+        calls = (
+            [(i, call.tool, call.args) for i, call in enumerate(rule.then)]
+            if rule is not None
+            else _raw_calls(body.get("then"), bad)
+        )
+        for i, tool, args in calls:
+            if tool not in tools and not (isinstance(raw_tools, dict) and tool in raw_tools):
                 known = ", ".join(sorted(tools)) or "none"
                 at = (*prefix, "then", i, "tool")
-                c.add(at, f"no tool named {_FROM_ENV if c.secret(at) else repr(call.tool)} (tools: {known})")
+                c.add(at, f"no tool named {_FROM_ENV if c.secret(at) else repr(tool)} (tools: {known})")
                 ok = False
-            ok &= _templates(c, (*prefix, "then", i, "args"), call.args, plan.names)
-        if ok:
+            if plan is not None:  # without the steps' computed fields, placeholders cannot be checked
+                ok &= _templates(c, (*prefix, "then", i, "args"), args, plan.names)
+        if ok and rule is not None:
             rules[name] = rule
     return rules
+
+
+def _raw_names(raw: Any, bad: bool) -> list[str]:
+    """A rule's ``from`` as written (one name or a list), when it is a valid one."""
+    if bad:
+        return []
+    if isinstance(raw, str):
+        return [raw]
+    return [v for v in raw if isinstance(v, str)] if isinstance(raw, list) else []
+
+
+def _raw_calls(raw: Any, bad: set[Any]) -> list[tuple[int, str, dict[str, Any]]]:
+    """A rule's ``then`` entries as written, those without a schema error: (index, tool, args)."""
+    if not isinstance(raw, list) or "then" in bad:
+        return []
+    calls = []
+    for i, call in enumerate(raw):
+        if ("then", i) not in bad and isinstance(call, dict) and isinstance(call.get("tool"), str):
+            args = call.get("args")
+            calls.append((i, call["tool"], args if isinstance(args, dict) else {}))
+    return calls
+
+
+def _plan_steps(c: _Checker, rule_model: type[RuleConfig], raw: Any, from_: Sequence[str]) -> Any:
+    """The plan of a rule's ``steps`` alone (the rest of the rule has schema errors), or None."""
+    stand_in = {"from": list(from_) or ["-"], "steps": raw or [], "then": [{"tool": "-"}]}
+    partial, _ = c.validate(rule_model, stand_in)
+    if partial is None:
+        return None
+    return plan_rule(partial.model_copy(update={"from_": list(from_)}))
 
 
 def _as_templates(
@@ -564,12 +664,62 @@ def _precheck_steps(c: _Checker, prefix: Path_, raw: Any, kinds: Sequence[str]) 
             reported.add(i)
             continue
         (kind,) = step
+        if kind == "set" and _written_with_equals(c, (*at, kind), step[kind]):
+            reported.add(i)
+            continue
         if kind not in kinds:
             close = difflib.get_close_matches(str(kind), kinds, n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"steps are: {', '.join(kinds)}"
             c.add((*at, kind), f"unknown step ({hint})")
             reported.add(i)
     return reported
+
+
+_ASSIGNMENT = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=(?!=)\s*(.*?)\s*", re.DOTALL)
+
+
+def _written_with_equals(c: _Checker, path: Path_, body: Any) -> bool:
+    """``set: {price = float(data.p)}`` (YAML reads a mapping whose key is the whole text, valued
+    null) or ``set: price = float(data.p)``: explain the ``name: expression`` form. True if found."""
+    entries: list[tuple[Path_, str]]
+    if isinstance(body, str):
+        entries = [((), body)]
+    elif isinstance(body, dict):
+        entries = [((k,), k) for k, v in body.items() if v is None and isinstance(k, str)]
+    else:
+        return False
+    found = False
+    for rel, text in entries:
+        match = _ASSIGNMENT.fullmatch(text)
+        if match is not None and not c.secret((*path, *rel)):
+            name, expression = match.groups()
+            c.add((*path, *rel), f"write `{name}: {expression}` (each entry of set is name: expression)")
+            found = True
+    return found
+
+
+def _unquoted_template(value: Mapping[Any, Any], names: frozenset[str] = frozenset()) -> str | None:
+    """The expression of a template that YAML read as a mapping (unquoted ``{data.s}`` is the mapping
+    ``{"data.s": null}``), or None: one key, null value, and the key is an expression."""
+    if len(value) != 1:
+        return None
+    ((key, item),) = value.items()
+    if item is not None or not isinstance(key, str) or not key.strip():
+        return None
+    if key.isidentifier() and key not in READABLE_FIELDS and key not in names:
+        return None  # a plain word: maybe a real key with a null value
+    try:
+        compile_expression(key, names)
+    except ExpressionError:
+        return None
+    return key
+
+
+def _unquoted_reason(path: Path_, expression: str) -> str:
+    template = "{" + expression + "}"
+    quoted = '"' + template.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    label = f"{path[-1]}: " if path and isinstance(path[-1], str) else "- "
+    return f"unquoted template: YAML reads {template} as a mapping; quote it: {label}{quoted}"
 
 
 def _compiles(c: _Checker, path: Path_, text: str, compiler: Callable[[str], object], what: str) -> bool:
@@ -589,11 +739,17 @@ def _expression(c: _Checker, path: Path_, text: str) -> bool:
     return _compiles(c, path, text, compile_expression, "")
 
 
-def _templates(c: _Checker, path: Path_, value: Any, names: frozenset[str] = frozenset()) -> bool:
+def _templates(
+    c: _Checker, path: Path_, value: Any, names: frozenset[str] = frozenset(), top: bool = True
+) -> bool:
     if isinstance(value, dict):
-        return all([_templates(c, (*path, k), v, names) for k, v in value.items()])
+        quoted = None if top else _unquoted_template(value, names)
+        if quoted is not None:
+            c.add(path, _unquoted_reason(path, quoted))
+            return False
+        return all([_templates(c, (*path, k), v, names, False) for k, v in value.items()])
     if isinstance(value, list):
-        return all([_templates(c, (*path, i), v, names) for i, v in enumerate(value)])
+        return all([_templates(c, (*path, i), v, names, False) for i, v in enumerate(value)])
     if isinstance(value, str):
         return _compiles(c, path, value, lambda text: compile_template(text, names), "template ")
     return True

@@ -64,7 +64,7 @@ def test_good_config_validates() -> None:
 def test_unknown_key() -> None:
     """An unknown key is reported at its own line, with a suggestion."""
     text = GOOD.replace("    time_field: T\n", "    time_field: T\n    speeed: 2\n")
-    assert issues_of(text) == ["config.yaml:6 sources.feed.speeed: unknown key"]
+    assert issues_of(text) == ["config.yaml:6 sources.feed.speeed: unknown key (did you mean 'speed'?)"]
 
 
 def test_unknown_top_level_key_suggests() -> None:
