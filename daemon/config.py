@@ -21,8 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_core import ErrorDetails
 
 from daemon.errors import ConfigError, ConfigIssue, ExpressionError
+from daemon.preflight import argument_problems, component_problems, state_path_problems
 from daemon.registry import BuildContext, ComponentSpec, Kind, Registry
 from daemon.yamlio import EnvText, LoadedYaml, format_path, load_yaml_file, load_yaml_text, resolve_scalar
+from streams.component import PreflightContext
 from streams.event import READABLE_FIELDS
 from streams.expressions import compile_expression, compile_template
 from streams.rules.pipeline import RuleConfig, plan_rule, rule_config_model
@@ -205,11 +207,20 @@ class AppConfig:
 
 
 def load_config(
-    path: str | os.PathLike[str], registry: Registry, env: Mapping[str, str] | None = None
+    path: str | os.PathLike[str],
+    registry: Registry,
+    env: Mapping[str, str] | None = None,
+    *,
+    preflight: bool = False,
+    offline: bool = False,
 ) -> AppConfig:
-    """Read and validate a configuration file. Raises :class:`ConfigError`."""
+    """Read and validate a configuration file. Raises :class:`ConfigError`.
+
+    ``preflight`` (``reflexd check``): also report what would make ``run`` fail to start
+    (:mod:`daemon.preflight`), among the other errors; ``offline`` skips checks that need the network.
+    """
     loaded = load_yaml_file(path, env)
-    return validate(loaded, registry, Path(path).resolve().parent)
+    return validate(loaded, registry, Path(path).resolve().parent, preflight=preflight, offline=offline)
 
 
 def load_config_text(
@@ -460,9 +471,39 @@ def validate(
     rules = _rules(c, registry, root.get("rules"), sources, tools)
     if not sources and not any(i.path.startswith("sources") for i in c.issues):
         c.add(("sources",), "at least one source is required")
+    if preflight:
+        daemon_ok = not any(i.path.startswith("daemon") for i in c.issues)
+        ctx = BuildContext(base_dir, loaded.secret_paths)
+        for at, reason in _preflight(daemon_cfg if daemon_ok else None, sources, tools, rules, ctx, offline):
+            c.add(at, reason)
     if c.issues:
         raise ConfigError(c.issues)
     return AppConfig(loaded.file, base_dir, daemon_cfg, sources, tools, rules, loaded.secret_paths)
+
+
+def _preflight(
+    daemon_cfg: DaemonConfig | None,
+    sources: Mapping[str, ComponentPlan],
+    tools: Mapping[str, ComponentPlan],
+    rules: Mapping[str, RuleConfig],
+    ctx: BuildContext,
+    offline: bool,
+) -> list[tuple[Path_, str]]:
+    """What ``run`` would fail on in the valid parts of the configuration (:mod:`daemon.preflight`)."""
+    pctx = PreflightContext(ctx, offline)
+    found = []
+    if daemon_cfg is not None:
+        found += state_path_problems(daemon_cfg.state_path, daemon_cfg.journal.enabled, ctx)
+    found += component_problems("sources", ((n, p.spec, p.config) for n, p in sources.items()), pctx)
+    found += component_problems("tools", ((n, p.spec, p.config) for n, p in tools.items()), pctx)
+    schemas: dict[str, Any] = {}
+    for name, plan in tools.items():
+        try:
+            schemas[name] = plan.spec.factory(name, plan.config, ctx).schema()["parameters"]
+        except Exception:  # noqa: BLE001 - a factory that cannot build here is judged at start, not now
+            continue
+    found += argument_problems(rules, schemas)
+    return found
 
 
 def _section(c: _Checker, key: str, raw: Any) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from reactivex.scheduler.eventloop import AsyncIOScheduler
 
 from daemon import systemd
 from daemon.config import AppConfig
-from daemon.errors import ShutdownTimeout
+from daemon.errors import ShutdownTimeout, StartupError
 from daemon.http import OpsServer
 from daemon.logs import get_logger
 from daemon.state import Journal, StateStore
@@ -37,6 +37,8 @@ log = get_logger("daemon")
 FINISH_GRACE_SECONDS = 3.0
 #: While a graceful stop waits for work, it logs what is left this often.
 STOP_PROGRESS_SECONDS = 2.0
+#: How long the start waits for the sources' first connects before it reports ready anyway.
+FIRST_CONNECT_WAIT_SECONDS = 5.0
 
 #: The cyclic collector's young-generation threshold while a daemon runs (CPython's default is
 #: 700 allocations). Every event allocates a few containers that then wait in queues for some
@@ -136,9 +138,11 @@ class Daemon:
             self._dispatch_tasks[name] = asyncio.create_task(
                 dispatcher.run(), name=f"reflexd:dispatch:{name}"
             )
+        reconnectors: dict[str, Reconnector] = {}
         for name, source in self.sources.items():
-            reconnector = Reconnector(source, source.config.reconnect)
+            reconnector = reconnectors[name] = Reconnector(source, source.config.reconnect)
             self._source_tasks[name] = asyncio.create_task(reconnector.run(), name=f"reflexd:source:{name}")
+        await self._first_connects(reconnectors)
         self.state = "running"
         _HeapTuning.enter()
         self._heap_tuned = True
@@ -157,6 +161,26 @@ class Daemon:
         interval = systemd.watchdog_interval()
         if interval:
             self._watchdog = asyncio.create_task(self._ping_watchdog(interval), name="reflexd:watchdog")
+
+    async def _first_connects(self, reconnectors: dict[str, Reconnector]) -> None:
+        """Wait (at most :data:`FIRST_CONNECT_WAIT_SECONDS`) for each source's first connect to have an
+        outcome; a source whose first connect failed for good (a replay file that is not there) can
+        never work: undo the start and raise :class:`StartupError` naming it. A source still
+        connecting, or retrying, does not hold the start back longer."""
+        waits = [asyncio.create_task(r.first_outcome.wait()) for r in reconnectors.values()]
+        if waits:
+            try:
+                await asyncio.wait(waits, timeout=FIRST_CONNECT_WAIT_SECONDS)
+            finally:
+                for task in waits:
+                    task.cancel()
+        failed = [(name, r.fatal) for name, r in reconnectors.items() if r.fatal is not None]
+        if not failed:
+            return
+        name, cause = failed[0]
+        await self._abandon()
+        reason = getattr(cause, "reason", None) or str(cause) or type(cause).__name__
+        raise StartupError(f"source {name}", reason)
 
     async def _recover(self) -> None:
         """Invocations a previous process left running are retried with their idempotency keys."""

@@ -54,7 +54,7 @@ from pydantic import Field, field_validator, model_validator
 from daemon.errors import ExpressionError, StartupError, ToolError
 from daemon.logs import get_logger
 from handlers.base import CallContext, Tool, ToolConfig
-from streams.component import BuildContext, ComponentSpec
+from streams.component import BuildContext, ComponentSpec, PreflightContext, Problem
 from streams.event import Event
 from streams.expressions import compile_template
 from streams.rules.row import make_row
@@ -67,6 +67,7 @@ __all__ = [
     "ExecFailed",
     "ExecTool",
     "ExecToolConfig",
+    "find_program",
 ]
 
 log = get_logger("tool.exec")
@@ -393,6 +394,26 @@ def _signal_name(returncode: int) -> str:
         return f"signal {-returncode}"
 
 
+def _search_path(config: ExecToolConfig) -> str:
+    if "PATH" in config.env and "{" not in config.env["PATH"]:
+        return config.env["PATH"]
+    if "PATH" in config.env_allowlist and "PATH" in os.environ:
+        return os.environ["PATH"]
+    return os.defpath
+
+
+def find_program(config: ExecToolConfig, base_dir: Path) -> tuple[str | None, str]:
+    """``argv[0]`` resolved as :meth:`ExecTool.start` runs it: (its path, "") or (None, why not)."""
+    program, _ = _placeholder_prefix(config.argv[0])
+    if "/" in program:
+        path = Path(program).expanduser()
+        path = path if path.is_absolute() else base_dir / path
+        found = str(path) if path.is_file() and os.access(path, os.X_OK) else None
+    else:
+        found = shutil.which(program, path=_search_path(config))
+    return found, "" if found else f"program {program!r} not found or not executable"
+
+
 class ExecTool(Tool):
     type_name: ClassVar[str] = "exec"
     description: ClassVar[str] = "Run a program with an argv list rendered from the event (never a shell)."
@@ -421,22 +442,10 @@ class ExecTool(Tool):
             raise StartupError(component, f"exec tools are disabled ({DISABLE_ENV} is set)")
         if not self.cwd.is_dir():
             raise StartupError(component, f"working directory {self.cwd} is not a folder")
-        program, _ = _placeholder_prefix(self.config.argv[0])
-        if "/" in program:
-            path = self._resolve(program)
-            found = str(path) if path.is_file() and os.access(path, os.X_OK) else None
-        else:
-            found = shutil.which(program, path=self._search_path())
+        found, problem = find_program(self.config, self.base_dir)
         if found is None:
-            raise StartupError(component, f"program {program!r} not found or not executable")
+            raise StartupError(component, problem)
         self.program = found
-
-    def _search_path(self) -> str:
-        if "PATH" in self.config.env and "{" not in self.config.env["PATH"]:
-            return self.config.env["PATH"]
-        if "PATH" in self.config.env_allowlist and "PATH" in os.environ:
-            return os.environ["PATH"]
-        return os.defpath
 
     def environment(self, args: dict[str, Any], ctx: CallContext) -> dict[bytes, bytes]:
         """The child's whole environment: allowlisted names, ``env``, and the call's identity."""
@@ -573,6 +582,17 @@ def _factory(name: str, config: ExecToolConfig, ctx: BuildContext) -> Tool:
     return ExecTool(name, config, base_dir=ctx.base_dir)
 
 
+def _preflight(config: ExecToolConfig, ctx: PreflightContext) -> list[Problem]:
+    """The program and the working directory ``start()`` looks for (``$PATH`` as the tool sees it)."""
+    problems = []
+    if config.cwd is not None and not ctx.resolve(config.cwd).is_dir():
+        problems.append(Problem(("cwd",), f"working directory {ctx.resolve(config.cwd)} is not a folder"))
+    found, problem = find_program(config, ctx.build.base_dir)
+    if found is None:
+        problems.append(Problem(("argv", 0), problem))
+    return problems
+
+
 SPEC = ComponentSpec(
     "tool",
     "exec",
@@ -586,4 +606,5 @@ SPEC = ComponentSpec(
         "argv": ["logger", "-t", "reflexd", "{data.s} traded {data.q}"],
         "timeout_seconds": 5,
     },
+    preflight=_preflight,
 )

@@ -18,7 +18,7 @@ from pydantic import Field
 
 from daemon.errors import StartupError
 from handlers.base import CallContext, Tool, ToolConfig
-from streams.component import BuildContext, ComponentSpec
+from streams.component import BuildContext, ComponentSpec, PreflightContext, Problem, writable_file_problem
 
 __all__ = ["SPEC", "FileTool", "FileToolConfig"]
 
@@ -80,6 +80,12 @@ def _factory(name: str, config: FileToolConfig, ctx: BuildContext) -> FileTool:
     return FileTool(name, config, ctx.resolve(config.path))
 
 
+def _preflight(config: FileToolConfig, ctx: PreflightContext) -> list[Problem]:
+    """``start()`` creates the folders and opens the file for appending: both must be possible."""
+    problem = writable_file_problem(ctx.resolve(config.path))
+    return [Problem(("path",), problem)] if problem else []
+
+
 def _summary(c: FileToolConfig) -> list[tuple[str, Any]]:
     return [("path", c.path), *FileTool.common_summary(c)]
 
@@ -92,4 +98,5 @@ SPEC = ComponentSpec(
     _summary,
     FileTool.description,
     {"type": "file", "path": "var/alerts.jsonl"},
+    preflight=_preflight,
 )

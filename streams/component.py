@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import importlib
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,8 +27,12 @@ __all__ = [
     "ComponentSpec",
     "ImportStringError",
     "Kind",
+    "PreflightCheck",
+    "PreflightContext",
+    "Problem",
     "import_from_string",
     "is_import_string",
+    "writable_file_problem",
 ]
 
 Kind = Literal["source", "tool"]
@@ -52,6 +57,50 @@ class BuildContext:
 
 
 @dataclass(frozen=True)
+class PreflightContext:
+    """What a type's preflight check gets besides its config (``reflexd check``)."""
+
+    build: BuildContext
+    #: ``reflexd check --offline``: skip whatever would need the network (nothing is ever sent anyway)
+    offline: bool = False
+
+    def resolve(self, path: str) -> Path:
+        return self.build.resolve(path)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something ``run`` would fail on: ``path`` is below the component's own section
+    (``("path",)`` for ``sources.<name>.path``)."""
+
+    path: tuple[str | int, ...]
+    reason: str
+
+
+#: ``preflight(config, ctx)``: what would make ``start()`` fail, found without starting anything.
+PreflightCheck = Callable[[Any, PreflightContext], list[Problem]]
+
+
+def writable_file_problem(path: Path) -> str | None:
+    """Why a file at ``path`` could not be created or appended to (its missing folders created
+    first), or None. Looks only: creates nothing."""
+    if path.is_dir():
+        return f"{path} is a folder"
+    if path.exists():
+        return None if os.access(path, os.W_OK) else f"{path} is not writable"
+    folder = path.parent
+    while not folder.exists():  # the nearest existing ancestor must let us create the rest
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"cannot create folder {path.parent}: {folder} is not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot create {path}: folder {folder} is not writable"
+    return None
+
+
+@dataclass(frozen=True)
 class ComponentSpec:
     """Everything the daemon needs to know about one component type.
 
@@ -71,6 +120,9 @@ class ComponentSpec:
     #: Metrics the type adds to the daemon's, labelled by component (a source's ``metric_samples()``);
     #: the metrics table of docs/operations.md lists them.
     metrics: tuple[MetricSpec, ...] = ()
+    #: What ``reflexd check`` verifies beyond the schema (a file that must exist, a program that must
+    #: be found): the problems that would make the component fail to start. Never sends anything.
+    preflight: PreflightCheck | None = None
 
 
 # -- package.module:attr ----------------------------------------------------------------------------

@@ -67,6 +67,10 @@ class Reconnector:
         self._session_log = RateLimitedLog(log, "session ended", level=logging.WARNING, interval=5.0)
         self._disconnected_at: float | None = None
         self._outage_reason: str | None = None
+        #: set once the first session's connect has an outcome (connected, failed, or ended)
+        self.first_outcome = asyncio.Event()
+        #: the error that stopped the source for good, if its first session ended so
+        self.fatal: BaseException | None = None
 
     def _wait(self, state: RetryCallState) -> float:
         return backoff_delay(self.cfg, state.attempt_number, self._rng.random())
@@ -135,6 +139,12 @@ class Reconnector:
         )
 
     async def _session(self) -> None:
+        try:
+            await self._one_session()
+        finally:
+            self.first_outcome.set()
+
+    async def _one_session(self) -> None:
         source = self.source
         stats = source.stats
         stats.attempts += 1
@@ -146,6 +156,7 @@ class Reconnector:
             try:
                 await source.connect()
                 connected_at = time.monotonic()
+                self.first_outcome.set()
                 stats.connects += 1
                 stats.state = "connected"
                 stats.next_attempt_in = None
@@ -178,6 +189,8 @@ class Reconnector:
             self._disconnected_at = time.time()
             self._outage_reason = _describe(reason)
         if not source.classify_error(reason):
+            if not self.first_outcome.is_set():  # it never connected: its configuration cannot work
+                self.fatal = reason
             raise _Fatal(reason)
         session = None if connected_at is None else time.monotonic() - connected_at
         if session is not None and session >= self.cfg.healthy_after_seconds:

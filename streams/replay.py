@@ -14,6 +14,7 @@ judge event times by (a recording is of the past, and replays as fast as it is r
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 from typing import IO, Any, ClassVar
@@ -23,7 +24,7 @@ from pydantic import Field
 from daemon.errors import EndOfStream, NotConnected
 from daemon.logs import RateLimitedLog, get_logger
 from streams.base import Source, SourceConfig
-from streams.component import BuildContext, ComponentSpec
+from streams.component import BuildContext, ComponentSpec, PreflightContext, Problem
 from streams.decode import BadKey, BadTime, DecodeFields, NotJson, ProgressBound, make_decoder
 from streams.event import Event
 from streams.queue import WhenFull
@@ -155,6 +156,18 @@ def _factory(name: str, config: ReplaySourceConfig, ctx: BuildContext) -> Replay
     return ReplaySource(name, config, ctx.resolve(config.path))
 
 
+def _preflight(config: ReplaySourceConfig, ctx: PreflightContext) -> list[Problem]:
+    """The file must be there and readable (``connect()`` fails for good otherwise)."""
+    path = ctx.resolve(config.path)
+    if not path.exists():
+        return [Problem(("path",), f"{path}: no such file")]
+    if not path.is_file():
+        return [Problem(("path",), f"{path} is not a file")]
+    if not os.access(path, os.R_OK):
+        return [Problem(("path",), f"{path} is not readable")]
+    return []
+
+
 def _summary(c: ReplaySourceConfig) -> list[tuple[str, Any]]:
     return [("path", c.path), ("speed", c.speed), ("loop", c.loop), ("queue", ReplaySource.queue_summary(c))]
 
@@ -167,4 +180,5 @@ SPEC = ComponentSpec(
     _summary,
     "A recorded JSON Lines stream, paced by event time.",
     {"type": "replay", "path": "data/sample-trades.jsonl", "time_field": "T", "speed": 1, "loop": True},
+    preflight=_preflight,
 )
