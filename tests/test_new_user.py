@@ -154,8 +154,11 @@ async def test_the_readme_binance_example_runs_through_subscription_replies_and_
                 await wait_for(subscribed(n), 10, what=f"connection {n} subscribed")
             await wait_for(lambda: len(alerts("feed gap of")) == 2, 10, what=lambda: str(alerts("feed")))
             await asyncio.sleep(0.3)  # the frames after the last reconnect reach the rules too
-            async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{ops_port}/status") as got:
-                status = await got.json()
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://127.0.0.1:{ops_port}/status") as got:
+                    status = await got.json()
+                async with http.get(f"http://127.0.0.1:{ops_port}/metrics") as got:
+                    metrics = await got.text()
         finally:
             emulator.stop_producing()
             if proc.returncode is None:
@@ -175,6 +178,7 @@ async def test_the_readme_binance_example_runs_through_subscription_replies_and_
     source = status["sources"]["binance"]
     assert source["gaps"] == 2 and source["connects"] == 3
     assert source["filtered"] == 3 and source["decode_errors"] == 0  # one subscription reply per session
+    assert 'reflexd_events_filtered_total{source="binance"} 3.0' in metrics
     assert not [r for r in logs if r.get("level") == "error"], [r for r in logs if r.get("level") == "error"]
     assert not [r for r in logs if "expression" in str(r.get("msg"))]
     assert len(alerts("feed gap of")) == 2

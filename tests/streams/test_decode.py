@@ -391,3 +391,37 @@ def test_read_input_filters_raw_messages_with_the_source_where(tmp_path: Path) -
     assert (item.filtered, item.bad_lines, item.events) == (2, 0, 2)
     unfiltered = ReplayInput(path, "s", key_field="s", time_field="T")
     assert len(list(read_input(unfiltered))) == 3 and unfiltered.bad_lines == 1  # the reply: no time
+
+
+async def test_the_replay_source_filters_with_where_and_counts_it(tmp_path: Path) -> None:
+    """The replay source applies its where: between decoding and pacing: refused lines are counted as
+    filtered (not decode errors), the rest arrive in order."""
+    import asyncio
+
+    from streams.backoff import ReconnectConfig
+    from streams.reconnect import Reconnector
+    from streams.replay import ReplaySource
+
+    rows = [
+        {"result": None, "id": 1},
+        {"e": "trade", "T": 1000, "i": 0},
+        {"e": "x", "T": 2000},
+        {"e": "trade", "T": 3000, "i": 1},
+    ]
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    config = ReplaySourceConfig(
+        type="replay", path=str(path), speed=0, time_field="T", where="data.e == 'trade'"
+    )
+    src = ReplaySource("rp", config, path)
+    task = asyncio.create_task(Reconnector(src, ReconnectConfig()).run())
+    got: list[Event] = []
+    try:
+        async with asyncio.timeout(5):
+            while len(got) < 2:
+                got.extend(await src.queue.get_batch())
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert [e.data["i"] for e in got] == [0, 1]
+    assert (src.stats.filtered, src.stats.decode_errors, src.stats.as_dict()["filtered"]) == (2, 0, 2)
