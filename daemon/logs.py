@@ -11,7 +11,8 @@ WARNING    a reconnect attempt failed, a decode error (first sample, then a summ
            call failed or timed out, an expression raised (sample + count)
 INFO       start, ready, stop, connections made, each summary of suppressed repeats,
            the ``log`` tool's own lines
-DEBUG      per-connection details (subscribe messages sent, close codes)
+DEBUG      per-connection details (subscribe messages sent, close codes), a library's known
+           transient errors (:class:`KnownTransients`; WARNING if one lasts 30 s)
 =========  ==================================================================================
 
 Per-event paths never log directly: they go through :class:`RateLimitedLog`, which logs the
@@ -31,6 +32,7 @@ import orjson
 __all__ = [
     "ConsoleFormatter",
     "JsonFormatter",
+    "KnownTransients",
     "RateLimitedLog",
     "configure_logging",
     "console_text",
@@ -40,6 +42,53 @@ __all__ = [
 LogFormat = Literal["json", "console"]
 
 THIRD_PARTY_LOGGERS = ("aiokafka", "websockets", "aiohttp", "ccxt")
+
+
+class KnownTransients(logging.Filter):
+    """Lowers to DEBUG what a library logs as ERROR but is a known, short-lived state: aiokafka's
+    ``Group Coordinator Request failed: GroupCoordinatorNotAvailableError``, logged every retry while
+    a fresh broker creates ``__consumer_offsets`` (or a coordinator moves). If it lasts longer than
+    ``persist_seconds`` (a broker that can never host the group, e.g. an offsets replication factor
+    above the broker count), one WARNING per ``persist_seconds`` says so."""
+
+    #: (logger, message format, exception class names) of the known transients
+    KNOWN: tuple[tuple[str, str, frozenset[str]], ...] = (
+        (
+            "aiokafka.consumer.group_coordinator",
+            "Group Coordinator Request failed: %s",
+            frozenset({"GroupCoordinatorNotAvailableError", "CoordinatorNotAvailableError"}),
+        ),
+    )
+
+    def __init__(self, persist_seconds: float = 30.0) -> None:
+        super().__init__()
+        self.persist_seconds = persist_seconds
+        self._since: float | None = None  # start of the current run of transients
+        self._last = float("-inf")  # when the last one was seen
+        self._warned = float("-inf")  # when the last WARNING was let through
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or not self._known(record):
+            return True
+        now = time.monotonic()
+        if self._since is None or now - self._last > 10.0:
+            self._since = now  # a new run: the previous one ended (aiokafka retries every 0.1 s)
+        self._last = now
+        if now - self._since >= self.persist_seconds and now - self._warned >= self.persist_seconds:
+            self._warned = now
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = f"{record.msg} (for {now - self._since:.0f} s)"
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger("reflexd").isEnabledFor(logging.DEBUG)
+
+    def _known(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        names = {type(a).__name__ for a in args}
+        return any(
+            record.name == name and record.msg == msg and not names.isdisjoint(errors)
+            for name, msg, errors in self.KNOWN
+        )
 
 
 def get_logger(name: str) -> logging.Logger:
@@ -132,6 +181,10 @@ def configure_logging(level: str = "info", fmt: LogFormat = "json", stream: Any 
         lib.addHandler(handler)
         lib.setLevel(logging.WARNING)
         lib.propagate = False
+    for name, _, _ in KnownTransients.KNOWN:  # on the logger itself: also seen by handlers tests add
+        known = logging.getLogger(name)
+        if not any(isinstance(f, KnownTransients) for f in known.filters):
+            known.addFilter(KnownTransients())
 
 
 class RateLimitedLog:

@@ -51,6 +51,13 @@ class OffsetTracker:
             self._finished -= offsets
 
     @property
+    def last_received(self) -> int | None:
+        """The highest offset received so far (None before the first)."""
+        if self._inflight:
+            return self._inflight[-1]
+        return None if self.committable is None else self.committable - 1
+
+    @property
     def in_flight(self) -> int:
         return len(self._inflight)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -27,7 +27,11 @@ from streams.event import Event
 from streams.metrics import MetricSpec
 from streams.queue import BoundedQueue, QueueConfig, WhenFull
 
-__all__ = ["Source", "SourceConfig", "SourceStats"]
+__all__ = ["Source", "SourceConfig", "SourceStats", "StartAt"]
+
+#: Where ``reflexd record`` starts a source that keeps a position (Kafka): its oldest record, only
+#: what arrives from now on, or the first record at or after a time (an int: epoch milliseconds).
+StartAt = Literal["earliest", "latest"] | int
 
 
 class SourceConfig(BaseModel):
@@ -170,6 +174,15 @@ class Source(ABC):
             max_future_seconds=self.config.max_future_seconds,
             sample=sample,
         )
+
+    def observe_only(self, start: StartAt | None) -> None:
+        """Called by ``reflexd record`` before the first ``connect()``: read as an observer that takes
+        nothing from a daemon reading the same peer (no consumer group, nothing committed or
+        acknowledged upstream), from ``start`` (None: where the type naturally starts, i.e. what
+        arrives from now on). A type that shares its peer's records with other readers (a group, a
+        work queue) overrides this; a type that cannot start at ``start`` raises ``ValueError``."""
+        if start is not None:
+            raise ValueError(f"a {self.type_name} source reads what arrives; it cannot start at {start!r}")
 
     def admit(self, keep: Callable[[Event], Any], event: Event) -> bool:
         """Whether ``event`` passes the source's ``where:`` filter ``keep``; a refused event (false, or

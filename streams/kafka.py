@@ -13,25 +13,31 @@
   more than ``max_future_seconds`` ahead of the wall clock (counted as ``future``).
 - Connection and start failures go through the engine's backoff; aiokafka reconnects to
   brokers by itself while a session runs.
+- ``reflexd record`` reads as an observer (:meth:`KafkaSource.observe_only`): no consumer group
+  (it assigns every partition of the topics itself), nothing ever committed, from the earliest
+  offsets, the latest (default) or the first record at a time; a new session resumes after the
+  last record received. A daemon running with the group never sees it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from collections.abc import Iterable
 from typing import Any, ClassVar, Literal
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from pydantic import Field, field_validator, model_validator
 
 from daemon.errors import NotConnected
 from daemon.logs import RateLimitedLog, get_logger
 from streams.ack import OffsetTracker
-from streams.base import Source, SourceConfig
+from streams.base import Source, SourceConfig, StartAt
 from streams.component import BuildContext, ComponentSpec
 from streams.decode import future_limit
 from streams.event import DATA, new_event
@@ -138,6 +144,17 @@ class KafkaSource(Source):
         self._commit_log = RateLimitedLog(log, "offset commit failed", interval=10.0)
         self._poison_log = RateLimitedLog(log, "undecodable record", interval=10.0)
         self._max_future = future_limit(config.max_future_seconds)
+        #: ``reflexd record``: no group, no commits (see observe_only); where the first session starts
+        self.observing = False
+        self._start: StartAt = "latest"
+        self._resume: dict[TopicPartition, int] = {}  # an observer's next offsets, kept across sessions
+
+    def observe_only(self, start: StartAt | None) -> None:
+        """Read without a consumer group and never commit: every partition of the topics is assigned
+        to this consumer alone, so a daemon of the configured group keeps all its partitions and
+        its offsets. ``start``: ``earliest``, ``latest`` (None) or epoch milliseconds."""
+        self.observing = True
+        self._start = "latest" if start is None else start
 
     # -- session -----------------------------------------------------------------------------
 
@@ -145,7 +162,7 @@ class KafkaSource(Source):
         cfg = self.config
         common = client_options(cfg.bootstrap_servers, cfg.security)
         consumer = AIOKafkaConsumer(
-            group_id=cfg.group_id,
+            group_id=None if self.observing else cfg.group_id,
             client_id=f"reflexd-{self.name}",
             enable_auto_commit=False,
             auto_offset_reset=cfg.auto_offset_reset,
@@ -157,20 +174,82 @@ class KafkaSource(Source):
             max_poll_interval_ms=int(cfg.max_poll_interval_seconds * 1000),
             **common,
         )
-        consumer.subscribe(topics=cfg.topics or (), pattern=cfg.pattern, listener=_Rebalance(self))
+        if not self.observing:
+            consumer.subscribe(topics=cfg.topics or (), pattern=cfg.pattern, listener=_Rebalance(self))
         try:
             async with asyncio.timeout(cfg.connect_timeout_seconds):
                 await consumer.start()
+                if self.observing:
+                    await self._assign_all(consumer)
                 if cfg.dead_letter_topic:
                     self._producer = AIOKafkaProducer(
                         acks="all", enable_idempotence=True, client_id=f"reflexd-{self.name}-dlq", **common
                     )
                     await self._producer.start()
+        except NotConnected:
+            await self._stop_clients(consumer)
+            self.stats.count_error("connect")
+            raise
         except (KafkaError, OSError, TimeoutError) as exc:
             await self._stop_clients(consumer)
             self.stats.count_error("connect")
             raise NotConnected(self.name, f"cannot start the consumer: {type(exc).__name__}: {exc}") from exc
         self._consumer = consumer
+
+    async def _assign_all(self, consumer: AIOKafkaConsumer) -> None:
+        """An observer's session: assign every partition of the topics, then seek each one to where the
+        last session stopped, or else to the requested start."""
+        tps = await self._all_partitions()
+        consumer.assign(tps)
+        fresh = [tp for tp in tps if tp not in self._resume]
+        for tp in tps:
+            if tp in self._resume:
+                consumer.seek(tp, self._resume[tp])
+        if not fresh:
+            return
+        start = self._start
+        if start == "earliest":
+            await consumer.seek_to_beginning(*fresh)
+        elif start == "latest":
+            await consumer.seek_to_end(*fresh)
+        else:
+            found = await consumer.offsets_for_times(dict.fromkeys(fresh, start))
+            after = [tp for tp in fresh if found.get(tp) is None]  # nothing at or after the time yet
+            for tp, hit in found.items():
+                if hit is not None:
+                    consumer.seek(tp, hit.offset)
+            if after:
+                await consumer.seek_to_end(*after)
+        for tp in fresh:  # pin "latest" now: a later session must not skip what arrived in between
+            self._resume[tp] = await consumer.position(tp)
+
+    async def _all_partitions(self) -> list[TopicPartition]:
+        """Every partition of the configured topics (or of the topics matching ``pattern``), from the
+        brokers' metadata; a topic that does not exist fails the session (the engine retries)."""
+        cfg = self.config
+        admin = AIOKafkaAdminClient(
+            client_id=f"reflexd-{self.name}-record", **client_options(cfg.bootstrap_servers, cfg.security)
+        )
+        try:
+            await admin.start()
+            if cfg.pattern is not None:
+                wanted = re.compile(cfg.pattern)
+                names = await admin.list_topics()
+                topics = sorted(t for t in names if wanted.match(t) and not t.startswith("__"))
+            else:
+                topics = list(cfg.topics)
+            described = await admin.describe_topics(topics) if topics else []
+        finally:
+            await admin.close()
+        tps: list[TopicPartition] = []
+        for topic in described:
+            if topic["error_code"] or not topic["partitions"]:
+                missing = topic["topic"]
+                raise NotConnected(self.name, f"topic {missing!r} does not exist (or has no partitions)")
+            tps.extend(TopicPartition(topic["topic"], p["partition"]) for p in topic["partitions"])
+        if not tps:
+            raise NotConnected(self.name, f"no topic matches {cfg.pattern!r}")
+        return sorted(tps)
 
     async def read(self) -> None:
         consumer = self._consumer
@@ -291,7 +370,7 @@ class KafkaSource(Source):
 
     async def _commit(self, only: Iterable[TopicPartition] | None = None) -> None:
         consumer = self._consumer
-        if consumer is None:
+        if consumer is None or self.observing:
             return
         chosen = (
             self.trackers if only is None else {tp: self.trackers[tp] for tp in only if tp in self.trackers}
@@ -357,11 +436,23 @@ class KafkaSource(Source):
     async def close(self) -> None:
         if self.stopping:
             return  # keep the consumer: finish() commits once the queue and the tools drained
+        if self.observing:  # nothing to commit; what is queued stays (it is recorded), the next session
+            self._keep_positions()  # resumes after it
+            consumer, self._consumer = self._consumer, None
+            await self._stop_clients(consumer)
+            return
         await self._commit()
         self._drop_queued(list(self.trackers.values()))  # the next session reads them again
         self.trackers.clear()
         consumer, self._consumer = self._consumer, None
         await self._stop_clients(consumer)
+
+    def _keep_positions(self) -> None:
+        """An observer's next offset per partition: past every record received (queued ones included)."""
+        for tp, tracker in self.trackers.items():
+            last = tracker.last_received
+            if last is not None:
+                self._resume[tp] = last + 1
 
     async def finish(self) -> None:
         await self._commit()
