@@ -115,7 +115,13 @@ def assert_clean(path: Path, result: Result) -> None:
 
 
 def write(folder: Path, data: str | bytes) -> Path:
+    """The configuration as ``folder/config.yaml``, beside the shipped sample (``data/sample-trades.jsonl``
+    resolves there, so `check`'s look at replay files sees a real one)."""
     path = folder / "config.yaml"
+    sample = folder / "data" / "sample-trades.jsonl"
+    if not sample.exists():
+        sample.parent.mkdir(exist_ok=True)
+        sample.symlink_to(ROOT / "data" / "sample-trades.jsonl")
     path.write_bytes(data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data)
     return path
 
@@ -319,10 +325,19 @@ def _flow(value: Any) -> str:
     return _scalar(value)
 
 
+#: Settings that make an example runnable here (`check` imports a python tool's function).
+_CONFIG: dict[str, dict[str, Any]] = {"python": {"function": "tests.handlers.pyfuncs:echo"}}
+
+#: Arguments for tools whose argument schema is strict (`check` judges literal arguments against it).
+_ARGS: dict[str, dict[str, Any]] = {
+    "ccxt_order": {"symbol": "BTC/USDT", "side": "buy", "type": "limit", "amount": 0.001, "price": "{price}"},
+}
+
+
 def _example_config(source: str, tools: list[str]) -> Map:
     registry = builtin_registry()
     sources = {"src": dict(registry.get("source", source).example)}
-    tool_map = {f"t_{t}": dict(registry.get("tool", t).example) for t in tools}
+    tool_map = {f"t_{t}": {**registry.get("tool", t).example, **_CONFIG.get(t, {})} for t in tools}
     rule = {
         "from": ["src"],
         "where": "float(data.p) > 0",
@@ -332,7 +347,7 @@ def _example_config(source: str, tools: list[str]) -> Map:
             {"crossing": {"value": "price", "level": 100, "hysteresis": 1}},
         ],
         "cooldown_seconds": 5,
-        "then": [{"tool": name, "args": {"text": "{key} {price}", "n": 1}} for name in tool_map],
+        "then": [{"tool": f"t_{t}", "args": _ARGS.get(t, {"text": "{key} {price}", "n": 1})} for t in tools],
     }
     daemon = {"log_level": "info", "http": {"listen": "${REFLEXD_HTTP_LISTEN:-127.0.0.1:9108}"}}
     return to_tree({"daemon": daemon, "sources": sources, "tools": tool_map, "rules": {"r": rule}})
