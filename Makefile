@@ -1,12 +1,17 @@
 # Two commands for a fresh machine: `make run` and `make test`.
 # `make test` also fetches the jars of the real Kafka broker the tests start (needs a JDK 17+ and Maven once);
-# `make run` needs neither. `make kafka` runs that broker in the foreground on 127.0.0.1:9092.
+# `make run` needs neither. `make kafka` runs that broker in the foreground on 127.0.0.1:9092 (PORT=, CONTROLLER_PORT=);
+# it does not create topics on its own: `make kafka-topic NAME=orders PARTITIONS=4`.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench docs clean kafka-jars kafka
+.PHONY: run test lint typecheck bench docs clean kafka-jars kafka kafka-topic
+
+PORT            ?= 9092
+CONTROLLER_PORT ?= 9093
+PARTITIONS      ?= 1
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "reflexd needs Python >= 3.11"; exit 1; }
@@ -27,9 +32,15 @@ test: $(STAMP) kafka-jars
 kafka-jars:
 	@bash scripts/kafka-jars.sh
 
-# The tests' single-node KRaft broker, in the foreground; data kept in var/kafka (add ARGS=--fresh to wipe it).
+# The tests' single-node KRaft broker, in the foreground on 127.0.0.1:$(PORT) (controller on $(CONTROLLER_PORT));
+# data kept in var/kafka (add ARGS=--fresh to wipe it).
 kafka: $(STAMP) kafka-jars
-	$(BIN)/python -m tests.kafka_broker --port 9092 --controller-port 9093 --data-dir var/kafka $(ARGS)
+	$(BIN)/python -m tests.kafka_broker --port $(PORT) --controller-port $(CONTROLLER_PORT) --data-dir var/kafka $(ARGS)
+
+# Create a topic on that broker (topics are never auto-created): make kafka-topic NAME=orders PARTITIONS=4 [PORT=9092]
+kafka-topic: $(STAMP)
+	@test -n "$(NAME)" || { echo "usage: make kafka-topic NAME=<topic> [PARTITIONS=1] [PORT=9092]" >&2; exit 2; }
+	$(BIN)/python -m tests.kafka_broker --port $(PORT) --create-topic "$(NAME)" --partitions $(PARTITIONS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check daemon streams handlers tests bench

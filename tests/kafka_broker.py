@@ -651,6 +651,22 @@ def _kill_leftovers() -> None:
 # -- foreground mode: `make kafka` ------------------------------------------------------------------------------
 
 
+def _create_topic(bootstrap: str, name: str, partitions: int) -> int:
+    """``make kafka-topic``: create ``name`` (replication factor 1) and wait until the broker serves it."""
+    from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+    try:
+        asyncio.run(create_topic_on(bootstrap, name, partitions))
+    except TopicAlreadyExistsError:
+        print(f"topic {name!r} already exists on {bootstrap}", file=sys.stderr)
+        return 0
+    except (KafkaError, OSError, TimeoutError) as exc:
+        print(f"cannot create topic {name!r} on {bootstrap}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(f"created topic {name!r} with {partitions} partition(s) on {bootstrap}", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tests.kafka_broker",
@@ -664,7 +680,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--override", action="append", default=[], metavar="KEY=VALUE", help="server property"
     )
+    parser.add_argument(
+        "--create-topic", metavar="NAME", help="do not run a broker: create topic NAME on the one at --host:--port"
+    )
+    parser.add_argument("--partitions", type=int, default=1, help="partitions of --create-topic (default 1)")
     args = parser.parse_args(argv)
+    if args.create_topic:
+        return _create_topic(f"{args.host}:{args.port}", args.create_topic, args.partitions)
     overrides = dict(item.split("=", 1) for item in args.override)
     if args.fresh:
         shutil.rmtree(args.data_dir, ignore_errors=True)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,11 +22,12 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from daemon.cli import parse_start
 from tests.conftest import KafkaBrokerFactory, KafkaTopicFactory
 from tests.daemon.test_kafka_delivery import ROOT, spawn, wait_output, write_config
-from tests.kafka_broker import unique_name
+from tests.kafka_broker import free_port, unique_name, wait_for_metadata
 from tests.kafka_ledger import produce_ids
 
 N = 400
@@ -217,3 +220,45 @@ def test_known_transient_is_debug_at_first_and_a_warning_once_it_persists() -> N
     later = record("Group Coordinator Request failed: %s", GroupCoordinatorNotAvailableError())
     assert f.filter(later)
     assert later.levelno == logging.WARNING and "(for 0 s)" in later.getMessage()
+
+
+def make_kafka(port: int, controller: int, tmp_path: Path) -> subprocess.Popen[bytes]:
+    """`make kafka` on those ports with its data in ``tmp_path``, in a process group of its own."""
+    return subprocess.Popen(
+        ["make", "-s", "kafka", f"PORT={port}", f"CONTROLLER_PORT={controller}", f"ARGS=--data-dir {tmp_path / 'k'}"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=(tmp_path / "broker.log").open("wb"), start_new_session=True,
+    )
+
+
+async def test_make_kafka_takes_ports_and_make_kafka_topic_creates_a_topic(tmp_path: Path) -> None:
+    """`make kafka PORT= CONTROLLER_PORT=` runs the broker on those ports and `make kafka-topic NAME= PARTITIONS=`
+    creates the topic there with that many partitions (auto-create is off); a second run says it exists."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    port, controller = free_port(), free_port()
+    broker = make_kafka(port, controller, tmp_path)
+    try:
+        await wait_for_metadata(f"127.0.0.1:{port}", timeout=90)
+        for _ in range(2):
+            made = await asyncio.create_subprocess_exec(
+                "make", "-s", "kafka-topic", "NAME=orders", "PARTITIONS=4", f"PORT={port}",
+                cwd=ROOT, stderr=asyncio.subprocess.PIPE,
+            )
+            _, err = await asyncio.wait_for(made.communicate(), 60)
+            assert made.returncode == 0, err.decode()
+        assert "already exists" in err.decode()
+        admin = AIOKafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}")
+        await admin.start()
+        try:
+            (described,) = await admin.describe_topics(["orders"])
+        finally:
+            await admin.close()
+        assert described["error_code"] == 0
+        assert len(described["partitions"]) == 4
+    finally:
+        os.killpg(broker.pid, signal.SIGTERM)
+        try:
+            broker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(broker.pid, signal.SIGKILL)
+            broker.wait()
