@@ -567,14 +567,38 @@ async def stop_daemon(daemon: Daemon) -> None:
     assert await daemon.stop() == []
 
 
+#: Files the SPEC examples refer to, by type (relative to the configuration's folder).
+EXAMPLE_FILES: dict[str, dict[str, str]] = {
+    "replay": {"data/sample-trades.jsonl": '{"s": "BTCUSDT", "p": "1", "q": "1", "T": 1}\n'},
+    "python": {
+        "myproject/__init__.py": "",
+        "myproject/alerts.py": "def on_trade(args, event):\n    return None\n",
+    },
+}
+
+
+#: Arguments a call needs where the tool's argument schema requires some (`check` judges literal ones).
+EXAMPLE_ARGS: dict[str, dict[str, Any]] = {
+    "ccxt_order": {"symbol": "BTC/USDT", "side": "buy", "type": "limit", "amount": 0.001, "price": 60000},
+}
+
+
 def check_plan(spec: ComponentSpec, tmp_path: Path) -> str:
-    """``reflexd check`` on a configuration using ``spec.example``: its output (exit code 0 asserted)."""
+    """``reflexd check`` on a configuration using ``spec.example``: its output (exit code 0 asserted).
+    What an example names outside the file (a recording, a Python module) is put beside it first, as a
+    user would have it: `check` looks for those."""
     (tmp_path / "x.jsonl").write_text("{}\n")
+    for relative, text in EXAMPLE_FILES.get(spec.type, {}).items():
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text(text)
     if spec.kind == "source":
         doc = {"sources": {"s": dict(spec.example)}, "tools": {"t": {"type": "log"}}}
     else:
         doc = {"sources": {"s": {"type": "replay", "path": "x.jsonl"}}, "tools": {"t": dict(spec.example)}}
-    doc["rules"] = {"r": {"from": "s", "then": [{"tool": "t"}]}}
+    call: dict[str, Any] = {"tool": "t"}
+    if spec.type in EXAMPLE_ARGS:
+        call["args"] = EXAMPLE_ARGS[spec.type]
+    doc["rules"] = {"r": {"from": "s", "then": [call]}}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     out, err = io.StringIO(), io.StringIO()
