@@ -500,7 +500,7 @@ def _preflight(
     for name, plan in tools.items():
         try:
             schemas[name] = plan.spec.factory(name, plan.config, ctx).schema()["parameters"]
-        except Exception:  # noqa: BLE001 - a factory that cannot build here is judged at start, not now
+        except Exception:  # a factory that cannot build here is judged at start, not now
             continue
     found += argument_problems(rules, schemas)
     return found

@@ -147,14 +147,15 @@ def test_windows_and_crossings_replay() -> None:
 
 
 def test_binance_replay_fires_on_the_big_trades() -> None:
-    """The recorded Binance frames: the subscription reply is skipped, not a rule error; the alerts
+    """The recorded Binance frames: the subscription reply is filtered by the source's `where:`, not a
+    rule error; the alerts
     are the trades above 250,000 USDT with 10 s of cooldown per symbol (data/README.md: the first
     is BTCUSDT 9.47143 @ 65004.03)."""
     path = EXAMPLES / "data" / "binance-trades.jsonl"
     frames = [json.loads(line) for line in path.read_text().splitlines()]
     assert frames[0] == {"result": None, "id": 1}
     fired, summary = replay("binance-trades-alerts.yaml", "binance=examples/data/binance-trades.jsonl")
-    assert "1 line(s) skipped" in summary
+    assert "1 message(s) filtered by the source's where:" in summary
     assert "rule big_trade: seen 207, fired 2, errors 0" in summary
     want = big_trades(frames[1:], 250000, 10)
     assert [f["args"] for f in fired if f["tool"] == "record"] == [
