@@ -9,6 +9,7 @@ Also: a daemon starting against a fresh broker logs no ERROR (aiokafka's transie
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import os
 import shutil
@@ -136,13 +137,18 @@ async def test_record_from_a_time_starts_at_the_first_record_at_or_after_it(
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
-        for i in range(40):  # ids 0..19 in 2001, 20..39 in 2023
-            ts = 1_000_000_000_000 + i if i < 20 else 1_700_000_000_000 + i
+        # ids 0..19 an hour ago, 20..39 ten minutes ago: recent, so the broker's retention (7 days, judged by
+        # record time) cannot delete them while the test runs
+        now_ms = int(time.time() * 1000)
+        for i in range(40):
+            ts = now_ms - 3_600_000 + i if i < 20 else now_ms - 600_000 + i
             await producer.send_and_wait(src, orjson.dumps({"id": i}), partition=i % 2, timestamp_ms=ts)
     finally:
         await producer.stop()
     config = write_config(tmp_path / "c.yaml", bootstrap, src, "unused", unique_name("g"))
-    for start in ("2020-01-01T00:00:00Z", str(1_600_000_000_000)):
+    between = now_ms - 1_800_000
+    iso = datetime.datetime.fromtimestamp(between / 1000, datetime.UTC).isoformat()
+    for start in (iso, str(between)):
         code, err = await run_record(config, tmp_path / "rec.jsonl", "--from", start, "--duration", "5")
         assert code == 0, err
         assert recorded_ids(tmp_path / "rec.jsonl") == list(range(20, 40)), start

@@ -137,7 +137,23 @@ class Hook:
             await runner.cleanup()
 
 
-def write_config(path: Path, feed: Feed, hook: Hook, http_port: int, kafka_port: int, rule: str) -> None:
+def write_config(
+    path: Path, feed: Feed, hook: Hook, http_port: int, kafka_port: int, rule: str, *, moved_auth: bool = False
+) -> None:
+    """The configuration; ``moved_auth`` adds a source whose secret subscribe messages meet a cross-origin
+    redirect (refused for good at its first connect, so the daemon does not start)."""
+    extra = (
+        f"""  moved_auth:
+    type: websocket
+    url: "ws://127.0.0.1:{feed.port}/moved-auth"
+    subscribe:
+      - {{method: AUTH, key: "${{WS_SUB}}"}}
+    key_field: s
+    time_field: T
+"""
+        if moved_auth
+        else ""
+    )
     path.write_text(
         textwrap.dedent(
             f"""\
@@ -164,13 +180,6 @@ def write_config(path: Path, feed: Feed, hook: Hook, http_port: int, kafka_port:
                 key_field: s
                 time_field: T
                 reconnect: {{initial_seconds: 0.2, max_seconds: 1}}
-              moved_auth:
-                type: websocket
-                url: "ws://127.0.0.1:{feed.port}/moved-auth"
-                subscribe:
-                  - {{method: AUTH, key: "${{WS_SUB}}"}}
-                key_field: s
-                time_field: T
               orders:
                 type: kafka
                 bootstrap_servers: "127.0.0.1:{kafka_port}"
@@ -190,12 +199,12 @@ def write_config(path: Path, feed: Feed, hook: Hook, http_port: int, kafka_port:
                 retry: {{max_attempts: 1}}
             rules:
               {rule}:
-                from: [direct, moved, moved_auth, orders]
+                from: [direct, moved, orders{", moved_auth" if moved_auth else ""}]
                 then:
                   - tool: hook
                     args: {{token: "${{ARG_TOKEN}}", note: "${{ARG_PLAIN}}", text: "trade {{data.p}}"}}
             """
-        )
+        ).replace("  orders:\n", extra + "  orders:\n", 1)
     )
 
 
@@ -279,9 +288,6 @@ async def test_no_secret_on_any_surface(tmp_path: Path) -> None:
         assert any(p.startswith("/moved") for p, _ in feed.handshakes), "the redirecting source never connected"
         landed = [list(headers.raw_items()) for path, headers in feed.handshakes if path.startswith("/landed")]
         surfaces["handshake at the redirect's other origin"] = f"{len(landed)} handshakes: {landed}"
-        sent_there = [m for path, m in feed.messages if path.startswith("/landed")]
-        surfaces["messages sent to the redirect's other origin"] = f"{len(sent_there)} messages: {sent_there}"
-        assert any(p.startswith("/moved-auth") for p, _ in feed.handshakes)
 
         # dead letters, read after the rule was renamed in the configuration
         write_config(config, feed, hook, http_port, kafka_port, rule="renamed")
@@ -310,6 +316,18 @@ async def test_no_secret_on_any_surface(tmp_path: Path) -> None:
             taken.listen()
             code, surfaces["startup failure"] = await reflexd("run", "-c", str(config), env=env, cwd=tmp_path)
         assert code == 3, surfaces["startup failure"]
+
+        # a startup failure: a source whose secret subscribe messages meet a cross-origin redirect
+        write_config(config, feed, hook, http_port, kafka_port, rule="renamed", moved_auth=True)
+        code, surfaces["startup failure (redirect refused)"] = await reflexd(
+            "run", "-c", str(config), env=env, cwd=tmp_path
+        )
+        assert code == 3 and "moved_auth" in surfaces["startup failure (redirect refused)"]
+        assert any(p.startswith("/moved-auth") for p, _ in feed.handshakes)
+        landed = [list(headers.raw_items()) for path, headers in feed.handshakes if path.startswith("/landed")]
+        surfaces["handshakes at the redirect's other origin"] = f"{len(landed)} handshakes: {landed}"
+        sent_there = [m for path, m in feed.messages if path.startswith("/landed")]
+        surfaces["messages sent to the redirect's other origin"] = f"{len(sent_there)} messages: {sent_there}"
 
         # configuration failures whose values come from the secrets
         broken = config.read_text().replace(

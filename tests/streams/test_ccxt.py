@@ -550,19 +550,23 @@ async def test_a_bad_symbol_stops_alone_with_a_clear_reason_in_readyz(
 
 
 async def test_only_bad_symbols_fail_the_source() -> None:
-    """When every symbol is bad, the source stops for good (state failed) instead of retrying forever."""
+    """When every symbol is bad, the source stops for good (state failed) instead of retrying forever; as
+    that happens at its first connect, the daemon does not start (a source that can never work is a
+    startup failure, exit 3)."""
     emu = BinanceEmulator([MarketSpec("BTC/USDT")])
     async with emu:
         cfg = daemon_config(
             recorder_registry([]), sources={"feed": ccxt_source(emu, ["NOPE/USDT", "NADA/USDT"])}
         )
         daemon = Daemon(cfg)
-        await daemon.start()
         try:
+            with pytest.raises(StartupError) as caught:
+                await daemon.start()
+            assert "every symbol has stopped" in str(caught.value) and "NADA/USDT" in str(caught.value)
             source = daemon.sources["feed"]
-            await wait_for(lambda: source.stats.state == "failed", what="the source to fail")
+            assert source.stats.state == "failed"
             ok, reason = source.readiness()
-            assert not ok and "every symbol has stopped" in reason and "NADA/USDT" in reason
+            assert not ok and "every symbol has stopped" in reason
             attempts = source.stats.attempts
             await asyncio.sleep(0.2)
             assert source.stats.attempts == attempts == 1
