@@ -329,8 +329,7 @@ class _ServerLog(logging.Logger):
         super().__init__("reflexd.http.server")
         self._stats = stats
         self._malformed = RateLimitedLog(log, "malformed HTTP request refused", level=logging.INFO)
-        self._errors_at = float("-inf")
-        self._errors_held = 0
+        self._errors = RateLimitedLog(log, "ops HTTP server error", level=logging.ERROR)
 
     def handle(self, record: logging.LogRecord) -> None:
         exc = record.exc_info[1] if record.exc_info else None
@@ -345,15 +344,7 @@ class _ServerLog(logging.Logger):
         if record.levelno < logging.WARNING:
             return
         self._stats.errors += 1
-        now = time.monotonic()
-        if now - self._errors_at < 10.0:
-            self._errors_held += 1
-            return
-        fields: dict[str, Any] = {"error": record.getMessage()}
-        if self._errors_held:
-            fields["suppressed_since_last"], self._errors_held = self._errors_held, 0
-        self._errors_at = now
-        log.error("ops HTTP server error", exc_info=record.exc_info, extra={"fields": fields})
+        self._errors.hit(exc_info=record.exc_info, error=record.getMessage())
 
 
 _TOO_MANY = (

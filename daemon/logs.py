@@ -205,8 +205,9 @@ class RateLimitedLog:
         self._last = float("-inf")
         self._suppressed = 0
 
-    def hit(self, text: str | None = None, /, **fields: Any) -> None:
-        """Count one occurrence; log it (as ``text`` if given, else the message) unless held back."""
+    def hit(self, text: str | None = None, /, *, exc_info: Any = None, **fields: Any) -> None:
+        """Count one occurrence; log it (as ``text`` if given, else the message, with ``exc_info``
+        if given) unless held back."""
         now = time.monotonic()
         if now - self._last < self._interval:
             self._suppressed += 1
@@ -215,7 +216,7 @@ class RateLimitedLog:
             fields["suppressed_since_last"] = self._suppressed
             self._suppressed = 0
         self._last = now
-        self._logger.log(self._level, text or self._msg, extra={"fields": fields})
+        self._logger.log(self._level, text or self._msg, exc_info=exc_info, extra={"fields": fields})
 
     @property
     def suppressed(self) -> int:
