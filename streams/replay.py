@@ -26,7 +26,7 @@ from daemon.logs import RateLimitedLog, get_logger
 from streams.base import Source, SourceConfig
 from streams.component import BuildContext, ComponentSpec, PreflightContext, Problem
 from streams.decode import BadKey, BadTime, DecodeFields, NotJson, ProgressBound, make_decoder
-from streams.event import Event
+from streams.event import new_event
 from streams.queue import WhenFull
 
 __all__ = ["SPEC", "ReplaySource", "ReplaySourceConfig"]
@@ -99,11 +99,11 @@ class ReplaySource(Source):
                 except (BadKey, BadTime) as exc:
                     self._bad_line(lineno, line, exc.problem)
                     continue
-                if keep is not None:
-                    seen = clock()
-                    if not self.admit(keep, Event(name, seen if t is None else t, seen, key, data, {})):
-                        continue
                 now = clock()
+                if keep is not None and not self.admit(
+                    keep, new_event(name, now if t is None else t, now, key, data, {})
+                ):
+                    continue
                 ts = now
                 if t is not None:
                     ts = t + offset
@@ -122,7 +122,7 @@ class ReplaySource(Source):
                             now = clock()
                 count += 1
                 meta = {"line": lineno, "lap": self.laps, "run": self.run_id}
-                await queue.put(Event(name, ts, now, key, data, meta))
+                await queue.put(new_event(name, ts, now, key, data, meta))
                 stats.last_event_at = now
                 if count % 256 == 0:
                     await asyncio.sleep(0)  # let the rules run when the queue never fills
