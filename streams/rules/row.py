@@ -100,11 +100,10 @@ def make_row(
     *,
     ts: float | None = None,
     key: Any = ...,
-    meta: dict[str, Any] | None = None,
     ack: Ack | EllipsisType | None = ...,
 ) -> Row:
-    """A row with ``item``'s event fields (``ts``/``key``/``meta``/``ack`` may be replaced) and ``fields``."""
-    source, item_ts, received_at, item_key, data, item_meta, kind, item_ack = _getitem(
+    """A row with ``item``'s event fields (``ts``/``key``/``ack`` may be replaced) and ``fields``."""
+    source, item_ts, received_at, item_key, data, meta, kind, item_ack = _getitem(
         item, slice(0, FIELDS_INDEX)
     )
     row: Row = _new(
@@ -115,7 +114,7 @@ def make_row(
             received_at,
             item_key if key is ... else key,
             data,
-            item_meta if meta is None else meta,
+            meta,
             kind or DATA,
             item_ack if ack is ... else ack,
             fields,
