@@ -554,13 +554,15 @@ class Journal:
         """Record an invocation as running. ``payload`` keeps the real arguments until it ends, so
         an invocation interrupted by a crash can be retried at the next start (unless it is not
         ``resumable``: a Kafka record is delivered again instead); ``args`` is redacted."""
+        shown = redact(args, secret_args)
+        shown_text = _dumps(shown)
         row = [
             inv_id,
             key,
             rule,
             tool,
-            _dumps(redact(args, secret_args)),
-            _dumps(args) if resumable else None,
+            shown_text,
+            (shown_text if shown is args else _dumps(args)) if resumable else None,  # nothing hidden: 1 dump
             _dumps(event),
             time.time(),
             None,  # ended
