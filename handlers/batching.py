@@ -80,7 +80,10 @@ class BatchAttempt:
                         raise  # the attempt's timer, or shutdown
                 except Exception:
                     pass  # judged just below
-            outcomes.append(await self._outcome(fut))
+            if not fut.cancelled() and fut.exception() is None:  # the common case: no coroutine
+                outcomes.append((fut.result(), None))
+            else:
+                outcomes.append(await self._outcome(fut))
 
     async def ended_in_time(self, k: int) -> Outcome | None:
         """Call ``k``'s outcome if its future had ended when the attempt was cut off (collected
