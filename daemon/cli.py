@@ -527,7 +527,7 @@ def render_plan(config: AppConfig, out: TextIO | None = None) -> str:
         if rule.cooldown_seconds:
             cooldown = _value(config, ("rules", name, "cooldown_seconds"), rule.cooldown_seconds)
             parts.append(f"cooldown {cooldown}s per key")
-        if rule.kinds != ["data"]:
+        if "kinds" in rule.model_fields_set:
             parts.append(f"kinds {', '.join(rule.kinds)}")
         if rule.allowed_lateness_seconds:
             lateness_path = ("rules", name, "allowed_lateness_seconds")

@@ -24,12 +24,14 @@ from daemon.errors import ConfigError, ConfigIssue, ExpressionError
 from daemon.preflight import argument_problems, component_problems, state_path_problems
 from daemon.registry import BuildContext, ComponentSpec, Kind, Registry
 from daemon.yamlio import EnvText, LoadedYaml, format_path, load_yaml_file, load_yaml_text, resolve_scalar
+from handlers.notifications import NotificationsConfig
 from streams.component import PreflightContext
 from streams.event import READABLE_FIELDS
 from streams.expressions import compile_expression, compile_template
 from streams.rules.pipeline import RuleConfig, plan_rule, rule_config_model
 
 __all__ = [
+    "AgentConfig",
     "AppConfig",
     "ComponentPlan",
     "DaemonConfig",
@@ -41,7 +43,7 @@ __all__ = [
     "parse_listen",
 ]
 
-TOP_LEVEL = ("daemon", "sources", "tools", "rules")
+TOP_LEVEL = ("daemon", "agent", "sources", "tools", "rules")
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 Path_ = tuple[str | int, ...]
 
@@ -165,6 +167,23 @@ class DaemonConfig(BaseModel):
     shutdown_timeout_seconds: float = Field(20.0, gt=0, le=3600, description="Budget for a graceful stop.")
 
 
+class AgentConfig(BaseModel):
+    """``agent:``: what the llm tools share (docs/agent.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+    notifications: NotificationsConfig = Field(
+        default_factory=NotificationsConfig,
+        description="The queue an llm tool drains into one message before each model call.",
+    )
+    approvals_poll_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="How often the daemon looks for approvals decided by `reflexd approvals`.",
+    )
+
+
 @dataclass(frozen=True)
 class ComponentPlan:
     """One validated source or tool."""
@@ -186,6 +205,9 @@ class AppConfig:
     tools: dict[str, ComponentPlan]
     rules: dict[str, RuleConfig]
     secret_paths: frozenset[Path_] = field(default_factory=frozenset)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    #: the texts that came from ``${VAR}`` (what the agent's transcripts are scrubbed of when shown)
+    secret_texts: frozenset[str] = field(default_factory=frozenset)
 
     def secret_arguments(self) -> dict[tuple[str | None, str], frozenset[str]]:
         """Per (rule, tool): argument names whose configured value came from the environment
@@ -466,8 +488,10 @@ def validate(
             _unknown_key_hint(c, (), key, TOP_LEVEL)
 
     daemon_cfg = c.model(DaemonConfig, root.get("daemon") or {}, ("daemon",)) or DaemonConfig()
+    agent_cfg = c.model(AgentConfig, root.get("agent") or {}, ("agent",)) or AgentConfig()
     sources = _components(c, registry, "source", "sources", root.get("sources"))
     tools = _components(c, registry, "tool", "tools", root.get("tools"))
+    _tool_refs(c, tools, root.get("tools"))
     rules = _rules(c, registry, root.get("rules"), sources, tools)
     if not sources and not any(i.path.startswith("sources") for i in c.issues):
         c.add(("sources",), "at least one source is required")
@@ -478,7 +502,34 @@ def validate(
             c.add(at, reason)
     if c.issues:
         raise ConfigError(c.issues)
-    return AppConfig(loaded.file, base_dir, daemon_cfg, sources, tools, rules, loaded.secret_paths)
+    secret_texts = frozenset(v for values in loaded.secret_values.values() for v in values if len(v) >= 4)
+    return AppConfig(
+        loaded.file, base_dir, daemon_cfg, sources, tools, rules, loaded.secret_paths, agent_cfg, secret_texts
+    )
+
+
+def _tool_refs(c: _Checker, tools: Mapping[str, ComponentPlan], raw_tools: Any) -> None:
+    """The tools a tool calls (an llm tool's ``tools``) must be configured tools that call no tools
+    themselves (no loops, no llm tool calling another) and not the tool itself."""
+    callers = {name for name, plan in tools.items() if plan.spec.tool_refs is not None}
+    for name, plan in tools.items():
+        refs = plan.spec.tool_refs
+        if refs is None:
+            continue
+        for rel, target in refs(plan.config):
+            at: Path_ = ("tools", name, *rel)
+            if target == name:
+                c.add(at, f"{name!r} cannot call itself")
+            elif target in callers:
+                c.add(
+                    at,
+                    f"{target!r} calls tools itself ({tools[target].spec.type}); one may not call the other",
+                )
+            elif target not in tools:
+                if isinstance(raw_tools, dict) and target in raw_tools:
+                    continue  # the tool itself is invalid and already reported
+                known = ", ".join(sorted(t for t in tools if t not in callers)) or "none"
+                c.add(at, f"no tool named {_FROM_ENV if c.secret(at) else repr(target)} (tools: {known})")
 
 
 def _preflight(
@@ -579,10 +630,13 @@ def _rules(
         ok = rule is not None and not reported
         from_ = rule.from_ if rule is not None else _raw_names(body.get("from"), "from" in bad)
         for i, src in enumerate(from_):
-            if src not in sources:
+            if src not in sources and not (src in tools and tools[src].spec.emits_events):
                 if isinstance(raw_sources, dict) and src in raw_sources:
                     continue  # the source itself is invalid and already reported
+                emitting = [t for t, plan in tools.items() if plan.spec.emits_events]
                 known = ", ".join(sorted(sources)) or "none"
+                if emitting:
+                    known += f"; tools with events: {', '.join(sorted(emitting))}"
                 listed = isinstance(body.get("from"), list)
                 path: Path_ = (*prefix, "from", i) if listed else (*prefix, "from")
                 shown = _FROM_ENV if c.secret(path) else repr(src)
@@ -829,6 +883,7 @@ def config_json_schema(registry: Registry) -> dict[str, Any]:
         "additionalProperties": False,
         "properties": {
             "daemon": embed(DaemonConfig),
+            "agent": embed(AgentConfig),
             "sources": variants("source"),
             "tools": variants("tool"),
             "rules": {

@@ -28,7 +28,7 @@ import orjson
 from daemon.config import AppConfig
 from daemon.errors import StartupError
 from daemon.state import DeadLetter, Journal, StateStore, redact
-from handlers.base import CallContext, Tool
+from handlers.base import CallContext, CallReply, Tool
 from handlers.runner import ToolRunner
 from streams.event import event_from_record
 from streams.expressions import compile_template
@@ -246,16 +246,16 @@ async def _replay(config: AppConfig, store: StateStore, letters: list[DeadLetter
     await journal.start()
     await runner.start()
     loop = asyncio.get_running_loop()
-    pending: list[tuple[DeadLetter, asyncio.Future[str]]] = []
+    pending: list[tuple[DeadLetter, asyncio.Future[CallReply]]] = []
     try:
         for d, args in runnable:
-            done: asyncio.Future[str] = loop.create_future()
+            done: asyncio.Future[CallReply] = loop.create_future()
             call = CallContext(d.tool, d.rule, event_from_record(d.event), d.key)
             runner.submit(d.tool, args, call, done=done, dead_letter=False)
             pending.append((d, done))
             if runner.full:
                 await runner.wait_for_room()
-        outcomes = await asyncio.gather(*(fut for _, fut in pending))
+        outcomes = [reply.outcome for reply in await asyncio.gather(*(fut for _, fut in pending))]
     finally:
         await runner.stop(config.daemon.shutdown_timeout_seconds)
         await journal.stop()

@@ -17,7 +17,9 @@ from handlers.ccxt_order import SPEC as CCXT_ORDER
 from handlers.exec import SPEC as EXEC
 from handlers.file import SPEC as FILE
 from handlers.kafka import SPEC as KAFKA_TOOL
+from handlers.llm import SPEC as LLM
 from handlers.log import SPEC as LOG
+from handlers.notify import SPEC as NOTIFY
 from handlers.python import SPEC as PYTHON
 from handlers.webhook import SPEC as WEBHOOK
 from streams.ccxt import SPEC as CCXT
@@ -115,5 +117,7 @@ def builtin_registry() -> Registry:
             EXEC,
             PYTHON,
             CCXT_ORDER,
+            NOTIFY,
+            LLM,
         ]
     )

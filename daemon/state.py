@@ -94,6 +94,62 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 CREATE INDEX IF NOT EXISTS dead_letters_tool ON dead_letters (tool, replayed_at);
 """
 
+#: The agent's tables (``daemon.agent_state``): runs, their messages, token usage, approvals.
+AGENT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS agent_runs (
+    run_id TEXT PRIMARY KEY,
+    tool TEXT NOT NULL,
+    rule TEXT,
+    key TEXT,
+    event TEXT,
+    prompt TEXT,
+    started REAL NOT NULL,
+    ended REAL,
+    outcome TEXT,
+    rounds INTEGER NOT NULL DEFAULT 0,
+    tokens_in INTEGER NOT NULL DEFAULT 0,
+    tokens_out INTEGER NOT NULL DEFAULT 0,
+    answer TEXT,
+    error TEXT,
+    call_id TEXT
+);
+CREATE INDEX IF NOT EXISTS agent_runs_started ON agent_runs (tool, started);
+CREATE INDEX IF NOT EXISTS agent_runs_open ON agent_runs (started) WHERE outcome IS NULL;
+CREATE TABLE IF NOT EXISTS agent_messages (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at REAL NOT NULL,
+    message TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);
+CREATE TABLE IF NOT EXISTS agent_usage (
+    tool TEXT NOT NULL,
+    ts REAL NOT NULL,
+    tokens INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS agent_usage_ts ON agent_usage (tool, ts);
+CREATE TABLE IF NOT EXISTS approvals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    llm TEXT NOT NULL,
+    rule TEXT,
+    tool TEXT NOT NULL,
+    args TEXT NOT NULL,
+    key TEXT NOT NULL UNIQUE,
+    event TEXT,
+    reasoning TEXT,
+    status TEXT NOT NULL,
+    created REAL NOT NULL,
+    decided_at REAL,
+    decided_by TEXT,
+    note TEXT,
+    outcome TEXT,
+    result TEXT,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS approvals_status ON approvals (status, id);
+"""
+
 _INSERT_HEAD = (
     "INSERT OR REPLACE INTO invocations"
     " (id, key, rule, tool, args, payload, event, started, ended, attempts, outcome, error, result) VALUES "
@@ -119,7 +175,8 @@ _UPDATE = (
 
 #: The layout ``open`` leaves the file in (``PRAGMA user_version``); see :func:`_migrate`.
 #: 1: ``dead_letters.redacted`` — arguments are stored redacted, with the names redacted.
-SCHEMA_VERSION = 1
+#: 2: the agent's tables (:data:`AGENT_SCHEMA`), created by the schema script.
+SCHEMA_VERSION = 2
 
 REDACTED = "***"
 _SECRET_NAMES = ("password", "passwd", "secret", "token", "authorization", "api_key", "apikey", "private_key")
@@ -246,7 +303,7 @@ class StateStore:
         self.path = path
         self.retention_seconds = retention_seconds
         self.max_rows = max_rows
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._rows_per_insert: int | None = None
         self.rows: int | None = None  # journal rows: counted at open and by each prune, kept up by writes
@@ -259,7 +316,7 @@ class StateStore:
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(SCHEMA)
+            db.executescript(SCHEMA + AGENT_SCHEMA)
             _migrate(db, self.path)
         except (sqlite3.Error, OSError) as exc:
             raise StartupError("state", f"cannot open {self.path}: {exc}") from exc
@@ -285,7 +342,7 @@ class StateStore:
     def write_batch(self, ops: Sequence[tuple[str, Sequence[Any]]]) -> None:
         """Run the statements in order, in one transaction; runs of the same statement in one call,
         journal inserts many rows per statement."""
-        with self._lock:
+        with self.lock:
             db = self.db
             db.execute("BEGIN")
             try:
@@ -337,7 +394,7 @@ class StateStore:
         :attr:`more_to_prune` says whether the step was full. ``recount`` counts the rows again
         (the running count drifts if another process writes the same file)."""
         cutoff = (now or time.time()) - self.retention_seconds
-        with self._lock:
+        with self.lock:
             # never less than twice what was written since the last step: under a steady load the
             # steps keep up with the writes (and take about as long as those writes took)
             limit = min(max(limit, 2 * self._since_prune), PRUNE_STEP_MAX_ROWS)
@@ -375,7 +432,7 @@ class StateStore:
     def succeeded_keys(self, limit: int) -> list[str]:
         """Keys that succeeded within the retention, newest last (to seed the dedupe memory)."""
         cutoff = time.time() - self.retention_seconds
-        with self._lock:
+        with self.lock:
             rows = self.db.execute(
                 "SELECT key FROM (SELECT key, MAX(ended) AS e FROM invocations WHERE outcome = 'succeeded'"
                 " AND started >= ? GROUP BY key ORDER BY e DESC LIMIT ?) ORDER BY e",
@@ -385,7 +442,7 @@ class StateStore:
 
     def take_unfinished(self) -> list[Unfinished]:
         """Invocations a previous process left ``running``; marked ``interrupted`` as they are taken."""
-        with self._lock:
+        with self.lock:
             db = self.db
             rows = db.execute(
                 "SELECT id, key, rule, tool, payload, event, attempts FROM invocations"
@@ -415,7 +472,7 @@ class StateStore:
         """Park a failed call; ``args`` are stored redacted (``secret_args`` and secret-looking
         names), with the names that were."""
         shown, hidden = redact_names(args, secret_args)
-        with self._lock:
+        with self.lock:
             cur = self.db.execute(
                 "INSERT INTO dead_letters"
                 " (key, rule, tool, args, event, error, attempts, failed_at, redacted)"
@@ -433,7 +490,7 @@ class StateStore:
         if not include_replayed:
             sql += " AND (replayed_at IS NULL OR replay_outcome != 'succeeded')"
         sql += " ORDER BY id"
-        with self._lock:
+        with self.lock:
             rows = self.db.execute(sql, params).fetchall()
         return [
             DeadLetter(
@@ -454,7 +511,7 @@ class StateStore:
         ]
 
     def mark_replayed(self, dead_letter_id: int, outcome: str) -> None:
-        with self._lock:
+        with self.lock:
             self.db.execute(
                 "UPDATE dead_letters SET replayed_at = ?, replay_outcome = ? WHERE id = ?",
                 (time.time(), outcome, dead_letter_id),
@@ -470,7 +527,7 @@ class StateStore:
         if up_to is not None:
             sql += " AND id <= ?"
             params.append(up_to)
-        with self._lock:
+        with self.lock:
             return self.db.execute(sql, params).rowcount
 
 
@@ -492,7 +549,8 @@ class Journal:
         self._ops: list[tuple[str, Sequence[Any]]] = []
         self._unflushed: dict[str, list[Any]] = {}  # journal id → its INSERT row, until flushed
         self._succeeded: OrderedDict[str, None] = OrderedDict()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reflexd-state")
+        #: the one thread that writes the file (the agent's durable writes use it too)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reflexd-state")
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._closing = False
@@ -505,7 +563,7 @@ class Journal:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        for key in await loop.run_in_executor(self._executor, self.store.succeeded_keys, self.remember_keys):
+        for key in await loop.run_in_executor(self.executor, self.store.succeeded_keys, self.remember_keys):
             self._succeeded[key] = None
         self._task = asyncio.create_task(self._writer(), name="reflexd:journal")
 
@@ -528,7 +586,7 @@ class Journal:
         if task is not None:
             await task
         await self._flush()
-        self._executor.shutdown(wait=True)
+        self.executor.shutdown(wait=True)
 
     # -- hot-ish path (once per tool invocation, never per event) ----------------------------
 
@@ -571,7 +629,7 @@ class Journal:
             None,  # error
             None,  # result
         ]
-        if self._queue(_INSERT, row):
+        if self.queue(_INSERT, row):
             self._unflushed[inv_id] = row
 
     def ended(
@@ -588,9 +646,9 @@ class Journal:
             row[5] = None
             row[8:13] = [time.time(), attempts, outcome, error, result_text]
             return
-        self._queue(_UPDATE, (time.time(), attempts, outcome, error, result_text, inv_id))
+        self.queue(_UPDATE, (time.time(), attempts, outcome, error, result_text, inv_id))
 
-    def _queue(self, sql: str, params: Sequence[Any]) -> bool:
+    def queue(self, sql: str, params: Sequence[Any]) -> bool:
         """Buffer one statement for the writer; False (counted) when the buffer is full."""
         if len(self._ops) >= self.max_buffered:
             self.dropped += 1
@@ -615,7 +673,7 @@ class Journal:
         its arguments are stored redacted, as in the journal (``secret_args``: names from ``${VAR}``)."""
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(
-            self._executor,
+            self.executor,
             self.store.add_dead_letter,
             key,
             rule,
@@ -651,7 +709,7 @@ class Journal:
                 last_prune = time.monotonic()
             try:
                 pruned = await loop.run_in_executor(
-                    self._executor, functools.partial(store.prune, recount=due)
+                    self.executor, functools.partial(store.prune, recount=due)
                 )
             except sqlite3.Error as exc:
                 self._error_log.hit(error=f"prune: {exc}", rows=0)
@@ -668,7 +726,7 @@ class Journal:
         if not ops:
             return
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self.store.write_batch, ops)
+            await asyncio.get_running_loop().run_in_executor(self.executor, self.store.write_batch, ops)
         except sqlite3.Error as exc:
             self.write_errors += 1
             self._error_log.hit(error=str(exc), rows=len(ops))

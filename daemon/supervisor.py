@@ -18,14 +18,20 @@ from typing import Any
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 
 from daemon import systemd
+from daemon.agent_state import AgentState
 from daemon.config import AppConfig
 from daemon.errors import ShutdownTimeout, StartupError
 from daemon.http import OpsServer
 from daemon.logs import get_logger
 from daemon.state import Journal, StateStore
-from handlers.base import CallContext, Tool
+from handlers.agent import cap_text
+from handlers.agent_store import Approval
+from handlers.base import CallContext, CallReply, Tool
+from handlers.host import RunnerHost
+from handlers.notifications import NotificationQueue
 from handlers.runner import ToolRunner
 from streams.base import Source
+from streams.emitted import EmittedEvents
 from streams.event import event_from_record
 from streams.reconnect import Reconnector
 from streams.rules.pipeline import Dispatcher, Rule
@@ -100,7 +106,19 @@ class Daemon:
             )
             self.journal = Journal(self.store)
         self.runner = ToolRunner(self.tools, journal=self.journal, secret_args=config.secret_arguments())
+        self.notifications = NotificationQueue.from_config(config.agent.notifications)
+        self.agent_state = AgentState(self.store, self.journal) if self.store is not None else None
+        self.emitted: dict[str, EmittedEvents] = {}
+        for name, plan in config.tools.items():
+            if plan.spec.emits_events:  # its events reach the rules as a source of the same name
+                self.emitted[name] = self.sources[name] = EmittedEvents(name, plan.spec.type)
+        self.host = RunnerHost(
+            self.runner, self.notifications, self.agent_state, {n: s.emit for n, s in self.emitted.items()}
+        )
+        self.host.attach_all()
         self.recovered = 0
+        self.approvals_wake = asyncio.Event()
+        self._approvals: asyncio.Task[None] | None = None
         self.rules: dict[str, Rule] = {}
         self.http: OpsServer | None = None
         self.state = "created"  # created | starting | running | stopping | stopped
@@ -187,11 +205,12 @@ class Daemon:
         if self.store is None or self.journal is None:
             return
         secrets = self.config.secret_arguments()
-        for item in self.store.take_unfinished():
+        unfinished = self.store.take_unfinished()
+        for item in unfinished:
             event = event_from_record(item.event)
             if item.tool in self.tools:
                 ctx = CallContext(item.tool, item.rule, event, item.key)
-                if self.runner.submit(item.tool, item.args, ctx):
+                if self.runner.submit(item.tool, item.args, ctx, screen=False):
                     self.recovered += 1
                     continue
             await self.journal.dead_letter(
@@ -206,8 +225,89 @@ class Daemon:
             )
         if self.recovered:
             log.info("resuming interrupted tool calls", extra={"fields": {"calls": self.recovered}})
+        if self.agent_state is not None:
+            self._settle_open_runs({item.key for item in unfinished})
+            self._approvals = asyncio.create_task(self._run_approvals(), name="reflexd:approvals")
+
+    def _settle_open_runs(self, resumed: set[str]) -> None:
+        """Agent runs a previous process left open: those whose llm call is being resumed go on from
+        their journaled conversation; the others are marked ``interrupted`` and put in the
+        notification queue, so the model hears of them at its next call."""
+        assert self.agent_state is not None
+        self.agent_state.prune(self.config.daemon.journal.retention_seconds)
+        for run in self.agent_state.open_runs():
+            if run.call_id in resumed and run.tool in self.tools:
+                continue
+            ended = self.agent_state.mark_interrupted(run, "the daemon stopped before the run ended")
+            self.notifications.put(
+                "interrupted",
+                run.prompt,
+                {"llm": run.tool, "run": run.run_id, "rounds": run.rounds},
+                rule=run.rule,
+                key=run.key,
+            )
+            log.warning(
+                "agent run interrupted by a restart",
+                extra={"fields": {"tool": ended.tool, "run": ended.run_id, "rule": ended.rule}},
+            )
+
+    async def _run_approvals(self) -> None:
+        """Execute approved proposals (decided by ``reflexd approvals`` or the ops server), each once,
+        through the runner with its idempotency key; the outcome goes to the notification queue."""
+        assert self.agent_state is not None
+        state = self.agent_state
+        poll = self.config.agent.approvals_poll_seconds
+        after_restart = True
+        while True:
+            try:
+                for approval in state.take_approved(after_restart=after_restart):
+                    self._execute(approval)
+                after_restart = False
+            except Exception:
+                log.exception("reading approvals failed")
+            self.approvals_wake.clear()
+            try:
+                async with asyncio.timeout(poll):
+                    await self.approvals_wake.wait()
+            except TimeoutError:
+                pass
+
+    def _execute(self, approval: Approval) -> None:
+        ctx = CallContext(approval.tool, approval.rule, event_from_record(approval.event), approval.key)
+        future = self.host.call(approval.tool, approval.args, ctx)
+        log.info(
+            "approved call running",
+            extra={"fields": {"approval": approval.id, "tool": approval.tool, "run": approval.run_id}},
+        )
+
+        def ended(done: asyncio.Future[CallReply]) -> None:
+            reply = done.result() if not done.cancelled() else CallReply("cancelled")
+            if reply.outcome in ("rejected", "cancelled") and self.state == "stopping":
+                return  # stays executing: taken again at the next start, with the same key
+            assert self.agent_state is not None
+            try:
+                self.agent_state.executed(approval.id, reply.outcome, reply.result, reply.error)
+            except Exception:
+                log.exception(
+                    "recording an approved call failed", extra={"fields": {"approval": approval.id}}
+                )
+            fields: dict[str, Any] = {"approval": approval.id, "tool": approval.tool, "args": approval.args}
+            if reply.result is not None:
+                fields["result"] = cap_text(repr(reply.result), 2000)
+            if reply.error:
+                fields["error"] = reply.error.split("\n", 1)[0]
+            self.notifications.put(
+                "approval",
+                f"approved call {approval.id} of {approval.tool}: {reply.outcome}",
+                fields,
+                rule=approval.rule,
+            )
+
+        future.add_done_callback(ended)
 
     async def _abort_start(self) -> None:
+        if self._approvals is not None:
+            self._approvals.cancel()
         try:
             await self.runner.stop(1.0)
         except ShutdownTimeout:
@@ -295,6 +395,8 @@ class Daemon:
 
     async def _stop_in_order(self, deadline: float, cancelled: list[str]) -> None:
         """The graceful stop, within ``deadline``; what had to be cut is added to ``cancelled``."""
+        if self._approvals is not None:
+            self._approvals.cancel()
         # 1. sources stop reading (each session closes its connection on cancellation)
         for source in self.sources.values():
             source.begin_stop()
@@ -332,8 +434,9 @@ class Daemon:
         webhook tool's aiohttp session is closed there), write what the journal holds, close the
         ops server. Each step gets at most :data:`FINISH_GRACE_SECONDS`."""
         tasks = [*self._source_tasks.values(), *self._dispatch_tasks.values()]
-        if self._watchdog is not None:
-            tasks.append(self._watchdog)
+        for extra in (self._watchdog, self._approvals):
+            if extra is not None:
+                tasks.append(extra)
         for task in tasks:
             task.cancel()
         steps: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
@@ -420,6 +523,7 @@ class Daemon:
                 for name, s in self.sources.items()
             },
             "rules": {name: {"from": r.config.from_, **r.stats.as_dict()} for name, r in self.rules.items()},
+            "notifications": self.notifications.stats(),
             "tools": {
                 name: {
                     "type": tool.type_name,
@@ -430,12 +534,14 @@ class Daemon:
                     "deduplicated": st.deduplicated,
                     "dead_lettered": st.dead_lettered,
                     "short_circuited": st.short_circuited,
+                    "screened": st.screened,
                     "circuit": self.runner.breaker(name).state,
                     "attempts": st.attempts,
                     "retries": st.retries,
                     "rejected": st.rejected,
                     "in_flight": st.in_flight,
                     "pending": pending,
+                    **tool.extra_status(),
                 }
                 for name, (tool, st, pending) in self.runner.lanes().items()
             },

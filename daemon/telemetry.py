@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from daemon.state import Journal
+from handlers.notifications import NotificationQueue
 from handlers.runner import DURATION_BUCKETS, ToolRunner
 from streams.base import Source
 from streams.metrics import MetricSpec
@@ -36,8 +37,10 @@ class Observed(Protocol):
     rules: dict[str, Rule]
     runner: ToolRunner
     journal: Journal | None
+    notifications: NotificationQueue
 
     def readiness(self) -> tuple[bool, dict[str, str]]: ...
+
 
 _S = ("source",)
 
@@ -150,6 +153,30 @@ TOOL_REJECTED = MetricSpec("reflexd_tool_rejected_total", "counter", "Tool calls
 TOOL_IN_FLIGHT = MetricSpec("reflexd_tool_in_flight", "gauge", "Tool calls running.", _T)
 TOOL_PENDING = MetricSpec("reflexd_tool_pending", "gauge", "Tool calls waiting for a slot.", _T)
 TOOL_DURATION = MetricSpec("reflexd_tool_duration_seconds", "histogram", "Tool call duration.", _T)
+TOOL_SCREENED = MetricSpec(
+    "reflexd_tool_screened_total",
+    "counter",
+    "Tool calls settled before they were queued, by outcome.",
+    ("tool", "outcome"),
+    "An llm tool's escalations turned away: `deduplicated`, `over_budget` (their events go to the "
+    "notification queue).",
+)
+
+NOTIFICATIONS_QUEUED = MetricSpec(
+    "reflexd_notifications_queued", "gauge", "Items in the notification queue.", ()
+)
+NOTIFICATIONS_PUT = MetricSpec(
+    "reflexd_notifications_total",
+    "counter",
+    "Items put in the notification queue (coalesced repeats too).",
+    (),
+)
+NOTIFICATIONS_DROPPED = MetricSpec(
+    "reflexd_notifications_dropped_total",
+    "counter",
+    "Notification items evicted (queue full) before a reader took them.",
+    (),
+)
 
 JOURNAL_DROPPED = MetricSpec(
     "reflexd_journal_dropped_total", "counter", "Journal rows dropped: writer fell behind.", ()
@@ -198,6 +225,10 @@ DAEMON_METRICS: tuple[MetricSpec, ...] = (
     TOOL_IN_FLIGHT,
     TOOL_PENDING,
     TOOL_DURATION,
+    TOOL_SCREENED,
+    NOTIFICATIONS_QUEUED,
+    NOTIFICATIONS_PUT,
+    NOTIFICATIONS_DROPPED,
     JOURNAL_DROPPED,
     JOURNAL_WRITE_ERRORS,
     JOURNAL_BACKLOG,
@@ -232,6 +263,7 @@ class DaemonCollector(Collector):
         yield from self._sources(d, now)
         yield from self._rules(d)
         yield from self._tools(d)
+        yield from self._notifications(d)
         journal = d.journal
         if journal is not None:
             dropped = _counter(JOURNAL_DROPPED)
@@ -302,6 +334,18 @@ class DaemonCollector(Collector):
                 fam.add_metric([name], value)
         yield from families.values()
 
+    def _notifications(self, d: Observed) -> Iterator[Metric]:
+        q = d.notifications
+        queued, put, dropped = (
+            _gauge(NOTIFICATIONS_QUEUED),
+            _counter(NOTIFICATIONS_PUT),
+            _counter(NOTIFICATIONS_DROPPED),
+        )
+        queued.add_metric([], len(q))
+        put.add_metric([], q.put_count)
+        dropped.add_metric([], q.dropped)
+        yield from (queued, put, dropped)
+
     def _rules(self, d: Observed) -> Iterator[Metric]:
         families = [(field, _counter(spec)) for field, spec in RULE_METRICS]
         for name, rule in d.rules.items():
@@ -324,6 +368,7 @@ class DaemonCollector(Collector):
         duration = HistogramMetricFamily(
             TOOL_DURATION.name, TOOL_DURATION.help, labels=list(TOOL_DURATION.labels)
         )
+        screened = _counter(TOOL_SCREENED)
         for name, (_tool, s, waiting) in d.runner.lanes().items():
             calls.add_metric([name], s.calls)
             failures.add_metric([name], s.failures)
@@ -342,6 +387,8 @@ class DaemonCollector(Collector):
                 cumulative += count
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
             duration.add_metric([name], buckets, s.duration_sum)
+            for outcome, count in sorted(s.screened_by.items()):
+                screened.add_metric([name, outcome], count)
         yield from (
             calls,
             failures,
@@ -356,6 +403,20 @@ class DaemonCollector(Collector):
             pending,
         )
         yield duration
+        yield screened
+        yield from self._tool_specific(d)
+
+    def _tool_specific(self, d: Observed) -> Iterator[Metric]:
+        """Metrics a tool type adds (its ``SPEC.metrics``, e.g. the llm tool's runs by outcome),
+        labelled by tool and then the spec's other labels."""
+        families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
+        for name, (tool, _stats, _waiting) in d.runner.lanes().items():
+            for spec, labels, value in tool.metric_samples():
+                fam = families.get(spec.name)
+                if fam is None:
+                    fam = families[spec.name] = _counter(spec) if spec.kind == "counter" else _gauge(spec)
+                fam.add_metric([name, *labels], value)
+        yield from families.values()
 
 
 def metrics_registry(daemon: Observed) -> CollectorRegistry:

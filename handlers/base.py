@@ -4,9 +4,17 @@ The same tool can be fired by a rule or, later, called by a language model with 
 schema. ``call`` may be a coroutine function or a plain function; the runner awaits the
 former and runs the latter in a thread executor, propagating its exceptions.
 
-Capabilities the daemon looks for on any tool, whatever its type: :attr:`Tool.kill_switch`
-(a :class:`KillSwitchControl`, for tools whose actions an operator must be able to halt at once;
-the ops server's ``/kill-switch`` drives every tool that has one).
+Capabilities the daemon looks for on any tool, whatever its type:
+
+- :attr:`Tool.kill_switch` (a :class:`KillSwitchControl`, for tools whose actions an operator must be
+  able to halt at once; the ops server's ``/kill-switch`` drives every tool that has one);
+- :meth:`Tool.attach`: every tool is handed the daemon's :class:`ToolHost` before it starts; a tool that
+  works through other tools (the ``llm`` tool) or feeds the notification queue (``notify``) keeps it;
+- :meth:`Tool.screen`: a tool may settle a call before it is queued (the ``llm`` tool's dedup and
+  budget gates), so a busy rule never waits behind a slow call just to be told no.
+
+Whether a type's results are events rules can read (``from: [<tool>]``), and which other tools it
+calls, its ``SPEC`` says (``emits_events``, ``tool_refs``): the configuration is checked by spec.
 """
 
 from __future__ import annotations
@@ -18,17 +26,23 @@ from typing import Any, ClassVar, NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from handlers.agent_store import AgentStore
+from handlers.notifications import NotificationQueue
 from streams.backoff import BackoffPolicy
 from streams.call import CallContext
+from streams.event import Event
+from streams.metrics import MetricSpec
 
 __all__ = [
     "CallContext",
+    "CallReply",
     "CircuitConfig",
     "KillSwitchControl",
     "RetryConfig",
     "StartedCalls",
     "Tool",
     "ToolConfig",
+    "ToolHost",
 ]
 
 
@@ -104,6 +118,46 @@ class KillSwitchControl(Protocol):
         """JSON-ready state; ``"engaged"`` is true while actions are refused, whatever the cause."""
 
 
+class CallReply(NamedTuple):
+    """How a call queued through the runner ended, for a caller that waits for it."""
+
+    outcome: str  # succeeded | failed | dead_lettered | duplicate | rejected | cancelled | a screen's verdict
+    result: Any = None
+    error: str | None = None
+
+
+class ToolHost(Protocol):
+    """What the daemon lends its tools (:meth:`Tool.attach`): the other tools, through the same
+    runner as the rules' calls, the notification queue, the agent's store and an event sink."""
+
+    @property
+    def notifications(self) -> NotificationQueue: ...
+
+    @property
+    def store(self) -> AgentStore | None:
+        """Where agent runs, usage and approvals persist (None when the journal is off)."""
+        ...
+
+    def call(self, tool: str, args: dict[str, Any], ctx: CallContext) -> asyncio.Future[CallReply]:
+        """Queue one call through the runner (concurrency, timeout, retries, breaker, journal, DLQ);
+        the future ends with its :class:`CallReply` (``rejected`` at once if it could not be queued).
+        The call is not resumed by the runner after a crash: the caller owns that."""
+        ...
+
+    def describe(self, tool: str) -> dict[str, Any] | None:
+        """The tool's :meth:`Tool.schema`, or None if there is no such tool."""
+        ...
+
+    def timeout_of(self, tool: str) -> float:
+        """The longest a call of ``tool`` can take, retries included (seconds)."""
+        ...
+
+    def emit(self, event: Event) -> bool:
+        """Hand an event of this tool (its spec's ``emits_events``) to the rules reading it;
+        False if it was dropped."""
+        ...
+
+
 class Tool(ABC):
     """Base of every tool type."""
 
@@ -150,6 +204,23 @@ class Tool(ABC):
             "description": self.config.description or self.description,
             "parameters": self.args_schema,
         }
+
+    def attach(self, host: ToolHost) -> None:
+        """Called once before :meth:`start` with what the daemon lends its tools; most ignore it."""
+
+    def screen(self, args: dict[str, Any], ctx: CallContext) -> str | None:
+        """Settle a call before it is queued: None queues it; a string is its outcome, journaled at once
+        (the runner calls this only on tools whose type overrides it, and never for a resumed call)."""
+        return None
+
+    def extra_status(self) -> dict[str, Any]:
+        """Type-specific fields for /status (never configuration values)."""
+        return {}
+
+    def metric_samples(self) -> list[tuple[MetricSpec, tuple[str, ...], float]]:
+        """Type-specific metrics as (spec, label values after the tool's name, value); each spec is
+        declared in the type's ``SPEC.metrics``."""
+        return []
 
     async def start(self) -> None:
         """Acquire resources (open files, sessions). Raise :class:`daemon.errors.StartupError` on failure."""

@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 
 from daemon.errors import ShutdownTimeout, ToolError
 from daemon.logs import RateLimitedLog, get_logger
-from handlers.base import CallContext, CircuitConfig, RetryConfig, Tool
+from handlers.base import CallContext, CallReply, CircuitConfig, RetryConfig, Tool
 from handlers.batching import BatchAttempt, Outcome, lane_shape
 from handlers.journal import CallJournal
 from streams.ack import Ack
@@ -55,6 +55,7 @@ __all__ = ["DURATION_BUCKETS", "CircuitBreaker", "Invocation", "ToolRunner", "To
 log = get_logger("runner")
 
 CALL_SLACK = 256
+CIRCUIT_OPEN = "circuit open: the tool failed too often"
 DURATION_BUCKETS = (
     0.0005,
     0.001,
@@ -105,7 +106,7 @@ class Invocation(NamedTuple):
     args: dict[str, Any]
     ctx: CallContext
     ack: Ack | None  # the record this call must finish before it may be committed (Kafka)
-    done: asyncio.Future[str] | None = None  # resolved with the outcome (dead-letter replays wait on it)
+    done: asyncio.Future[CallReply] | None = None  # resolved with how it ended (replays, the llm tool)
     dead_letter: bool = True  # park a final failure in the DLQ (a replay keeps its original entry instead)
     journal_id: str | None = None  # its journal row, written when it was queued
 
@@ -176,6 +177,8 @@ class ToolStats:
         "in_flight",
         "rejected",
         "retries",
+        "screened",
+        "screened_by",
         "short_circuited",
         "succeeded",
         "timeouts",
@@ -192,6 +195,8 @@ class ToolStats:
         self.dead_lettered = 0  # parked in the dead-letter queue after failing
         self.short_circuited = 0  # refused while the circuit was open
         self.rejected = 0  # backlog over its hard bound
+        self.screened = 0  # settled by the tool's screen before queueing (llm: deduplicated, over budget)
+        self.screened_by: dict[str, int] = {}  # the same, by outcome
         self.in_flight = 0
         self.duration_sum = 0.0
         self.buckets = [0] * (len(DURATION_BUCKETS) + 1)  # last = +Inf
@@ -212,6 +217,7 @@ class _Lane:
         "full",
         "is_async",
         "queue",
+        "screen",
         "stats",
         "tool",
         "worker_count",
@@ -232,6 +238,8 @@ class _Lane:
             log, "tool call failed: configuration problem", level=logging.ERROR, interval=60.0
         )
         self.breaker = CircuitBreaker(tool.config.circuit, tool.name)
+        #: the tool's own gate before a call is queued, if its type has one (Tool.screen)
+        self.screen = tool.screen if type(tool).screen is not Tool.screen else None
 
 
 class ToolRunner:
@@ -265,26 +273,50 @@ class ToolRunner:
         args: dict[str, Any],
         ctx: CallContext,
         *,
-        done: asyncio.Future[str] | None = None,
+        done: asyncio.Future[CallReply] | None = None,
         dead_letter: bool = True,
+        resumable: bool = True,
+        screen: bool = True,
     ) -> bool:
-        """Queue one call; False if it had to be rejected (counted)."""
+        """Queue one call; False if it had to be rejected (counted).
+
+        ``done`` gets the call's :class:`CallReply` when it ends; ``resumable=False`` leaves a call cut
+        off by a crash to its caller (the llm tool resumes its own); ``screen=False`` skips the tool's
+        :meth:`~handlers.base.Tool.screen` (a call being resumed was admitted before)."""
         lane = self._lanes[tool]
         if self._closed:
             lane.stats.rejected += 1
             if ctx.event is not None and (closed_ack := ctx.event.ack) is not None:
                 closed_ack.hold()  # stopping: leave the record uncommitted
+            if done is not None and not done.done():
+                done.set_result(CallReply("rejected", None, "the daemon is stopping"))
             return False
+        if screen and lane.screen is not None:
+            verdict = lane.screen(args, ctx)
+            if verdict is not None:  # settled before queueing: journaled as its outcome, nothing held
+                stats = lane.stats
+                stats.screened += 1
+                stats.screened_by[verdict] = stats.screened_by.get(verdict, 0) + 1
+                if self.journal is not None:
+                    row = self.journal.new_id()
+                    hide = self._secret_args.get((ctx.rule, tool), frozenset())
+                    self.journal.started(row, ctx.call_id, ctx.rule, tool, args, None, hide, resumable=False)
+                    self.journal.ended(row, ctx.call_id, 0, verdict, None, None)
+                if done is not None and not done.done():
+                    done.set_result(CallReply(verdict))
+                return True
         event = ctx.event
         ack = event.ack if event is not None else None
         try:
-            journal_id = self._journal_queued(lane, args, ctx)
+            journal_id = self._journal_queued(lane, args, ctx, resumable)
             lane.queue.put_nowait(Invocation(args, ctx, ack, done, dead_letter, journal_id))
         except asyncio.QueueFull:
             lane.stats.rejected += 1
             lane.fail_log.hit(tool=tool, rule=ctx.rule, error="backlog above max_pending; call rejected")
             if ack is not None:
                 ack.hold()  # never released: the record stays uncommitted and is delivered again
+            if done is not None and not done.done():
+                done.set_result(CallReply("rejected", None, f"tool {tool}: backlog full, call rejected"))
             return False
         if ack is not None:
             ack.hold()
@@ -295,7 +327,9 @@ class ToolRunner:
             self._room.clear()
         return True
 
-    def _journal_queued(self, lane: _Lane, args: dict[str, Any], ctx: CallContext) -> str | None:
+    def _journal_queued(
+        self, lane: _Lane, args: dict[str, Any], ctx: CallContext, resumable: bool = True
+    ) -> str | None:
         """Journal the call as soon as it is accepted: a crash before it ran still leaves a row to resume."""
         journal = self.journal
         if journal is None:
@@ -306,7 +340,7 @@ class ToolRunner:
         name = lane.tool.name
         secrets = self._secret_args.get((ctx.rule, name), frozenset())
         event = ctx.event
-        if event is not None and event.ack is not None:
+        if event is not None and event.ack is not None and resumable:
             # a Kafka record: redelivery, not the journal, resumes it after a crash, so its row keeps
             # only where the record came from (its data stays in Kafka, and in the DLQ if it fails)
             journal.started(
@@ -320,7 +354,16 @@ class ToolRunner:
                 resumable=False,
             )
         else:
-            journal.started(journal_id, ctx.call_id, ctx.rule, name, args, event_record(event), secrets)
+            journal.started(
+                journal_id,
+                ctx.call_id,
+                ctx.rule,
+                name,
+                args,
+                event_record(event),
+                secrets,
+                resumable=resumable,
+            )
         return journal_id
 
     async def wait_for_room(self) -> None:
@@ -385,6 +428,7 @@ class ToolRunner:
         stats.calls += n
         stats.in_flight += n
         outcomes: list[str | None] = [None] * n
+        replies: dict[int, tuple[Any, str | None]] = {}  # result / error of the calls someone waits for
         try:
             run: list[int] = []
             for i, inv in enumerate(invs):
@@ -396,7 +440,8 @@ class ToolRunner:
                 elif not lane.breaker.allow():
                     stats.short_circuited += 1
                     stats.failures += 1
-                    outcomes[i] = await self._give_up(lane, inv, "circuit open: the tool failed too often", 0)
+                    replies[i] = (None, CIRCUIT_OPEN)
+                    outcomes[i] = await self._give_up(lane, inv, CIRCUIT_OPEN, 0)
                 else:
                     run.append(i)
             if not run:
@@ -405,6 +450,8 @@ class ToolRunner:
             for k, (attempts, result, error) in enumerate(ended):
                 i = run[k]  # indexing, not zip(..., strict=True), which costs ~0.4 µs per call here
                 inv = invs[i]
+                if inv.done is not None:
+                    replies[i] = (result, error)
                 if error is None:
                     stats.succeeded += 1
                     lane.breaker.success()
@@ -429,7 +476,8 @@ class ToolRunner:
             for i, inv in enumerate(invs):
                 outcome = outcomes[i]
                 if inv.done is not None and not inv.done.done():
-                    inv.done.set_result(outcome or "cancelled")
+                    result, error = replies.get(i, (None, None))
+                    inv.done.set_result(CallReply(outcome or "cancelled", result, error))
                 if inv.ack is not None and outcome is not None:
                     inv.ack.release()  # cut off (outcome None): the record stays unfinished
 

@@ -123,6 +123,12 @@ class ComponentSpec:
     #: What ``reflexd check`` verifies beyond the schema (a file that must exist, a program that must
     #: be found): the problems that would make the component fail to start. Never sends anything.
     preflight: PreflightCheck | None = None
+    #: The component's results are events too: rules may name it in ``from:`` (the llm tool's answers).
+    emits_events: bool = False
+    #: The other tools a component calls, as (path below its section, tool name): the configuration
+    #: check requires each to be a configured tool, never the component itself nor one that calls
+    #: tools in turn (no loops).
+    tool_refs: Callable[[Any], list[tuple[tuple[str | int, ...], str]]] | None = None
 
 
 # -- package.module:attr ----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 from streams.ack import Ack
 
 __all__ = [
+    "ANSWER",
     "DATA",
     "GAP",
     "READABLE_FIELDS",
@@ -26,6 +27,7 @@ __all__ = [
 
 DATA = "data"
 GAP = "gap"
+ANSWER = "answer"  # a language model's answer (an ``llm`` tool's event)
 
 
 class Event(NamedTuple):
@@ -39,7 +41,8 @@ class Event(NamedTuple):
     - ``key``: partitioning key (a symbol, a Kafka key) or None
     - ``data``: the decoded payload
     - ``meta``: transport details (sequence number, topic, partition, offset, headers, ...)
-    - ``kind``: ``"data"`` for payloads, ``"gap"`` for a reconnect marker (``data`` holds the outage)
+    - ``kind``: ``"data"`` for payloads, ``"gap"`` for a reconnect marker (``data`` holds the outage),
+      ``"answer"`` for a language model's answer (the event of an ``llm`` tool)
     - ``ack``: the delivery acknowledgement of a record promised at-least-once (Kafka), else None;
       a transport handle, never recorded, journaled or readable by an expression
     """

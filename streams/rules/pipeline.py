@@ -63,11 +63,12 @@ __all__ = [
 log = get_logger("rule")
 
 
-EventKind = Literal["data", "gap"]
+EventKind = Literal["data", "gap", "answer"]
 
 
-def _data_only() -> list[EventKind]:
-    return ["data"]
+def _payloads() -> list[EventKind]:
+    """Payloads: ``data`` from sources, ``answer`` from llm tools (a rule reads one or the other)."""
+    return ["data", "answer"]
 
 
 class ToolCallConfig(BaseModel):
@@ -102,7 +103,9 @@ class RuleConfig(BaseModel):
     steps: list[StepConfig] = Field(default_factory=list, description=_steps_description(BUILTIN_STEPS))
     cooldown_seconds: float = Field(0.0, ge=0, description="After firing for a key, stay quiet this long.")
     kinds: list[EventKind] = Field(
-        default_factory=_data_only, min_length=1, description="Event kinds the rule sees: data, gap."
+        default_factory=_payloads,
+        min_length=1,
+        description="Event kinds the rule sees: data, answer (an llm tool's), gap.",
     )
     allowed_lateness_seconds: float = Field(
         0.0,

@@ -70,10 +70,11 @@ async def test_metrics_table_lists_exactly_what_metrics_exports(tmp_path: Path) 
     config = {
         "daemon": {"http": {"listen": "127.0.0.1:0"}, "state_path": str(tmp_path / "state.db")},
         "sources": sources,
-        "tools": {"t": {"type": "log"}},
+        # the tool types that add metrics of their own (SPEC.metrics)
+        "tools": {"t": {"type": "log"}, "model": {"type": "llm", "model": "m", "base_url": "http://127.0.0.1:9/v1"}},
     }
     cfg = load_config_text(orjson.dumps(config).decode(), registry, base_dir=tmp_path)
-    daemon = Daemon(cfg)  # built, never started: no source connects anywhere
+    daemon = Daemon(cfg)  # built, never started: no source connects anywhere, no model is called
     assert daemon.journal is not None and cfg.daemon.http is not None
     server = OpsServer(daemon, cfg.daemon.http)
     await server.start()

@@ -194,7 +194,7 @@ async def test_both_modes_judge_outcomes_alike(batched: bool) -> None:
     done = [loop.create_future() for _ in range(8)]
     for i in range(8):
         assert runner.submit("b", {"i": i}, ctx(i), done=done[i])
-    outcomes = [await fut for fut in done]
+    outcomes = [(await fut).outcome for fut in done]
     stats = runner.stats("b")
     await runner.stop(5)
     assert outcomes == ["succeeded", "succeeded", "failed", "failed"] * 2

@@ -1,0 +1,495 @@
+"""The agent run: model call → the model's tool calls → results back → … until it answers.
+
+Used by the ``llm`` tool (:mod:`handlers.llm`); the pieces here are the ones that decide:
+
+- :class:`AgentGate` — per llm tool, before a run is queued: dedup per (rule, key) and the budget
+  windows (tokens per hour and per day, runs per minute). O(1) per decision.
+- :class:`AgentLoop` — one run, resumable. Its conversation is journaled as it goes (each
+  message durable before the next model call), so a run cut off by a crash, a timeout or a
+  retryable provider error picks up where it stopped: a tool call whose result is journaled is
+  not made again; one without a result is made again with the same idempotency key (the runner
+  skips a key that already succeeded; tools that accept a key pass it on).
+
+What goes to the model is text with a stated format (docs/agent.md): tool results are JSON
+(``{"outcome", "result"|"error"}``), capped with a visible marker; the notifications drained
+before a model call are one user message, a header line and a JSON array. What comes back is
+parsed defensively: arguments that are not JSON (HTML-escaped JSON is unescaped first), not an
+object, not valid against the tool's schema, or naming a tool the model may not call, go back to
+the model as an error result, never to the tool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import html
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from daemon.errors import ToolError
+from handlers.agent_store import Approval, RunState
+from handlers.base import CallContext, CallReply, ToolHost
+from handlers.models import ModelClient, ModelReply
+from streams.event import ANSWER, event_record, new_event
+
+__all__ = [
+    "NOTIFICATIONS_HEADER",
+    "AgentGate",
+    "AgentLoop",
+    "BudgetConfig",
+    "LoopSettings",
+    "call_key",
+    "cap_text",
+    "parse_arguments",
+    "run_id_of",
+]
+
+NOTIFICATIONS_HEADER = "Notifications since your last turn (JSON array, oldest first):"
+TRUNCATED = "…[truncated {n} characters]"
+
+
+class BudgetConfig(BaseModel):
+    """``budget:`` of an llm tool: spending limits over sliding windows, counted from the usage each
+    model call reports and kept in the state database (a restart does not reset them)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+    tokens_per_hour: int | None = Field(None, ge=1, description="Tokens (in + out) in any 60 minutes.")
+    tokens_per_day: int | None = Field(None, ge=1, description="Tokens (in + out) in any 24 hours.")
+    runs_per_minute: int | None = Field(None, ge=1, description="Runs started in any 60 seconds.")
+
+
+class _Window:
+    """A sliding sum over ``seconds``: entries drop off as they age."""
+
+    __slots__ = ("entries", "limit", "seconds", "total")
+
+    def __init__(self, seconds: float, limit: int) -> None:
+        self.seconds = seconds
+        self.limit = limit
+        self.entries: deque[tuple[float, int]] = deque()
+        self.total = 0
+
+    def add(self, ts: float, amount: int) -> None:
+        self.entries.append((ts, amount))
+        self.total += amount
+
+    def used(self, now: float) -> int:
+        entries = self.entries
+        horizon = now - self.seconds
+        while entries and entries[0][0] <= horizon:
+            self.total -= entries.popleft()[1]
+        return self.total
+
+
+class AgentGate:
+    """Dedup and budget decisions of one llm tool (its :meth:`screen` runs before a run is queued)."""
+
+    def __init__(self, budget: BudgetConfig, dedup_seconds: float, pending_seconds: float) -> None:
+        self.dedup_seconds = dedup_seconds
+        self.pending_seconds = pending_seconds  # a run pending longer than this is taken as gone
+        self.tokens: list[tuple[str, _Window]] = []
+        if budget.tokens_per_hour is not None:
+            self.tokens.append(("tokens_per_hour", _Window(3600.0, budget.tokens_per_hour)))
+        if budget.tokens_per_day is not None:
+            self.tokens.append(("tokens_per_day", _Window(86400.0, budget.tokens_per_day)))
+        self.runs = _Window(60.0, budget.runs_per_minute) if budget.runs_per_minute is not None else None
+        self._last: dict[tuple[str | None, Any], float] = {}  # (rule, key) → when its last run was admitted
+        self._pending: dict[tuple[str | None, Any], float] = {}  # (rule, key) → admitted, not yet ended
+        self.deduplicated = 0
+        self.over_budget = 0
+        self.admitted = 0
+
+    def load(self, usage: Iterable[tuple[float, int]], runs: Iterable[float]) -> None:
+        """What the store remembers of earlier processes (oldest first)."""
+        for ts, tokens in usage:
+            for _, window in self.tokens:
+                window.add(ts, tokens)
+        if self.runs is not None:
+            for ts in runs:
+                self.runs.add(ts, 1)
+
+    def exceeded(self, now: float, *, runs: bool = False) -> str | None:
+        """The first budget window that is used up (``runs``: the run rate too), or None."""
+        for name, window in self.tokens:
+            if window.used(now) >= window.limit:
+                return name
+        if runs and self.runs is not None and self.runs.used(now) >= self.runs.limit:
+            return "runs_per_minute"
+        return None
+
+    def screen(self, rule: str | None, key: Any, now: float) -> tuple[str, str | None] | None:
+        """None: admit a new run for (rule, key) (counted as started); else (verdict, detail):
+        ``("deduplicated", None)`` or ``("over_budget", window)``."""
+        slot = (rule, key)
+        if self.dedup_seconds > 0:
+            pending = self._pending.get(slot)
+            if pending is not None and now - pending < self.pending_seconds:
+                self.deduplicated += 1
+                return "deduplicated", "a run for this rule and key is still going"
+            last = self._last.get(slot)
+            if last is not None and now - last < self.dedup_seconds:
+                self.deduplicated += 1
+                return "deduplicated", f"a run for this rule and key started {now - last:.0f} s ago"
+        window = self.exceeded(now, runs=True)
+        if window is not None:
+            self.over_budget += 1
+            return "over_budget", window
+        self.admitted += 1
+        if self.runs is not None:
+            self.runs.add(now, 1)
+        if self.dedup_seconds > 0:
+            self._pending[slot] = now
+            self._last[slot] = now
+            if len(self._last) > 4096:
+                self._forget(now)
+        return None
+
+    def spent(self, now: float, tokens: int) -> None:
+        for _, window in self.tokens:
+            window.add(now, tokens)
+
+    def ended(self, rule: str | None, key: Any) -> None:
+        self._pending.pop((rule, key), None)
+
+    def _forget(self, now: float) -> None:
+        """Drop (rule, key) entries whose window has passed (keeps memory bounded by the busy keys)."""
+        horizon = now - self.dedup_seconds
+        self._last = {slot: ts for slot, ts in self._last.items() if ts > horizon}
+        pending_horizon = now - self.pending_seconds
+        self._pending = {slot: ts for slot, ts in self._pending.items() if ts > pending_horizon}
+
+
+def run_id_of(call_id: str) -> str:
+    """The run id of an llm tool call: stable across its retries and a restart (it resumes)."""
+    return "run-" + hashlib.blake2b(call_id.encode(), digest_size=8).hexdigest()
+
+
+def canonical(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+def call_key(run_id: str, tool: str, args: Mapping[str, Any]) -> str:
+    """Idempotency key of a model-chosen call: the run, the tool and its canonical arguments."""
+    digest = hashlib.blake2b(canonical(dict(args)), digest_size=8).hexdigest()
+    return f"{run_id}:{tool}:{digest}"
+
+
+def cap_text(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, with a marker saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + TRUNCATED.format(n=len(text) - limit)
+
+
+def parse_arguments(text: str) -> dict[str, Any]:
+    """A model's tool arguments as an object. Raises ValueError saying why they are unusable."""
+    if not text.strip():
+        return {}
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        unescaped = html.unescape(text)  # some servers echo arguments HTML-escaped
+        try:
+            value = orjson.loads(unescaped)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"arguments are not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"arguments must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value, default=repr).decode()
+
+
+class LoopSettings:
+    """What an :class:`AgentLoop` needs of its llm tool's configuration (read once per tool)."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        system: str,
+        tools: list[str],
+        require_approval: frozenset[str],
+        background: frozenset[str],
+        max_rounds: int,
+        max_result_chars: int,
+        first_tool_choice: str,
+        max_attempts: int,
+    ) -> None:
+        self.name = name
+        self.system = system
+        self.tools = tools
+        self.require_approval = require_approval
+        self.background = background
+        self.max_rounds = max_rounds
+        self.max_result_chars = max_result_chars
+        self.first_tool_choice = first_tool_choice
+        self.max_attempts = max_attempts
+
+
+class AgentLoop:
+    """Drives runs of one llm tool. ``validators``: tool name → a function returning the problems
+    of an argument object against that tool's schema (empty when valid)."""
+
+    def __init__(
+        self,
+        settings: LoopSettings,
+        client: ModelClient,
+        host: ToolHost,
+        gate: AgentGate,
+        validators: Mapping[str, Callable[[dict[str, Any]], list[str]]],
+        on_end: Callable[[RunState], None] | None = None,
+    ) -> None:
+        self.s = settings
+        self.client = client
+        self.host = host
+        self.gate = gate
+        self.validators = validators
+        self.on_end = on_end
+        self.visible = [d for d in (host.describe(t) for t in settings.tools) if d is not None]
+        self.model_seconds = 0.0  # time spent waiting for the model (bench: the rest is our overhead)
+
+    # -- one run ---------------------------------------------------------------------------------
+
+    async def run(self, prompt: str, ctx: CallContext) -> dict[str, Any]:
+        store = self.host.store
+        run_id = run_id_of(ctx.call_id)
+        run = await store.load_run(run_id) if store is not None else None
+        if run is None:
+            run = RunState(
+                run_id,
+                self.s.name,
+                ctx.rule,
+                ctx.event.key if ctx.event is not None else None,
+                event_record(ctx.event),
+                prompt,
+                time.time(),
+                [{"role": "user", "content": prompt}],
+                call_id=ctx.call_id,
+            )
+            if store is not None:
+                await store.begin_run(run)
+        elif run.outcome is not None:
+            return run.result()  # it ended before (the journal lost the call's end): the same result
+        try:
+            await self._drive(run, ctx)
+        except ToolError as exc:
+            if not exc.retryable or ctx.attempt >= self.s.max_attempts:
+                await self._end(run, "failed", error=exc.reason)
+            raise  # a retryable failure before the last attempt: the next attempt resumes the run
+        except asyncio.CancelledError:
+            raise  # a timeout or a stop: the run stays open, the next attempt or start resumes it
+        except Exception as exc:
+            await self._end(run, "failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            self.gate.ended(run.rule, run.key)
+        return run.result()
+
+    async def _drive(self, run: RunState, ctx: CallContext) -> None:
+        background: dict[str, asyncio.Future[CallReply]] = {}
+        last = run.messages[-1] if run.messages else None
+        if last is not None and last["role"] == "assistant" and not last.get("tool_calls") and run.rounds:
+            await self._answer(run, last.get("content") or "", ctx)  # answered before the crash
+            return
+        await self._finish_calls(run, ctx, background)  # resumed with calls left without a result
+        extra_round = False  # the one more round background results may earn
+        while True:
+            if run.rounds >= self.s.max_rounds + (1 if extra_round else 0):
+                await self._end(run, "max_rounds")
+                return
+            window = self.gate.exceeded(time.time())
+            if window is not None:
+                await self._end(run, "over_budget", error=f"budget {window} used up during the run")
+                return
+            notes = self.host.notifications.drain(self.s.name)
+            if notes:
+                text = NOTIFICATIONS_HEADER + "\n" + _json([n.as_dict() for n in notes])
+                await self._append(run, [{"role": "user", "content": text}])
+            final = run.rounds + 1 >= self.s.max_rounds + (1 if extra_round else 0)
+            choice = "none" if final else (self.s.first_tool_choice if run.rounds == 0 else "auto")
+            reply = await self._complete(run, choice)
+            if not reply.tool_calls:
+                if background and not extra_round:
+                    extra_round = True
+                    await self._await_background(background)
+                    continue
+                await self._answer(run, reply.text, ctx)
+                return
+            if final:  # the last round asked for more tools: not made, the run ends here
+                await self._append(
+                    run,
+                    [
+                        self._tool_message(c.id, c.name, {"error": "not run: max_rounds reached"})
+                        for c in reply.tool_calls
+                    ],
+                )
+                await self._end(run, "max_rounds")
+                return
+            await self._finish_calls(run, ctx, background)
+
+    async def _complete(self, run: RunState, choice: str) -> ModelReply:
+        started = time.perf_counter()
+        try:
+            reply = await self.client.complete(self.s.system, run.messages, self.visible, tool_choice=choice)
+        finally:
+            self.model_seconds += time.perf_counter() - started
+        now = time.time()
+        tokens = reply.tokens_in + reply.tokens_out
+        self.gate.spent(now, tokens)
+        store = self.host.store
+        if store is not None and tokens:
+            store.add_usage(self.s.name, now, tokens)
+        run.rounds += 1
+        run.tokens_in += reply.tokens_in
+        run.tokens_out += reply.tokens_out
+        await self._append(run, [reply.as_message()])
+        return reply
+
+    async def _finish_calls(
+        self, run: RunState, ctx: CallContext, background: dict[str, asyncio.Future[CallReply]]
+    ) -> None:
+        """Make the tool calls of the last assistant message that have no result yet, in order; each
+        result is journaled before the next call starts."""
+        last_assistant = next((m for m in reversed(run.messages) if m["role"] == "assistant"), None)
+        if last_assistant is None:
+            return
+        answered = {m["tool_call_id"] for m in run.messages if m["role"] == "tool"}
+        for call in last_assistant.get("tool_calls") or ():
+            if call["id"] in answered:
+                continue
+            content = await self._dispatch(run, ctx, call, last_assistant.get("content") or "", background)
+            await self._append(run, [self._tool_message(call["id"], call["name"], content)])
+
+    def _tool_message(self, call_id: str, name: str, content: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "role": "tool",
+            "tool_call_id": call_id,
+            "name": name,
+            "content": cap_text(_json(content), self.s.max_result_chars),
+        }
+
+    async def _dispatch(
+        self,
+        run: RunState,
+        ctx: CallContext,
+        call: Mapping[str, Any],
+        reasoning: str,
+        background: dict[str, asyncio.Future[CallReply]],
+    ) -> dict[str, Any]:
+        """One model-chosen call: checked, then proposed, started in the background or made."""
+        name = call["name"]
+        if name not in self.validators:
+            allowed = ", ".join(self.s.tools) or "none"
+            return {"error": f"unknown tool {name!r}; you may call: {allowed}"}
+        try:
+            args = parse_arguments(call.get("arguments") or "")
+        except ValueError as exc:
+            return {"error": str(exc)}
+        problems = self.validators[name](args)
+        if problems:
+            return {"error": "invalid arguments: " + "; ".join(problems[:5])}
+        key = call_key(run.run_id, name, args)
+        if name in self.s.require_approval:
+            store = self.host.store
+            if store is None:
+                return {
+                    "error": f"{name} needs a person's approval, and approvals need the journal (it is off)"
+                }
+            approval_id = await store.propose(
+                Approval(
+                    0,
+                    run.run_id,
+                    self.s.name,
+                    run.rule,
+                    name,
+                    args,
+                    key,
+                    run.event,
+                    reasoning,
+                    "pending",
+                    time.time(),
+                )
+            )
+            return {
+                "status": "awaiting_approval",
+                "approval": approval_id,
+                "note": "not run yet: a person must approve it; its result will reach you as a notification",
+            }
+        call_ctx = CallContext(name, ctx.rule, ctx.event, key)
+        if name in self.s.background:
+            future = self.host.call(name, args, call_ctx)
+            background[key] = future
+            future.add_done_callback(functools.partial(self._background_done, run, name, key))
+            return {
+                "status": "started",
+                "id": key,
+                "note": "runs in the background; its result arrives as a notification",
+            }
+        reply = await self.host.call(name, args, call_ctx)
+        return self._reply_content(reply)
+
+    def _reply_content(self, reply: CallReply) -> dict[str, Any]:
+        if reply.outcome in ("succeeded", "duplicate"):
+            content: dict[str, Any] = {"outcome": reply.outcome}
+            if reply.result is not None:
+                content["result"] = reply.result
+            return content
+        return {"outcome": reply.outcome, "error": (reply.error or reply.outcome).split("\n", 1)[0]}
+
+    def _background_done(self, run: RunState, name: str, key: str, future: asyncio.Future[CallReply]) -> None:
+        reply = future.result() if not future.cancelled() else CallReply("cancelled")
+        content = self._reply_content(reply)
+        text = cap_text(_json(content), self.s.max_result_chars)
+        self.host.notifications.put(
+            "background",
+            f"{name} finished: {reply.outcome}",
+            {"tool": name, "id": key, "run": run.run_id, "content": text},
+            rule=run.rule,
+        )
+
+    async def _await_background(self, background: dict[str, asyncio.Future[CallReply]]) -> None:
+        futures = [f for f in background.values() if not f.done()]
+        if not futures:
+            return
+        limit = max(self.host.timeout_of(name) for name in self.s.background) if self.s.background else 0.0
+        await asyncio.wait(futures, timeout=limit)
+
+    async def _append(self, run: RunState, messages: list[dict[str, Any]]) -> None:
+        run.messages.extend(messages)
+        store = self.host.store
+        if store is not None:
+            await store.add_messages(run, messages)
+
+    async def _answer(self, run: RunState, text: str, ctx: CallContext) -> None:
+        run.answer = text
+        await self._end(run, "answered")
+        now = time.time()
+        data = {
+            "text": text,
+            "run": run.run_id,
+            "rule": run.rule,
+            "rounds": run.rounds,
+            "tokens_in": run.tokens_in,
+            "tokens_out": run.tokens_out,
+        }
+        self.host.emit(new_event(self.s.name, now, now, run.key, data, {"run": run.run_id}, ANSWER))
+
+    async def _end(self, run: RunState, outcome: str, *, error: str | None = None) -> None:
+        run.outcome = outcome
+        run.error = error
+        run.ended = time.time()
+        store = self.host.store
+        if store is not None:
+            await store.end_run(run)
+        if self.on_end is not None:
+            self.on_end(run)

@@ -1,0 +1,170 @@
+"""The notification queue: what happened while no model was looking, handed to the next model call.
+
+One bounded queue per daemon. It is fed by the ``notify`` tool, by escalations that were
+deduplicated or over budget, by background tool results and by approved calls once they ran;
+every ``llm`` tool drains it into one message before each model call (and, later, MCP clients
+read it by sequence number).
+
+- Each item has a sequence number, increasing by one per item, never reused while the process runs.
+- Bounded: ``max_items``; when full the oldest item goes and ``dropped`` counts it if some reader
+  had not taken it yet.
+- ``coalesce``: an item with the same (rule, key) as one no reader has taken yet replaces it in
+  place (its ``repeats`` counts the items it stands for), so a storm of repeats of one event costs
+  one line of the model's context.
+- Readers are named (one per ``llm`` tool); each has its own cursor, so every reader sees every item
+  once, in sequence order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["Notification", "NotificationQueue", "NotificationsConfig"]
+
+
+class NotificationsConfig(BaseModel):
+    """``agent.notifications:``: the queue an llm tool drains before each model call."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+    max_items: int = Field(256, ge=1, le=100_000, description="Items kept; the oldest goes first when full.")
+    coalesce: bool = Field(
+        True, description="A repeat of the same (rule, key) not yet read replaces the earlier item."
+    )
+
+
+@dataclass
+class Notification:
+    """One item. ``kind``: notify | deduplicated | over_budget | background | approval | interrupted."""
+
+    seq: int
+    kind: str
+    text: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    rule: str | None = None
+    key: Any = None
+    ts: float = 0.0
+    repeats: int = 1
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form the model sees (docs/agent.md, "What the model sees")."""
+        out: dict[str, Any] = {"seq": self.seq, "kind": self.kind, "text": self.text, "ts": round(self.ts, 3)}
+        if self.rule is not None:
+            out["rule"] = self.rule
+        if self.key is not None:
+            out["key"] = self.key
+        if self.fields:
+            out["fields"] = self.fields
+        if self.repeats > 1:
+            out["repeats"] = self.repeats
+        return out
+
+
+class NotificationQueue:
+    """Bounded, sequenced, read by named cursors. Not thread-safe: used from the event loop."""
+
+    def __init__(self, max_items: int = 256, *, coalesce: bool = True) -> None:
+        self.max_items = max_items
+        self.coalesce = coalesce
+        self._items: deque[Notification] = deque()
+        self._cursors: dict[str, int] = {}
+        self._seq = 0
+        self.put_count = 0  # items put (coalesced repeats included)
+        self.coalesced = 0  # puts merged into an unread item
+        self.dropped = 0  # items evicted before every reader had taken them
+        self._changed = asyncio.Event()  # bound to a loop only when first awaited
+
+    @classmethod
+    def from_config(cls, config: NotificationsConfig) -> NotificationQueue:
+        return cls(config.max_items, coalesce=config.coalesce)
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add_reader(self, name: str, *, from_start: bool = False) -> None:
+        """A reader that takes items from now on (or every item still queued, with ``from_start``)."""
+        if name not in self._cursors:
+            self._cursors[name] = 0 if from_start else self._seq
+
+    def put(
+        self,
+        kind: str,
+        text: str,
+        fields: dict[str, Any] | None = None,
+        *,
+        rule: str | None = None,
+        key: Any = None,
+        ts: float | None = None,
+    ) -> int:
+        """Add an item; its sequence number (an unread item it was coalesced into keeps its own)."""
+        self.put_count += 1
+        now = time.time() if ts is None else ts
+        if self.coalesce and rule is not None:
+            unread_after = max(self._cursors.values(), default=self._seq)
+            for item in reversed(self._items):
+                if item.seq <= unread_after:
+                    break  # some reader took this one already: a new item, not a merge
+                if item.rule == rule and item.key == key and item.kind == kind:
+                    item.text, item.fields, item.ts = text, dict(fields or {}), now
+                    item.repeats += 1
+                    self.coalesced += 1
+                    self._wake()
+                    return item.seq
+        self._seq += 1
+        self._items.append(Notification(self._seq, kind, text, dict(fields or {}), rule, key, now))
+        if len(self._items) > self.max_items:
+            gone = self._items.popleft()
+            if any(cursor < gone.seq for cursor in self._cursors.values()):
+                self.dropped += 1
+        self._wake()
+        return self._seq
+
+    def drain(self, reader: str) -> list[Notification]:
+        """The items ``reader`` has not taken yet, oldest first; its cursor moves past them."""
+        cursor = self._cursors.get(reader, 0)
+        items = self.since(cursor)
+        self._cursors[reader] = self._seq
+        return items
+
+    def since(self, seq: int) -> list[Notification]:
+        """Items after sequence number ``seq`` still queued, oldest first (a cursor-less read)."""
+        if not self._items or self._items[-1].seq <= seq:
+            return []
+        return [item for item in self._items if item.seq > seq]
+
+    async def wait(self, since: int, seconds: float) -> list[Notification]:
+        """Items after ``since``, waiting up to ``seconds`` for the first one to arrive."""
+        deadline = time.monotonic() + seconds
+        while True:
+            items = self.since(since)
+            left = deadline - time.monotonic()
+            if items or left <= 0:
+                return items
+            self._changed.clear()
+            try:
+                async with asyncio.timeout(left):
+                    await self._changed.wait()
+            except TimeoutError:
+                return self.since(since)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "queued": len(self._items),
+            "last_seq": self._seq,
+            "put": self.put_count,
+            "coalesced": self.coalesced,
+            "dropped": self.dropped,
+        }
+
+    def _wake(self) -> None:
+        self._changed.set()
