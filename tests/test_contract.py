@@ -29,7 +29,11 @@ A tool type:
   ``retryable``.
 
 Peers: a local websockets server (tests/servers.py), a JSONL file, the session Kafka broker, the
-Binance emulator (tests/exchange), an aiohttp target, a temp folder, a local TCP server.
+Binance emulator (tests/exchange), an aiohttp target, a temp folder, a local TCP server, the scripted
+OpenAI-compatible server (tests/agent/scripted.py), the notification queue.
+
+Tools get a host before they start (``Tool.attach``): :func:`build` gives each one a
+:class:`RunnerHost` of its own, as the daemon does with its own.
 """
 
 from __future__ import annotations
@@ -62,9 +66,14 @@ from daemon.registry import BuildContext, ComponentSpec, builtin_registry
 from daemon.supervisor import Daemon
 from daemon.telemetry import metrics_registry
 from handlers.base import CallContext, Tool
+from handlers.host import RunnerHost
+from handlers.notifications import NotificationQueue
+from handlers.notify import NotifyTool
+from handlers.runner import ToolRunner
 from streams.base import Source
 from streams.event import Event
 from streams.reconnect import Reconnector
+from tests.agent.scripted import ScriptedOpenAI
 from tests.conftest import StartDaemon
 from tests.exchange import BinanceEmulator, MarketSpec
 from tests.exchange.harness import ccxt_source, daemon_config
@@ -465,6 +474,40 @@ async def haltable_peer(env: Env) -> AsyncIterator[ToolPeer]:
     yield ToolPeer({"type": "haltable"}, {}, seen, Failure({"start_engaged": True}))
 
 
+@contextlib.asynccontextmanager
+async def llm_peer(env: Env) -> AsyncIterator[ToolPeer]:
+    model = ScriptedOpenAI()  # answers every request with the text "done": one model call per run
+    await model.start()
+
+    async def seen(tool: Tool) -> int:
+        return len(model.requests)
+
+    try:
+        yield ToolPeer(
+            {
+                "type": "llm",
+                "base_url": model.base_url,
+                "model": "scripted",
+                "timeout_seconds": 5,
+                "request_timeout_seconds": 2,
+            },
+            {"prompt": "contract call"},
+            seen,
+            Failure({"base_url": f"http://127.0.0.1:{free_port()}/v1"}, retryable=True),  # nobody listens
+        )
+    finally:
+        await model.stop()
+
+
+@contextlib.asynccontextmanager
+async def notify_peer(env: Env) -> AsyncIterator[ToolPeer]:
+    async def seen(tool: Tool) -> int:
+        assert isinstance(tool, NotifyTool) and tool._queue is not None
+        return len(tool._queue)  # the daemon's queue (or build()'s): items put, none drained
+
+    yield ToolPeer({"type": "notify"}, {"text": "contract call"}, seen, no_failure="puts in memory")
+
+
 #: One peer per tool type. A registered type without one fails the suite.
 TOOL_PEERS: dict[str, PeerFactory] = {
     "log": log_peer,
@@ -478,6 +521,8 @@ TOOL_PEERS: dict[str, PeerFactory] = {
     "sleeper": sleeper_peer,
     "gate": gate_peer,
     "haltable": haltable_peer,
+    "llm": llm_peer,
+    "notify": notify_peer,
 }
 
 
@@ -512,9 +557,14 @@ async def tool_case(request: pytest.FixtureRequest, env: Env) -> AsyncIterator[t
 
 
 def build(spec: ComponentSpec, section: dict[str, Any], name: str) -> Any:
-    """The component of ``section``, validated and built as the daemon does."""
+    """The component of ``section``, validated and built as the daemon does; a tool is attached to a
+    host of its own (a runner holding only it, an empty notification queue, no store), as the daemon
+    attaches its tools to its :class:`RunnerHost` before they start."""
     config = spec.config_model.model_validate(section)
-    return spec.factory(name, config, BuildContext(Path.cwd()))
+    component = spec.factory(name, config, BuildContext(Path.cwd()))
+    if isinstance(component, Tool):
+        component.attach(RunnerHost(ToolRunner({name: component}), NotificationQueue()))
+    return component
 
 
 async def within(what: str, awaitable: Awaitable[Any], budget: float = BUDGET) -> Any:
@@ -580,6 +630,13 @@ EXAMPLE_FILES: dict[str, dict[str, str]] = {
 #: Arguments a call needs where the tool's argument schema requires some (`check` judges literal ones).
 EXAMPLE_ARGS: dict[str, dict[str, Any]] = {
     "ccxt_order": {"symbol": "BTC/USDT", "side": "buy", "type": "limit", "amount": 0.001, "price": 60000},
+    "llm": {"prompt": "BTC at {data.p}"},
+    "notify": {"text": "BTC at {data.p}"},
+}
+
+#: Environment variables an example reads (`${VAR}`), as a user would have them set.
+EXAMPLE_ENV: dict[str, dict[str, str]] = {
+    "llm": {"OPENAI_API_KEY": "sk-contract-example"},
 }
 
 
@@ -620,9 +677,11 @@ def test_every_registered_type_has_a_contract_entry() -> None:
 
 
 @pytest.mark.parametrize("spec", REGISTRY.specs("source") + REGISTRY.specs("tool"), ids=lambda s: f"{s.kind}-{s.type}")
-def test_example_passes_check(spec: ComponentSpec, tmp_path: Path) -> None:
+def test_example_passes_check(spec: ComponentSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The SPEC's example configuration passes `reflexd check`, and the plan shows the type."""
     assert spec.example.get("type") == spec.type
+    for var, value in EXAMPLE_ENV.get(spec.type, {}).items():
+        monkeypatch.setenv(var, value)
     assert f"[{spec.type}]" in check_plan(spec, tmp_path)
 
 
