@@ -489,16 +489,44 @@ def _value(config: AppConfig, path: tuple[str | int, ...], value: Any) -> str:
 
 
 def _component_lines(
-    config: AppConfig, section: str, plans: dict[str, ComponentPlan], used: set[str], unused_note: str
+    config: AppConfig,
+    section: str,
+    plans: dict[str, ComponentPlan],
+    used: set[str],
+    unused_note: str,
+    notes: dict[str, str] | None = None,
 ) -> list[str]:
     lines = []
     for name, plan in plans.items():
         fields = " ".join(
             f"{k}={_value(config, (section, name, k), v)}" for k, v in plan.spec.summary(plan.config)
         )
-        unused = f"  ({unused_note})" if name not in used else ""
-        lines.append(f"  {name} [{plan.spec.type}] {fields}{unused}")
+        note = f"  ({unused_note})" if name not in used else ""
+        if notes and name in notes:
+            note = f"  ({notes[name]})"
+        lines.append(f"  {name} [{plan.spec.type}] {fields}{note}")
     return lines
+
+
+def _called_by_tools(config: AppConfig) -> dict[str, str]:
+    """Per tool that other tools call (an llm tool's model): ``called by the model of analyst``."""
+    callers: dict[str, list[str]] = {}
+    for name, plan in config.tools.items():
+        refs = plan.spec.tool_refs
+        for _path, target in refs(plan.config) if refs is not None else ():
+            callers.setdefault(target, []).append(name)
+    return {
+        target: f"called by the model{'s' if len(names) > 1 else ''} of {', '.join(names)}"
+        for target, names in callers.items()
+    }
+
+
+def _from_label(config: AppConfig, name: str) -> str:
+    """A rule's source in the plan: a tool's events are named as such (an llm tool's answers)."""
+    plan = config.tools.get(name)
+    if name not in config.sources and plan is not None and plan.spec.emits_events:
+        return f"{name} (answers of {plan.spec.type} tool)"
+    return name
 
 
 def _step_path(label: str) -> tuple[str | int, ...]:
@@ -518,7 +546,7 @@ def render_plan(config: AppConfig, out: TextIO | None = None) -> str:
     lines.extend(_component_lines(config, "sources", config.sources, used_sources, "no rule reads it"))
     lines.append("rules")
     for name, rule in config.rules.items():
-        parts = [f"from {', '.join(rule.from_)}"]
+        parts = [f"from {', '.join(_from_label(config, s) for s in rule.from_)}"]
         if rule.where:
             parts.append(f"where {_value(config, ('rules', name, 'where'), rule.where)}")
         for step in plan_rule(rule).steps:  # label "steps.<i>.<kind>"; a step holding ${VAR} text is masked
@@ -536,7 +564,8 @@ def render_plan(config: AppConfig, out: TextIO | None = None) -> str:
         calls = ", ".join(c.tool for c in rule.then)
         lines.append(f"  {name}: {'; '.join(parts)} → {calls}")
     lines.append("tools")
-    lines.extend(_component_lines(config, "tools", config.tools, used_tools, "no rule calls it"))
+    called = {name: note for name, note in _called_by_tools(config).items() if name not in used_tools}
+    lines.extend(_component_lines(config, "tools", config.tools, used_tools, "no rule calls it", called))
     text = "\n".join(lines) + "\n"
     if out is not None:
         out.write(text)

@@ -492,6 +492,7 @@ def validate(
     sources = _components(c, registry, "source", "sources", root.get("sources"))
     tools = _components(c, registry, "tool", "tools", root.get("tools"))
     _tool_refs(c, tools, root.get("tools"))
+    _event_names(c, tools, root.get("sources"))
     rules = _rules(c, registry, root.get("rules"), sources, tools)
     if not sources and not any(i.path.startswith("sources") for i in c.issues):
         c.add(("sources",), "at least one source is required")
@@ -523,13 +524,28 @@ def _tool_refs(c: _Checker, tools: Mapping[str, ComponentPlan], raw_tools: Any) 
             elif target in callers:
                 c.add(
                     at,
-                    f"{target!r} calls tools itself ({tools[target].spec.type}); one may not call the other",
+                    f"{target!r} calls tools itself ({tools[target].spec.type} tool): a tool that calls "
+                    "tools may not call another (no loops)",
                 )
             elif target not in tools:
                 if isinstance(raw_tools, dict) and target in raw_tools:
                     continue  # the tool itself is invalid and already reported
                 known = ", ".join(sorted(t for t in tools if t not in callers)) or "none"
                 c.add(at, f"no tool named {_FROM_ENV if c.secret(at) else repr(target)} (tools: {known})")
+
+
+def _event_names(c: _Checker, tools: Mapping[str, ComponentPlan], raw_sources: Any) -> None:
+    """A tool whose results are events (an llm tool's answers) is read as a source of its own name:
+    a source of that name too would make ``from: [name]`` mean two things. Refused at the tool."""
+    if not isinstance(raw_sources, dict):
+        return
+    for name, plan in tools.items():
+        if plan.spec.emits_events and name in raw_sources:
+            c.add(
+                ("tools", name),
+                f"a source is named {name!r} too, and this {plan.spec.type} tool's answers are events of "
+                f"source {name!r}: rename one of them",
+            )
 
 
 def _preflight(
@@ -631,16 +647,21 @@ def _rules(
         from_ = rule.from_ if rule is not None else _raw_names(body.get("from"), "from" in bad)
         for i, src in enumerate(from_):
             if src not in sources and not (src in tools and tools[src].spec.emits_events):
-                if isinstance(raw_sources, dict) and src in raw_sources:
-                    continue  # the source itself is invalid and already reported
-                emitting = [t for t, plan in tools.items() if plan.spec.emits_events]
+                written = (raw_sources, raw_tools)
+                if src not in tools and any(isinstance(raw, dict) and src in raw for raw in written):
+                    continue  # the source (or tool) itself is invalid and already reported
+                emitting = ", ".join(_emitting(registry, tools, raw_tools))
                 known = ", ".join(sorted(sources)) or "none"
-                if emitting:
-                    known += f"; tools with events: {', '.join(sorted(emitting))}"
                 listed = isinstance(body.get("from"), list)
                 path: Path_ = (*prefix, "from", i) if listed else (*prefix, "from")
-                shown = _FROM_ENV if c.secret(path) else repr(src)
-                c.add(path, f"no source named {shown} (sources: {known})")
+                if src in tools and not c.secret(path):  # a tool whose results are not events
+                    reason = f"tool {src!r} has no events; tools with events: {emitting or 'none'}"
+                    c.add(path, f"{reason} (sources: {known})")
+                else:
+                    if emitting:
+                        known += f"; tools with events: {emitting}"
+                    shown = _FROM_ENV if c.secret(path) else repr(src)
+                    c.add(path, f"no source named {shown} (sources: {known})")
                 ok = False
         where = rule.where if rule is not None else body.get("where")
         if isinstance(where, str) and "where" not in bad:
@@ -672,6 +693,20 @@ def _rules(
         if ok and rule is not None:
             rules[name] = rule
     return rules
+
+
+def _emitting(registry: Registry, tools: Mapping[str, ComponentPlan], raw_tools: Any) -> list[str]:
+    """The tools whose results are events (rules may read them), also those with a config error."""
+    names = {name for name, plan in tools.items() if plan.spec.emits_events}
+    for name, body in raw_tools.items() if isinstance(raw_tools, dict) else ():
+        type_name = body.get("type") if isinstance(body, dict) else None
+        if name not in tools and isinstance(type_name, str):
+            try:
+                if registry.get("tool", type_name).emits_events:
+                    names.add(name)
+            except LookupError:
+                continue
+    return sorted(names)
 
 
 def _raw_names(raw: Any, bad: bool) -> list[str]:

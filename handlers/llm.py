@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from daemon.logs import RateLimitedLog, get_logger
 from handlers.agent import AgentGate, AgentLoop, BudgetConfig, LoopSettings, run_id_of
@@ -100,16 +100,23 @@ class LlmToolConfig(ToolConfig):
         description="Retries of a run after a provider failure; each resumes the run.",
     )
 
-    @model_validator(mode="after")
-    def _subsets(self) -> LlmToolConfig:
-        for field in ("require_approval", "background_tools"):
-            for name in getattr(self, field):
-                if name not in self.tools:
-                    raise ValueError(f"{field}: {name!r} is not in tools ({', '.join(self.tools) or 'none'})")
-        both = set(self.require_approval) & set(self.background_tools)
-        if both:
-            raise ValueError(f"{', '.join(sorted(both))}: in both require_approval and background_tools")
-        return self
+    @field_validator("require_approval", "background_tools")
+    @classmethod
+    def _subset(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        """Entries must be in ``tools``; as a field's error, ``check`` shows it at that list's line."""
+        tools = info.data.get("tools")
+        if tools is None:  # tools itself is invalid, and reported
+            return value
+        missing = [name for name in value if name not in tools]
+        if missing:
+            names = ", ".join(repr(name) for name in missing)
+            verb = "is" if len(missing) == 1 else "are"
+            listed = ", ".join(tools) or "none"
+            raise ValueError(f"{names} {verb} not in tools ({listed}); list it there first")
+        both = sorted(set(value) & set(info.data.get("require_approval") or ()))
+        if info.field_name == "background_tools" and both:
+            raise ValueError(f"{', '.join(both)}: in both require_approval and background_tools")
+        return value
 
 
 def schema_validator(schema: dict[str, Any]) -> Callable[[dict[str, Any]], list[str]]:
@@ -298,6 +305,8 @@ def _summary(c: LlmToolConfig) -> list[tuple[str, Any]]:
         ("provider", c.provider),
         ("model", c.model),
         ("tools", ",".join(c.tools) or "-"),
+        *([("require_approval", ",".join(c.require_approval))] if c.require_approval else []),
+        *([("background_tools", ",".join(c.background_tools))] if c.background_tools else []),
         ("max_rounds", c.max_rounds),
         *LlmTool.common_summary(c),
     ]
