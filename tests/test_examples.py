@@ -11,12 +11,19 @@ import json
 import os
 import subprocess
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+
+from daemon.config import load_config_text
+from daemon.registry import builtin_registry
+from tests.agent.scripted import Reply, ScriptedOpenAI
+from tests.conftest import StartDaemon
+from tests.servers import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -29,6 +36,7 @@ NEEDS: dict[str, dict[str, str]] = {
     "ccxt-order-guarded.yaml": {},
     "windows-and-crossings.yaml": {},
     "exec-and-webhook.yaml": {"WEBHOOK_SECRET": "whsec_c2VjcmV0LWZvci10aGUtZXhhbXBsZS10ZXN0"},
+    "agent.yaml": {"OPENAI_API_KEY": "sk-example-test-key-1f3a9c"},
 }
 
 
@@ -231,3 +239,86 @@ def test_notify_script_writes_each_call_once(tmp_path: Path) -> None:
     for _ in range(2):
         subprocess.run(argv, env=env, check=True, timeout=10)
     assert log.read_text() == "c1 BTCUSDT 65004.03 9.47143 big; $(x) trade\n"
+
+
+def test_agent_replay_escalates_sharp_moves_and_notes_big_trades() -> None:
+    """Over the sample, in a replay (no model, no tool): the sharp moves become analyst prompts, at
+    most one per symbol and minute, for both symbols and both directions; the big trades (250,000 USDT,
+    10 s per symbol) become notify calls; the model's own tools are never fired by a rule and, with no
+    model, there is no answer for the answers rule."""
+    fired, summary = replay("agent.yaml", "data/sample-trades.jsonl")
+    assert "errors 1" not in summary and "rule answers: seen 0, fired 0" in summary
+    assert {f["tool"] for f in fired} == {"analyst", "note"}
+    prompts = [(f["ts"], f["args"]["prompt"]) for f in fired if f["tool"] == "analyst"]
+    moves: dict[str, list[tuple[str, float]]] = defaultdict(list)
+    for ts, prompt in prompts:
+        symbol, _, rest = prompt.partition(" moved ")
+        moves[symbol].append((ts, float(rest.partition("%")[0])))
+    assert set(moves) == {"BTCUSDT", "ETHUSDT"}
+    for seen in moves.values():  # data/README.md: a drop at +150..185 s, a rise at +420..460 s
+        assert seen[0][1] <= -0.5 and any(m >= 0.5 for _, m in seen) and all(abs(m) >= 0.5 for _, m in seen)
+    notes = [f["args"]["text"] for f in fired if f["tool"] == "note"]
+    assert notes == [f"big trade {t['s']} {t['q']} @ {t['p']}" for t in big_trades(sample(), 250000, 10)]
+
+
+async def test_agent_example_runs_against_an_openai_compatible_server(
+    run_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    """The example as shipped (only the replay speed, the ops server, the state and the answers file
+    moved for the test) against the scripted OpenAI-compatible server through the real openai SDK: one
+    run per symbol (the other sharp moves are deduplicated into notifications), the model's alert goes
+    through the runner, its buy waits for approval and runs once (dry run) when approved, both answers
+    are routed to the answers file, and the model saw the big trades as a notification."""
+    doc = yaml.safe_load((EXAMPLES / "agent.yaml").read_text())
+    doc["daemon"].update(http=None, state_path=str(tmp_path / "agent.db"))
+    doc["sources"]["trades"]["speed"] = 0
+    doc["tools"]["answers"]["path"] = str(tmp_path / "answers.jsonl")
+    async with ScriptedOpenAI() as model:
+        model.default = Reply.text("Told the desk.")
+        # the two runs' first calls take these in arrival order; every later call gets the default text
+        model.script(
+            Reply.tool_calls(("alert", {"text": "sharp move"})),
+            Reply.tool_calls(
+                ("buy", {"symbol": "BTC/USDT", "side": "buy", "type": "limit", "amount": 0.001, "price": 64000})
+            ),
+        )
+        env = {"LLM_BASE_URL": model.base_url, "OPENAI_API_KEY": "sk-example-test-key-1f3a9c"}
+        config = load_config_text(
+            yaml.safe_dump(doc, sort_keys=False), builtin_registry(), base_dir=EXAMPLES, env=env
+        )
+        daemon = await run_daemon(config)
+        state = daemon.agent_state
+        assert state is not None
+        answers = tmp_path / "answers.jsonl"
+
+        def answered() -> int:
+            return len(answers.read_text().splitlines()) if answers.exists() else 0
+
+        await wait_for(lambda: answered() == 2, 20, what=lambda: f"2 answers, not {answered()}")
+        await wait_for(lambda: daemon.sources["trades"].stats.state == "finished", 20, what="the replay's end")
+        runs = state.runs(tool="analyst")
+        by_outcome = Counter(r.outcome for r in runs)
+        assert by_outcome == {"answered": 2, "deduplicated": 4}, by_outcome
+        assert {r.key for r in runs if r.outcome == "answered"} == {"BTCUSDT", "ETHUSDT"}
+        assert daemon.runner.stats("alert").succeeded == 1
+        assert {json.loads(line)["args"]["text"] for line in answers.read_text().splitlines()} == {
+            "Told the desk."
+        }
+        first_calls = [r for r in model.requests if r["tool_choice"] == "required"]
+        assert len(first_calls) == 2 and all(
+            {t["function"]["name"] for t in r["tools"]} == {"alert", "buy"} for r in first_calls
+        )
+        assert any("big trade" in m["content"] for r in model.requests for m in r["messages"] if m["role"] == "user")
+
+        [pending] = state.approvals()
+        assert pending.tool == "buy" and daemon.runner.stats("buy").calls == 0
+        state.decide(pending.id, True, by="test")
+        daemon.approvals_wake.set()
+        await wait_for(
+            lambda: (found := state.approval(pending.id)) is not None and found.status == "executed",
+            10,
+            what="the approved buy",
+        )
+        done = state.approval(pending.id)
+        assert done is not None and done.result["dry_run"] is True and done.result["symbol"] == "BTC/USDT"
+        assert daemon.runner.stats("buy").succeeded == 1
