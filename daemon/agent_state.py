@@ -118,10 +118,17 @@ class AgentState:
     # -- the daemon's side (handlers.agent_store.AgentStore) --------------------------------------
 
     async def _durable(self, fn: Callable[..., T], *args: Any) -> T:
-        if self.journal is None:
+        """``fn`` on the journal's writer thread, after what the journal holds: a crash never leaves a
+        run's row without the journal row of the call that runs it (the restart resumes the run
+        through that row), nor a model call's message without its token usage. Once queued, the
+        write completes even if the run is cancelled meanwhile (a timeout): the next attempt, which
+        reads the run back on the same thread, sees it."""
+        journal = self.journal
+        if journal is None:
             return fn(*args)
+        await journal.flush()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.journal.executor, functools.partial(fn, *args))
+        return await asyncio.shield(loop.run_in_executor(journal.executor, functools.partial(fn, *args)))
 
     async def load_run(self, run_id: str) -> RunState | None:
         return await self._durable(self.run, run_id)

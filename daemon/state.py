@@ -588,6 +588,13 @@ class Journal:
         await self._flush()
         self.executor.shutdown(wait=True)
 
+    async def flush(self) -> None:
+        """Write what is buffered now. A durable write that must not get ahead of the rows queued
+        before it (an agent run's first row, after the row of the call that runs it) awaits this
+        first: the one writer thread takes the two in that order. The rows taken are written even if
+        the caller is cancelled meanwhile."""
+        await asyncio.shield(self._flush())
+
     # -- hot-ish path (once per tool invocation, never per event) ----------------------------
 
     def new_id(self) -> str:
