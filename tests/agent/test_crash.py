@@ -8,181 +8,32 @@ file can bring the run back), and the run goes on from its journaled transcript.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
+from tests.agent.daemons import (
+    ALERT,
+    API_KEY,
+    Daemon,
+    Hook,
+    copy_state,
+    daemons,
+    lines,
+    query,
+    secret_free,
+    tool_results,
+    until,
+    write_config,
+)
 from tests.agent.scripted import Reply, ScriptedOpenAI
 
-ROOT = Path(__file__).resolve().parents[2]
-#: The key the configuration reads from ${OPENAI_API_KEY}: it must never reach the state file or the log.
-API_KEY = "sk-crash-test-4f1d9c2b7a"
-
-
-#: A sitecustomize for the child: the journal gathers its batches this long (the interval is not
-#: configurable), so that "killed before the batch was written" is certain, not a race.
-SLOW_JOURNAL = """\
-import os
-import daemon.state
-daemon.state.Journal.__init__.__kwdefaults__["flush_seconds"] = float(os.environ["REFLEXD_TEST_JOURNAL_FLUSH"])
-"""
-
-
-class Daemon:
-    """``reflexd run -c CONFIG`` as a child process; ``EVENTS`` picks the replay file."""
-
-    def __init__(self, tmp_path: Path, config: Path) -> None:
-        self.tmp_path = tmp_path
-        self.config = config
-        self.log = tmp_path / "daemon.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def env(self, events: str, journal_flush: float | None = None) -> dict[str, str]:
-        path = str(ROOT)
-        if journal_flush is not None:  # sitecustomize sets the journal's batching interval
-            site = self.tmp_path / "site"
-            site.mkdir(exist_ok=True)
-            (site / "sitecustomize.py").write_text(SLOW_JOURNAL)
-            path = f"{site}{os.pathsep}{path}"
-        return {
-            **os.environ,
-            "PYTHONPATH": path,
-            "EVENTS": str(self.tmp_path / events),
-            "OPENAI_API_KEY": API_KEY,
-            "REFLEXD_TEST_JOURNAL_FLUSH": str(journal_flush),
-        }
-
-    def start(self, events: str = "events.jsonl", *, journal_flush: float | None = None) -> None:
-        """Start the daemon on ``events``; ``journal_flush``: seconds the journal gathers a batch
-        (0.05 as shipped)."""
-        assert self.proc is None or self.proc.poll() is not None
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "daemon.cli", "run", "-c", str(self.config)],
-                cwd=ROOT,
-                env=self.env(events, journal_flush),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        assert self.proc.wait(timeout=10) == -signal.SIGKILL
-
-    def stop(self) -> int:
-        """SIGTERM, then the exit code."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=30)
-
-    def cleanup(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "daemon.cli", *args, "-c", str(self.config)],
-            cwd=ROOT,
-            env=self.env("empty.jsonl"),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Callable[[Path], Daemon]]:
-    """``daemons(config)`` → a :class:`Daemon` handle; any still running is killed after the test."""
-    made: list[Daemon] = []
-
-    def make(config: Path) -> Daemon:
-        handle = Daemon(tmp_path, config)
-        made.append(handle)
-        return handle
-
-    yield make
-    for handle in made:
-        handle.cleanup()
-
-
-def write_config(
-    tmp_path: Path, base_url: str, *, tools: dict[str, Any], llm: dict[str, Any] | None = None
-) -> Path:
-    """A replay feed (``${EVENTS}``) whose rule escalates each event to ``analyst``, which may call
-    ``tools`` (name → configuration; ``llm``: more of analyst's keys); a second rule routes its
-    answers to routed.jsonl. Written as JSON (YAML reads it)."""
-    (tmp_path / "events.jsonl").write_bytes(orjson.dumps({"p": 71234.5}) + b"\n")
-    (tmp_path / "empty.jsonl").write_bytes(b"")
-    analyst = {
-        "type": "llm",
-        "base_url": base_url,
-        "model": "scripted",
-        "api_key": "${OPENAI_API_KEY}",
-        "system": "You watch BTC for the desk.",
-        "tools": list(tools),
-        "retry": {"max_attempts": 3, "initial_seconds": 0.05, "max_seconds": 0.1},
-        **(llm or {}),
-    }
-    config = {
-        "daemon": {"http": None, "state_path": "state.db", "shutdown_timeout_seconds": 5},
-        "agent": {"approvals_poll_seconds": 0.1},
-        "sources": {"feed": {"type": "replay", "path": "${EVENTS}", "speed": 0}},
-        "tools": {"analyst": analyst, **tools, "routed": {"type": "file", "path": "routed.jsonl"}},
-        "rules": {
-            "big": {"from": "feed", "then": [{"tool": "analyst", "args": {"prompt": "BTC at {data.p}"}}]},
-            "answers": {
-                "from": "analyst",
-                "then": [{"tool": "routed", "args": {"text": "{data.text}", "run": "{data.run}"}}],
-            },
-        },
-    }
-    path = tmp_path / "reflexd.yaml"
-    path.write_text(json.dumps(config, indent=1))
-    return path
-
-
-ALERT = {"alert": {"type": "file", "path": "alerts.jsonl"}}
-
-
-def lines(path: Path) -> list[dict[str, Any]]:
-    return [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
-
-
-def query(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(db, timeout=10) as conn:
-        return conn.execute(sql, params).fetchall()
-
-
-async def until(predicate: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-def tool_results(request: dict[str, Any]) -> list[dict[str, Any]]:
-    return [m for m in request["messages"] if m["role"] == "tool"]
-
-
-def secret_free(tmp_path: Path) -> None:
-    """The api key appears in no file the daemon wrote: state file (and its WAL), log, outputs."""
-    for path in tmp_path.iterdir():
-        if path.is_file():
-            assert API_KEY.encode() not in path.read_bytes(), path.name
+__all__ = ["daemons"]  # the fixture
 
 
 @pytest.mark.parametrize("journal_flush", [None, 5.0], ids=["as-shipped", "journal-batch-unwritten"])
@@ -233,3 +84,52 @@ async def test_kill_9_after_the_tool_ran_resumes_the_run_and_the_tool_runs_once(
     # the key was used (the model saw it) and never written down
     assert {h["authorization"] for h in model.headers} == {f"Bearer {API_KEY}"}
     secret_free(tmp_path)
+
+
+async def test_kill_9_while_the_tool_runs_retries_it_only_with_its_key(
+    tmp_path: Path, daemons: Callable[[Path], Daemon]
+) -> None:
+    """kill -9 while the model's webhook call is in flight (the receiver has it; no result in the transcript):
+    after the restart the run makes the call again with the same Idempotency-Key (the receiver can tell it
+    is the same call), gets its result and answers. If the call's success had reached the journal before
+    the kill, the restart does not deliver it again: the model is told it was a duplicate."""
+    async with ScriptedOpenAI(default=None) as model, Hook() as hook:
+        model.script(
+            Reply.tool_calls(("hook", {"side": "buy", "qty": 1})),
+            Reply.text("Bought one."),  # the restart that delivers again
+            Reply.text("Bought one, I am told."),  # the restart that finds the success journaled
+        )
+        first = write_config(tmp_path / "a", model.base_url, tools={"hook": hook.tool()})
+        second = write_config(tmp_path / "b", model.base_url, tools={"hook": hook.tool()})
+        daemon = daemons(first)
+        daemon.start()
+        await until(lambda: len(hook.deliveries) == 1, 30, "the first delivery")
+        db = tmp_path / "a" / "state.db"
+        running = "SELECT key FROM invocations WHERE tool = 'hook' AND outcome = 'running'"
+        await until(lambda: len(query(db, running)) == 1, 10, "the call's journal row")
+        daemon.kill9()
+        ((key,),) = query(db, running)
+        roles = [orjson.loads(m)["role"] for (m,) in query(db, "SELECT message FROM agent_messages ORDER BY seq")]
+        assert roles == ["user", "assistant"]  # no result: its outcome is unknown
+        copy_state(tmp_path / "a", tmp_path / "b")
+        # b: the call's success was journaled, then the kill came before its result reached the transcript
+        with sqlite3.connect(tmp_path / "b" / "state.db") as conn:
+            conn.execute("UPDATE invocations SET outcome = 'succeeded', ended = started WHERE key = ?", (key,))
+        hook.release.set()
+
+        daemon.start("empty.jsonl")
+        await until(lambda: len(lines(tmp_path / "a" / "routed.jsonl")) == 1, 30, "a's routed answer")
+        assert daemon.stop() == 0
+        assert [d[0] for d in hook.deliveries] == [key, key]  # delivered again, with the same key
+        assert hook.deliveries[0][1] == hook.deliveries[1][1] == {"side": "buy", "qty": 1}
+        (result,) = tool_results(model.requests[1])
+        assert json.loads(result["content"])["outcome"] == "succeeded"
+
+        again = daemons(second)
+        again.start("empty.jsonl")
+        await until(lambda: len(lines(tmp_path / "b" / "routed.jsonl")) == 1, 30, "b's routed answer")
+        assert again.stop() == 0
+        assert len(hook.deliveries) == 2  # not delivered a third time
+        (result,) = tool_results(model.requests[2])
+        assert json.loads(result["content"]) == {"outcome": "duplicate"}
+    assert [r["args"]["text"] for r in lines(tmp_path / "b" / "routed.jsonl")] == ["Bought one, I am told."]
