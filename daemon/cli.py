@@ -22,6 +22,7 @@ from typing import Any, BinaryIO, TextIO
 
 import orjson
 
+from daemon.agent_cli import add_agent_parser, add_approvals_parser, run_agent, run_approvals
 from daemon.completion import SHELLS, completion_script
 from daemon.config import AppConfig, ComponentPlan, config_json_schema, load_config
 from daemon.dlq import add_dlq_parser, run_dlq
@@ -118,6 +119,10 @@ def _parser() -> argparse.ArgumentParser:
         "Kafka is read without the consumer group and nothing is committed: a running daemon loses nothing",
     )
     add_dlq_parser(with_config("dlq", "inspect and retry dead-lettered tool invocations"))
+    add_agent_parser(with_config("agent", "model runs: prompts, tool calls, answers, tokens (redacted)"))
+    add_approvals_parser(
+        with_config("approvals", "model-chosen calls waiting for a person: list, approve, reject")
+    )
     verbs.add_parser("schema", help="print the JSON Schema of the configuration (for editors)")
     completion = verbs.add_parser(
         "completion",
@@ -182,6 +187,10 @@ def _main(argv: Sequence[str] | None, registry: Registry | None) -> int:
         return _tools(config)
     if args.verb == "dlq":
         return run_dlq(config, args)
+    if args.verb == "agent":
+        return run_agent(config, args)
+    if args.verb == "approvals":
+        return run_approvals(config, args)
     configure_logging(config.daemon.log_level, config.daemon.log_format)
     if args.verb == "replay":
         return _replay(config, args.files, args.speed, args.rule, args.format)

@@ -53,7 +53,7 @@ def test_no_verb_prints_the_verbs_and_exits_2() -> None:
     result = reflexd()
     assert result.returncode == 2
     assert result.stderr.startswith("usage: reflexd")
-    for verb in ("run", "check", "replay", "record", "tools", "dlq", "schema", "completion"):
+    for verb in ("run", "check", "replay", "record", "tools", "dlq", "agent", "approvals", "schema", "completion"):
         assert re.search(rf"^\s+{verb}\b", result.stderr, re.MULTILINE), verb
 
 
@@ -93,7 +93,7 @@ def test_readme_commands_use_verbs_and_flags_the_parser_has() -> None:
         verb = words[0]
         assert re.search(rf"^\s+{verb}\b", top, re.MULTILINE), f"{command}: no verb {verb}"
         helps = [help_of(verb)]
-        if verb == "dlq":  # dlq list|replay|purge: each action's own flags
+        if verb in ("dlq", "agent", "approvals"):  # dlq list|replay|purge: each action's own flags
             actions = words[1].split("|")
             helps = [help_of(verb, action) for action in actions]
         for flag in (w.strip("[]").split("=")[0] for w in words if w.strip("[").startswith("-")):
@@ -217,6 +217,11 @@ def test_bash_completion_is_valid_and_completes_verbs_actions_and_flags(tmp_path
     assert complete(script, "reflexd replay --format ") == ["text", "jsonl"]
     assert complete(script, "reflexd record --o") == ["--out"]
     assert complete(script, "reflexd completion ") == ["bash", "zsh"]
+    assert complete(script, "reflexd ag") == ["agent"]
+    assert complete(script, "reflexd agent ") == ["runs", "show"]
+    assert complete(script, "reflexd agent runs --") == ["--help", "--tool", "--limit", "--json", "--config"]
+    assert complete(script, "reflexd approvals ") == ["list", "approve", "reject"]
+    assert complete(script, "reflexd approvals approve --n") == ["--note"]
     assert complete(script, "reflexd --v") == ["--version"]
 
 
