@@ -36,6 +36,7 @@ from daemon.errors import ToolError
 from handlers.agent_store import Approval, RunState
 from handlers.base import CallContext, CallReply, ToolHost
 from handlers.models import ModelClient, ModelReply
+from handlers.notifications import Notification
 from streams.event import ANSWER, event_record, new_event
 
 __all__ = [
@@ -188,6 +189,11 @@ def cap_text(text: str, limit: int) -> str:
     return text[:limit] + TRUNCATED.format(n=len(text) - limit)
 
 
+#: What the model wrote instead of an object, in JSON's words (the model reads them).
+_JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+_JSON_TYPES[type(None)] = "null"
+
+
 def parse_arguments(text: str) -> dict[str, Any]:
     """A model's tool arguments as an object. Raises ValueError saying why they are unusable."""
     if not text.strip():
@@ -201,12 +207,55 @@ def parse_arguments(text: str) -> dict[str, Any]:
         except orjson.JSONDecodeError as exc:
             raise ValueError(f"arguments are not valid JSON ({exc})") from None
     if not isinstance(value, dict):
-        raise ValueError(f"arguments must be a JSON object, not {type(value).__name__}")
+        raise ValueError(f"arguments must be a JSON object, not {_JSON_TYPES.get(type(value), 'that')}")
     return value
 
 
 def _json(value: Any) -> str:
     return orjson.dumps(value, default=repr).decode()
+
+
+#: How much longer than a background tool's timeout a run waits for its outcome (the runner records it first).
+BACKGROUND_GRACE_SECONDS = 1.0
+
+
+class _Background:
+    """The background calls of one run: until when each may take, and which results its model has
+    not seen yet. A result reaches the shared notification queue (for every reader) and is also kept
+    here, so the run's model gets it even when another run of the same tool drained it first."""
+
+    __slots__ = ("deadlines", "futures", "results", "seen")
+
+    def __init__(self) -> None:
+        self.futures: dict[str, asyncio.Future[CallReply]] = {}
+        self.deadlines: dict[str, float] = {}  # monotonic
+        self.results: dict[int, Notification] = {}  # seq → the result's item, until the model saw it
+        self.seen: set[str] = set()
+
+    def unseen(self, drained: list[Notification]) -> list[Notification]:
+        """This run's results not among ``drained`` nor shown before; from now on they count as seen."""
+        for note in drained:
+            self.results.pop(note.seq, None)
+        own = sorted(self.results.values(), key=lambda n: n.seq)
+        self.results.clear()
+        for note in drained + own:
+            call = note.fields.get("id") if note.kind == "background" else None
+            if call in self.futures:
+                self.seen.add(call)
+        return own
+
+    def waiting(self) -> bool:
+        """Some result the model has not seen yet: still running, or ended since its last call."""
+        return any(key not in self.seen for key in self.futures)
+
+    async def wait(self) -> None:
+        """Until the calls still running end, each at most until its deadline."""
+        pending = [f for f in self.futures.values() if not f.done()]
+        if not pending:
+            return
+        left = max(self.deadlines.values()) - time.monotonic()
+        if left > 0:
+            await asyncio.wait(pending, timeout=left)
 
 
 class LoopSettings:
@@ -296,7 +345,7 @@ class AgentLoop:
         return run.result()
 
     async def _drive(self, run: RunState, ctx: CallContext) -> None:
-        background: dict[str, asyncio.Future[CallReply]] = {}
+        background = _Background()
         last = run.messages[-1] if run.messages else None
         if last is not None and last["role"] == "assistant" and not last.get("tool_calls") and run.rounds:
             await self._answer(run, last.get("content") or "", ctx)  # answered before the crash
@@ -311,7 +360,8 @@ class AgentLoop:
             if window is not None:
                 await self._end(run, "over_budget", error=f"budget {window} used up during the run")
                 return
-            notes = self.host.notifications.drain(self.s.name)
+            drained = self.host.notifications.drain(self.s.name)
+            notes = drained + background.unseen(drained) if background.futures else drained
             if notes:
                 text = NOTIFICATIONS_HEADER + "\n" + _json([n.as_dict() for n in notes])
                 await self._append(run, [{"role": "user", "content": text}])
@@ -319,9 +369,9 @@ class AgentLoop:
             choice = "none" if final else (self.s.first_tool_choice if run.rounds == 0 else "auto")
             reply = await self._complete(run, choice)
             if not reply.tool_calls:
-                if background and not extra_round:
-                    extra_round = True
-                    await self._await_background(background)
+                if not extra_round and background.waiting():
+                    extra_round = True  # once: the results it has not seen, then its answer
+                    await background.wait()
                     continue
                 await self._answer(run, reply.text, ctx)
                 return
@@ -355,9 +405,7 @@ class AgentLoop:
         await self._append(run, [reply.as_message()])
         return reply
 
-    async def _finish_calls(
-        self, run: RunState, ctx: CallContext, background: dict[str, asyncio.Future[CallReply]]
-    ) -> None:
+    async def _finish_calls(self, run: RunState, ctx: CallContext, background: _Background) -> None:
         """Make the tool calls of the last assistant message that have no result yet, in order; each
         result is journaled before the next call starts."""
         last_assistant = next((m for m in reversed(run.messages) if m["role"] == "assistant"), None)
@@ -384,7 +432,7 @@ class AgentLoop:
         ctx: CallContext,
         call: Mapping[str, Any],
         reasoning: str,
-        background: dict[str, asyncio.Future[CallReply]],
+        background: _Background,
     ) -> dict[str, Any]:
         """One model-chosen call: checked, then proposed, started in the background or made."""
         name = call["name"]
@@ -428,8 +476,10 @@ class AgentLoop:
         call_ctx = CallContext(name, ctx.rule, ctx.event, key)
         if name in self.s.background:
             future = self.host.call(name, args, call_ctx)
-            background[key] = future
-            future.add_done_callback(functools.partial(self._background_done, run, name, key))
+            background.futures[key] = future
+            limit = self.host.timeout_of(name) + BACKGROUND_GRACE_SECONDS
+            background.deadlines[key] = time.monotonic() + limit
+            future.add_done_callback(functools.partial(self._background_done, run, background, name, key))
             return {
                 "status": "started",
                 "id": key,
@@ -446,23 +496,21 @@ class AgentLoop:
             return content
         return {"outcome": reply.outcome, "error": (reply.error or reply.outcome).split("\n", 1)[0]}
 
-    def _background_done(self, run: RunState, name: str, key: str, future: asyncio.Future[CallReply]) -> None:
+    def _background_done(
+        self, run: RunState, background: _Background, name: str, key: str, future: asyncio.Future[CallReply]
+    ) -> None:
         reply = future.result() if not future.cancelled() else CallReply("cancelled")
         content = self._reply_content(reply)
-        text = cap_text(_json(content), self.s.max_result_chars)
-        self.host.notifications.put(
-            "background",
-            f"{name} finished: {reply.outcome}",
-            {"tool": name, "id": key, "run": run.run_id, "content": text},
-            rule=run.rule,
-        )
-
-    async def _await_background(self, background: dict[str, asyncio.Future[CallReply]]) -> None:
-        futures = [f for f in background.values() if not f.done()]
-        if not futures:
-            return
-        limit = max(self.host.timeout_of(name) for name in self.s.background) if self.s.background else 0.0
-        await asyncio.wait(futures, timeout=limit)
+        text = f"{name} finished: {reply.outcome}"
+        fields = {
+            "tool": name,
+            "id": key,
+            "run": run.run_id,
+            "content": cap_text(_json(content), self.s.max_result_chars),
+        }
+        now = time.time()
+        seq = self.host.notifications.put("background", text, fields, rule=run.rule, ts=now)
+        background.results[seq] = Notification(seq, "background", text, fields, run.rule, None, now)
 
     async def _append(self, run: RunState, messages: list[dict[str, Any]]) -> None:
         run.messages.extend(messages)

@@ -35,6 +35,8 @@ from daemon.errors import ToolError
 __all__ = ["ModelClient", "ModelReply", "ModelToolCall", "build_client", "retry_after_of"]
 
 _RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
+#: The neutral tool_choice (auto | required | none) in the Messages API's words.
+_ANTHROPIC_CHOICE = {"auto": "auto", "required": "any", "none": "none"}
 
 
 @dataclass(frozen=True)
@@ -327,12 +329,14 @@ class AnthropicClient:
             request["system"] = system
         if self.temperature is not None:
             request["temperature"] = self.temperature
-        if tools and tool_choice != "none":
+        if tools:
+            # the tools go with every request, "none" included: the API refuses a conversation with
+            # tool_use / tool_result blocks whose request defines no tools
             request["tools"] = [
                 {"name": t["name"], "description": t["description"], "input_schema": t["parameters"]}
                 for t in tools
             ]
-            request["tool_choice"] = {"type": "any" if tool_choice == "required" else "auto"}
+            request["tool_choice"] = {"type": _ANTHROPIC_CHOICE.get(tool_choice, "auto")}
         try:
             response = await self._client.messages.create(**request)
         except self._anthropic.AnthropicError as exc:

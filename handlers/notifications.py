@@ -8,9 +8,12 @@ read it by sequence number).
 - Each item has a sequence number, increasing by one per item, never reused while the process runs.
 - Bounded: ``max_items``; when full the oldest item goes and ``dropped`` counts it if some reader
   had not taken it yet.
-- ``coalesce``: an item with the same (rule, key) as one no reader has taken yet replaces it in
-  place (its ``repeats`` counts the items it stands for), so a storm of repeats of one event costs
-  one line of the model's context.
+- ``coalesce``: an item reporting an event (kinds ``notify``, ``deduplicated``, ``over_budget``) with
+  the same kind, rule and key as one no reader has taken yet replaces it in place (its ``repeats``
+  counts the items it stands for), so a storm of repeats of one event costs one line of the model's
+  context. The other kinds (a background result, an approved call's outcome, an interrupted run)
+  each say something of their own and are never merged. Finding the item to merge into is one
+  dict lookup, whatever the queue's length.
 - Readers are named (one per ``llm`` tool); each has its own cursor, so every reader sees every item
   once, in sequence order.
 """
@@ -25,7 +28,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Notification", "NotificationQueue", "NotificationsConfig"]
+__all__ = ["COALESCING_KINDS", "Notification", "NotificationQueue", "NotificationsConfig"]
+
+#: Kinds that report an event a rule saw: repeats of the same (kind, rule, key) coalesce while unread.
+COALESCING_KINDS = frozenset({"notify", "deduplicated", "over_budget"})
 
 
 class NotificationsConfig(BaseModel):
@@ -73,6 +79,8 @@ class NotificationQueue:
         self.max_items = max_items
         self.coalesce = coalesce
         self._items: deque[Notification] = deque()
+        #: (kind, rule, key) → the newest queued item of it (coalescing looks here; gone with the item)
+        self._latest: dict[tuple[str, str, Any], Notification] = {}
         self._cursors: dict[str, int] = {}
         self._seq = 0
         self.put_count = 0  # items put (coalesced repeats included)
@@ -109,23 +117,36 @@ class NotificationQueue:
         """Add an item; its sequence number (an unread item it was coalesced into keeps its own)."""
         self.put_count += 1
         now = time.time() if ts is None else ts
-        if self.coalesce and rule is not None:
-            unread_after = max(self._cursors.values(), default=self._seq)
-            for item in reversed(self._items):
-                if item.seq <= unread_after:
-                    break  # some reader took this one already: a new item, not a merge
-                if item.rule == rule and item.key == key and item.kind == kind:
-                    item.text, item.fields, item.ts = text, dict(fields or {}), now
-                    item.repeats += 1
-                    self.coalesced += 1
-                    self._wake()
-                    return item.seq
+        slot: tuple[str, str, Any] | None = None
+        if self.coalesce and rule is not None and kind in COALESCING_KINDS:
+            slot = (kind, rule, key)
+            try:
+                item = self._latest.get(slot)
+            except TypeError:  # a key that cannot be hashed: never merged
+                slot, item = None, None
+            # merged only while no reader has taken it (with no reader at all, nothing is merged)
+            if item is not None and item.seq > max(self._cursors.values(), default=self._seq):
+                item.text, item.fields, item.ts = text, dict(fields or {}), now
+                item.repeats += 1
+                self.coalesced += 1
+                self._wake()
+                return item.seq
         self._seq += 1
-        self._items.append(Notification(self._seq, kind, text, dict(fields or {}), rule, key, now))
+        added = Notification(self._seq, kind, text, dict(fields or {}), rule, key, now)
+        self._items.append(added)
+        if slot is not None:
+            self._latest[slot] = added
         if len(self._items) > self.max_items:
             gone = self._items.popleft()
             if any(cursor < gone.seq for cursor in self._cursors.values()):
                 self.dropped += 1
+            if gone.rule is not None and gone.kind in COALESCING_KINDS:
+                gone_slot = (gone.kind, gone.rule, gone.key)
+                try:
+                    if self._latest.get(gone_slot) is gone:
+                        del self._latest[gone_slot]
+                except TypeError:
+                    pass
         self._wake()
         return self._seq
 
