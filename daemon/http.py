@@ -1,4 +1,5 @@
-"""Ops HTTP server (aiohttp, on the daemon's loop): /healthz /readyz /metrics /status /kill-switch.
+"""Ops HTTP server (aiohttp, on the daemon's loop): /healthz /readyz /metrics /status /kill-switch
+/approvals /agent/runs.
 
 - ``/healthz``: 200 while the process serves requests (liveness).
 - ``/readyz``: 200 when every source is connected and delivering within its idle timeout,
@@ -10,6 +11,15 @@
   tools). ``GET`` shows it, ``POST`` engages it (optional JSON body ``{"reason": "..."}``),
   ``DELETE`` releases what ``POST`` engaged (a kill-switch file, if present, keeps blocking).
   404 when no tool has a kill switch.
+- ``/approvals``: ``GET`` lists the model-chosen calls waiting for a person (``?all=1``: decided
+  ones too); ``POST /approvals/{id}/approve`` and ``/reject`` decide one (optional JSON body
+  ``{"note": "..."}``), as ``reflexd approvals`` does: an approval wakes the daemon's approvals task,
+  which makes the call once through the runner. The answer holds the approval (``{"approval": …}``);
+  404 for an unknown id, 409 when it was decided already (nothing changes).
+- ``/agent/runs``: the newest agent runs (``?tool=NAME&limit=N``); ``/agent/runs/{id}`` one run with
+  its conversation. Approvals and runs are shown as ``reflexd agent`` prints them
+  (:class:`daemon.agent_view.Shown`: secrets from the environment and secret-looking values are
+  ``***``); both answer 404 when the journal (where they live) is off.
 
 Who may do what — one middleware (:meth:`OpsServer._guard`) applies it to every route, present and
 future, so a new route cannot forget it:
@@ -65,7 +75,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from yarl import URL
 
-from daemon.config import HttpConfig, parse_listen
+from daemon.agent_state import AgentState, DecisionError
+from daemon.agent_view import Shown
+from daemon.config import AppConfig, HttpConfig, parse_listen
 from daemon.errors import StartupError
 from daemon.logs import RateLimitedLog, get_logger
 from daemon.telemetry import Observed, metrics_registry
@@ -106,6 +118,9 @@ REFUSAL_REASONS = (
     "malformed",  # bad request line or headers, answered by aiohttp's parser (400)
 )
 _NO_KILL_SWITCH = {"error": "no tool with a kill switch is configured"}
+_NO_AGENT_STATE = {"error": "agent runs and approvals live in the journal, which is off (daemon.journal)"}
+#: Most runs ``GET /agent/runs`` returns.
+MAX_RUNS = 500
 
 
 def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -408,6 +423,9 @@ class OpsTarget(Observed, Protocol):
     """What the ops server reads of a running daemon (:class:`daemon.supervisor.Daemon` is one)."""
 
     tools: dict[str, Tool]
+    config: AppConfig
+    agent_state: AgentState | None
+    approvals_wake: asyncio.Event  # set: the approvals task looks for approved calls at once
 
     def status(self) -> dict[str, Any]: ...
 
@@ -430,6 +448,7 @@ class OpsServer:
         self._cap_log = RateLimitedLog(log, "ops HTTP connection cap reached")
         self._metrics = metrics_registry(daemon)
         self._metrics.register(_HttpCollector(self))
+        self._shown = Shown(daemon.config)
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -441,6 +460,11 @@ class OpsServer:
         app.router.add_get("/kill-switch", self._kill_switch_get)
         app.router.add_post("/kill-switch", self._kill_switch_post)
         app.router.add_delete("/kill-switch", self._kill_switch_delete)
+        app.router.add_get("/approvals", self._approvals_get)
+        app.router.add_post("/approvals/{id}/approve", self._approve)
+        app.router.add_post("/approvals/{id}/reject", self._reject)
+        app.router.add_get("/agent/runs", self._runs_get)
+        app.router.add_get("/agent/runs/{id}", self._run_get)
         timeout = self.config.request_timeout_seconds
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_SECONDS)
         await runner.setup()
@@ -686,3 +710,77 @@ class OpsServer:
             },
         )
         return self._kill_switch_state(switches)
+
+    # -- approvals and agent runs ------------------------------------------------------------------
+
+    async def _approvals_get(self, request: web.Request) -> web.Response:
+        state = self.daemon.agent_state
+        if state is None:
+            return _json(_NO_AGENT_STATE, 404)
+        everything = request.query.get("all", "") not in ("", "0", "false")
+        found = await asyncio.to_thread(state.approvals, status=None if everything else "pending")
+        now = time.time()
+        return _json({"approvals": [self._shown.approval(a, now) for a in found]})
+
+    async def _approve(self, request: web.Request) -> web.Response:
+        return await self._decide(request, approve=True)
+
+    async def _reject(self, request: web.Request) -> web.Response:
+        return await self._decide(request, approve=False)
+
+    async def _decide(self, request: web.Request, *, approve: bool) -> web.Response:
+        state = self.daemon.agent_state
+        if state is None:
+            return _json(_NO_AGENT_STATE, 404)
+        text = request.match_info["id"]
+        if not text.isdigit() or len(text) > 18:
+            return _json({"error": f"no approval {text[:20]!r}"}, 404)
+        approval_id = int(text)
+        body = await self._json_body(request)
+        note = None
+        if isinstance(body, dict) and isinstance(body.get("note"), str) and body["note"].strip():
+            note = body["note"].strip()[:500]
+        by = f"http:{request.remote or 'unknown'}"
+        try:
+            decided = await asyncio.to_thread(state.decide, approval_id, approve, by=by, note=note)
+        except DecisionError:
+            found = await asyncio.to_thread(state.approval, approval_id)
+            if found is None:
+                return _json({"error": f"no approval {approval_id}"}, 404)
+            message = f"approval {approval_id} is {found.status} already"
+            return _json({"error": message, "approval": self._shown.approval(found)}, 409)
+        if approve:
+            self.daemon.approvals_wake.set()  # the approvals task makes the call now, not at its next poll
+        log.info(
+            "approval decided over HTTP",
+            extra={
+                "fields": {
+                    "approval": approval_id,
+                    "tool": decided.tool,
+                    "decision": decided.status,
+                    "peer": request.remote,
+                }
+            },
+        )
+        return _json({"approval": self._shown.approval(decided)})
+
+    async def _runs_get(self, request: web.Request) -> web.Response:
+        state = self.daemon.agent_state
+        if state is None:
+            return _json(_NO_AGENT_STATE, 404)
+        text = request.query.get("limit", "20")
+        if not text.isdigit() or not 1 <= int(text) <= MAX_RUNS:
+            return _json({"error": f"limit must be a number from 1 to {MAX_RUNS}"}, 400)
+        tool = request.query.get("tool") or None
+        runs = await asyncio.to_thread(state.runs, tool=tool, limit=int(text))
+        return _json({"runs": [self._shown.run(run) for run in runs]})
+
+    async def _run_get(self, request: web.Request) -> web.Response:
+        state = self.daemon.agent_state
+        if state is None:
+            return _json(_NO_AGENT_STATE, 404)
+        run_id = request.match_info["id"]
+        run = await asyncio.to_thread(state.run, run_id)
+        if run is None:
+            return _json({"error": f"no run {run_id[:40]!r}"}, 404)
+        return _json(self._shown.run(run, messages=True))
