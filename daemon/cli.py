@@ -23,6 +23,7 @@ from typing import Any, BinaryIO, TextIO
 import orjson
 
 from daemon.agent_cli import add_agent_parser, add_approvals_parser, run_agent, run_approvals
+from daemon.agent_view import Shown, first_line
 from daemon.completion import SHELLS, completion_script
 from daemon.config import AppConfig, ComponentPlan, config_json_schema, load_config
 from daemon.dlq import add_dlq_parser, run_dlq
@@ -30,6 +31,7 @@ from daemon.errors import ConfigError, StartupError
 from daemon.logs import configure_logging, get_logger
 from daemon.registry import Registry, builtin_registry
 from daemon.state import redact
+from handlers.llm import LlmToolConfig
 from streams.base import StartAt
 from streams.decode import DecodeFields
 from streams.rules.pipeline import plan_rule
@@ -341,9 +343,13 @@ def _replay(config: AppConfig, specs: Sequence[str], speed: float, only: list[st
     closed = False  # the reader went away (`reflexd replay ... | head`): stop writing, quietly
     secrets = config.secret_arguments()  # arguments from ${VAR}: printed as *** (so are secret names)
     none: frozenset[str] = frozenset()
+    models = _model_tools(config)  # llm tools: their prompts are reported, no model is called
+    prompts = dict.fromkeys(models, 0)
 
     def report(fired: Fired) -> None:
         nonlocal closed
+        if fired.tool in prompts:
+            prompts[fired.tool] += 1
         if closed:
             return
         shown = fired._replace(args=redact(fired.args, secrets.get((fired.rule, fired.tool), none)))
@@ -393,17 +399,44 @@ def _replay(config: AppConfig, specs: Sequence[str], speed: float, only: list[st
         print(f"  {count} event(s) of source {source!r} skipped: not in the configuration", file=err)
     for name, rule in result.rules.items():
         st = rule.stats
+        answers = [src for src in rule.config.from_ if src in models and src not in config.sources]
+        unfed = f" (reads the answers of {', '.join(answers)}: none in a replay)" if answers else ""
         print(
             f"  rule {name}: seen {st.seen}, fired {st.fired}, errors {st.errors}, late {st.late}, "
-            f"suppressed {st.suppressed}",
+            f"suppressed {st.suppressed}{unfed}",
             file=err,
         )
+    for name, line in models.items():
+        sent = f"{prompts[name]} prompt(s) shown as its calls, none sent (dry run: no model is called)"
+        print(f"  llm tool {name}: {sent}; {line}", file=err)
     render_errors = sum(rule.stats.render_errors for rule in result.rules.values())
     if render_errors:  # calls skipped: an argument template raised; the earliest sample named
         samples = [rule.first_render_error for rule in result.rules.values() if rule.first_render_error]
         first = f" (first: {min(samples, key=lambda s: s[0])[1]})" if samples else ""
         print(f"  {render_errors} render error(s), call(s) skipped{first}", file=err)
     return EXIT_OK
+
+
+def _model_tools(config: AppConfig) -> dict[str, str]:
+    """Per llm tool, what a replay says of it instead of calling its model: the model, its system
+    prompt (its first line; secrets hidden) and the tools the model could call."""
+    shown = Shown(config)
+    out = {}
+    for name, plan in config.tools.items():
+        cfg = plan.config
+        if not isinstance(cfg, LlmToolConfig):
+            continue
+        system = "***" if config.is_secret(("tools", name, "system")) else shown.text(first_line(cfg.system))
+        could = [
+            t + (" (needs approval)" if t in cfg.require_approval else "")
+            + (" (background)" if t in cfg.background_tools else "")
+            for t in cfg.tools
+        ]
+        model = "***" if config.is_secret(("tools", name, "model")) else cfg.model
+        out[name] = (
+            f"model {model}, system prompt {system!r}, the model could call: {', '.join(could) or 'no tool'}"
+        )
+    return out
 
 
 def parse_start(text: str | None) -> StartAt | None:

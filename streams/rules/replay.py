@@ -30,7 +30,10 @@ Replay
     went silent while others went on, and lines come out in the order a live daemon would have
     fired them. At the end each rule fires what is due by the last event time of the input.
     Tools are never built or called: each call a rule makes is reported, with the event time of
-    the item that fired it, and the rule name, tool name and rendered arguments.
+    the item that fired it, and the rule name, tool name and rendered arguments. A tool that
+    escalates to a language model (``llm``) is no exception: its call is reported with the prompt
+    it would send, no model is called, and the rules reading its answers (``from: [the tool]``,
+    which is not a source) see no events in a replay.
 """
 
 from __future__ import annotations

@@ -344,3 +344,45 @@ def test_shown_hides_prompts_from_the_environment_secret_names_at_any_depth_and_
     assert assistant["tool_calls"][0]["arguments"] == '{"channel":"***","text":"x"}'
     assert tool["content"] == '{"result":[{"password":"***"}]}'
     assert notes["content"] == NOTIFICATIONS_HEADER + '\n[{"fields":{"args":{"token":"***"}},"text":"***"}]'
+
+
+async def test_replay_shows_the_prompts_and_calls_no_model(tmp_path: Path) -> None:
+    """`reflexd replay` reports each escalation with its prompt, says once which tools the model could
+    call and that rules reading its answers see none; the model's port receives no connection at all."""
+    connections = 0
+
+    async def count(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        writer.close()
+
+    listener = await asyncio.start_server(count, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        config = write_config(tmp_path, f"http://127.0.0.1:{port}/v1")
+        text = config.read_text().replace("from: feed\n", "from: feed\n    where: data.p > 100\n")
+        text = text.replace("key_field: s}", "key_field: s, time_field: T}")
+        answers = "  answers:\n    from: analyst\n    then: [{tool: alert, args: {text: '{data.text}'}}]\n"
+        config.write_text(text + answers)
+        raw = [{"s": "BTC", "p": p, "T": 1000 * i} for i, p in enumerate((50, 150, 250), 1)]
+        (tmp_path / "raw.jsonl").write_text("".join(json.dumps(line) + "\n" for line in raw))
+        result = await reflexd("replay", "-c", str(config), "feed=raw.jsonl", cwd=tmp_path)
+    finally:
+        listener.close()
+        await listener.wait_closed()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        '1970-01-01T00:00:02.000Z  big  analyst  {"prompt":"BTC at 150"}',
+        '1970-01-01T00:00:03.000Z  big  analyst  {"prompt":"BTC at 250"}',
+    ]
+    err = result.stderr.splitlines()
+    unfed = "  rule answers: seen 0, fired 0, errors 0, late 0, suppressed 0 (reads the answers of analyst: "
+    assert unfed + "none in a replay)" in err
+    assert (
+        "  llm tool analyst: 2 prompt(s) shown as its calls, none sent (dry run: no model is called); model "
+        "scripted-model, system prompt 'You watch BTC for the desk.', the model could call: alert, "
+        "buy (needs approval)"
+    ) in err
+    assert sum("reads the answers" in line for line in err) == 1
+    no_secret(result)
+    assert connections == 0
