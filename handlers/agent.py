@@ -273,6 +273,8 @@ class LoopSettings:
         max_result_chars: int,
         first_tool_choice: str,
         max_attempts: int,
+        run_seconds: float = 300.0,
+        retry_timeouts: bool = True,
     ) -> None:
         self.name = name
         self.system = system
@@ -283,6 +285,8 @@ class LoopSettings:
         self.max_result_chars = max_result_chars
         self.first_tool_choice = first_tool_choice
         self.max_attempts = max_attempts
+        self.run_seconds = run_seconds  # one attempt of a run (the llm tool's timeout_seconds)
+        self.retry_timeouts = retry_timeouts
 
 
 class AgentLoop:
@@ -310,6 +314,11 @@ class AgentLoop:
     # -- one run ---------------------------------------------------------------------------------
 
     async def run(self, prompt: str, ctx: CallContext) -> dict[str, Any]:
+        # The attempt's own deadline, a little before the runner's (the same timeout_seconds, started
+        # just before this call): a run past it ends as a failure this code sees, so the last
+        # attempt's run ends "failed" instead of being cancelled and left open until a restart.
+        limit = self.s.run_seconds
+        deadline = asyncio.get_running_loop().time() + limit - min(1.0, limit * 0.05)
         store = self.host.store
         run_id = run_id_of(ctx.call_id)
         run = await store.load_run(run_id) if store is not None else None
@@ -330,18 +339,24 @@ class AgentLoop:
         elif run.outcome is not None:
             return run.result()  # it ended before (the journal lost the call's end): the same result
         try:
-            await self._drive(run, ctx)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._drive(run, ctx)
+            except TimeoutError:
+                reason = f"the run took longer than timeout_seconds ({limit:g} s)"
+                raise ToolError(self.s.name, reason, retryable=self.s.retry_timeouts) from None
         except ToolError as exc:
             if not exc.retryable or ctx.attempt >= self.s.max_attempts:
                 await self._end(run, "failed", error=exc.reason)
             raise  # a retryable failure before the last attempt: the next attempt resumes the run
         except asyncio.CancelledError:
-            raise  # a timeout or a stop: the run stays open, the next attempt or start resumes it
+            raise  # a stop: the run stays open, the next start resumes it
         except Exception as exc:
             await self._end(run, "failed", error=f"{type(exc).__name__}: {exc}")
             raise
         finally:
-            self.gate.ended(run.rule, run.key)
+            if run.outcome is not None:  # a run waiting for its retry is still going (dedup)
+                self.gate.ended(run.rule, run.key)
         return run.result()
 
     async def _drive(self, run: RunState, ctx: CallContext) -> None:

@@ -93,7 +93,12 @@ class LlmToolConfig(ToolConfig):
         description="Per (rule, key): a repeat within this long joins the notifications.",
     )
     request_timeout_seconds: float = Field(60.0, gt=0, le=3600, description="One model call's timeout.")
-    timeout_seconds: float = Field(300.0, gt=0, le=3600, description="One whole run is cancelled after this.")
+    timeout_seconds: float = Field(
+        300.0,
+        gt=0,
+        le=3600,
+        description="One attempt of a whole run fails after this (retried per `retry`, resuming the run).",
+    )
     concurrency: int = Field(2, ge=1, le=64, description="Runs at once.")
     retry: RetryConfig = Field(
         default_factory=lambda: RetryConfig(max_attempts=3, initial_seconds=2.0),
@@ -209,6 +214,8 @@ class LlmTool(Tool):
             max_result_chars=cfg.max_result_chars,
             first_tool_choice=cfg.first_tool_choice,
             max_attempts=cfg.retry.max_attempts,
+            run_seconds=cfg.timeout_seconds,
+            retry_timeouts=cfg.retry.retry_timeouts,
         )
         self._loop = AgentLoop(settings, self._client, host, self.gate, validators, self._count)
 

@@ -38,12 +38,14 @@ SYSTEM = "You watch BTC for the desk."
 
 class ProbeToolConfig(ToolConfig):
     """Records its calls; returns ``{"echo": args, "blob": "x" * result_chars}``; ``fail`` raises that
-    text (``retryable`` as a ToolError); ``sleep_seconds`` before answering."""
+    text (``retryable`` as a ToolError); ``sleep_seconds`` before answering; ``hold``: each call waits
+    until the test sets ``tool.release``."""
 
     result_chars: int = Field(0, ge=0)
     fail: str | None = None
     retryable: bool = False
     sleep_seconds: float = Field(0.0, ge=0)
+    hold: bool = False
 
 
 class ProbeTool(Tool):
@@ -64,12 +66,15 @@ class ProbeTool(Tool):
         super().__init__(name, config)
         self.calls: list[tuple[dict[str, Any], CallContext]] = []
         self.finished = 0
+        self.release = asyncio.Event()
 
     async def call(self, args: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
         self.calls.append((args, ctx))
         cfg = self.config
         if cfg.sleep_seconds:
             await asyncio.sleep(cfg.sleep_seconds)
+        if cfg.hold:
+            await self.release.wait()
         if cfg.fail is not None:
             if cfg.retryable:
                 raise ToolError(self.name, cfg.fail, retryable=True)

@@ -1,0 +1,157 @@
+"""Provider failures through the real SDKs (scripted OpenAI and Anthropic servers): 429 with
+Retry-After, 500, a reply stalled past request_timeout_seconds and a malformed JSON body are retried
+through the runner's retry policy, and the retry RESUMES the run (the tool call of the round before
+is not made again); after the last attempt the run ends failed and the llm call is dead-lettered;
+401 is not retried."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+from aiohttp import web
+
+from tests.agent import test_loop as harness
+from tests.agent.scripted import Reply, ScriptedAnthropic, ScriptedModel, ScriptedOpenAI
+from tests.agent.test_loop import Stage, StartStage, probe, results_json
+from tests.servers import wait_for
+
+provider = harness.provider  # the fixtures of the shared harness
+stage = harness.stage
+
+
+@dataclass(eq=False)
+class TimedOpenAI(ScriptedOpenAI):
+    """Also records when each request arrived (monotonic)."""
+
+    arrivals: list[float] = field(default_factory=list, init=False)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.arrivals.append(time.monotonic())
+        return await super()._handle(request)
+
+
+@dataclass(eq=False)
+class TimedAnthropic(ScriptedAnthropic):
+    arrivals: list[float] = field(default_factory=list, init=False)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.arrivals.append(time.monotonic())
+        return await super()._handle(request)
+
+
+@pytest.fixture
+async def model(provider: str) -> AsyncIterator[ScriptedModel]:  # replaces the harness's: timed servers
+    async with TimedOpenAI() if provider == "openai" else TimedAnthropic() as server:
+        yield server
+
+
+def arrivals(st: Stage) -> list[float]:
+    assert isinstance(st.model, TimedOpenAI | TimedAnthropic)
+    return st.model.arrivals
+
+
+def llm_journal(st: Stage) -> list[tuple[str, int, str | None]]:
+    """(outcome, attempts, error) of the llm tool's calls in the journal."""
+    assert st.daemon.store is not None
+    with st.daemon.store.lock:
+        rows = st.daemon.store.db.execute(
+            "SELECT outcome, attempts, error FROM invocations WHERE tool = 'analyst' ORDER BY started"
+        ).fetchall()
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+FAILURES = {
+    "429": Reply.error(429, retry_after=0.5),
+    "500": Reply.error(500),
+    "stall": Reply.stall(30),
+    "malformed": Reply.malformed(),
+}
+
+
+@pytest.mark.parametrize("failure", list(FAILURES))
+async def test_a_retryable_failure_is_retried_and_the_run_resumes(stage: StartStage, failure: str) -> None:
+    st = await stage(
+        llm={"tools": ["buy"], "request_timeout_seconds": 0.3, "retry": {"initial_seconds": 0.05}},
+        tools={"buy": probe()},
+    )
+    st.model.script(
+        Reply.tool_calls(("buy", {"symbol": "BTC"}), tokens_in=10, tokens_out=5),
+        FAILURES[failure],
+        Reply.text("bought once", tokens_in=20, tokens_out=5),
+    )
+    await st.send(p=1)
+    answers = await st.answers(1)
+    assert [a["args"]["text"] for a in answers] == ["bought once"]
+    assert len(st.tool("buy").calls) == 1  # round 1's call is not made again by the retry
+    first, failed, retried = st.model.requests
+    assert retried["messages"] == failed["messages"]  # the second attempt goes on from the journal
+    assert results_json(st.provider, retried) == [
+        {"outcome": "succeeded", "result": {"echo": {"symbol": "BTC"}, "blob": ""}}
+    ]
+    assert len(retried["messages"]) > len(first["messages"])
+    if failure == "429":  # the runner waited at least Retry-After (0.5 s) before the retry
+        times = arrivals(st)
+        assert times[2] - times[1] >= 0.5
+    (run,) = await st.ended_runs(1)
+    assert (run.outcome, run.rounds, run.tokens_in, run.tokens_out) == ("answered", 2, 30, 10)
+    await wait_for(lambda: llm_journal(st) == [("succeeded", 2, None)], what="the journal")
+
+
+@pytest.mark.parametrize("failure", ["500", "malformed"])
+async def test_after_the_last_attempt_the_run_fails_and_the_call_is_dead_lettered(
+    stage: StartStage, failure: str
+) -> None:
+    st = await stage(
+        llm={"tools": ["buy"], "retry": {"max_attempts": 2, "initial_seconds": 0.05}},
+        tools={"buy": probe()},
+    )
+    st.model.script(Reply.tool_calls(("buy", {"symbol": "BTC"})), FAILURES[failure], FAILURES[failure])
+    await st.send(p=1)
+    (run,) = await st.ended_runs(1)
+    assert run.outcome == "failed" and run.error is not None
+    assert len(st.model.requests) == 3
+    assert len(st.tool("buy").calls) == 1
+    await wait_for(lambda: llm_journal(st) == [("dead_lettered", 2, run.error)], what="the journal")
+    assert st.daemon.store is not None
+    (letter,) = st.daemon.store.dead_letters(tool="analyst")
+    assert (letter.rule, letter.attempts, letter.error) == ("escalate", 2, run.error)
+    assert st.lines("routed") == []
+    assert st.daemon.tools["analyst"].outcomes == {"failed": 1}  # type: ignore[attr-defined]
+
+
+async def test_401_is_not_retried(stage: StartStage) -> None:
+    st = await stage(llm={"tools": ["buy"]}, tools={"buy": probe()})
+    st.model.script(Reply.error(401))
+    await st.send(p=1)
+    (run,) = await st.ended_runs(1)
+    assert run.outcome == "failed"
+    assert run.error is not None and "HTTP 401" in run.error and "check api_key" in run.error
+    await wait_for(lambda: [row[:2] for row in llm_journal(st)] == [("dead_lettered", 1)], what="the journal")
+    assert len(st.model.requests) == 1
+
+
+async def test_a_run_past_timeout_seconds_is_retried_then_ends_failed(stage: StartStage) -> None:
+    """The whole run's limit (timeout_seconds, per attempt): the attempt that runs past it is retried like a
+    provider failure, resuming the run; past the last attempt the run ends failed (not left open) and
+    the call is dead-lettered."""
+    st = await stage(
+        llm={
+            "tools": ["buy"],
+            "timeout_seconds": 0.5,
+            "request_timeout_seconds": 60,
+            "retry": {"max_attempts": 2, "initial_seconds": 0.05},
+        },
+        tools={"buy": probe()},
+    )
+    st.model.script(Reply.tool_calls(("buy", {"symbol": "BTC"})), Reply.stall(30), Reply.stall(30))
+    await st.send(p=1)
+    (run,) = await st.ended_runs(1)
+    assert run.outcome == "failed"
+    assert run.error is not None and "timeout_seconds" in run.error
+    _, stalled, retried = st.model.requests
+    assert retried["messages"] == stalled["messages"]  # resumed, round 1's call not made again
+    assert len(st.tool("buy").calls) == 1
+    await wait_for(lambda: [row[0] for row in llm_journal(st)] == ["dead_lettered"], what="the journal")
