@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import time
 
+from handlers.agent import NOTIFICATIONS_HEADER
 from handlers.notifications import NotificationQueue
 from tests.agent import test_loop as harness
 from tests.agent.scripted import Reply
 from tests.agent.test_gate import metric
-from tests.agent.test_loop import NOTIFICATIONS_HEADER, StartStage, notifications, probe, user_texts
+from tests.agent.test_loop import StartStage, notifications, probe, user_texts
 from tests.servers import wait_for
 
 provider = harness.provider  # the fixtures of the shared harness
