@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from daemon.state import Journal, StateStore, _dumps, _loads
+from daemon.state import REDACTED, Journal, StateStore, _dumps, _loads
 from handlers.agent_store import Approval, RunState
 
 __all__ = ["AgentState", "DecisionError"]
@@ -36,6 +36,11 @@ _APPROVAL_COLUMNS = (
     " note, outcome, result, error"
 )
 _INSERT_RUN = f"INSERT OR REPLACE INTO agent_runs ({_RUN_COLUMNS}) VALUES ({', '.join('?' * 15)})"
+#: A run the gate settled: never in place of a run of the same id (a redelivered record's escalation
+#: turned away must not overwrite the run that record started).
+_INSERT_SCREENED = (
+    f"INSERT INTO agent_runs ({_RUN_COLUMNS}) VALUES ({', '.join('?' * 15)}) ON CONFLICT (run_id) DO NOTHING"
+)
 _INSERT_USAGE = "INSERT INTO agent_usage (tool, ts, tokens) VALUES (?, ?, ?)"
 #: Token usage older than this is dropped (the longest budget window is a day).
 USAGE_KEEP_SECONDS = 2 * 86400.0
@@ -45,7 +50,13 @@ class DecisionError(Exception):
     """An approval that cannot be decided (unknown id, decided already)."""
 
 
-def _run_row(run: RunState) -> tuple[Any, ...]:
+def _run_row(run: RunState, secrets: tuple[str, ...] = ()) -> tuple[Any, ...]:
+    """The run as a row; ``secrets`` (texts from ``${VAR}``) replaced in its error, which quotes
+    whatever a provider answered (an endpoint may echo the key it refused)."""
+    error = run.error
+    if error is not None:
+        for secret in secrets:
+            error = error.replace(secret, REDACTED)
     return (
         run.run_id,
         run.tool,
@@ -60,7 +71,7 @@ def _run_row(run: RunState) -> tuple[Any, ...]:
         run.tokens_in,
         run.tokens_out,
         run.answer,
-        run.error,
+        error,
         run.call_id,
     )
 
@@ -109,11 +120,15 @@ def _approval_from(row: tuple[Any, ...]) -> Approval:
 
 class AgentState:
     """Agent runs, usage and approvals in the state file. ``journal``: the daemon's journal, whose
-    writer thread the async methods use (None for the command-line tools, which call the sync ones)."""
+    writer thread the async methods use (None for the command-line tools, which call the sync ones);
+    ``secrets``: the configuration's texts from ``${VAR}``, never written in a run's error."""
 
-    def __init__(self, store: StateStore, journal: Journal | None = None) -> None:
+    def __init__(
+        self, store: StateStore, journal: Journal | None = None, secrets: Iterable[str] = ()
+    ) -> None:
         self.store = store
         self.journal = journal
+        self._secrets = tuple(sorted(secrets, key=len, reverse=True))  # a secret holding another: whole
 
     # -- the daemon's side (handlers.agent_store.AgentStore) --------------------------------------
 
@@ -144,9 +159,10 @@ class AgentState:
 
     def screened(self, run: RunState) -> None:
         if self.journal is not None:
-            self.journal.queue(_INSERT_RUN, _run_row(run))
+            self.journal.queue(_INSERT_SCREENED, _run_row(run, self._secrets))
         else:
-            self._write_run(run, [], 0)
+            with self.store.lock:
+                self.store.db.execute(_INSERT_SCREENED, _run_row(run, self._secrets))
 
     def add_usage(self, tool: str, ts: float, tokens: int) -> None:
         if self.journal is not None:
@@ -205,7 +221,7 @@ class AgentState:
             db = self.store.db
             db.execute("BEGIN")
             try:
-                db.execute(_INSERT_RUN, _run_row(run))
+                db.execute(_INSERT_RUN, _run_row(run, self._secrets))
                 if messages:
                     db.executemany(
                         "INSERT OR REPLACE INTO agent_messages (run_id, seq, at, message)"
@@ -232,8 +248,13 @@ class AgentState:
         self._write_run(ended, [], 0)
         return ended
 
+    async def tidy(self, retention_seconds: float) -> None:
+        """:meth:`prune` on the writer thread (the running daemon's periodic pruning)."""
+        await self._durable(self.prune, retention_seconds)
+
     def prune(self, retention_seconds: float, now: float | None = None) -> None:
-        """Drop usage older than two days and ended runs (with their messages) past the retention."""
+        """Drop usage older than two days, and ended runs (with their messages) and decided approvals
+        created before the retention. Open runs and approvals still to be decided or run stay."""
         now = time.time() if now is None else now
         cutoff = now - retention_seconds
         with self.store.lock:
@@ -247,6 +268,11 @@ class AgentState:
                     (cutoff,),
                 )
                 db.execute("DELETE FROM agent_runs WHERE outcome IS NOT NULL AND started < ?", (cutoff,))
+                db.execute(
+                    "DELETE FROM approvals WHERE status IN ('executed', 'failed', 'rejected')"
+                    " AND created < ?",
+                    (cutoff,),
+                )
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -317,6 +343,11 @@ class AgentState:
             raise DecisionError(f"approval {approval_id} is {found.status} already")
         return found
 
+    async def take(self, *, after_restart: bool = False) -> list[Approval]:
+        """:meth:`take_approved` on the writer thread (the daemon's poll never waits on the event loop
+        for the file's lock)."""
+        return await self._durable(functools.partial(self.take_approved, after_restart=after_restart))
+
     def take_approved(self, *, after_restart: bool = False) -> list[Approval]:
         """Approved proposals not yet executed, marked ``executing`` as they are taken; ``after_restart``
         takes those a crash left ``executing`` too (their calls keep their idempotency keys)."""
@@ -334,6 +365,15 @@ class AgentState:
                 db.execute("ROLLBACK")
                 raise
         return [_approval_from(r) for r in rows]
+
+    def retry_later(self, approval_id: int) -> None:
+        """An approved call that could not be queued (its tool's backlog was full): approved again, so
+        the next look at the approvals takes it."""
+        with self.store.lock:
+            self.store.db.execute(
+                "UPDATE approvals SET status = 'approved' WHERE id = ? AND status = 'executing'",
+                (approval_id,),
+            )
 
     def executed(self, approval_id: int, outcome: str, result: Any, error: str | None) -> None:
         status = "executed" if outcome in ("succeeded", "duplicate") else "failed"

@@ -241,14 +241,29 @@ def redact_names(args: dict[str, Any], secret_names: Iterable[str] = ()) -> tupl
     return shown, [name for name, value in shown.items() if value is not args[name] and value != args[name]]
 
 
-def _migrate(db: sqlite3.Connection, path: Path) -> None:
-    """Bring a file written by an older reflexd to :data:`SCHEMA_VERSION` (in one transaction)."""
+def _owner_only(path: Path) -> None:
+    """The state file and its ``-wal`` / ``-shm`` readable by their owner only. The file is created
+    here, before SQLite creates it with the umask's mode: SQLite gives the ``-wal`` and ``-shm`` it
+    creates the database file's mode, and the WAL holds the newest runs, prompts and results."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(OSError):  # not there, or not ours to change
+            os.chmod(f"{path}{suffix}", 0o600)
+
+
+def _refuse_newer(db: sqlite3.Connection, path: Path) -> None:
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         raise StartupError(
             "state",
             f"{path} has schema {version}, written by a newer reflexd (this one knows {SCHEMA_VERSION})",
         )
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a file written by an older reflexd to :data:`SCHEMA_VERSION` (in one transaction; the
+    schema script has created what is missing, tables and indexes; a newer file was refused before)."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
     if version == SCHEMA_VERSION:
         return
     db.execute("BEGIN IMMEDIATE")
@@ -311,17 +326,22 @@ class StateStore:
         self.more_to_prune = False  # the last pruning step was full
 
     def open(self) -> StateStore:
+        db: sqlite3.Connection | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            _owner_only(self.path)
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+            _refuse_newer(db, self.path)  # before anything below writes to a file this one cannot read
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(SCHEMA + AGENT_SCHEMA)
-            _migrate(db, self.path)
-        except (sqlite3.Error, OSError) as exc:
-            raise StartupError("state", f"cannot open {self.path}: {exc}") from exc
-        with contextlib.suppress(OSError):
-            os.chmod(self.path, 0o600)
+            _migrate(db)
+        except BaseException as exc:
+            if db is not None:
+                db.close()
+            if isinstance(exc, sqlite3.Error | OSError):
+                raise StartupError("state", f"cannot open {self.path}: {exc}") from exc
+            raise
         self._db = db
         self.rows = db.execute("SELECT COUNT(*) FROM invocations").fetchone()[0]
         return self

@@ -22,7 +22,7 @@ from daemon.agent_state import AgentState
 from daemon.config import AppConfig
 from daemon.errors import ShutdownTimeout, StartupError
 from daemon.http import OpsServer
-from daemon.logs import get_logger
+from daemon.logs import RateLimitedLog, get_logger
 from daemon.state import Journal, StateStore
 from handlers.agent import cap_text
 from handlers.agent_store import Approval
@@ -45,6 +45,9 @@ FINISH_GRACE_SECONDS = 3.0
 STOP_PROGRESS_SECONDS = 2.0
 #: How long the start waits for the sources' first connects before it reports ready anyway.
 FIRST_CONNECT_WAIT_SECONDS = 5.0
+#: How often a running daemon drops agent runs, usage and approvals past the journal's retention
+#: (the start does it too).
+AGENT_PRUNE_SECONDS = 3600.0
 
 #: The cyclic collector's young-generation threshold while a daemon runs (CPython's default is
 #: 700 allocations). Every event allocates a few containers that then wait in queues for some
@@ -107,7 +110,9 @@ class Daemon:
             self.journal = Journal(self.store)
         self.runner = ToolRunner(self.tools, journal=self.journal, secret_args=config.secret_arguments())
         self.notifications = NotificationQueue.from_config(config.agent.notifications)
-        self.agent_state = AgentState(self.store, self.journal) if self.store is not None else None
+        self.agent_state = (
+            AgentState(self.store, self.journal, config.secret_texts) if self.store is not None else None
+        )
         self.emitted: dict[str, EmittedEvents] = {}
         for name, plan in config.tools.items():
             if plan.spec.emits_events:  # its events reach the rules as a source of the same name
@@ -118,6 +123,7 @@ class Daemon:
         self.host.attach_all()
         self.recovered = 0
         self.approvals_wake = asyncio.Event()
+        self._approval_waits = RateLimitedLog(log, "approved call not queued: backlog full, trying again")
         self._approvals: asyncio.Task[None] | None = None
         self.rules: dict[str, Rule] = {}
         self.http: OpsServer | None = None
@@ -205,13 +211,14 @@ class Daemon:
         if self.store is None or self.journal is None:
             return
         secrets = self.config.secret_arguments()
-        unfinished = self.store.take_unfinished()
-        for item in unfinished:
+        resumed: set[str] = set()
+        for item in self.store.take_unfinished():
             event = event_from_record(item.event)
             if item.tool in self.tools:
                 ctx = CallContext(item.tool, item.rule, event, item.key)
                 if self.runner.submit(item.tool, item.args, ctx, screen=False):
                     self.recovered += 1
+                    resumed.add(item.key)
                     continue
             await self.journal.dead_letter(
                 item.key,
@@ -226,17 +233,18 @@ class Daemon:
         if self.recovered:
             log.info("resuming interrupted tool calls", extra={"fields": {"calls": self.recovered}})
         if self.agent_state is not None:
-            self._settle_open_runs({item.key for item in unfinished})
+            self._settle_open_runs(resumed)
             self._approvals = asyncio.create_task(self._run_approvals(), name="reflexd:approvals")
 
     def _settle_open_runs(self, resumed: set[str]) -> None:
-        """Agent runs a previous process left open: those whose llm call is being resumed go on from
-        their journaled conversation; the others are marked ``interrupted`` and put in the
-        notification queue, so the model hears of them at its next call."""
+        """Agent runs a previous process left open: those whose llm call is being resumed (``resumed``:
+        the keys of the calls the runner took back) go on from their journaled conversation; the
+        others are marked ``interrupted`` and put in the notification queue, so the model hears of
+        them at its next call."""
         assert self.agent_state is not None
         self.agent_state.prune(self.config.daemon.journal.retention_seconds)
         for run in self.agent_state.open_runs():
-            if run.call_id in resumed and run.tool in self.tools:
+            if run.call_id in resumed:
                 continue
             ended = self.agent_state.mark_interrupted(run, "the daemon stopped before the run ended")
             self.notifications.put(
@@ -253,16 +261,22 @@ class Daemon:
 
     async def _run_approvals(self) -> None:
         """Execute approved proposals (decided by ``reflexd approvals`` or the ops server), each once,
-        through the runner with its idempotency key; the outcome goes to the notification queue."""
+        through the runner with its idempotency key; the outcome goes to the notification queue.
+        The first look also takes those a crash left executing (same key: the runner skips one that
+        succeeded). Past runs and approvals are pruned here too, every :data:`AGENT_PRUNE_SECONDS`."""
         assert self.agent_state is not None
         state = self.agent_state
         poll = self.config.agent.approvals_poll_seconds
         after_restart = True
+        pruned = time.monotonic()
         while True:
             try:
-                for approval in state.take_approved(after_restart=after_restart):
+                for approval in await state.take(after_restart=after_restart):
                     self._execute(approval)
                 after_restart = False
+                if time.monotonic() - pruned >= AGENT_PRUNE_SECONDS:
+                    pruned = time.monotonic()
+                    await state.tidy(self.config.daemon.journal.retention_seconds)
             except Exception:
                 log.exception("reading approvals failed")
             self.approvals_wake.clear()
@@ -286,6 +300,11 @@ class Daemon:
                 return  # stays executing: taken again at the next start, with the same key
             assert self.agent_state is not None
             try:
+                if reply.outcome == "rejected" and approval.tool in self.tools:
+                    # the tool's backlog was full: the person's decision stands, tried again next look
+                    self.agent_state.retry_later(approval.id)
+                    self._approval_waits.hit(approval=approval.id, tool=approval.tool)
+                    return
                 self.agent_state.executed(approval.id, reply.outcome, reply.result, reply.error)
             except Exception:
                 log.exception(
