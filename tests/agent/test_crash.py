@@ -61,7 +61,9 @@ async def test_kill_9_after_the_tool_ran_resumes_the_run_and_the_tool_runs_once(
         db = tmp_path / "state.db"
         ((run_id, outcome, rounds),) = query(db, "SELECT run_id, outcome, rounds FROM agent_runs")
         assert (outcome, rounds) == (None, 1)
-        roles = [orjson.loads(m)["role"] for (m,) in query(db, "SELECT message FROM agent_messages ORDER BY seq")]
+        roles = [
+            orjson.loads(m)["role"] for (m,) in query(db, "SELECT message FROM agent_messages ORDER BY seq")
+        ]
         assert roles == ["user", "assistant", "tool"]
 
         daemon.start("empty.jsonl")  # nothing new to read: only the state file brings the run back
@@ -80,7 +82,9 @@ async def test_kill_9_after_the_tool_ran_resumes_the_run_and_the_tool_runs_once(
     assert len(lines(tmp_path / "alerts.jsonl")) == 1  # exactly once in all
     (routed,) = lines(tmp_path / "routed.jsonl")
     assert routed["args"] == {"text": "I alerted the desk.", "run": run_id}
-    assert query(db, "SELECT outcome, rounds, tokens_in, tokens_out FROM agent_runs") == [("answered", 2, 40, 12)]
+    assert query(db, "SELECT outcome, rounds, tokens_in, tokens_out FROM agent_runs") == [
+        ("answered", 2, 40, 12)
+    ]
     # the key was used (the model saw it) and never written down
     assert {h["authorization"] for h in model.headers} == {f"Bearer {API_KEY}"}
     secret_free(tmp_path)
@@ -109,12 +113,16 @@ async def test_kill_9_while_the_tool_runs_retries_it_only_with_its_key(
         await until(lambda: len(query(db, running)) == 1, 10, "the call's journal row")
         daemon.kill9()
         ((key,),) = query(db, running)
-        roles = [orjson.loads(m)["role"] for (m,) in query(db, "SELECT message FROM agent_messages ORDER BY seq")]
+        roles = [
+            orjson.loads(m)["role"] for (m,) in query(db, "SELECT message FROM agent_messages ORDER BY seq")
+        ]
         assert roles == ["user", "assistant"]  # no result: its outcome is unknown
         copy_state(tmp_path / "a", tmp_path / "b")
         # b: the call's success was journaled, then the kill came before its result reached the transcript
         with sqlite3.connect(tmp_path / "b" / "state.db") as conn:
-            conn.execute("UPDATE invocations SET outcome = 'succeeded', ended = started WHERE key = ?", (key,))
+            conn.execute(
+                "UPDATE invocations SET outcome = 'succeeded', ended = started WHERE key = ?", (key,)
+            )
         hook.release.set()
 
         daemon.start("empty.jsonl")

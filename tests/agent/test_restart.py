@@ -62,7 +62,11 @@ def notifications_in(request: dict[str, Any]) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
     for message in request["messages"]:
         content = message.get("content")
-        if message["role"] == "user" and isinstance(content, str) and content.startswith(NOTIFICATIONS_HEADER):
+        if (
+            message["role"] == "user"
+            and isinstance(content, str)
+            and content.startswith(NOTIFICATIONS_HEADER)
+        ):
             found.extend(json.loads(content.split("\n", 1)[1]))
     return found
 
@@ -100,7 +104,19 @@ async def test_an_approval_granted_while_the_daemon_is_down_executes_once_after_
     state = agent_state(db)
     try:
         second = await state.propose(
-            Approval(0, "run-manual", "analyst", None, "buy", {"qty": 2}, "run-manual:buy:2", None, "", "pending", 0.0)
+            Approval(
+                0,
+                "run-manual",
+                "analyst",
+                None,
+                "buy",
+                {"qty": 2},
+                "run-manual:buy:2",
+                None,
+                "",
+                "pending",
+                0.0,
+            )
         )
         state.decide(second, True, by="test")
     finally:
@@ -127,7 +143,19 @@ async def test_an_approval_a_kill_left_executing_runs_again_only_with_its_key(
         try:
             key = "run-x:hook:0123456789abcdef"
             approval_id = await state.propose(
-                Approval(0, "run-x", "analyst", "big", "hook", {"side": "buy", "qty": 1}, key, None, "", "pending", 0.0)
+                Approval(
+                    0,
+                    "run-x",
+                    "analyst",
+                    "big",
+                    "hook",
+                    {"side": "buy", "qty": 1},
+                    key,
+                    None,
+                    "",
+                    "pending",
+                    0.0,
+                )
             )
             state.decide(approval_id, True, by="test")
         finally:
@@ -149,7 +177,9 @@ async def test_an_approval_a_kill_left_executing_runs_again_only_with_its_key(
 
         # the call succeeded (journaled), then a kill before the approval was marked executed
         with sqlite3.connect(db) as conn:
-            conn.execute("UPDATE approvals SET status = 'executing', outcome = NULL WHERE id = ?", (approval_id,))
+            conn.execute(
+                "UPDATE approvals SET status = 'executing', outcome = NULL WHERE id = ?", (approval_id,)
+            )
         daemon.start("empty.jsonl")
         await until(lambda: approval_row(db, approval_id)[0] == "executed", 30, "the approval settled")
         assert daemon.stop() == 0
@@ -165,7 +195,10 @@ async def test_budgets_survive_a_kill_9(tmp_path: Path, daemons: Callable[[Path]
         config = write_config(tmp_path, model.base_url, tools=ALERT, llm={"budget": {"tokens_per_hour": 100}})
 
         def add_scout(c: dict[str, Any]) -> None:
-            c["tools"]["scout"] = {**c["tools"]["analyst"], "budget": {"runs_per_minute": 1, "tokens_per_hour": 10**6}}
+            c["tools"]["scout"] = {
+                **c["tools"]["analyst"],
+                "budget": {"runs_per_minute": 1, "tokens_per_hour": 10**6},
+            }
             c["rules"]["big"]["then"].append({"tool": "scout", "args": {"prompt": "Look at {data.p}"}})
             c["rules"]["answers"]["from"] = ["analyst", "scout"]
 
@@ -180,7 +213,10 @@ async def test_budgets_survive_a_kill_9(tmp_path: Path, daemons: Callable[[Path]
         over = "SELECT tool, error FROM agent_runs WHERE outcome = 'over_budget' ORDER BY tool"
         await until(lambda: len(query(tmp_path / "state.db", over)) == 2, 30, "two escalations over budget")
         assert daemon.stop() == 0
-    assert query(tmp_path / "state.db", over) == [("analyst", "tokens_per_hour"), ("scout", "runs_per_minute")]
+    assert query(tmp_path / "state.db", over) == [
+        ("analyst", "tokens_per_hour"),
+        ("scout", "runs_per_minute"),
+    ]
     assert len(model.requests) == 2  # no model call after the restart
     assert len(lines(tmp_path / "routed.jsonl")) == 2
 
