@@ -38,14 +38,6 @@ def agent_state(db: Path) -> AgentState:
     return AgentState(StateStore(db).open())
 
 
-def approve(db: Path, approval_id: int) -> None:
-    state = agent_state(db)
-    try:
-        state.decide(approval_id, True, by="test")
-    finally:
-        state.store.close()
-
-
 def approval_row(db: Path, approval_id: int) -> tuple[Any, ...]:
     ((status, outcome),) = query(db, "SELECT status, outcome FROM approvals WHERE id = ?", approval_id)
     return status, outcome
@@ -74,8 +66,9 @@ def notifications_in(request: dict[str, Any]) -> list[dict[str, Any]]:
 async def test_an_approval_granted_while_the_daemon_is_down_executes_once_after_the_restart(
     tmp_path: Path, daemons: Callable[[Path], Daemon]
 ) -> None:
-    """The model proposes a buy (require_approval) and answers; the daemon stops; a person approves on the
-    state file; the next start executes the buy once; the start after that executes it no more."""
+    """The model proposes a buy (require_approval) and answers; the daemon stops; a person approves with
+    `reflexd approvals approve ID`; the next start executes the buy once; the start after that executes it
+    no more."""
     async with ScriptedOpenAI(default=None) as model:
         model.script(
             Reply.tool_calls(("buy", {"qty": 1}), text="A clear dip: buying one."),
@@ -93,7 +86,9 @@ async def test_an_approval_granted_while_the_daemon_is_down_executes_once_after_
     assert approval_row(db, proposed["approval"]) == ("pending", None)
     assert lines(tmp_path / "buys.jsonl") == []
 
-    approve(db, proposed["approval"])  # while the daemon is down
+    decided = daemon.cli("approvals", "approve", str(proposed["approval"]))  # while the daemon is down
+    assert decided.returncode == 0, decided.stdout + decided.stderr
+    assert approval_row(db, proposed["approval"]) == ("approved", None)
     daemon.start("empty.jsonl")
     await until(lambda: approval_row(db, proposed["approval"])[0] == "executed", 30, "the approved buy")
     assert daemon.stop() == 0
