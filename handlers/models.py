@@ -274,7 +274,8 @@ class AnthropicClient:
 
     @staticmethod
     def wire_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Messages alternate user / assistant: tool results and the text after them share one user turn."""
+        """Messages alternate user / assistant: tool results and the text after them share one user turn;
+        an assistant message with neither text nor tool calls is left out (its neighbours merge)."""
         out: list[dict[str, Any]] = []
 
         def user_blocks() -> list[dict[str, Any]]:
@@ -286,6 +287,8 @@ class AnthropicClient:
 
         for m in messages:
             role = m["role"]
+            if role == "assistant" and not m.get("content") and not m.get("tool_calls"):
+                continue  # an empty answer: the API refuses an empty text block (the user turns merge)
             if role == "assistant":
                 blocks: list[dict[str, Any]] = []
                 if m.get("content"):
@@ -303,7 +306,7 @@ class AnthropicClient:
                             "input": args if isinstance(args, dict) else {},
                         }
                     )
-                out.append({"role": "assistant", "content": blocks or [{"type": "text", "text": ""}]})
+                out.append({"role": "assistant", "content": blocks})
             elif role == "tool":
                 user_blocks().append(
                     {"type": "tool_result", "tool_use_id": m["tool_call_id"], "content": m["content"]}

@@ -6,6 +6,7 @@ is not made again); after the last attempt the run ends failed and the llm call 
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -155,3 +156,52 @@ async def test_a_run_past_timeout_seconds_is_retried_then_ends_failed(stage: Sta
     assert retried["messages"] == stalled["messages"]  # resumed, round 1's call not made again
     assert len(st.tool("buy").calls) == 1
     await wait_for(lambda: [row[0] for row in llm_journal(st)] == ["dead_lettered"], what="the journal")
+
+
+async def test_an_empty_answer_is_never_sent_back_as_an_empty_text_block(stage: StartStage) -> None:
+    """A model that answers nothing while a background result is still to come gets one more round;
+    its empty answer stays in the conversation, but the Messages API refuses an empty text block: the
+    Anthropic client leaves that turn out (OpenAI takes content "")."""
+    st = await stage(
+        llm={"tools": ["backtest"], "background_tools": ["backtest"]},
+        tools={"backtest": probe(sleep_seconds=0.05)},
+    )
+    st.model.script(Reply.tool_calls(("backtest", {"symbol": "BTC"})), Reply.text(""), Reply.text("final"))
+    await st.send(p=1)
+    answers = await st.answers(1)
+    assert [a["args"]["text"] for a in answers] == ["final"]
+    last = st.model.requests[2]
+    if st.provider == "anthropic":
+        blocks = [b for m in last["messages"] if isinstance(m["content"], list) for b in m["content"]]
+        assert all(b["text"] for b in blocks if b["type"] == "text")
+        roles = [m["role"] for m in last["messages"]]
+        assert all(a != b for a, b in itertools.pairwise(roles))  # turns still alternate
+    else:
+        assert last["messages"][-2] == {"role": "assistant", "content": ""}
+
+
+def test_anthropic_wire_messages_merge_user_turns_and_skip_empty_assistant_turns() -> None:
+    from handlers.models import AnthropicClient
+
+    wire = AnthropicClient.wire_messages(
+        [
+            {"role": "user", "content": "prompt"},
+            {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "name": "t", "arguments": "{"}]},
+            {"role": "tool", "tool_call_id": "c1", "name": "t", "content": '{"error": "x"}'},
+            {"role": "user", "content": "notes"},
+            {"role": "assistant", "content": ""},
+            {"role": "user", "content": "more notes"},
+        ]
+    )
+    assert wire == [
+        {"role": "user", "content": [{"type": "text", "text": "prompt"}]},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "c1", "name": "t", "input": {}}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "c1", "content": '{"error": "x"}'},
+                {"type": "text", "text": "notes"},
+                {"type": "text", "text": "more notes"},
+            ],
+        },
+    ]
