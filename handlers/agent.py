@@ -89,6 +89,10 @@ class _Window:
         return self.total
 
 
+#: (rule, key) entries the gate keeps before it first drops those past their dedup window.
+FORGET_AT = 4096
+
+
 class AgentGate:
     """Dedup and budget decisions of one llm tool (its :meth:`screen` runs before a run is queued)."""
 
@@ -103,6 +107,7 @@ class AgentGate:
         self.runs = _Window(60.0, budget.runs_per_minute) if budget.runs_per_minute is not None else None
         self._last: dict[tuple[str | None, Any], float] = {}  # (rule, key) → when its last run was admitted
         self._pending: dict[tuple[str | None, Any], float] = {}  # (rule, key) → admitted, not yet ended
+        self._forget_at = FORGET_AT  # size of _last that triggers dropping the entries past their window
         self.deduplicated = 0
         self.over_budget = 0
         self.admitted = 0
@@ -148,7 +153,7 @@ class AgentGate:
         if self.dedup_seconds > 0:
             self._pending[slot] = now
             self._last[slot] = now
-            if len(self._last) > 4096:
+            if len(self._last) > self._forget_at:
                 self._forget(now)
         return None
 
@@ -165,6 +170,8 @@ class AgentGate:
         self._last = {slot: ts for slot, ts in self._last.items() if ts > horizon}
         pending_horizon = now - self.pending_seconds
         self._pending = {slot: ts for slot, ts in self._pending.items() if ts > pending_horizon}
+        # next time at twice what is still in its window: a pass per admission would cost O(keys) each
+        self._forget_at = max(FORGET_AT, 2 * len(self._last))
 
 
 def run_id_of(call_id: str) -> str:
@@ -209,6 +216,27 @@ def parse_arguments(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"arguments must be a JSON object, not {_JSON_TYPES.get(type(value), 'that')}")
     return value
+
+
+DUPLICATE_NOTE = "the same call was made earlier in this run: not made again; this is its result"
+
+
+def _earlier_result(run: RunState, tool: str, key: str) -> Any:
+    """The result the model was shown for an earlier call of this run with the same idempotency key
+    (the runner skips the repeat, so it has none of its own), or None. Only looked for on a repeat."""
+    answers = {m["tool_call_id"]: m["content"] for m in run.messages if m["role"] == "tool"}
+    for message in run.messages:
+        for call in message.get("tool_calls") or ():
+            if call["name"] != tool or call["id"] not in answers:
+                continue
+            try:
+                same = call_key(run.run_id, tool, parse_arguments(call.get("arguments") or "")) == key
+                shown = orjson.loads(answers[call["id"]]) if same else None
+            except (ValueError, orjson.JSONDecodeError):
+                continue  # arguments the model got wrong, or a result cut to max_result_chars
+            if isinstance(shown, dict) and "result" in shown:
+                return shown["result"]
+    return None
 
 
 def _json(value: Any) -> str:
@@ -501,6 +529,10 @@ class AgentLoop:
                 "note": "runs in the background; its result arrives as a notification",
             }
         reply = await self.host.call(name, args, call_ctx)
+        if reply.outcome == "duplicate":
+            earlier = _earlier_result(run, name, key)
+            if earlier is not None:
+                return {"outcome": "duplicate", "note": DUPLICATE_NOTE, "result": earlier}
         return self._reply_content(reply)
 
     def _reply_content(self, reply: CallReply) -> dict[str, Any]:

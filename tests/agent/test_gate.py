@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from daemon.config import load_config_text
 from daemon.supervisor import Daemon
 from daemon.telemetry import metrics_registry
-from handlers.agent import AgentGate, BudgetConfig
+from handlers.agent import FORGET_AT, AgentGate, BudgetConfig
 from tests.agent import test_loop as harness
 from tests.agent.scripted import Reply, ScriptedModel
 from tests.agent.test_loop import REGISTRY, Stage, StartStage, config_text, notifications, probe
@@ -272,3 +272,16 @@ def test_gate_loads_what_an_earlier_process_spent() -> None:
     gate2.load([], [2000.0])
     assert gate2.screen("r", 1, 2030.0) == ("over_budget", "runs_per_minute")
     assert gate2.screen("r", 1, 2061.0) is None
+
+
+def test_gate_memory_stays_bounded_by_the_keys_in_their_window() -> None:
+    """Entries past their window are dropped in passes whose threshold doubles with what is kept, so a
+    window full of distinct keys costs O(1) per escalation (not a pass over every key each time)."""
+    gate = AgentGate(BudgetConfig(), dedup_seconds=10, pending_seconds=20)
+    for i in range(3 * FORGET_AT):
+        assert gate.screen("r", i, 0.0) is None
+        gate.ended("r", i)
+    assert gate.screen("r", 0, 5.0) == ("deduplicated", "a run for this rule and key started 5 s ago")
+    for i in range(3 * FORGET_AT):
+        assert gate.screen("r", ("later", i), 100.0) is None
+    assert len(gate._last) == 3 * FORGET_AT  # the first keys' entries went, the later ones are kept

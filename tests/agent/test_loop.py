@@ -639,3 +639,26 @@ async def test_a_background_result_another_run_drained_still_reaches_its_own_run
     assert [a["args"]["text"] for a in answers] == ["B saw A's backtest.", "A read its backtest."]
     (items,) = notifications(st.provider, st.model.requests[3])
     assert [(i["kind"], i["fields"]["tool"]) for i in items] == [("background", "backtest")]
+
+
+async def test_the_same_call_twice_in_a_run_is_made_once_and_its_repeat_gets_the_first_result(
+    stage: StartStage,
+) -> None:
+    """The idempotency key is (run, tool, arguments): a model that asks for the same call again in one run
+    does not make it twice; it is told so and gets the first call's result."""
+    st = await stage(llm={"tools": ["look"]}, tools={"look": probe()})
+    st.model.script(
+        Reply.tool_calls(("look", {"symbol": "BTC"})),
+        Reply.tool_calls(("look", {"symbol": "BTC"}), ("look", {"symbol": "ETH"})),
+        Reply.text("looked"),
+    )
+    await st.send(p=1)
+    await st.answers(1)
+    assert [args for args, _ in st.tool("look").calls] == [{"symbol": "BTC"}, {"symbol": "ETH"}]
+    again, other = results_json(st.provider, st.model.requests[2])[1:]
+    assert again == {
+        "outcome": "duplicate",
+        "note": "the same call was made earlier in this run: not made again; this is its result",
+        "result": {"echo": {"symbol": "BTC"}, "blob": ""},
+    }
+    assert other["outcome"] == "succeeded"
