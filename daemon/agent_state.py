@@ -46,6 +46,21 @@ _INSERT_USAGE = "INSERT INTO agent_usage (tool, ts, tokens) VALUES (?, ?, ?)"
 USAGE_KEEP_SECONDS = 2 * 86400.0
 
 
+#: The longest result text an approval keeps (longer: a JSON string of its start, marked).
+MAX_RESULT_CHARS = 65536
+
+
+def _result_text(result: Any) -> str | None:
+    """An approved call's result as JSON that reads back: a long one is kept as a JSON string of its
+    first :data:`MAX_RESULT_CHARS` characters with a marker (cut JSON text would not parse)."""
+    if result is None:
+        return None
+    text = _dumps(result)
+    if len(text) <= MAX_RESULT_CHARS:
+        return text
+    return _dumps(f"{text[:MAX_RESULT_CHARS]}…[truncated {len(text) - MAX_RESULT_CHARS} characters]")
+
+
 class DecisionError(Exception):
     """An approval that cannot be decided (unknown id, decided already)."""
 
@@ -380,5 +395,5 @@ class AgentState:
         with self.store.lock:
             self.store.db.execute(
                 "UPDATE approvals SET status = ?, outcome = ?, result = ?, error = ? WHERE id = ?",
-                (status, outcome, None if result is None else _dumps(result)[:65536], error, approval_id),
+                (status, outcome, _result_text(result), error, approval_id),
             )

@@ -162,6 +162,18 @@ async def test_take_approved_takes_each_once_and_after_a_restart_those_left_exec
     }
 
 
+async def test_a_long_result_of_an_approved_call_reads_back(agent: AgentState) -> None:
+    """An approved call whose result is longer than an approval keeps: stored cut, as JSON that still
+    reads (cut JSON text made every later listing of the approvals fail)."""
+    approval_id = await agent.propose(proposal())
+    agent.decide(approval_id, True, by="t")
+    agent.take_approved()
+    agent.executed(approval_id, "succeeded", {"rows": ["x" * 100] * 1000}, None)
+    (done,) = agent.approvals(status=None)
+    assert isinstance(done.result, str) and done.result.startswith('{"rows":["xxx')
+    assert done.result.endswith("characters]") and len(done.result) < 66_000
+
+
 async def test_prune_drops_what_is_past_the_retention_and_keeps_the_rest(agent: AgentState) -> None:
     """Ended runs (with their messages) and decided approvals older than the retention go; open runs,
     recent runs and undecided approvals stay; token usage is kept two days."""
