@@ -224,18 +224,22 @@ DUPLICATE_NOTE = "the same call was made earlier in this run: not made again; th
 def _earlier_result(run: RunState, tool: str, key: str) -> Any:
     """The result the model was shown for an earlier call of this run with the same idempotency key
     (the runner skips the repeat, so it has none of its own), or None. Only looked for on a repeat."""
-    answers = {m["tool_call_id"]: m["content"] for m in run.messages if m["role"] == "tool"}
+    calls: dict[str, Mapping[str, Any]] = {}  # the calls of the latest assistant turn, by id
     for message in run.messages:
-        for call in message.get("tool_calls") or ():
-            if call["name"] != tool or call["id"] not in answers:
+        if message["role"] == "assistant":
+            calls = {c["id"]: c for c in message.get("tool_calls") or ()}
+            continue
+        call = calls.get(message.get("tool_call_id", "")) if message["role"] == "tool" else None
+        if call is None or call["name"] != tool:
+            continue
+        try:
+            if call_key(run.run_id, tool, parse_arguments(call.get("arguments") or "")) != key:
                 continue
-            try:
-                same = call_key(run.run_id, tool, parse_arguments(call.get("arguments") or "")) == key
-                shown = orjson.loads(answers[call["id"]]) if same else None
-            except (ValueError, orjson.JSONDecodeError):
-                continue  # arguments the model got wrong, or a result cut to max_result_chars
-            if isinstance(shown, dict) and "result" in shown:
-                return shown["result"]
+            shown = orjson.loads(message["content"])
+        except (ValueError, orjson.JSONDecodeError):
+            continue  # arguments the model got wrong, or a result cut to max_result_chars
+        if isinstance(shown, dict) and "result" in shown:
+            return shown["result"]
     return None
 
 
@@ -451,10 +455,14 @@ class AgentLoop:
     async def _finish_calls(self, run: RunState, ctx: CallContext, background: _Background) -> None:
         """Make the tool calls of the last assistant message that have no result yet, in order; each
         result is journaled before the next call starts."""
-        last_assistant = next((m for m in reversed(run.messages) if m["role"] == "assistant"), None)
-        if last_assistant is None:
+        messages = run.messages
+        at = next((i for i in range(len(messages) - 1, -1, -1) if messages[i]["role"] == "assistant"), None)
+        if at is None:
             return
-        answered = {m["tool_call_id"] for m in run.messages if m["role"] == "tool"}
+        last_assistant = messages[at]
+        # answered by the tool messages after it: ids may repeat across rounds (servers that number
+        # each reply's calls from 0)
+        answered = {m["tool_call_id"] for m in messages[at + 1 :] if m["role"] == "tool"}
         for call in last_assistant.get("tool_calls") or ():
             if call["id"] in answered:
                 continue

@@ -25,13 +25,18 @@ stage = harness.stage
 
 @dataclass(eq=False)
 class TimedOpenAI(ScriptedOpenAI):
-    """Also records when each request arrived (monotonic)."""
+    """Also records when each request arrived (monotonic); ``same_id`` gives every tool call that id
+    (some OpenAI-compatible servers number the calls of each reply from 0)."""
 
     arrivals: list[float] = field(default_factory=list, init=False)
+    same_id: str | None = field(default=None, init=False)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.arrivals.append(time.monotonic())
         return await super()._handle(request)
+
+    def _next_call_id(self) -> str:
+        return self.same_id or super()._next_call_id()
 
 
 @dataclass(eq=False)
@@ -205,3 +210,22 @@ def test_anthropic_wire_messages_merge_user_turns_and_skip_empty_assistant_turns
             ],
         },
     ]
+
+
+@pytest.mark.parametrize("provider", ["openai"])  # the Messages API's ids are unique
+async def test_tool_call_ids_repeated_across_rounds_are_each_answered(stage: StartStage) -> None:
+    """A server that numbers each reply's calls from 0 repeats ids across rounds: every round's call is
+    still made and answered (a call is answered by the tool messages after its own assistant turn)."""
+    st = await stage(llm={"tools": ["buy"]}, tools={"buy": probe()})
+    assert isinstance(st.model, TimedOpenAI)
+    st.model.same_id = "call_0"
+    st.model.script(
+        Reply.tool_calls(("buy", {"symbol": "BTC"})),
+        Reply.tool_calls(("buy", {"symbol": "ETH"})),
+        Reply.text("bought both"),
+    )
+    await st.send(p=1)
+    await st.answers(1)
+    assert [args["symbol"] for args, _ in st.tool("buy").calls] == ["BTC", "ETH"]
+    roles = [m["role"] for m in st.model.requests[2]["messages"]]
+    assert roles == ["system", "user", "assistant", "tool", "assistant", "tool"]
