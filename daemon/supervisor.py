@@ -271,9 +271,10 @@ class Daemon:
         pruned = time.monotonic()
         while True:
             try:
-                for approval in await state.take(after_restart=after_restart):
+                taken = await state.take(after_restart=after_restart)
+                after_restart = False  # those left executing are taken once by a process, not again
+                for approval in taken:
                     self._execute(approval)
-                after_restart = False
                 if time.monotonic() - pruned >= AGENT_PRUNE_SECONDS:
                     pruned = time.monotonic()
                     await state.tidy(self.config.daemon.journal.retention_seconds)
@@ -287,8 +288,14 @@ class Daemon:
                 pass
 
     def _execute(self, approval: Approval) -> None:
-        ctx = CallContext(approval.tool, approval.rule, event_from_record(approval.event), approval.key)
-        future = self.host.call(approval.tool, approval.args, ctx)
+        assert self.agent_state is not None
+        try:
+            ctx = CallContext(approval.tool, approval.rule, event_from_record(approval.event), approval.key)
+            future = self.host.call(approval.tool, approval.args, ctx)
+        except Exception as exc:  # never expected: recorded, so that it is not left executing
+            log.exception("approved call could not start", extra={"fields": {"approval": approval.id}})
+            self.agent_state.executed(approval.id, "failed", None, f"could not start: {type(exc).__name__}")
+            return
         log.info(
             "approved call running",
             extra={"fields": {"approval": approval.id, "tool": approval.tool, "run": approval.run_id}},

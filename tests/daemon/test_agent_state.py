@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from daemon import state
@@ -469,3 +470,40 @@ rules:
         )
         assert [body for key, body in hook.deliveries if key == "run-1:hook:00"] == [{"side": "buy"}]
         assert len(hook.deliveries) == accepted + 1
+
+
+async def test_an_approval_that_cannot_start_is_failed_and_the_others_run(
+    tmp_path: Path, run_daemon: StartDaemon
+) -> None:
+    """An approved proposal the daemon cannot turn into a call (its stored event does not read back) is
+    recorded failed; the approvals taken with it still run, each once."""
+    (tmp_path / "empty.jsonl").write_text("")
+    text = """
+daemon: {http: null, state_path: state.db}
+agent: {approvals_poll_seconds: 0.05}
+sources: {feed: {type: replay, path: empty.jsonl, speed: 0}}
+tools:
+  analyst: {type: llm, base_url: "http://127.0.0.1:9/v1", model: m, tools: [buy], require_approval: [buy]}
+  buy: {type: file, path: buys.jsonl}
+rules:
+  big: {from: feed, then: [{tool: analyst, args: {prompt: "x"}}]}
+"""
+    store = StateStore(tmp_path / "state.db").open()
+    try:
+        agent = AgentState(store)
+        bad = await agent.propose(replace(proposal("k-bad"), event={"source": "feed", "ts": "yesterday"}))
+        good = await agent.propose(proposal("k-good", {"qty": 2}))
+        agent.decide(bad, True, by="t")
+        agent.decide(good, True, by="t")
+    finally:
+        store.close()
+    daemon = await run_daemon(load_config_text(text, builtin_registry(), base_dir=tmp_path))
+    assert daemon.agent_state is not None
+    agent = daemon.agent_state
+    await wait_for(lambda: {a.status for a in agent.approvals(status=None)} == {"failed", "executed"}, 10)
+    failed = agent.approval(bad)
+    assert failed is not None and failed.error is not None and "could not start" in failed.error
+    await asyncio.sleep(0.2)  # a few more looks at the approvals: none takes anything again
+    assert [orjson.loads(line)["args"] for line in (tmp_path / "buys.jsonl").read_bytes().splitlines()] == [
+        {"qty": 2}
+    ]
