@@ -141,3 +141,33 @@ async def test_kill_9_while_the_tool_runs_retries_it_only_with_its_key(
         (result,) = tool_results(model.requests[2])
         assert json.loads(result["content"]) == {"outcome": "duplicate"}
     assert [r["args"]["text"] for r in lines(tmp_path / "b" / "routed.jsonl")] == ["Bought one, I am told."]
+
+
+async def test_a_run_cut_off_after_its_answer_was_journaled_answers_without_asking_again(
+    tmp_path: Path, daemons: Callable[[Path], Daemon]
+) -> None:
+    """The state a kill leaves between the model's answer reaching the transcript and the run's end being
+    recorded (made here from a finished run): the restart ends the run with that answer and routes it, and
+    the model is not asked again."""
+    async with ScriptedOpenAI(default=None) as model:
+        model.script(Reply.tool_calls(("alert", {"text": "BTC jumped"})), Reply.text("I alerted the desk."))
+        config = write_config(tmp_path, model.base_url, tools=ALERT)
+        daemon = daemons(config)
+        daemon.start()
+        await until(lambda: len(lines(tmp_path / "routed.jsonl")) == 1, 30, "the answer")
+        assert daemon.stop() == 0
+        db = tmp_path / "state.db"
+        with sqlite3.connect(db) as conn:
+            conn.execute("UPDATE agent_runs SET outcome = NULL, ended = NULL, answer = NULL")
+            conn.execute(
+                "UPDATE invocations SET outcome = 'running', ended = NULL, payload = args WHERE tool = 'analyst'"
+            )
+        (tmp_path / "routed.jsonl").unlink()
+
+        daemon.start("empty.jsonl")
+        await until(lambda: len(lines(tmp_path / "routed.jsonl")) == 1, 30, "the answer after the restart")
+        assert daemon.stop() == 0
+    assert len(model.requests) == 2
+    assert [r["args"]["text"] for r in lines(tmp_path / "routed.jsonl")] == ["I alerted the desk."]
+    assert len(lines(tmp_path / "alerts.jsonl")) == 1
+    assert query(db, "SELECT outcome, answer, rounds FROM agent_runs") == [("answered", "I alerted the desk.", 2)]
