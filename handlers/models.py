@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import orjson
 
@@ -107,13 +107,16 @@ def retry_after_of(headers: Any) -> float | None:
         return None
 
 
-def _failure(tool: str, provider: str, exc: Exception) -> ToolError:
-    """The :class:`ToolError` for an SDK exception (both SDKs share the class names and fields)."""
+def _failure(tool: str, provider: str, exc: Exception, secret: str | None = None) -> ToolError:
+    """The :class:`ToolError` for an SDK exception (both SDKs share the class names and fields); the
+    key (``secret``), if an endpoint echoed it, is *** in the reason (replaced before it is cut short)."""
     kind = type(exc).__name__
     status = getattr(exc, "status_code", None)
     response = getattr(exc, "response", None)
-    message = getattr(exc, "message", None) or str(exc)
-    message = " ".join(str(message).split())[:300]
+    message = str(getattr(exc, "message", None) or str(exc))
+    if secret:
+        message = message.replace(secret, "***")
+    message = " ".join(message.split())[:300]
     if isinstance(status, int):
         retry_after = retry_after_of(getattr(response, "headers", None))
         wait = f", Retry-After {retry_after:g}s" if retry_after is not None else ""
@@ -133,6 +136,15 @@ def _failure(tool: str, provider: str, exc: Exception) -> ToolError:
     if isinstance(exc, ValueError):  # a body that is not JSON (orjson / json decode errors)
         return ToolError(tool, f"{provider} sent an unreadable answer: {message}", retryable=True)
     return ToolError(tool, f"{provider} call failed: {kind}: {message}", retryable=True)
+
+
+def _raise_failure(tool: str, provider: str, exc: Exception, secret: str | None) -> NoReturn:
+    """Raise :func:`_failure`'s error, chained to ``exc`` unless the key is in it: the runner logs a
+    failure with its traceback, which would print the SDK exception's message."""
+    error = _failure(tool, provider, exc, secret)
+    if secret and (secret in str(exc) or secret in str(getattr(exc, "body", ""))):
+        raise error from None
+    raise error from exc
 
 
 def _tool_call_arguments(value: Any) -> str:
@@ -162,6 +174,7 @@ class OpenAIClient:
         self.max_tokens = max_tokens
         self.temperature = temperature
         self._openai = openai
+        self._secret = api_key
         self._client = openai.AsyncOpenAI(
             base_url=base_url, api_key=api_key or "unused", timeout=timeout, max_retries=0
         )
@@ -220,10 +233,8 @@ class OpenAIClient:
             request["tool_choice"] = tool_choice
         try:
             response = await self._client.chat.completions.create(**request)
-        except self._openai.OpenAIError as exc:
-            raise _failure(self.tool, "the model endpoint", exc) from exc
-        except ValueError as exc:
-            raise _failure(self.tool, "the model endpoint", exc) from exc
+        except (self._openai.OpenAIError, ValueError) as exc:
+            _raise_failure(self.tool, "the model endpoint", exc, self._secret)
         choices = getattr(response, "choices", None)
         if not choices:
             raise ToolError(self.tool, "the model endpoint answered without a choice", retryable=True)
@@ -268,6 +279,7 @@ class AnthropicClient:
         self.max_tokens = max_tokens
         self.temperature = temperature
         self._anthropic = anthropic
+        self._secret = api_key
         self._client = anthropic.AsyncAnthropic(
             base_url=base_url, api_key=api_key or "unused", timeout=timeout, max_retries=0
         )
@@ -342,10 +354,8 @@ class AnthropicClient:
             request["tool_choice"] = {"type": _ANTHROPIC_CHOICE.get(tool_choice, "auto")}
         try:
             response = await self._client.messages.create(**request)
-        except self._anthropic.AnthropicError as exc:
-            raise _failure(self.tool, "the Anthropic endpoint", exc) from exc
-        except ValueError as exc:
-            raise _failure(self.tool, "the Anthropic endpoint", exc) from exc
+        except (self._anthropic.AnthropicError, ValueError) as exc:
+            _raise_failure(self.tool, "the Anthropic endpoint", exc, self._secret)
         texts: list[str] = []
         calls: list[ModelToolCall] = []
         for block in response.content or []:

@@ -6,7 +6,9 @@ is not made again); after the last attempt the run ends failed and the llm call 
 
 from __future__ import annotations
 
+import io
 import itertools
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -229,3 +231,24 @@ async def test_tool_call_ids_repeated_across_rounds_are_each_answered(stage: Sta
     assert [args["symbol"] for args, _ in st.tool("buy").calls] == ["BTC", "ETH"]
     roles = [m["role"] for m in st.model.requests[2]["messages"]]
     assert roles == ["system", "user", "assistant", "tool", "assistant", "tool"]
+
+
+@pytest.mark.parametrize("status", [401, 500])
+async def test_the_api_key_is_never_in_an_error_the_daemon_keeps_or_logs(
+    stage: StartStage, debug_log: io.StringIO, status: int
+) -> None:
+    """An endpoint that echoes the key in its error body (a misconfigured proxy): the run's error, the
+    dead letter and the log lines (a 500's is logged with its traceback) show *** instead."""
+    key = "sk-test-4f9a1c0e7d2b"
+    st = await stage(llm={"api_key": key, "retry": {"max_attempts": 1}})
+    st.model.script(Reply.error(status, body={"error": {"message": f"invalid key {key}", "type": "auth"}}))
+    await st.send(p=1)
+    (run,) = await st.ended_runs(1)
+    assert run.error is not None and "invalid key ***" in run.error
+    await wait_for(lambda: [row[0] for row in llm_journal(st)] == ["dead_lettered"], what="the journal")
+    assert st.daemon.store is not None
+    (letter,) = st.daemon.store.dead_letters(tool="analyst")
+    assert key not in letter.error and key not in json.dumps(st.state.run(run.run_id).__dict__, default=str)
+    assert "invalid key ***" in debug_log.getvalue()
+    assert key not in debug_log.getvalue()
+    assert key in st.model.headers[0].get("authorization", "") + st.model.headers[0].get("x-api-key", "")
