@@ -248,7 +248,9 @@ async def test_the_api_key_is_never_in_an_error_the_daemon_keeps_or_logs(
     await wait_for(lambda: [row[0] for row in llm_journal(st)] == ["dead_lettered"], what="the journal")
     assert st.daemon.store is not None
     (letter,) = st.daemon.store.dead_letters(tool="analyst")
-    assert key not in letter.error and key not in json.dumps(st.state.run(run.run_id).__dict__, default=str)
+    assert key not in (letter.error or "") and key not in json.dumps(
+        st.state.run(run.run_id).__dict__, default=str
+    )
     assert "invalid key ***" in debug_log.getvalue()
     assert key not in debug_log.getvalue()
     assert key in st.model.headers[0].get("authorization", "") + st.model.headers[0].get("x-api-key", "")
