@@ -342,6 +342,8 @@ class AgentLoop:
         self.on_end = on_end
         self.visible = [d for d in (host.describe(t) for t in settings.tools) if d is not None]
         self.model_seconds = 0.0  # time spent waiting for the model (bench: the rest is our overhead)
+        #: without a store (journal off): runs whose attempt failed retryably, for the next attempt
+        self._retrying: dict[str, RunState] = {}
 
     # -- one run ---------------------------------------------------------------------------------
 
@@ -353,7 +355,7 @@ class AgentLoop:
         deadline = asyncio.get_running_loop().time() + limit - min(1.0, limit * 0.05)
         store = self.host.store
         run_id = run_id_of(ctx.call_id)
-        run = await store.load_run(run_id) if store is not None else None
+        run = await store.load_run(run_id) if store is not None else self._retrying.pop(run_id, None)
         if run is None:
             run = RunState(
                 run_id,
@@ -380,6 +382,8 @@ class AgentLoop:
         except ToolError as exc:
             if not exc.retryable or ctx.attempt >= self.s.max_attempts:
                 await self._end(run, "failed", error=exc.reason)
+            elif store is None:
+                self._retrying[run_id] = run
             raise  # a retryable failure before the last attempt: the next attempt resumes the run
         except asyncio.CancelledError:
             raise  # a stop: the run stays open, the next start resumes it

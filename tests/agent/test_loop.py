@@ -181,6 +181,7 @@ def config_text(
     rules: dict[str, Any] | None = None,
     agent: dict[str, Any] | None = None,
     prompt: str = "BTC at {data.p}",
+    journal: bool = True,
 ) -> str:
     analyst = {
         "type": "llm",
@@ -193,7 +194,7 @@ def config_text(
         **(llm or {}),
     }
     config: dict[str, Any] = {
-        "daemon": {"http": None, "state_path": str(folder / "state.db")},
+        "daemon": {"http": None, "state_path": str(folder / "state.db"), "journal": {"enabled": journal}},
         "sources": {"feed": {"type": "websocket", "url": feed_url, "key_field": "s"}},
         "tools": {
             "routed": {"type": "file", "path": str(folder / "routed.jsonl")},

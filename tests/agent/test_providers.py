@@ -254,3 +254,17 @@ async def test_the_api_key_is_never_in_an_error_the_daemon_keeps_or_logs(
     assert "invalid key ***" in debug_log.getvalue()
     assert key not in debug_log.getvalue()
     assert key in st.model.headers[0].get("authorization", "") + st.model.headers[0].get("x-api-key", "")
+
+
+async def test_with_the_journal_off_a_retry_still_resumes_the_run(stage: StartStage) -> None:
+    """No state file to resume from: the run kept in memory between attempts is, so the retry does not
+    make round 1's call again."""
+    st = await stage(llm={"tools": ["buy"]}, tools={"buy": probe()}, journal=False)
+    assert st.daemon.agent_state is None
+    st.model.script(Reply.tool_calls(("buy", {"symbol": "BTC"})), Reply.error(500), Reply.text("bought once"))
+    await st.send(p=1)
+    answers = await st.answers(1)
+    assert [a["args"]["text"] for a in answers] == ["bought once"]
+    assert len(st.tool("buy").calls) == 1
+    _, failed, retried = st.model.requests
+    assert retried["messages"] == failed["messages"]
