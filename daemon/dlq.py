@@ -25,10 +25,13 @@ from typing import Any
 
 import orjson
 
+from daemon.agent_state import AgentState
 from daemon.config import AppConfig
 from daemon.errors import StartupError
 from daemon.state import DeadLetter, Journal, StateStore, redact
 from handlers.base import CallContext, CallReply, Tool
+from handlers.host import RunnerHost
+from handlers.notifications import NotificationQueue
 from handlers.runner import ToolRunner
 from streams.event import event_from_record
 from streams.expressions import compile_template
@@ -228,6 +231,12 @@ async def _replay(config: AppConfig, store: StateStore, letters: list[DeadLetter
         built = plan.spec.factory(name, plan.config, ctx)
         assert isinstance(built, Tool)
         tools[name] = built
+    for name in list(tools):  # the tools an llm tool's model may call are built too (not replayed)
+        refs = config.tools[name].spec.tool_refs
+        for _, ref in refs(config.tools[name].config) if refs is not None else ():
+            if ref not in tools and ref in config.tools:
+                ref_plan = config.tools[ref]
+                tools[ref] = ref_plan.spec.factory(ref, ref_plan.config, ctx)
     runnable: list[tuple[DeadLetter, dict[str, Any]]] = []
     secrets = dict(config.secret_arguments())
     for d in letters:
@@ -243,6 +252,9 @@ async def _replay(config: AppConfig, store: StateStore, letters: list[DeadLetter
             secrets[key] = secrets.get(key, frozenset()) | frozenset(d.redacted)
     journal = Journal(store)
     runner = ToolRunner(tools, journal=journal, secret_args=secrets)
+    # what tools that work through others need (an llm tool's run resumes from the state file; an
+    # answer has no rules to reach here: it stays in the run)
+    RunnerHost(runner, NotificationQueue(), AgentState(store, journal)).attach_all()
     await journal.start()
     await runner.start()
     loop = asyncio.get_running_loop()

@@ -370,6 +370,9 @@ class AgentLoop:
             )
             if store is not None:
                 await store.begin_run(run)
+        elif run.outcome == "failed":
+            # its call runs again (reflexd dlq replay of the dead letter): it goes on from where it stopped
+            run.outcome = run.error = run.ended = None
         elif run.outcome is not None:
             return run.result()  # it ended before (the journal lost the call's end): the same result
         try:

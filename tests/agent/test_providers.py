@@ -6,16 +6,21 @@ is not made again); after the last attempt the run ends failed and the llm call 
 
 from __future__ import annotations
 
+import asyncio
 import io
 import itertools
 import json
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 
+from daemon.agent_state import AgentState
+from daemon.state import StateStore
 from tests.agent import test_loop as harness
 from tests.agent.scripted import Reply, ScriptedAnthropic, ScriptedModel, ScriptedOpenAI
 from tests.agent.test_loop import Stage, StartStage, probe, results_json
@@ -268,3 +273,53 @@ async def test_with_the_journal_off_a_retry_still_resumes_the_run(stage: StartSt
     assert len(st.tool("buy").calls) == 1
     _, failed, retried = st.model.requests
     assert retried["messages"] == failed["messages"]
+
+
+async def test_a_dead_lettered_run_replayed_from_the_dlq_resumes_and_answers(stage: StartStage) -> None:
+    """``reflexd dlq replay`` of an llm call that failed for good: the run picks up where it stopped (the
+    model is asked again with the journaled conversation; the tool call it made before is not made
+    again) and ends answered."""
+    llm = {"tools": ["alert"], "retry": {"max_attempts": 1}}
+    tools = {"alert": {"type": "file", "path": "alert.jsonl"}}
+    st = await stage(llm=llm, tools=tools)
+    st.model.script(Reply.tool_calls(("alert", {"text": "BTC jumped"})), Reply.error(500))
+    await st.send(p=1)
+    (run,) = await st.ended_runs(1)
+    assert run.outcome == "failed"
+    await wait_for(lambda: [row[0] for row in llm_journal(st)] == ["dead_lettered"], what="the journal")
+    await st.daemon.stop()
+
+    config = st.folder / "config.yaml"
+    config.write_text(
+        harness.config_text(st.provider, st.model.base_url, st.feed.url, st.folder, llm=llm, tools=tools)
+    )
+    st.model.script(Reply.text("replayed answer"))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "daemon.cli",
+        "dlq",
+        "replay",
+        "--all",
+        "-c",
+        str(config),
+        cwd=Path(__file__).parents[2],
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out = (await process.communicate())[0].decode()
+    assert process.returncode == 0, out
+    assert "analyst: delivered" in out and "replayed 1: 1 ok, 0 failed" in out
+    _, failed, replayed = st.model.requests
+    assert replayed["messages"] == failed["messages"]
+    assert len(st.lines("alert")) == 1
+    store = StateStore(st.folder / "state.db").open()
+    try:
+        again = AgentState(store).run(run.run_id)
+    finally:
+        store.close()
+    assert again is not None and (again.outcome, again.answer, again.error) == (
+        "answered",
+        "replayed answer",
+        None,
+    )
