@@ -24,7 +24,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar, NamedTuple, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from handlers.agent_store import AgentStore
 from handlers.notifications import NotificationQueue
@@ -92,6 +92,28 @@ class ToolConfig(BaseModel):
     )
     retry: RetryConfig = Field(default_factory=RetryConfig, description="Retries of failed calls.")
     circuit: CircuitConfig = Field(default_factory=CircuitConfig, description="Circuit breaker of the tool.")
+    parameters: dict[str, Any] | None = Field(
+        None,
+        description="JSON Schema of the arguments, as a language model sees it and its calls are checked "
+        "against (default: the type's own). Narrow a tool that takes any object (file, webhook) to what "
+        "the model should send.",
+    )
+
+    @field_validator("parameters")
+    @classmethod
+    def _a_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        import jsonschema
+
+        try:
+            jsonschema.Draft202012Validator.check_schema(value)
+        except jsonschema.SchemaError as exc:
+            where = "/".join(str(p) for p in exc.absolute_path)
+            raise ValueError(f"not a JSON Schema{f' at {where}' if where else ''}: {exc.message}") from None
+        if value.get("type") != "object":
+            raise ValueError('must describe an object (type: object): arguments are named')
+        return value
 
     template_fields: ClassVar[frozenset[str]] = frozenset()
     """Fields whose text is a template (``{expression}``): a value from ``${VAR}`` in them has its braces
@@ -202,7 +224,7 @@ class Tool(ABC):
             "name": self.name,
             "type": self.type_name,
             "description": self.config.description or self.description,
-            "parameters": self.args_schema,
+            "parameters": self.config.parameters or self.args_schema,
         }
 
     def attach(self, host: ToolHost) -> None:
