@@ -53,6 +53,7 @@ __all__ = [
 
 NOTIFICATIONS_HEADER = "Notifications since your last turn (JSON array, oldest first):"
 TRUNCATED = "…[truncated {n} characters]"
+_MARKER_ROOM = 40  # longer than any TRUNCATED text
 
 
 class BudgetConfig(BaseModel):
@@ -417,7 +418,7 @@ class AgentLoop:
             drained = self.host.notifications.drain(self.s.name)
             notes = drained + background.unseen(drained) if background.futures else drained
             if notes:
-                text = NOTIFICATIONS_HEADER + "\n" + _json([n.as_dict() for n in notes])
+                text = NOTIFICATIONS_HEADER + "\n" + _json([self._shown(n) for n in notes])
                 await self._append(run, [{"role": "user", "content": text}])
             final = run.rounds + 1 >= self.s.max_rounds + (1 if extra_round else 0)
             choice = "none" if final else (self.s.first_tool_choice if run.rounds == 0 else "auto")
@@ -475,6 +476,30 @@ class AgentLoop:
                 continue
             content = await self._dispatch(run, ctx, call, last_assistant.get("content") or "", background)
             await self._append(run, [self._tool_message(call["id"], call["name"], content)])
+
+    def _shown(self, note: Notification) -> dict[str, Any]:
+        """A notification as the model sees it: a field longer than max_result_chars (an event's data
+        can be anything) is cut with the marker, a structured one as its JSON text. A text field gets
+        room for a marker it may carry already (a background result, capped when it was put)."""
+        item = note.as_dict()
+        fields = item.get("fields")
+        if not fields:
+            return item
+        limit = self.s.max_result_chars
+        shown = None
+        for name, value in fields.items():
+            if isinstance(value, str):
+                if len(value) > limit + _MARKER_ROOM:
+                    shown = shown or dict(fields)
+                    shown[name] = cap_text(value, limit)
+            elif not isinstance(value, int | float | bool) and value is not None:
+                text = _json(value)
+                if len(text) > limit:
+                    shown = shown or dict(fields)
+                    shown[name] = cap_text(text, limit)
+        if shown is not None:
+            item["fields"] = shown
+        return item
 
     def _tool_message(self, call_id: str, name: str, content: dict[str, Any]) -> dict[str, Any]:
         return {

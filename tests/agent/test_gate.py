@@ -285,3 +285,24 @@ def test_gate_memory_stays_bounded_by_the_keys_in_their_window() -> None:
     for i in range(3 * FORGET_AT):
         assert gate.screen("r", ("later", i), 100.0) is None
     assert len(gate._last) == 3 * FORGET_AT  # the first keys' entries went, the later ones are kept
+
+
+async def test_a_big_event_joins_the_notifications_with_its_fields_capped(stage: StartStage) -> None:
+    """A deduplicated escalation's item carries the event's data: a big event is cut to max_result_chars
+    in the model's message (with the marker), so a storm of them cannot blow the model's context."""
+    st = await stage(
+        llm={"tools": ["buy"], "dedup_seconds": 300, "max_result_chars": 300}, tools={"buy": probe(hold=True)}
+    )
+    st.model.script(Reply.tool_calls(("buy", {"symbol": "BTC"})), Reply.text("done"))
+    await st.send("BTC", p=1)
+    await wait_for(lambda: len(st.tool("buy").calls) == 1, what="the held buy")
+    await st.send("BTC", p=2, book="x" * 5000)
+    await wait_for(lambda: screened(st, "deduplicated") == 1)
+    st.tool("buy").release.set()
+    await st.answers(1)
+    ((item,),) = notifications(st.provider, st.model.requests[1])
+    assert item["text"] == "BTC at 2"
+    fields = item["fields"]
+    assert (fields["llm"], fields["source"]) == ("analyst", "feed")
+    assert isinstance(fields["data"], str) and len(fields["data"]) < 340
+    assert fields["data"].startswith('{"s":"BTC","p":2,"book":"xxx') and "…[truncated " in fields["data"]

@@ -663,3 +663,20 @@ async def test_the_same_call_twice_in_a_run_is_made_once_and_its_repeat_gets_the
         "result": {"echo": {"symbol": "BTC"}, "blob": ""},
     }
     assert other["outcome"] == "succeeded"
+
+
+async def test_a_big_background_result_is_capped_once(stage: StartStage) -> None:
+    st = await stage(
+        llm={"tools": ["backtest"], "background_tools": ["backtest"], "max_result_chars": 200},
+        tools={"backtest": probe(result_chars=1000)},
+    )
+    st.model.script(Reply.tool_calls(("backtest", {"symbol": "BTC"})), Reply.text("hm"), Reply.text("done"))
+    await st.send(p=1)
+    await st.answers(1)
+    items = [i for m in notifications(st.provider, st.model.requests[-1]) for i in m]
+    (content,) = [i["fields"]["content"] for i in items if i["kind"] == "background"]
+    full = json.dumps(
+        {"outcome": "succeeded", "result": {"echo": {"symbol": "BTC"}, "blob": "x" * 1000}},
+        separators=(",", ":"),
+    )
+    assert content == full[:200] + TRUNCATED.format(n=len(full) - 200)
