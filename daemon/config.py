@@ -494,6 +494,8 @@ def validate(
     _tool_refs(c, tools, root.get("tools"))
     _event_names(c, tools, root.get("sources"))
     rules = _rules(c, registry, root.get("rules"), sources, tools)
+    _env_only(c, tools, root.get("tools"))
+    _event_loops(c, rules, tools)
     if not sources and not any(i.path.startswith("sources") for i in c.issues):
         c.add(("sources",), "at least one source is required")
     if preflight:
@@ -532,6 +534,57 @@ def _tool_refs(c: _Checker, tools: Mapping[str, ComponentPlan], raw_tools: Any) 
                     continue  # the tool itself is invalid and already reported
                 known = ", ".join(sorted(t for t in tools if t not in callers)) or "none"
                 c.add(at, f"no tool named {_FROM_ENV if c.secret(at) else repr(target)} (tools: {known})")
+
+
+def _env_only(c: _Checker, tools: Mapping[str, ComponentPlan], raw_tools: Any) -> None:
+    """Fields a type takes only from the environment (an llm tool's ``api_key``): a literal value in
+    the file is refused, without showing it."""
+    if not isinstance(raw_tools, dict):
+        return
+    for name, plan in tools.items():
+        body = raw_tools.get(name)
+        for field_name in plan.spec.env_only:
+            if isinstance(body, dict) and body.get(field_name) is not None:
+                at: Path_ = ("tools", name, field_name)
+                if not c.from_env(at):
+                    c.add(
+                        at,
+                        f"must come from the environment (e.g. ${{{name.upper()}_{field_name.upper()}}}), "
+                        "never written in the file; the value is not shown",
+                    )
+
+
+def _event_loops(c: _Checker, rules: Mapping[str, RuleConfig], tools: Mapping[str, ComponentPlan]) -> None:
+    """A rule reading a tool's events (an llm tool's answers) may not call, through any chain of
+    rules, the tool whose events it reads: every answer would start another run. Refused at the call
+    that closes the loop."""
+    emitters = {name for name, plan in tools.items() if plan.spec.emits_events}
+    edges: dict[str, set[str]] = {}  # emitter → the emitters its events lead to
+    closing: dict[tuple[str, str], Path_] = {}
+    for rule_name, rule in rules.items():
+        for src in rule.from_:
+            if src not in emitters:
+                continue
+            for i, call in enumerate(rule.then):
+                if call.tool in emitters:
+                    edges.setdefault(src, set()).add(call.tool)
+                    closing.setdefault((src, call.tool), ("rules", rule_name, "then", i, "tool"))
+    for (src, target), at in closing.items():
+        # a loop: from target's events we get back to src
+        seen, todo = set(), [target]
+        while todo:
+            node = todo.pop()
+            if node == src:
+                chain = "itself" if src == target else f"{target!r}, whose answers lead back to {src!r}"
+                c.add(
+                    at,
+                    f"a loop: this rule reads the answers of {src!r} and calls {chain}; every answer "
+                    "would start another run",
+                )
+                break
+            if node not in seen:
+                seen.add(node)
+                todo.extend(edges.get(node, ()))
 
 
 def _event_names(c: _Checker, tools: Mapping[str, ComponentPlan], raw_sources: Any) -> None:

@@ -342,4 +342,5 @@ SPEC = ComponentSpec(
     metrics=(RUNS,),
     emits_events=True,
     tool_refs=_tool_refs,
+    env_only=("api_key",),
 )

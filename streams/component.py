@@ -129,6 +129,8 @@ class ComponentSpec:
     #: check requires each to be a configured tool, never the component itself nor one that calls
     #: tools in turn (no loops).
     tool_refs: Callable[[Any], list[tuple[tuple[str | int, ...], str]]] | None = None
+    #: Fields that must come from the environment (``${VAR}``) when set: a literal is a config error.
+    env_only: tuple[str, ...] = ()
 
 
 # -- package.module:attr ----------------------------------------------------------------------------

@@ -42,6 +42,15 @@ def test_the_base_configuration_is_valid() -> None:
     assert set(cfg.tools) == {"alert", "buy", "analyst"} and set(cfg.rules) == {"big", "answers"}
 
 
+def _two_llm_tools_in_a_loop(text: str) -> str:
+    """analyst's answers go to critic, critic's back to analyst."""
+    text = text.replace("tools:\n  alert:", "tools:\n  critic: {type: llm, model: m}\n  alert:")
+    return text + (
+        "  second:\n    from: [critic]\n    then: [{tool: analyst, args: {prompt: \"{data.text}\"}}]\n"
+        "  third:\n    from: [analyst]\n    then: [{tool: critic, args: {prompt: \"{data.text}\"}}]\n"
+    )
+
+
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [
@@ -69,9 +78,22 @@ def test_the_base_configuration_is_valid() -> None:
         (lambda t: t.replace("from: [analyst]", "from: [analist]"),
          ["config.yaml:20 rules.answers.from[0]: no source named 'analist' (sources: feed; tools with events: "
           "analyst)"]),
+        (lambda t: t.replace("then: [{tool: alert, args: {text: \"{data.text}\"}}]",
+                             "then: [{tool: analyst, args: {prompt: \"{data.text}\"}}]"),
+         ["config.yaml:21 rules.answers.then[0].tool: a loop: this rule reads the answers of 'analyst' and calls "
+          "itself; every answer would start another run"]),
+        (_two_llm_tools_in_a_loop,
+         ["config.yaml:25 rules.second.then[0].tool: a loop: this rule reads the answers of 'critic' and calls "
+          "'analyst', whose answers lead back to 'critic'; every answer would start another run",
+          "config.yaml:28 rules.third.then[0].tool: a loop: this rule reads the answers of 'analyst' and calls "
+          "'critic', whose answers lead back to 'analyst'; every answer would start another run"]),
+        (lambda t: t.replace("model: m\n    base_url", "model: m\n    api_key: sk-literal-123\n    base_url"),
+         ["config.yaml:12 tools.analyst.api_key: must come from the environment (e.g. ${ANALYST_API_KEY}), never "
+          "written in the file; the value is not shown"]),
     ],
     ids=["unknown-tool", "itself", "another-llm", "approval-not-in-tools", "both-lists-at-their-lines",
-         "approval-and-background", "source-of-the-same-name", "tool-without-events", "unknown-source"],
+         "approval-and-background", "source-of-the-same-name", "tool-without-events", "unknown-source",
+         "answers-back-into-itself", "answers-loop-through-two-llm-tools", "literal-api-key"],
 )  # fmt: skip
 def test_agent_configuration_errors_name_file_line_and_path(edit: object, expected: list[str]) -> None:
     """Each mistake in an llm tool's lists or in what a rule reads is one `file:LINE path: reason`."""
