@@ -381,6 +381,29 @@ class AgentState:
                 raise
         return [_approval_from(r) for r in rows]
 
+    async def take_rejected(self) -> list[Approval]:
+        """Rejected proposals the daemon has not told the model of yet (marked told as they are taken:
+        ``outcome`` becomes ``rejected``), on the writer thread."""
+        return await self._durable(self._take_rejected)
+
+    def _take_rejected(self) -> list[Approval]:
+        with self.store.lock:
+            db = self.store.db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = db.execute(
+                    f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE status = 'rejected' AND outcome IS NULL"
+                    " ORDER BY id"
+                ).fetchall()
+                db.execute(
+                    "UPDATE approvals SET outcome = 'rejected' WHERE status = 'rejected' AND outcome IS NULL"
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return [_approval_from(r) for r in rows]
+
     def retry_later(self, approval_id: int) -> None:
         """An approved call that could not be queued (its tool's backlog was full): approved again, so
         the next look at the approvals takes it."""

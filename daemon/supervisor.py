@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 
 from daemon import systemd
@@ -275,6 +276,8 @@ class Daemon:
                 after_restart = False  # those left executing are taken once by a process, not again
                 for approval in taken:
                     self._execute(approval)
+                for approval in await state.take_rejected():
+                    self._rejected(approval)
                 if time.monotonic() - pruned >= AGENT_PRUNE_SECONDS:
                     pruned = time.monotonic()
                     await state.tidy(self.config.daemon.journal.retention_seconds)
@@ -318,8 +321,8 @@ class Daemon:
                     "recording an approved call failed", extra={"fields": {"approval": approval.id}}
                 )
             fields: dict[str, Any] = {"approval": approval.id, "tool": approval.tool, "args": approval.args}
-            if reply.result is not None:
-                fields["result"] = cap_text(repr(reply.result), 2000)
+            if reply.result is not None:  # JSON text, as every tool result the model reads
+                fields["result"] = cap_text(orjson.dumps(reply.result, default=repr).decode(), 2000)
             if reply.error:
                 fields["error"] = reply.error.split("\n", 1)[0]
             self.notifications.put(
@@ -330,6 +333,18 @@ class Daemon:
             )
 
         future.add_done_callback(ended)
+
+    def _rejected(self, approval: Approval) -> None:
+        """A person rejected a proposal: the model hears of it at its next call (nothing was made)."""
+        fields: dict[str, Any] = {"approval": approval.id, "tool": approval.tool, "args": approval.args}
+        if approval.note:
+            fields["note"] = approval.note
+        self.notifications.put(
+            "approval",
+            f"proposed call {approval.id} of {approval.tool} was rejected by a person; it was not made",
+            fields,
+            rule=approval.rule,
+        )
 
     async def _abort_start(self) -> None:
         if self._approvals is not None:

@@ -226,12 +226,12 @@ def stage(
     provider: str,
     model: ScriptedModel,
 ) -> StartStage:
-    """``await stage(llm={...}, tools={...}, rules={...})`` → a started :class:`Stage`."""
+    """``await stage(llm={...}, tools={...}, rules={...}, env={...})`` → a started :class:`Stage`."""
 
-    async def start(**kwargs: Any) -> Stage:
+    async def start(env: dict[str, str] | None = None, **kwargs: Any) -> Stage:
         feed = await feed_server()
         text = config_text(provider, model.base_url, feed.url, tmp_path, **kwargs)
-        daemon = await run_daemon(load_config_text(text, REGISTRY, base_dir=tmp_path))
+        daemon = await run_daemon(load_config_text(text, REGISTRY, base_dir=tmp_path, env=env))
         await wait_for(lambda: len(feed.connections) == 1, what="the daemon's feed connection")
         return Stage(daemon, model, feed, tmp_path, provider)
 
@@ -558,10 +558,14 @@ async def test_approval_executes_once_through_the_runner_and_rejection_executes_
     await st.answers(2)
     (items,) = notifications(st.provider, st.model.requests[2])
     approvals = [i for i in items if i["kind"] == "approval"]
-    assert [(i["fields"]["approval"], i["text"]) for i in approvals] == [
+    assert sorted((i["fields"]["approval"], i["text"]) for i in approvals) == sorted([
         (btc.id, f"approved call {btc.id} of buy: succeeded"),
         (btc.id, f"approved call {btc.id} of buy: duplicate"),
-    ]
+        (eth.id, f"proposed call {eth.id} of buy was rejected by a person; it was not made"),
+    ])  # the rejection too: the model learns its proposal will not happen
+    assert sum(i["fields"]["approval"] == eth.id for i in approvals) == 1  # told once
+    (done,) = [i for i in approvals if i["text"].endswith("succeeded")]
+    assert json.loads(done["fields"]["result"])["echo"] == btc.args  # JSON text, as every result it reads
 
 
 # -- 9. background tools -------------------------------------------------------------------------------
