@@ -245,7 +245,9 @@ async def test_the_api_key_is_never_in_an_error_the_daemon_keeps_or_logs(
     """An endpoint that echoes the key in its error body (a misconfigured proxy): the run's error, the
     dead letter and the log lines (a 500's is logged with its traceback) show *** instead."""
     key = "sk-test-4f9a1c0e7d2b"
-    st = await stage(llm={"api_key": key, "retry": {"max_attempts": 1}})
+    st = await stage(
+        llm={"api_key": "${ANALYST_KEY}", "retry": {"max_attempts": 1}}, env={"ANALYST_KEY": key}
+    )
     st.model.script(Reply.error(status, body={"error": {"message": f"invalid key {key}", "type": "auth"}}))
     await st.send(p=1)
     (run,) = await st.ended_runs(1)
