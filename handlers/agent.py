@@ -21,6 +21,7 @@ the model as an error result, never to the tool.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import html
@@ -252,6 +253,45 @@ def _json(value: Any) -> str:
 BACKGROUND_GRACE_SECONDS = 1.0
 
 
+#: Characters per token when a server reports no usage (budgets must still bind): a common rule of
+#: thumb for English text and JSON with tokenizers of this generation; it errs towards more tokens.
+CHARS_PER_TOKEN = 3.5
+
+
+def _estimate(text: str, messages: list[dict[str, Any]]) -> int:
+    """Tokens of ``text`` and ``messages``, estimated from their length (at least 1)."""
+    size = len(text) + sum(len(_json(m)) for m in messages)
+    return max(1, int(size / CHARS_PER_TOKEN + 0.5))
+
+
+def _lost_background(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Items telling the model that background calls started earlier in this conversation (by an
+    attempt or a process that is gone) will never report: their result was not in any later message.
+    Whether such a call ran is unknown; it kept its idempotency key."""
+    lost = []
+    for i, m in enumerate(messages):
+        if m["role"] != "tool" or '"started"' not in m["content"]:
+            continue
+        try:
+            content = orjson.loads(m["content"])
+        except orjson.JSONDecodeError:
+            continue
+        key = content.get("id") if isinstance(content, dict) and content.get("status") == "started" else None
+        if not isinstance(key, str) or any(
+            key in later["content"] for later in messages[i + 1 :] if later["role"] == "user"
+        ):
+            continue
+        lost.append(
+            {
+                "kind": "background",
+                "text": f"{m.get('name')}: its result is lost (the run was interrupted while it ran); "
+                "it may or may not have run",
+                "fields": {"tool": m.get("name"), "id": key},
+            }
+        )
+    return lost
+
+
 class _Background:
     """The background calls of one run: until when each may take, and which results its model has
     not seen yet. A result reaches the shared notification queue (for every reader) and is also kept
@@ -406,6 +446,9 @@ class AgentLoop:
             await self._answer(run, last.get("content") or "", ctx)  # answered before the crash
             return
         await self._finish_calls(run, ctx, background)  # resumed with calls left without a result
+        lost = _lost_background(run.messages)
+        if lost:  # started by an attempt or a process before this one: their results will not come
+            await self._append(run, [{"role": "user", "content": NOTIFICATIONS_HEADER + "\n" + _json(lost)}])
         extra_round = False  # the one more round background results may earn
         while True:
             if run.rounds >= self.s.max_rounds + (1 if extra_round else 0):
@@ -449,6 +492,12 @@ class AgentLoop:
         finally:
             self.model_seconds += time.perf_counter() - started
         now = time.time()
+        if not reply.tokens_in and not reply.tokens_out:  # a server that reports no usage: estimated
+            reply = dataclasses.replace(
+                reply,
+                tokens_in=_estimate(self.s.system, run.messages),
+                tokens_out=_estimate(reply.text, [reply.as_message()]),
+            )
         tokens = reply.tokens_in + reply.tokens_out
         self.gate.spent(now, tokens)
         store = self.host.store

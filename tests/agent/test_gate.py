@@ -112,6 +112,19 @@ async def test_a_budget_used_up_during_a_run_stops_it_before_the_next_model_call
     assert len(st.tool("buy").calls) == 1  # made before the budget ran out
 
 
+async def test_a_server_that_reports_no_usage_is_counted_by_estimate(stage: StartStage) -> None:
+    """Usage 0 from the server (some local servers report none) must not make a token budget never bind:
+    the run's tokens are estimated from what was sent and received, and the budget stops the next run."""
+    st = await stage(llm={"budget": {"tokens_per_hour": 30}}, prompt="BTC at {data.p}: " + "x" * 200)
+    st.model.script(Reply.text("An answer of some length to count.", tokens_in=0, tokens_out=0))
+    await st.send("A", p=1)
+    (run,) = await st.ended_runs(1)
+    assert run.outcome == "answered" and run.tokens_in >= 50 and run.tokens_out >= 5, run
+    await st.send("B", p=2)
+    await wait_for(lambda: screened(st, "over_budget") == 1)
+    assert len(st.model.requests) == 1  # the second escalation was not sent
+
+
 async def test_budgets_survive_a_restart(
     run_daemon: Callable[[Any], Awaitable[Daemon]],
     feed_server: Callable[..., Awaitable[FeedServer]],

@@ -684,3 +684,32 @@ async def test_a_big_background_result_is_capped_once(stage: StartStage) -> None
         separators=(",", ":"),
     )
     assert content == full[:200] + TRUNCATED.format(n=len(full) - 200)
+
+
+async def test_a_background_call_started_by_an_earlier_attempt_is_reported_lost(stage: StartStage) -> None:
+    """A retry (or a restart) resumes the run without the background calls the earlier attempt started:
+    their results will never reach this run, so the model is told, once, instead of waiting for them."""
+    st = await stage(
+        llm={"tools": ["backtest"], "background_tools": ["backtest"]},
+        tools={"backtest": probe(sleep_seconds=1.5)},
+    )
+    st.model.script(
+        Reply.tool_calls(("backtest", {"symbol": "BTC"})),
+        Reply.error(500),  # attempt 1 fails after the backtest started; attempt 2 resumes the run
+        Reply.text("The backtest result is lost; no view."),
+    )
+    await st.send(p=1)
+    answers = await st.answers(1)
+    assert [a["args"]["text"] for a in answers] == ["The backtest result is lost; no view."]
+    first, failed, resumed = st.model.requests
+    (started,) = results_json(st.provider, failed)
+    assert started["status"] == "started"
+    (items,) = notifications(st.provider, resumed)
+    (item,) = items
+    assert item["kind"] == "background" and item["fields"] == {"tool": "backtest", "id": started["id"]}
+    assert "lost" in item["text"]
+    (run,) = await st.ended_runs(1)
+    assert run.outcome == "answered"
+    full = st.state.run(run.run_id)
+    assert full is not None
+    assert sum("is lost" in m["content"] for m in full.messages if m["role"] == "user") == 1  # told once

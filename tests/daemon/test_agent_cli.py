@@ -271,7 +271,8 @@ async def test_a_rejected_proposal_is_never_made(recorded: Recorded) -> None:
         json.loads(x)
         for x in (await recorded.cli("approvals", "list", "--all", "--json")).stdout.splitlines()
     ]
-    assert record["status"] == "rejected" and record["note"] == "not today" and record["outcome"] is None
+    assert record["status"] == "rejected" and record["note"] == "not today"
+    assert record["outcome"] == "rejected"  # the daemon told the model (a notification), once
 
 
 async def test_commands_without_a_state_file_say_so_and_create_nothing(tmp_path: Path) -> None:

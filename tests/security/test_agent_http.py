@@ -199,6 +199,11 @@ async def test_approvals_and_runs_are_served_redacted(stage: Stage) -> None:
         "api_token": "***",
     }
     assert approval["reasoning"] == "Worth a buy. ***"
+    async def answered() -> bool:  # the proposal is stored in round 1; the run answers in round 2
+        runs = (await stage.get("/agent/runs"))[1]["runs"]
+        return len(runs) == 1 and runs[0]["outcome"] == "answered"
+
+    await wait_for(answered, what="the run's answer")
     (run,) = (await stage.get("/agent/runs"))[1]["runs"]
     assert run["outcome"] == "answered" and run["rounds"] == 2 and "messages" not in run
     async with stage.http.get(stage.base + f"/agent/runs/{run['id']}") as r:
