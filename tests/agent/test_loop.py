@@ -701,7 +701,7 @@ async def test_a_background_call_started_by_an_earlier_attempt_is_reported_lost(
     await st.send(p=1)
     answers = await st.answers(1)
     assert [a["args"]["text"] for a in answers] == ["The backtest result is lost; no view."]
-    first, failed, resumed = st.model.requests
+    _first, failed, resumed = st.model.requests
     (started,) = results_json(st.provider, failed)
     assert started["status"] == "started"
     (items,) = notifications(st.provider, resumed)
