@@ -153,8 +153,11 @@ def _tool_call_arguments(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-class OpenAIClient:
-    """Chat Completions (``/chat/completions``) of any OpenAI-compatible endpoint."""
+class _SdkClient:
+    """What both clients share: the settings of every request, the SDK's async client (built by
+    :meth:`_connect`, its own retries off) and the exceptions that become :class:`ToolError`."""
+
+    provider = "the endpoint"  # how failures name it
 
     def __init__(
         self,
@@ -167,17 +170,31 @@ class OpenAIClient:
         max_tokens: int,
         temperature: float | None,
     ) -> None:
-        import openai
-
         self.tool = tool
         self.model = model
         self.max_tokens = max_tokens
         self.temperature = temperature
-        self._openai = openai
-        self._secret = api_key
-        self._client = openai.AsyncOpenAI(
-            base_url=base_url, api_key=api_key or "unused", timeout=timeout, max_retries=0
-        )
+        self._secret = api_key  # kept out of every error message
+        self._errors: tuple[type[Exception], ...] = (ValueError,)
+        self._client = self._connect(base_url, api_key or "unused", timeout)
+
+    def _connect(self, base_url: str | None, api_key: str, timeout: float) -> Any:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+class OpenAIClient(_SdkClient):
+    """Chat Completions (``/chat/completions``) of any OpenAI-compatible endpoint."""
+
+    provider = "the model endpoint"
+
+    def _connect(self, base_url: str | None, api_key: str, timeout: float) -> Any:
+        import openai
+
+        self._errors = (openai.OpenAIError, ValueError)
+        return openai.AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0)
 
     @staticmethod
     def wire_messages(system: str, messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -233,8 +250,8 @@ class OpenAIClient:
             request["tool_choice"] = tool_choice
         try:
             response = await self._client.chat.completions.create(**request)
-        except (self._openai.OpenAIError, ValueError) as exc:
-            _raise_failure(self.tool, "the model endpoint", exc, self._secret)
+        except self._errors as exc:
+            _raise_failure(self.tool, self.provider, exc, self._secret)
         choices = getattr(response, "choices", None)
         if not choices:
             raise ToolError(self.tool, "the model endpoint answered without a choice", retryable=True)
@@ -254,35 +271,16 @@ class OpenAIClient:
             str(choice.finish_reason or ""),
         )
 
-    async def close(self) -> None:
-        await self._client.close()
-
-
-class AnthropicClient:
+class AnthropicClient(_SdkClient):
     """The Messages API (``/v1/messages``) with tool use."""
 
-    def __init__(
-        self,
-        tool: str,
-        *,
-        model: str,
-        base_url: str | None,
-        api_key: str | None,
-        timeout: float,
-        max_tokens: int,
-        temperature: float | None,
-    ) -> None:
+    provider = "the Anthropic endpoint"
+
+    def _connect(self, base_url: str | None, api_key: str, timeout: float) -> Any:
         import anthropic
 
-        self.tool = tool
-        self.model = model
-        self.max_tokens = max_tokens
-        self.temperature = temperature
-        self._anthropic = anthropic
-        self._secret = api_key
-        self._client = anthropic.AsyncAnthropic(
-            base_url=base_url, api_key=api_key or "unused", timeout=timeout, max_retries=0
-        )
+        self._errors = (anthropic.AnthropicError, ValueError)
+        return anthropic.AsyncAnthropic(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0)
 
     @staticmethod
     def wire_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -354,8 +352,8 @@ class AnthropicClient:
             request["tool_choice"] = {"type": _ANTHROPIC_CHOICE.get(tool_choice, "auto")}
         try:
             response = await self._client.messages.create(**request)
-        except (self._anthropic.AnthropicError, ValueError) as exc:
-            _raise_failure(self.tool, "the Anthropic endpoint", exc, self._secret)
+        except self._errors as exc:
+            _raise_failure(self.tool, self.provider, exc, self._secret)
         texts: list[str] = []
         calls: list[ModelToolCall] = []
         for block in response.content or []:
@@ -372,10 +370,6 @@ class AnthropicClient:
             int(getattr(usage, "output_tokens", 0) or 0),
             str(response.stop_reason or ""),
         )
-
-    async def close(self) -> None:
-        await self._client.close()
-
 
 def build_client(
     provider: str,
