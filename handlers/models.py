@@ -271,6 +271,7 @@ class OpenAIClient(_SdkClient):
             str(choice.finish_reason or ""),
         )
 
+
 class AnthropicClient(_SdkClient):
     """The Messages API (``/v1/messages``) with tool use."""
 
@@ -370,6 +371,7 @@ class AnthropicClient(_SdkClient):
             int(getattr(usage, "output_tokens", 0) or 0),
             str(response.stop_reason or ""),
         )
+
 
 def build_client(
     provider: str,
