@@ -607,7 +607,17 @@ def render_plan(config: AppConfig, out: TextIO | None = None) -> str:
         lines.append(f"  {name}: {'; '.join(parts)} → {calls}")
     lines.append("tools")
     called = {name: note for name, note in _called_by_tools(config).items() if name not in used_tools}
+    mcp = config.agent.mcp
+    for name in mcp.tools if mcp is not None else ():
+        if name not in used_tools:
+            called[name] = "; ".join(filter(None, (called.get(name), "called over MCP")))
     lines.extend(_component_lines(config, "tools", config.tools, used_tools, "no rule calls it", called))
+    if mcp is not None:
+        listen = _value(config, ("agent", "mcp", "listen"), mcp.listen)
+        parts = [f"http://{listen}/mcp", f"auth={mcp.auth}", f"tools=[{', '.join(mcp.tools)}]"]
+        if mcp.require_approval:
+            parts.append(f"require_approval=[{', '.join(mcp.require_approval)}]")
+        lines.append("mcp " + " ".join(parts) + " + wait_for_events, recent_events, status")
     text = "\n".join(lines) + "\n"
     if out is not None:
         out.write(text)

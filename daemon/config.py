@@ -20,7 +20,9 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
+from daemon.endpoint import MIN_TOKEN_CHARS, bearer_token, host_names, is_loopback, parse_listen
 from daemon.errors import ConfigError, ConfigIssue, ExpressionError
+from daemon.mcp import BUILTIN_TOOLS, McpConfig
 from daemon.preflight import argument_problems, component_problems, state_path_problems
 from daemon.registry import BuildContext, ComponentSpec, Kind, Registry
 from daemon.yamlio import EnvText, LoadedYaml, format_path, load_yaml_file, load_yaml_text, resolve_scalar
@@ -46,23 +48,6 @@ __all__ = [
 TOP_LEVEL = ("daemon", "agent", "sources", "tools", "rules")
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 Path_ = tuple[str | int, ...]
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """``host:port`` (IPv6 in brackets) → (host, port)."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise ValueError("must look like host:port, e.g. 127.0.0.1:9108")
-    port = int(port_text)
-    if not 0 <= port <= 65535:
-        raise ValueError("port must be between 0 and 65535")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, port
-
-
-MIN_TOKEN_CHARS = 16
-_HOST_NAME_RE = re.compile(r"^(\*|[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?|\[?[0-9A-Fa-f:.]+\]?)$")
 
 
 class HttpConfig(BaseModel):
@@ -112,28 +97,9 @@ class HttpConfig(BaseModel):
         parse_listen(value)
         return value
 
-    @field_validator("token", mode="before")
-    @classmethod
-    def _token(cls, value: Any) -> Any:  # messages never contain the value
-        if value is None or isinstance(value, SecretStr):
-            return value
-        if not isinstance(value, str):
-            raise ValueError("must be a string (quote it)")
-        if value == "":
-            return None  # `${REFLEXD_OPS_TOKEN:-}`: state-changing endpoints stay off
-        if len(value) < MIN_TOKEN_CHARS:
-            raise ValueError(f"is shorter than {MIN_TOKEN_CHARS} characters")
-        if not value.isascii() or not value.isprintable() or value != value.strip() or " " in value:
-            raise ValueError("must be printable ASCII without spaces (it travels in an HTTP header)")
-        return value
-
-    @field_validator("allowed_hosts")
-    @classmethod
-    def _allowed_hosts(cls, value: list[str]) -> list[str]:
-        for name in value:
-            if not _HOST_NAME_RE.match(name):
-                raise ValueError(f"{name!r} is not a host name or IP address (no scheme, port or path)")
-        return value
+    # `${REFLEXD_OPS_TOKEN:-}` (empty) is no token: state-changing endpoints stay off
+    _token = field_validator("token", mode="before")(bearer_token)
+    _allowed_hosts = field_validator("allowed_hosts")(host_names)
 
 
 class JournalConfig(BaseModel):
@@ -181,6 +147,11 @@ class AgentConfig(BaseModel):
         gt=0,
         le=60,
         description="How often the daemon looks for approvals decided by `reflexd approvals`.",
+    )
+    mcp: McpConfig | None = Field(
+        None,
+        description="The MCP server: configured tools, rule fires and notifications for any MCP client; "
+        "off unless set.",
     )
 
 
@@ -496,6 +467,7 @@ def validate(
     rules = _rules(c, registry, root.get("rules"), sources, tools)
     _env_only(c, tools, root.get("tools"))
     _event_loops(c, rules, tools)
+    _mcp(c, agent_cfg, daemon_cfg, tools, root.get("agent"), root.get("tools"))
     if not sources and not any(i.path.startswith("sources") for i in c.issues):
         c.add(("sources",), "at least one source is required")
     if preflight:
@@ -552,6 +524,68 @@ def _env_only(c: _Checker, tools: Mapping[str, ComponentPlan], raw_tools: Any) -
                         f"must come from the environment (e.g. ${{{name.upper()}_{field_name.upper()}}}), "
                         "never written in the file; the value is not shown",
                     )
+
+
+def _mcp(
+    c: _Checker,
+    agent: AgentConfig,
+    daemon: DaemonConfig,
+    tools: Mapping[str, ComponentPlan],
+    raw_agent: Any,
+    raw_tools: Any,
+) -> None:
+    """``agent.mcp``: its token only from the environment and present unless ``auth: none`` on
+    loopback; its tools configured (an llm tool is allowed: a call starts an agent run), none named
+    like the server's own, ``require_approval`` among them (and the journal on, where approvals live)."""
+    mcp = agent.mcp
+    if mcp is None:
+        return
+    at: Path_ = ("agent", "mcp")
+    raw = raw_agent.get("mcp") if isinstance(raw_agent, dict) else None
+    raw = raw if isinstance(raw, dict) else {}
+    token_at: Path_ = (*at, "token")
+    if raw.get("token") is not None and not c.from_env(token_at):
+        c.add(
+            token_at,
+            "must come from the environment (e.g. ${REFLEXD_MCP_TOKEN}), never written in the file; "
+            "the value is not shown",
+        )
+    host, _port = parse_listen(mcp.listen)
+    if mcp.auth == "none":
+        if not is_loopback(host):
+            c.add(
+                (*at, "listen"),
+                f"auth: none is allowed only on a loopback address (127.0.0.1, ::1, localhost), not on "
+                f"{_FROM_ENV if c.secret((*at, 'listen')) else host}: set a token",
+            )
+        if mcp.token is not None:
+            c.add(token_at, "a token is set but auth is none: remove one of them")
+    elif mcp.token is None:
+        c.add(
+            token_at if "token" in raw else at,
+            "needs a bearer token: token: ${REFLEXD_MCP_TOKEN} (or, on a loopback listen address only, "
+            "auth: none)",
+        )
+    for i, name in enumerate(mcp.tools):
+        if name in BUILTIN_TOOLS:
+            c.add(
+                (*at, "tools", i),
+                f"{name!r} is also the name of one of the MCP server's own tools "
+                f"({', '.join(BUILTIN_TOOLS)}): rename the configured tool",
+            )
+        elif name not in tools and not (isinstance(raw_tools, dict) and name in raw_tools):
+            # (a tool whose own section is invalid is reported there)
+            shown = _FROM_ENV if c.secret((*at, "tools", i)) else repr(name)
+            c.add((*at, "tools", i), f"no tool named {shown} (tools: {', '.join(sorted(tools)) or 'none'})")
+    for i, name in enumerate(mcp.require_approval):
+        if name not in mcp.tools:
+            shown = _FROM_ENV if c.secret((*at, "require_approval", i)) else repr(name)
+            c.add((*at, "require_approval", i), f"{shown} is not in agent.mcp.tools")
+    if mcp.require_approval and not daemon.journal.enabled:
+        c.add(
+            (*at, "require_approval"),
+            "approvals live in the journal, which is off (daemon.journal.enabled: false)",
+        )
 
 
 def _event_loops(c: _Checker, rules: Mapping[str, RuleConfig], tools: Mapping[str, ComponentPlan]) -> None:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from daemon.config import DaemonConfig
+from daemon.config import AgentConfig, DaemonConfig
 from daemon.http import HTTP_METRICS
 from daemon.registry import Kind, Registry, builtin_registry
 from daemon.telemetry import DAEMON_METRICS
@@ -122,6 +122,12 @@ def render_reference(registry: Registry) -> str:
         "## daemon",
         "",
         *_fields(DaemonConfig),
+        "",
+        "## agent",
+        "",
+        "What the llm tools share, and the MCP server ([agent.md](agent.md)).",
+        "",
+        *_fields(AgentConfig),
         "",
     ]
     out += _kind_section("Sources", "source", registry, SourceConfig)
