@@ -41,7 +41,7 @@ __all__ = [
 
 LogFormat = Literal["json", "console"]
 
-THIRD_PARTY_LOGGERS = ("aiokafka", "websockets", "aiohttp", "ccxt")
+THIRD_PARTY_LOGGERS = ("aiokafka", "websockets", "aiohttp", "ccxt", "mcp", "uvicorn", "sse_starlette")
 
 
 class KnownTransients(logging.Filter):

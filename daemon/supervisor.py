@@ -13,7 +13,7 @@ import asyncio
 import gc
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from reactivex.scheduler.eventloop import AsyncIOScheduler
@@ -24,6 +24,7 @@ from daemon.config import AppConfig
 from daemon.errors import ShutdownTimeout, StartupError
 from daemon.http import OpsServer
 from daemon.logs import RateLimitedLog, get_logger
+from daemon.mcp import McpFeed
 from daemon.state import Journal, StateStore
 from handlers.agent import cap_text
 from handlers.agent_store import Approval
@@ -36,6 +37,9 @@ from streams.emitted import EmittedEvents
 from streams.event import event_from_record
 from streams.reconnect import Reconnector
 from streams.rules.pipeline import Dispatcher, Rule
+
+if TYPE_CHECKING:  # imported at start, only when agent.mcp is configured (the SDK is slow to import)
+    from daemon.mcp_server import McpServer
 
 __all__ = ["Daemon"]
 
@@ -122,6 +126,13 @@ class Daemon:
             self.runner, self.notifications, self.agent_state, {n: s.emit for n, s in self.emitted.items()}
         )
         self.host.attach_all()
+        # MCP (agent.mcp): the feed records fires and notifications; the server (daemon.mcp_server,
+        # which imports the mcp SDK) is imported and built at start, only when configured
+        self.mcp_feed: McpFeed | None = None
+        self.mcp: McpServer | None = None
+        if config.agent.mcp is not None:
+            self.mcp_feed = McpFeed(config.agent.mcp.max_events)
+            self.notifications.add_listener(self.mcp_feed.noted)
         self.recovered = 0
         self.approvals_wake = asyncio.Event()
         self._approval_waits = RateLimitedLog(log, "approved call not queued: backlog full, trying again")
@@ -151,15 +162,22 @@ class Daemon:
                 await self.journal.start()
             await self.runner.start()
             await self._recover()
+            if self.mcp_feed is not None and self.config.agent.mcp is not None:
+                from daemon.mcp_server import McpServer
+
+                self.mcp = McpServer(self, self.config.agent.mcp, self.mcp_feed)
+                await self.mcp.start()
         except BaseException:
             await self._abort_start()
             raise
         scheduler = AsyncIOScheduler(asyncio.get_running_loop())
+        feed = self.mcp_feed
+        submit = self.runner.submit if feed is None else feed.recording(self.runner.submit)
         for name, rule_cfg in self.config.rules.items():
-            self.rules[name] = Rule(name, rule_cfg, self.runner.submit, scheduler)
+            self.rules[name] = Rule(name, rule_cfg, submit, scheduler)
         for name, source in self.sources.items():
             readers = [r for r in self.rules.values() if name in r.config.from_]
-            dispatcher = Dispatcher(source, readers, self.runner)
+            dispatcher = Dispatcher(source, readers, self.runner, seen=feed.saw if feed is not None else None)
             self._dispatch_tasks[name] = asyncio.create_task(
                 dispatcher.run(), name=f"reflexd:dispatch:{name}"
             )
@@ -179,6 +197,7 @@ class Daemon:
                     "rules": len(self.rules),
                     "tools": len(self.tools),
                     "http": f"{self.http.host}:{self.http.port}" if self.http else None,
+                    **({"mcp": f"{self.mcp.host}:{self.mcp.port}"} if self.mcp is not None else {}),
                 }
             },
         )
@@ -349,6 +368,8 @@ class Daemon:
     async def _abort_start(self) -> None:
         if self._approvals is not None:
             self._approvals.cancel()
+        if self.mcp is not None:
+            await self.mcp.stop()
         try:
             await self.runner.stop(1.0)
         except ShutdownTimeout:
@@ -448,6 +469,9 @@ class Daemon:
         for source in self.sources.values():
             source.queue.close()
         await self._wait(self._dispatch_tasks, deadline, "queue of source", cancelled, count_left=True)
+        # MCP clients are callers too: the server stops before the runner (long-polls return)
+        if self.mcp is not None:
+            await self.mcp.stop()
         # 3. tools finish their backlog and running calls
         try:
             await self.runner.stop(max(0.0, deadline - time.monotonic()))
@@ -487,6 +511,8 @@ class Daemon:
         ]
         if self.http is not None:
             steps.append(("ops server", self.http.stop))
+        if self.mcp is not None:
+            steps.insert(1, ("mcp server", self.mcp.stop))
         for what, step in steps:
             try:
                 async with asyncio.timeout(FINISH_GRACE_SECONDS):
@@ -565,6 +591,7 @@ class Daemon:
             },
             "rules": {name: {"from": r.config.from_, **r.stats.as_dict()} for name, r in self.rules.items()},
             "notifications": self.notifications.stats(),
+            **({"mcp": self.mcp.status()} if self.mcp is not None else {}),
             "tools": {
                 name: {
                     "type": tool.type_name,

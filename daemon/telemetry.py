@@ -19,6 +19,7 @@ from typing import Protocol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from daemon.mcp import McpFeed
 from daemon.state import Journal
 from handlers.notifications import NotificationQueue
 from handlers.runner import DURATION_BUCKETS, ToolRunner
@@ -26,7 +27,7 @@ from streams.base import Source
 from streams.metrics import MetricSpec
 from streams.rules.pipeline import Rule
 
-__all__ = ["DAEMON_METRICS", "DaemonCollector", "Observed", "metrics_registry"]
+__all__ = ["DAEMON_METRICS", "MCP_METRICS", "DaemonCollector", "Observed", "metrics_registry"]
 
 
 class Observed(Protocol):
@@ -38,6 +39,7 @@ class Observed(Protocol):
     runner: ToolRunner
     journal: Journal | None
     notifications: NotificationQueue
+    mcp_feed: McpFeed | None  # agent.mcp configured: the MCP server's feed and counters
 
     def readiness(self) -> tuple[bool, dict[str, str]]: ...
 
@@ -196,6 +198,43 @@ JOURNAL_BACKLOG = MetricSpec(
     "It keeps up when this stays near one batch.",
 )
 
+MCP_CALLS = MetricSpec(
+    "reflexd_mcp_calls_total",
+    "counter",
+    "Tool calls made over MCP, by tool and outcome.",
+    ("tool", "outcome"),
+    "A configured tool's outcome is the runner's (`succeeded`, `failed`, `duplicate`, `dead_lettered`, "
+    "`rejected`, ...) or `awaiting_approval`; `invalid`: refused arguments; wait_for_events: `events` "
+    "or `timed_out`.",
+)
+MCP_REFUSED = MetricSpec(
+    "reflexd_mcp_refused_total",
+    "counter",
+    "MCP requests refused, by reason.",
+    ("reason",),
+    "`host` (421), `origin` (403), `token_missing`, `token_wrong` (401), `throttled` (429)",
+)
+MCP_EVENTS = MetricSpec(
+    "reflexd_mcp_events_total",
+    "counter",
+    "Events recorded for MCP clients, by type.",
+    ("type",),
+    "`fire` (a rule matched and made its calls), `notification` (an item of the notification queue)",
+)
+MCP_PUSHES = MetricSpec(
+    "reflexd_mcp_pushes_total",
+    "counter",
+    "notifications/resources/updated sent to subscribers (both protocol generations).",
+    (),
+)
+MCP_SUBSCRIPTIONS = MetricSpec(
+    "reflexd_mcp_subscriptions",
+    "gauge",
+    "Open MCP subscriptions: resources/subscribe (per session and resource), subscriptions/listen streams.",
+    (),
+)
+MCP_METRICS = (MCP_CALLS, MCP_REFUSED, MCP_EVENTS, MCP_PUSHES, MCP_SUBSCRIPTIONS)
+
 #: The daemon's own metrics, in the order /metrics shows them (a source type's follow the sources').
 DAEMON_METRICS: tuple[MetricSpec, ...] = (
     UP,
@@ -232,6 +271,7 @@ DAEMON_METRICS: tuple[MetricSpec, ...] = (
     JOURNAL_DROPPED,
     JOURNAL_WRITE_ERRORS,
     JOURNAL_BACKLOG,
+    *MCP_METRICS,
 )
 
 
@@ -273,6 +313,8 @@ class DaemonCollector(Collector):
             backlog = _gauge(JOURNAL_BACKLOG)
             backlog.add_metric([], journal.backlog)
             yield from (dropped, errors, backlog)
+        if d.mcp_feed is not None:
+            yield from self._mcp(d.mcp_feed)
 
     def _sources(self, d: Observed, now: float) -> Iterator[Metric]:
         received = _counter(EVENTS_RECEIVED)
@@ -345,6 +387,25 @@ class DaemonCollector(Collector):
         put.add_metric([], q.put_count)
         dropped.add_metric([], q.dropped)
         yield from (queued, put, dropped)
+
+    def _mcp(self, feed: McpFeed) -> Iterator[Metric]:
+        stats = feed.stats
+        calls, refused, events, pushes = (
+            _counter(MCP_CALLS),
+            _counter(MCP_REFUSED),
+            _counter(MCP_EVENTS),
+            _counter(MCP_PUSHES),
+        )
+        for (tool, outcome), count in sorted(stats.calls.items()):
+            calls.add_metric([tool, outcome], count)
+        for reason in ("host", "origin", "token_missing", "token_wrong", "throttled"):
+            refused.add_metric([reason], stats.refused[reason])
+        events.add_metric(["fire"], feed.fires)
+        events.add_metric(["notification"], feed.notifications)
+        pushes.add_metric([], stats.pushes)
+        subscriptions = _gauge(MCP_SUBSCRIPTIONS)
+        subscriptions.add_metric([], stats.subscriptions)
+        yield from (calls, refused, events, pushes, subscriptions)
 
     def _rules(self, d: Observed) -> Iterator[Metric]:
         families = [(field, _counter(spec)) for field, spec in RULE_METRICS]

@@ -16,6 +16,9 @@ read it by sequence number).
   dict lookup, whatever the queue's length.
 - Readers are named (one per ``llm`` tool); each has its own cursor, so every reader sees every item
   once, in sequence order.
+- Listeners (:meth:`NotificationQueue.add_listener`; the MCP server's feed, when ``agent.mcp`` is
+  configured) are called with each item as it is put, a coalesced one included; with none, a put
+  costs one test more.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +91,7 @@ class NotificationQueue:
         self.coalesced = 0  # puts merged into an unread item
         self.dropped = 0  # items evicted before every reader had taken them
         self._changed = asyncio.Event()  # bound to a loop only when first awaited
+        self._listeners: list[Callable[[Notification], None]] = []
 
     @classmethod
     def from_config(cls, config: NotificationsConfig) -> NotificationQueue:
@@ -103,6 +108,11 @@ class NotificationQueue:
         """A reader that takes items from now on (or every item still queued, with ``from_start``)."""
         if name not in self._cursors:
             self._cursors[name] = 0 if from_start else self._seq
+
+    def add_listener(self, listener: Callable[[Notification], None]) -> None:
+        """Call ``listener`` with every item put from now on (a coalesced item again, with its new
+        text and ``repeats``). It runs inside :meth:`put`: keep it short, and it must not raise."""
+        self._listeners.append(listener)
 
     def put(
         self,
@@ -130,6 +140,8 @@ class NotificationQueue:
                 item.repeats += 1
                 self.coalesced += 1
                 self._wake()
+                for listener in self._listeners:
+                    listener(item)
                 return item.seq
         self._seq += 1
         added = Notification(self._seq, kind, text, dict(fields or {}), rule, key, now)
@@ -148,6 +160,8 @@ class NotificationQueue:
                 except TypeError:
                     pass
         self._wake()
+        for listener in self._listeners:
+            listener(added)
         return self._seq
 
     def drain(self, reader: str) -> list[Notification]:

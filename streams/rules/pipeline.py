@@ -404,12 +404,20 @@ class Dispatcher:
     """Feeds one source's queue to the rules that read it, in batches, with backpressure."""
 
     def __init__(
-        self, source: Source, rules: Sequence[Rule], runner: ToolSink, batch_size: int = 512
+        self,
+        source: Source,
+        rules: Sequence[Rule],
+        runner: ToolSink,
+        batch_size: int = 512,
+        *,
+        seen: Callable[[Event], None] | None = None,
     ) -> None:
         self.source = source
         self.rules = list(rules)
         self.runner = runner
         self.batch_size = batch_size
+        #: called with the last event of each batch (the MCP feed's latest event per source), if set
+        self.seen = seen
         self.dispatched = 0
         self.skipped = 0  # records of partitions revoked before they were dispatched
 
@@ -467,5 +475,7 @@ class Dispatcher:
         """After a batch: count it and, unless the runner is full, give the other tasks a turn (a
         long backlog must not starve the sources and the tools)."""
         self.dispatched += len(batch)
+        if self.seen is not None:
+            self.seen(batch[-1])
         if not self.runner.full:
             await asyncio.sleep(0)

@@ -62,13 +62,14 @@ def test_a_stale_metrics_table_is_rewritten_between_its_markers() -> None:
 
 
 async def test_metrics_table_lists_exactly_what_metrics_exports(tmp_path: Path) -> None:
-    """Every metric family a daemon's /metrics serves — its own with the journal on, each registered source
-    type's, the ops server's (reflexd_http_*) — is a row of the table with its type, labels and help, and
+    """Every metric family a daemon's /metrics serves — its own with the journal on and agent.mcp set, each
+    registered source type's, the ops server's (reflexd_http_*) — is a row of the table with its type, labels and help, and
     every row is served: the table cannot miss a metric or list one that is gone."""
     registry = builtin_registry()
     sources = {f"s_{spec.type}": dict(spec.example) for spec in registry.specs("source")}
     config = {
         "daemon": {"http": {"listen": "127.0.0.1:0"}, "state_path": str(tmp_path / "state.db")},
+        "agent": {"mcp": {"auth": "none"}},  # its metrics (reflexd_mcp_*) are served when it is configured
         "sources": sources,
         # the tool types that add metrics of their own (SPEC.metrics)
         "tools": {"t": {"type": "log"}, "model": {"type": "llm", "model": "m", "base_url": "http://127.0.0.1:9/v1"}},
