@@ -143,6 +143,27 @@ class McpConfig(BaseModel):
         parse_listen(value)
         return value
 
+    # -- what a client on this machine uses (the ``reflexd mcp`` stdio bridge, tests, benches) ------
+
+    def client_url(self, port: int | None = None) -> str:
+        """The URL of the endpoint for a client on this machine: a wildcard listen address is reached
+        on loopback (a Host the server accepts); ``port`` replaces the configured one (a daemon started
+        on port 0 says which in its ``ready`` log line and ``/status``)."""
+        host, configured = parse_listen(self.listen)
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{configured if port is None else port}/mcp"
+
+    def client_headers(self) -> dict[str, str]:
+        """The headers every request carries: ``Authorization: Bearer <token>`` (none with ``auth: none``)."""
+        if self.auth == "none" or self.token is None:
+            return {}
+        return {"Authorization": f"Bearer {self.token.get_secret_value()}"}
+
     _token = field_validator("token", mode="before")(bearer_token)
     _allowed_hosts = field_validator("allowed_hosts")(host_names)
 

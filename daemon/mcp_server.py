@@ -105,6 +105,8 @@ PUSH_TIMEOUT_SECONDS = 2.0
 #: At a stop, how long requests get to end before their connections are closed.
 STOP_GRACE_SECONDS = 0.5
 STOP_SECONDS = 3
+#: Connections and requests served at once (a long-poll holds one for up to 25 s); more get 503.
+MAX_CONCURRENCY = 256
 FIRES_SHOWN = 100
 
 _INSTRUCTIONS = (
@@ -243,6 +245,7 @@ class McpServer:
             access_log=False,
             server_header=False,
             ws="none",
+            limit_concurrency=MAX_CONCURRENCY,
             timeout_graceful_shutdown=STOP_SECONDS,
         )
         server = self._uvicorn = _Uvicorn(config)

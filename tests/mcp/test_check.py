@@ -172,3 +172,24 @@ def test_check_prints_the_endpoint_and_exits_2_on_a_mistake(tmp_path: Path) -> N
     assert refused.returncode == 2
     assert f"{bad}:10 agent.mcp.listen: auth: none is allowed only on a loopback address" in refused.stderr
     assert SECRET not in ok.stdout + ok.stderr + refused.stdout + refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("listen", "url"),
+    [
+        ("127.0.0.1:9109", "http://127.0.0.1:9109/mcp"),
+        ("0.0.0.0:9109", "http://127.0.0.1:9109/mcp"),
+        ("[::]:9109", "http://[::1]:9109/mcp"),
+        ("[::1]:9109", "http://[::1]:9109/mcp"),
+        ("localhost:0", "http://localhost:4242/mcp"),
+    ],
+)
+def test_the_client_side_of_the_configuration(listen: str, url: str) -> None:
+    """What a client on this machine connects to (a wildcard is reached on loopback; a port the daemon
+    picked replaces 0) and the header it sends: the bearer token, or nothing with auth: none."""
+    from daemon.mcp import McpConfig
+
+    config = McpConfig(listen=listen, token="t" * 20)
+    assert config.client_url(4242 if listen.endswith(":0") else None) == url
+    assert config.client_headers() == {"Authorization": "Bearer " + "t" * 20}
+    assert McpConfig(listen=listen, auth="none").client_headers() == {}
