@@ -208,3 +208,54 @@ async def test_auth_none_on_loopback_needs_no_token(run_daemon: StartDaemon, tmp
         _daemon, url = await start(run_daemon, text, tmp_path)
         async with connect(url, "auto", token=None) as client:
             assert "status" in {t.name for t in (await client.list_tools()).tools}
+
+
+async def test_secrets_never_reach_a_client(run_daemon: StartDaemon, tmp_path: Path) -> None:
+    """An argument a rule fills from ${VAR}, secret-looking fields of the event, the token: *** or absent
+    in what wait_for_events, the resources and status serve (as /status and reflexd agent show them)."""
+    secret = "hook-secret-7f3a9c1e55"
+    async with FeedServer() as feed:
+        rules = """\
+  keyed: {from: ticks, then: [{tool: alert, args: {text: "${HOOK}"}}]}
+"""
+        text = config(tmp_path, feed, rules=rules)
+        cfg = load_config_text(text, builtin_registry(), env={"TOK": TOKEN, "HOOK": secret}, base_dir=tmp_path)
+        daemon = await run_daemon(cfg)
+        assert daemon.mcp is not None
+        url = f"http://127.0.0.1:{daemon.mcp.port}/mcp"
+        async with connect(url, "auto") as client:
+            await feed.broadcast(orjson.dumps({"p": "5", "api_key": "k-123", "note": secret}).decode())
+            got = payload(await client.call_tool("wait_for_events", {"since": 0, "timeout_seconds": 10}))
+            served = [orjson.dumps(got).decode()]
+            for uri in ("reflexd://rules/keyed/fires", "reflexd://sources/ticks/latest", "reflexd://status"):
+                content = (await client.read_resource(uri)).contents[0]
+                assert isinstance(content, types.TextResourceContents)
+                served.append(content.text)
+            served.append(orjson.dumps(payload(await client.call_tool("status", {}))).decode())
+    [fire] = got["events"]
+    assert fire["calls"] == [{"tool": "alert", "args": {"text": "***"}, "accepted": True}]
+    assert fire["event"]["data"] == {"p": "5", "api_key": "***", "note": "***"}
+    for text_served in served:
+        assert secret not in text_served and TOKEN not in text_served and "k-123" not in text_served
+    assert secret in (tmp_path / "alerts.jsonl").read_text()  # the tool itself got the real value
+
+
+async def test_a_port_in_use_is_a_startup_error(run_daemon: StartDaemon, tmp_path: Path) -> None:
+    """agent.mcp.listen on a port another socket holds: the start fails with a StartupError naming mcp
+    (reflexd run exits 3), and what had started is undone."""
+    import socket
+
+    from daemon.errors import StartupError
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        async with FeedServer() as feed:
+            text = config(tmp_path, feed).replace('listen: "127.0.0.1:0"', f'listen: "127.0.0.1:{port}"')
+            with pytest.raises(StartupError) as caught:
+                await start(run_daemon, text, tmp_path)
+    finally:
+        holder.close()
+    assert caught.value.component == "mcp" and f"127.0.0.1:{port}" in caught.value.reason
