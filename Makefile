@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench docs clean kafka-jars kafka kafka-topic
+.PHONY: run test lint typecheck bench docs clean kafka-jars kafka kafka-topic prometheus
 
 PORT            ?= 9092
 CONTROLLER_PORT ?= 9093
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/reflexd run -c config.yaml
 
-test: $(STAMP) kafka-jars
+test: $(STAMP) kafka-jars prometheus
 	$(BIN)/ruff check daemon streams handlers tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest -q
@@ -32,6 +32,10 @@ test: $(STAMP) kafka-jars
 # Kafka 4.x jars from Maven Central into .cache/kafka-<version>/ (tests/kafka/pom.xml); a no-op once present.
 kafka-jars:
 	@bash scripts/kafka-jars.sh
+
+# Debian's prometheus package (server and promtool) for tests/deploy; a no-op once installed.
+prometheus:
+	@bash scripts/prometheus.sh
 
 # The tests' single-node KRaft broker, in the foreground on 127.0.0.1:$(PORT) (controller on $(CONTROLLER_PORT));
 # data kept in var/kafka (add ARGS=--fresh to wipe it).
