@@ -39,6 +39,7 @@ from handlers.base import CallContext, CallReply, ToolHost
 from handlers.models import ModelClient, ModelReply
 from handlers.notifications import Notification
 from streams.event import ANSWER, event_record, new_event
+from streams.tracing import Span
 
 __all__ = [
     "NOTIFICATIONS_HEADER",
@@ -465,7 +466,7 @@ class AgentLoop:
                 await self._append(run, [{"role": "user", "content": text}])
             final = run.rounds + 1 >= self.s.max_rounds + (1 if extra_round else 0)
             choice = "none" if final else (self.s.first_tool_choice if run.rounds == 0 else "auto")
-            reply = await self._complete(run, choice)
+            reply = await self._complete(run, choice, ctx.trace)
             if not reply.tool_calls:
                 if not extra_round and background.waiting():
                     extra_round = True  # once: the results it has not seen, then its answer
@@ -485,10 +486,20 @@ class AgentLoop:
                 return
             await self._finish_calls(run, ctx, background)
 
-    async def _complete(self, run: RunState, choice: str) -> ModelReply:
+    async def _complete(self, run: RunState, choice: str, trace: Span | None = None) -> ModelReply:
+        """One model call (a span under the run's attempt when tracing is on, tokens as attributes)."""
+        span = None
+        if trace is not None:
+            span = trace.child(
+                f"model {self.s.name}", {"reflexd.tool": self.s.name, "reflexd.round": run.rounds + 1}
+            )
         started = time.perf_counter()
         try:
             reply = await self.client.complete(self.s.system, run.messages, self.visible, tool_choice=choice)
+        except BaseException as exc:
+            if span is not None:
+                span.end(f"{type(exc).__name__}: {exc}")
+            raise
         finally:
             self.model_seconds += time.perf_counter() - started
         now = time.time()
@@ -506,6 +517,16 @@ class AgentLoop:
         run.rounds += 1
         run.tokens_in += reply.tokens_in
         run.tokens_out += reply.tokens_out
+        if span is not None:
+            span.set(
+                {
+                    "gen_ai.usage.input_tokens": reply.tokens_in,
+                    "gen_ai.usage.output_tokens": reply.tokens_out,
+                    "reflexd.tool_calls": len(reply.tool_calls),
+                    "reflexd.stop": reply.stop,
+                }
+            )
+            span.end()
         await self._append(run, [reply.as_message()])
         return reply
 
@@ -605,7 +626,7 @@ class AgentLoop:
                 "approval": approval_id,
                 "note": "not run yet: a person must approve it; its result will reach you as a notification",
             }
-        call_ctx = CallContext(name, ctx.rule, ctx.event, key)
+        call_ctx = CallContext(name, ctx.rule, ctx.event, key, trace=ctx.trace)
         if name in self.s.background:
             future = self.host.call(name, args, call_ctx)
             background.futures[key] = future

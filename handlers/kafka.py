@@ -36,6 +36,7 @@ from handlers.base import CallContext, StartedCalls, Tool, ToolConfig
 from streams.component import BuildContext, ComponentSpec
 from streams.expressions import compile_template
 from streams.kafka_client import KafkaSecurityConfig, client_options, stop_client
+from streams.tracing import TRACEPARENT
 
 __all__ = ["SPEC", "KafkaTool", "KafkaToolConfig"]
 
@@ -191,6 +192,8 @@ class KafkaTool(Tool):
             event = ctx.event
             key: bytes | None = None
             headers = [("reflexd-call-id", ctx.call_id.encode())]
+            if ctx.trace is not None:  # tracing on: a consumer's spans join this attempt's trace
+                headers.append((TRACEPARENT, ctx.trace.traceparent.encode()))
             try:
                 if event is not None:
                     if render_key is not None:

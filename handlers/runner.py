@@ -49,6 +49,7 @@ from handlers.journal import CallJournal
 from streams.ack import Ack
 from streams.backoff import backoff_delay
 from streams.event import event_record
+from streams.tracing import Span
 
 __all__ = ["DURATION_BUCKETS", "CircuitBreaker", "Invocation", "ToolRunner", "ToolStats"]
 
@@ -100,6 +101,43 @@ _NOT_ENDED: tuple[int, Any, str | None] = (0, None, None)
 
 def _retry_after(exc: BaseException) -> float | None:
     return exc.retry_after if isinstance(exc, ToolError) else None
+
+
+def _call_spans(tool: str, invs: list[Invocation]) -> list[Span | None] | None:
+    """A span per traced call (a child of the span it was submitted under), which its attempts run
+    under: ``invs`` are given contexts carrying it. None when no call is traced (tracing off)."""
+    spans: list[Span | None] | None = None
+    for i, inv in enumerate(invs):
+        parent = inv.ctx.trace
+        if parent is None:
+            continue
+        if spans is None:
+            spans = [None] * len(invs)
+        ctx = inv.ctx
+        attributes = {"reflexd.tool": tool, "reflexd.rule": ctx.rule or "", "reflexd.call_id": ctx.call_id}
+        span = parent.child(f"call {tool}", attributes)
+        spans[i] = span
+        invs[i] = inv._replace(ctx=ctx._replace(trace=span))
+    return spans
+
+
+def _attempt_spans(calls: list[tuple[dict[str, Any], CallContext]], attempt: int) -> list[Span | None]:
+    """A span per traced call for this attempt, under its call span; the tool gets it in ``ctx.trace``
+    (a webhook or Kafka tool sends its traceparent on, the llm tool's model calls are its children)."""
+    spans: list[Span | None] = []
+    for k, (args, ctx) in enumerate(calls):
+        parent = ctx.trace
+        if parent is None:
+            spans.append(None)
+            continue
+        span = parent.child(f"attempt {attempt}", {"reflexd.attempt": attempt})
+        spans.append(span)
+        calls[k] = (args, ctx._replace(trace=span))
+    return spans
+
+
+def _error_text(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, _AttemptTimeout | ToolError) else f"{type(exc).__name__}: {exc}"
 
 
 class Invocation(NamedTuple):
@@ -429,6 +467,7 @@ class ToolRunner:
         stats.in_flight += n
         outcomes: list[str | None] = [None] * n
         replies: dict[int, tuple[Any, str | None]] = {}  # result / error of the calls someone waits for
+        spans = _call_spans(lane.tool.name, invs)  # None unless tracing is on and the calls were traced
         try:
             run: list[int] = []
             for i, inv in enumerate(invs):
@@ -446,7 +485,7 @@ class ToolRunner:
                     run.append(i)
             if not run:
                 return
-            ended = await self._attempts(lane, [invs[i] for i in run])
+            ended = await self._attempts(lane, [invs[i] for i in run], spans is not None)
             for k, (attempts, result, error) in enumerate(ended):
                 i = run[k]  # indexing, not zip(..., strict=True), which costs ~0.4 µs per call here
                 inv = invs[i]
@@ -480,8 +519,16 @@ class ToolRunner:
                     inv.done.set_result(CallReply(outcome or "cancelled", result, error))
                 if inv.ack is not None and outcome is not None:
                     inv.ack.release()  # cut off (outcome None): the record stays unfinished
+            if spans is not None:
+                for i, span in enumerate(spans):
+                    if span is not None:
+                        outcome = outcomes[i] or "cancelled"
+                        span.set({"reflexd.outcome": outcome})
+                        span.end(None if outcome in ("succeeded", "duplicate") else outcome)
 
-    async def _attempts(self, lane: _Lane, invs: list[Invocation]) -> list[tuple[int, Any, str | None]]:
+    async def _attempts(
+        self, lane: _Lane, invs: list[Invocation], traced: bool = False
+    ) -> list[tuple[int, Any, str | None]]:
         """Run the calls' attempts until each has ended; per call (attempts, result, None) on success,
         (attempts, None, error text) on failure.
 
@@ -500,7 +547,14 @@ class ToolRunner:
         while True:
             again: list[int] = []
             retry_after: float | None = None
-            for k, (result, exc) in enumerate(await self._attempt(lane, calls)):
+            spans = _attempt_spans(calls, attempt) if traced else None
+            outcomes = await self._attempt(lane, calls)
+            if spans is not None:
+                for k, span in enumerate(spans):
+                    if span is not None:
+                        failed = outcomes[k][1] if k < len(outcomes) else None
+                        span.end(_error_text(failed) if failed is not None else None)
+            for k, (result, exc) in enumerate(outcomes):
                 i = k if pending is None else pending[k]  # not zip(..., strict=True): ~0.4 µs more
                 if exc is None:
                     ended[i] = (attempt, result, None)

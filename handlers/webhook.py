@@ -48,6 +48,7 @@ from handlers.netguard import AddressRefused, GuardedResolver, InvalidTarget, Ne
 from streams.component import BuildContext, ComponentSpec
 from streams.event import Event
 from streams.expressions import compile_template, is_constant_template
+from streams.tracing import TRACEPARENT
 
 __all__ = ["SPEC", "WebhookTool", "WebhookToolConfig", "parse_retry_after", "signing_key"]
 
@@ -310,6 +311,8 @@ class WebhookTool(Tool):
         for hop in range(MAX_REDIRECTS + 1):
             self._check(url)
             request_headers = self._request_headers(headers, ctx.call_id, body, has_body)
+            if ctx.trace is not None:  # tracing on: the receiver's spans join this attempt's trace
+                request_headers.setdefault(TRACEPARENT, ctx.trace.traceparent)
             try:
                 async with session.request(
                     method,

@@ -8,9 +8,12 @@ each time a rule fires (and the daemon when it resumes or replays a call), the t
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from streams.event import Event
+
+if TYPE_CHECKING:
+    from streams.tracing import Span
 
 __all__ = ["CallContext"]
 
@@ -23,3 +26,6 @@ class CallContext(NamedTuple):
     event: Event | None
     call_id: str  # stable per (rule, event, call) and across retries: the idempotency key
     attempt: int = 1  # 1 for the first attempt, 2 for the first retry, ...
+    #: the span the call runs under (tracing on): the firing rule's, then the runner's call and
+    #: attempt spans; None when tracing is off or the call was not made by a rule firing now
+    trace: Span | None = None

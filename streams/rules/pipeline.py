@@ -48,6 +48,7 @@ from streams.rules.spec import StepContext, StepEntry, StepPlan, StepSpec, compi
 from streams.rules.stats import RuleStats
 from streams.rules.steps import BUILTIN_STEPS
 from streams.rules.steps.cooldown import cooldown
+from streams.tracing import Span, Tracer
 
 __all__ = [
     "Dispatcher",
@@ -178,11 +179,15 @@ class Rule:
         config: RuleConfig,
         submit: Submit,
         scheduler: abc.SchedulerBase | None = None,
+        *,
+        tracer: Tracer | None = None,
     ) -> None:
         self.name = name
         self.config = config
         self.stats = RuleStats()
         self._submit = submit
+        #: asked for a span only when the rule fires (tracing on); the calls carry it on
+        self._tracer = tracer
         self._kinds = frozenset(config.kinds)
         self._latest_ts = -math.inf
         self.clock: EventClock | None = None
@@ -320,6 +325,28 @@ class Rule:
         )
 
     def _fire(self, event: Event) -> None:
+        if self._tracer is not None:
+            self._fire_traced(event, self._tracer)
+            return
+        self._fire_calls(event, None)
+
+    def _fire_traced(self, event: Event, tracer: Tracer) -> None:
+        """Fire under the rule's span: its calls are its children, it ends once they are submitted."""
+        try:
+            span = tracer.fired(self.name, event)
+        except Exception as exc:  # a tracer's bug must not stop the rule from acting
+            self._submit_log.hit(rule=self.name, error=f"tracing: {type(exc).__name__}: {exc}")
+            self._fire_calls(event, None)
+            return
+        submitted, rejected = self.stats.submitted, self.stats.rejected
+        try:
+            self._fire_calls(event, span)
+        finally:
+            stats = self.stats
+            span.set({"reflexd.calls_submitted": stats.submitted - submitted})
+            span.end("a call was rejected" if stats.rejected > rejected else None)
+
+    def _fire_calls(self, event: Event, span: Span | None) -> None:
         stats = self.stats
         stats.fired += 1
         ref: str | None = None
@@ -331,7 +358,7 @@ class Rule:
                 continue
             if ref is None:
                 ref = _event_ref(event)
-            ctx = CallContext(tool, self.name, event, f"{self.name}:{ref}:{index}")
+            ctx = CallContext(tool, self.name, event, f"{self.name}:{ref}:{index}", trace=span)
             try:
                 accepted = self._submit(tool, args, ctx)
             except Exception as exc:
