@@ -28,6 +28,7 @@ from daemon.completion import SHELLS, completion_script
 from daemon.config import AppConfig, ComponentPlan, config_json_schema, load_config
 from daemon.dlq import add_dlq_parser, run_dlq
 from daemon.errors import ConfigError, StartupError
+from daemon.journal_cli import add_journal_parser, run_journal
 from daemon.logs import configure_logging, get_logger
 from daemon.registry import Registry, builtin_registry
 from daemon.state import redact
@@ -121,6 +122,9 @@ def _parser() -> argparse.ArgumentParser:
         "Kafka is read without the consumer group and nothing is committed: a running daemon loses nothing",
     )
     add_dlq_parser(with_config("dlq", "inspect and retry dead-lettered tool invocations"))
+    add_journal_parser(
+        with_config("journal", "recent tool invocations from the journal (redacted); -f follows it")
+    )
     add_agent_parser(with_config("agent", "model runs: prompts, tool calls, answers, tokens (redacted)"))
     add_approvals_parser(
         with_config("approvals", "model-chosen calls waiting for a person: list, approve, reject")
@@ -189,6 +193,8 @@ def _main(argv: Sequence[str] | None, registry: Registry | None) -> int:
         return _tools(config)
     if args.verb == "dlq":
         return run_dlq(config, args)
+    if args.verb == "journal":
+        return run_journal(config, args)
     if args.verb == "agent":
         return run_agent(config, args)
     if args.verb == "approvals":

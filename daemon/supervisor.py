@@ -20,12 +20,14 @@ from reactivex.scheduler.eventloop import AsyncIOScheduler
 
 from daemon import systemd
 from daemon.agent_state import AgentState
+from daemon.agent_view import Shown
 from daemon.config import AppConfig
 from daemon.errors import ShutdownTimeout, StartupError
 from daemon.http import OpsServer
 from daemon.logs import RateLimitedLog, get_logger
 from daemon.mcp import McpFeed
 from daemon.state import Journal, StateStore
+from daemon.status_view import last_error_shown, last_fire_shown
 from handlers.agent import cap_text
 from handlers.agent_store import Approval
 from handlers.base import CallContext, CallReply, Tool
@@ -119,6 +121,7 @@ class Daemon:
             AgentState(self.store, self.journal, config.secret_texts) if self.store is not None else None
         )
         self.emitted: dict[str, EmittedEvents] = {}
+        self._shown: tuple[AppConfig, Shown] | None = None  # built by the first status()
         for name, plan in config.tools.items():
             if plan.spec.emits_events:  # its events reach the rules as a source of the same name
                 self.emitted[name] = self.sources[name] = EmittedEvents(name, plan.spec.type)
@@ -569,16 +572,29 @@ class Daemon:
             reasons["daemon"] = self.state
         return ready, reasons
 
+    def _status_shown(self) -> Shown:
+        """What takes the secrets out of a fire's sample and an error (for the current configuration)."""
+        shown = self._shown
+        if shown is None or shown[0] is not self.config:
+            shown = self._shown = (self.config, Shown(self.config))
+        return shown[1]
+
     def status(self) -> dict[str, Any]:
-        """Counters and states, never configuration values."""
+        """Counters and states, never configuration values; a rule's last fire and a tool's last
+        error are redacted (:mod:`daemon.status_view`)."""
         ready, reasons = self.readiness()
+        shown, now = self._status_shown(), time.time()
         return {
             "state": self.state,
             "ready": ready,
             "uptime_seconds": None if self.started_at is None else round(time.time() - self.started_at, 3),
             "journal": None
             if self.journal is None
-            else {"dropped": self.journal.dropped, "write_errors": self.journal.write_errors},
+            else {
+                "dropped": self.journal.dropped,
+                "write_errors": self.journal.write_errors,
+                "backlog": self.journal.backlog,
+            },
             "sources": {
                 name: {
                     "type": s.type_name,
@@ -589,7 +605,14 @@ class Daemon:
                 }
                 for name, s in self.sources.items()
             },
-            "rules": {name: {"from": r.config.from_, **r.stats.as_dict()} for name, r in self.rules.items()},
+            "rules": {
+                name: {
+                    "from": r.config.from_,
+                    **r.stats.as_dict(),
+                    "last_fire": last_fire_shown(shown, r.last_fire, now),
+                }
+                for name, r in self.rules.items()
+            },
             "notifications": self.notifications.stats(),
             **({"mcp": self.mcp.status()} if self.mcp is not None else {}),
             "tools": {
@@ -609,6 +632,9 @@ class Daemon:
                     "rejected": st.rejected,
                     "in_flight": st.in_flight,
                     "pending": pending,
+                    "duration_p50_seconds": st.quantile(0.5),
+                    "duration_p99_seconds": st.quantile(0.99),
+                    "last_error": last_error_shown(shown, st.last_error, now),
                     **tool.extra_status(),
                 }
                 for name, (tool, st, pending) in self.runner.lanes().items()

@@ -213,6 +213,7 @@ class ToolStats:
         "duration_sum",
         "failures",
         "in_flight",
+        "last_error",
         "rejected",
         "retries",
         "screened",
@@ -238,12 +239,39 @@ class ToolStats:
         self.in_flight = 0
         self.duration_sum = 0.0
         self.buckets = [0] * (len(DURATION_BUCKETS) + 1)  # last = +Inf
+        #: the newest failure for good: (wall clock, the error as the tool gave it); /status shows its
+        #: first line with the secrets taken out
+        self.last_error: tuple[float, str] | None = None
 
     def observe(self, seconds: float, calls: int = 1) -> None:
         """``calls`` calls that each took ``seconds`` (the calls of one batch end together)."""
         self.duration_sum += seconds * calls
         # bucket i: ≤ bound i; last: +Inf
         self.buckets[bisect.bisect_left(DURATION_BUCKETS, seconds)] += calls
+
+    def failed(self, error: str) -> None:
+        """A call failed for good with ``error``."""
+        self.failures += 1
+        self.last_error = (time.time(), error)
+
+    def quantile(self, q: float) -> float | None:
+        """The ``q`` quantile (0..1) of the call durations, estimated from the histogram as Prometheus's
+        ``histogram_quantile`` does (linear within a bucket; the +Inf bucket answers its lower bound);
+        None before any call ended."""
+        total = sum(self.buckets)
+        if total == 0:
+            return None
+        rank = q * total
+        below = 0
+        for i, count in enumerate(self.buckets):
+            if count and below + count >= rank:
+                if i == len(DURATION_BUCKETS):
+                    return DURATION_BUCKETS[-1]
+                lower = DURATION_BUCKETS[i - 1] if i else 0.0
+                upper = DURATION_BUCKETS[i]
+                return lower + (upper - lower) * (rank - below) / count
+            below += count
+        return DURATION_BUCKETS[-1]  # pragma: no cover - the loop reaches rank
 
 
 class _Lane:
@@ -478,7 +506,7 @@ class ToolRunner:
                         journal.ended(inv.journal_id, inv.ctx.call_id, 0, "duplicate", None, None)
                 elif not lane.breaker.allow():
                     stats.short_circuited += 1
-                    stats.failures += 1
+                    stats.failed(CIRCUIT_OPEN)
                     replies[i] = (None, CIRCUIT_OPEN)
                     outcomes[i] = await self._give_up(lane, inv, CIRCUIT_OPEN, 0)
                 else:
@@ -498,7 +526,7 @@ class ToolRunner:
                     if journal is not None and inv.journal_id is not None:
                         journal.ended(inv.journal_id, inv.ctx.call_id, attempts, "succeeded", None, result)
                 else:
-                    stats.failures += 1
+                    stats.failed(error)
                     lane.breaker.failure()
                     outcomes[i] = await self._give_up(lane, inv, error, attempts)
         except Exception as exc:

@@ -28,6 +28,7 @@ import asyncio
 import logging
 import math
 import os
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
@@ -202,6 +203,9 @@ class Rule:
         self._arg_leaves: dict[int, list[tuple[str, Callable[[Event], Any]]]] = {}  # built at a first error
         #: the first argument template that raised: (event time, "rule R, argument A: KeyError 'p'")
         self.first_render_error: tuple[float, str] | None = None
+        #: the newest fire: (wall clock, the event), kept by reference when the rule fires (never per
+        #: event) for /status, which shows it redacted
+        self.last_fire: tuple[float, Event] | None = None
         self._error_log = RateLimitedLog(log, "rule expression raised; event dropped", interval=10.0)
         self._render_log = RateLimitedLog(log, "argument template raised; call skipped", interval=10.0)
         # bugs below the steps' own guards, and a runner that raises: still per event, so still rate-limited
@@ -349,6 +353,7 @@ class Rule:
     def _fire_calls(self, event: Event, span: Span | None) -> None:
         stats = self.stats
         stats.fired += 1
+        self.last_fire = (time.time(), event)
         ref: str | None = None
         for index, (tool, render) in enumerate(self._calls):
             try:
