@@ -1,12 +1,18 @@
-"""Ops HTTP server (aiohttp, on the daemon's loop): /healthz /readyz /metrics /status /kill-switch
+"""Ops HTTP server (aiohttp, on the daemon's loop): / /healthz /readyz /metrics /status /kill-switch
 /approvals /agent/runs.
+
+- ``/``: the live status page (:mod:`daemon.status_view`): one static HTML file, no external assets,
+  that polls ``/status`` every second and shows it as text.
 
 - ``/healthz``: 200 while the process serves requests (liveness).
 - ``/readyz``: 200 when every source is connected and delivering within its idle timeout,
   503 otherwise, with the reason per source.
 - ``/metrics``: Prometheus text format.
-- ``/status``: JSON with sources, rules and tools. It never contains configuration values
-  (URLs, headers, arguments), so secrets from the environment cannot leak through it.
+- ``/status``: JSON with sources, rules (with the last fire: when, and a redacted sample), tools
+  (with p50/p99 durations from the histogram and the last error's first line, redacted), the
+  journal, the dead-letter queue's size, pending approvals and the kill switch. It never contains
+  configuration values (URLs, headers, arguments), and every text from ``${VAR}`` is replaced by
+  ``***`` wherever it would occur, so secrets from the environment cannot leak through it.
 - ``/kill-switch``: the kill switch of every tool that has one (``Tool.kill_switch``: the order
   tools). ``GET`` shows it, ``POST`` engages it (optional JSON body ``{"reason": "..."}``),
   ``DELETE`` releases what ``POST`` engaged (a kill-switch file, if present, keeps blocking).
@@ -80,6 +86,8 @@ from daemon.agent_view import Shown
 from daemon.config import AppConfig, HttpConfig, parse_listen
 from daemon.errors import StartupError
 from daemon.logs import RateLimitedLog, get_logger
+from daemon.state import StateStore
+from daemon.status_view import status_page, texts_shown
 from daemon.telemetry import Observed, metrics_registry
 from handlers.base import KillSwitchControl, Tool
 from streams.metrics import MetricSpec
@@ -121,6 +129,8 @@ _NO_KILL_SWITCH = {"error": "no tool with a kill switch is configured"}
 _NO_AGENT_STATE = {"error": "agent runs and approvals live in the journal, which is off (daemon.journal)"}
 #: Most runs ``GET /agent/runs`` returns.
 MAX_RUNS = 500
+#: Most pending approvals ``/status`` lists (oldest first; ``pending`` counts them all).
+MAX_APPROVALS_SHOWN = 10
 
 
 def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -425,6 +435,7 @@ class OpsTarget(Observed, Protocol):
     tools: dict[str, Tool]
     config: AppConfig
     agent_state: AgentState | None
+    store: StateStore | None  # the state file (dead letters), None with the journal off
     approvals_wake: asyncio.Event  # set: the approvals task looks for approved calls at once
 
     def status(self) -> dict[str, Any]: ...
@@ -453,6 +464,7 @@ class OpsServer:
 
     async def start(self) -> None:
         app = web.Application(middlewares=[self._guard], client_max_size=MAX_BODY_BYTES)
+        app.router.add_get("/", self._page)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics_handler)
@@ -662,7 +674,46 @@ class OpsServer:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _status(self, request: web.Request) -> web.Response:
-        return _json(self.daemon.status())
+        status = self.daemon.status()
+        store, state = self.daemon.store, self.daemon.agent_state
+        if store is not None:
+            status["dead_letters"] = {"pending": await asyncio.to_thread(store.dead_letter_count)}
+        if state is not None:
+            pending = await asyncio.to_thread(state.approvals, status="pending")
+            now = time.time()
+            status["approvals"] = {
+                "pending": len(pending),
+                "oldest": [
+                    {
+                        "id": a.id,
+                        "tool": a.tool,
+                        "llm": a.llm,
+                        "age_seconds": round(max(0.0, now - a.created), 3),
+                    }
+                    for a in pending[:MAX_APPROVALS_SHOWN]
+                ],
+            }
+        switches = self._switches()
+        if switches:
+            states = {name: sw.state() for name, sw in switches.items()}
+            status["kill_switch"] = {"engaged": any(s["engaged"] for s in states.values()), "tools": states}
+        return _json(texts_shown(self._shown, status))
+
+    async def _page(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=status_page(),
+            content_type="text/html",
+            charset="utf-8",
+            headers={
+                # the page's own inline script and style, fetches to this origin only, no framing
+                "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
+                "style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; "
+                "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+                "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "no-referrer",
+                "Cache-Control": "no-store",
+            },
+        )
 
     # -- kill switch ----------------------------------------------------------------------------
 

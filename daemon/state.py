@@ -530,6 +530,14 @@ class StateStore:
             for r in rows
         ]
 
+    def dead_letter_count(self) -> int:
+        """How many letters :meth:`dead_letters` lists (not replayed successfully): the DLQ's size."""
+        with self.lock:
+            row = self.db.execute(
+                "SELECT COUNT(*) FROM dead_letters WHERE replayed_at IS NULL OR replay_outcome != 'succeeded'"
+            ).fetchone()
+        return int(row[0])
+
     def mark_replayed(self, dead_letter_id: int, outcome: str) -> None:
         with self.lock:
             self.db.execute(
