@@ -131,6 +131,15 @@ class DaemonConfig(BaseModel):
     )
     journal: JournalConfig = Field(default_factory=JournalConfig, description="Invocation journal and DLQ.")
     shutdown_timeout_seconds: float = Field(20.0, gt=0, le=3600, description="Budget for a graceful stop.")
+    pid_file: str | None = Field(
+        None,
+        description="File the running daemon writes its process id to (removed at exit); "
+        "`reflexd reload` signals the process it names.",
+    )
+    watch_config: bool = Field(
+        False,
+        description="Reload when the configuration file changes (checked every second), as on SIGHUP.",
+    )
 
 
 class AgentConfig(BaseModel):

@@ -10,6 +10,7 @@ Every task belongs to the daemon; nothing runs unowned.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import time
 from collections.abc import Awaitable, Callable
@@ -22,10 +23,11 @@ from daemon import systemd
 from daemon.agent_state import AgentState
 from daemon.agent_view import Shown
 from daemon.config import AppConfig
-from daemon.errors import ShutdownTimeout, StartupError
+from daemon.errors import ConfigError, ShutdownTimeout, StartupError
 from daemon.http import OpsServer
 from daemon.logs import RateLimitedLog, get_logger
 from daemon.mcp import McpFeed
+from daemon.reload import RELOAD_RESULTS, ReloadPlan, config_hash, plan_reload
 from daemon.state import Journal, StateStore
 from daemon.status_view import last_error_shown, last_fire_shown
 from handlers.agent import cap_text
@@ -141,6 +143,16 @@ class Daemon:
         self._approval_waits = RateLimitedLog(log, "approved call not queued: backlog full, trying again")
         self._approvals: asyncio.Task[None] | None = None
         self.rules: dict[str, Rule] = {}
+        self._dispatchers: dict[str, Dispatcher] = {}
+        self._submit: Callable[..., bool] = self.runner.submit
+        self._scheduler: AsyncIOScheduler | None = None
+        #: the file's SHA-256 and when it was loaded (a reload that applied moves both)
+        self.config_hash = config_hash(config.file)
+        self.loaded_at = time.time()
+        #: reloads by result (applied, unchanged, failed) and the last one's report, for /status
+        self.reloads: dict[str, int] = dict.fromkeys(RELOAD_RESULTS, 0)
+        self.last_reload: dict[str, Any] | None = None
+        self._reload_lock = asyncio.Lock()
         self.http: OpsServer | None = None
         self.state = "created"  # created | starting | running | stopping | stopped
         self.stop_progress_seconds = STOP_PROGRESS_SECONDS
@@ -173,21 +185,14 @@ class Daemon:
         except BaseException:
             await self._abort_start()
             raise
-        scheduler = AsyncIOScheduler(asyncio.get_running_loop())
+        self._scheduler = scheduler = AsyncIOScheduler(asyncio.get_running_loop())
         feed = self.mcp_feed
-        submit = self.runner.submit if feed is None else feed.recording(self.runner.submit)
+        self._submit = submit = self.runner.submit if feed is None else feed.recording(self.runner.submit)
         for name, rule_cfg in self.config.rules.items():
             self.rules[name] = Rule(name, rule_cfg, submit, scheduler)
-        for name, source in self.sources.items():
-            readers = [r for r in self.rules.values() if name in r.config.from_]
-            dispatcher = Dispatcher(source, readers, self.runner, seen=feed.saw if feed is not None else None)
-            self._dispatch_tasks[name] = asyncio.create_task(
-                dispatcher.run(), name=f"reflexd:dispatch:{name}"
-            )
-        reconnectors: dict[str, Reconnector] = {}
-        for name, source in self.sources.items():
-            reconnector = reconnectors[name] = Reconnector(source, source.config.reconnect)
-            self._source_tasks[name] = asyncio.create_task(reconnector.run(), name=f"reflexd:source:{name}")
+        for name in self.sources:
+            self._start_dispatch(name)
+        reconnectors = {name: self._start_source(name) for name in self.sources}
         await self._first_connects(reconnectors)
         self.state = "running"
         _HeapTuning.enter()
@@ -208,6 +213,23 @@ class Daemon:
         interval = systemd.watchdog_interval()
         if interval:
             self._watchdog = asyncio.create_task(self._ping_watchdog(interval), name="reflexd:watchdog")
+
+    def _readers(self, source: str) -> list[Rule]:
+        return [r for r in self.rules.values() if source in r.config.from_]
+
+    def _start_dispatch(self, name: str) -> None:
+        """The task feeding source ``name``'s queue to the rules that read it."""
+        feed = self.mcp_feed
+        dispatcher = self._dispatchers[name] = Dispatcher(
+            self.sources[name], self._readers(name), self.runner, seen=feed.saw if feed is not None else None
+        )
+        self._dispatch_tasks[name] = asyncio.create_task(dispatcher.run(), name=f"reflexd:dispatch:{name}")
+
+    def _start_source(self, name: str) -> Reconnector:
+        source = self.sources[name]
+        reconnector = Reconnector(source, source.config.reconnect)
+        self._source_tasks[name] = asyncio.create_task(reconnector.run(), name=f"reflexd:source:{name}")
+        return reconnector
 
     async def _first_connects(self, reconnectors: dict[str, Reconnector]) -> None:
         """Wait (at most :data:`FIRST_CONNECT_WAIT_SECONDS`) for each source's first connect to have an
@@ -557,6 +579,189 @@ class Daemon:
                     "task failed", exc_info=task.exception(), extra={"fields": {"task": task.get_name()}}
                 )
 
+    # -- reload ------------------------------------------------------------------------------
+
+    async def reload(self, load: Callable[[], AppConfig]) -> dict[str, Any]:
+        """Read the configuration again with ``load`` (in a thread: it validates completely, as
+        ``reflexd check`` does) and restart only what changed (:mod:`daemon.reload`). An invalid file
+        changes nothing: its ``file:line`` errors are logged and the failure is counted and shown in
+        /status. Reloads run one at a time; one asked for while the daemon is not running is refused.
+        Returns the report /status shows as ``config.last_reload``."""
+        async with self._reload_lock:
+            started = time.monotonic()
+            report: dict[str, Any] = {"at": time.time()}
+            if self.state != "running":
+                report.update(result="failed", errors=[f"the daemon is {self.state}"])
+                return self._reloaded(report, started)
+            try:
+                new = await asyncio.to_thread(load)
+                digest = await asyncio.to_thread(config_hash, new.file)
+            except ConfigError as exc:
+                report.update(result="failed", errors=[str(issue) for issue in exc.issues])
+                return self._reloaded(report, started)
+            except Exception as exc:  # the file went away, ...: the old configuration goes on
+                report.update(result="failed", errors=[f"{type(exc).__name__}: {exc}"])
+                return self._reloaded(report, started)
+            plan = plan_reload(self.config, new)
+            # daemon: and agent: are kept as they run (see daemon.reload); the rest is applied
+            effective = dataclasses.replace(new, daemon=self.config.daemon, agent=self.config.agent)
+            if plan.not_applied:
+                log.warning(
+                    "reload: these settings apply only at a restart; the running values are kept",
+                    extra={"fields": {"keys": plan.not_applied}},
+                )
+            report.update(
+                {kind: getattr(plan, kind).as_dict() for kind in ("sources", "tools", "rules")},
+                not_applied=plan.not_applied,
+            )
+            if not plan.touched:
+                self.config, self.config_hash, self.loaded_at = effective, digest, time.time()
+                report["result"] = "unchanged"
+                return self._reloaded(report, started)
+            try:
+                cut = await self._apply(plan, effective)
+            except Exception as exc:  # nothing was changed (see _apply)
+                log.exception("reload could not start a component; nothing changed")
+                report.update(result="failed", errors=[f"{type(exc).__name__}: {exc}"])
+                return self._reloaded(report, started)
+            self.config, self.config_hash, self.loaded_at = effective, digest, time.time()
+            report["result"] = "applied"
+            if cut:
+                report["cancelled"] = cut
+            return self._reloaded(report, started)
+
+    def _reloaded(self, report: dict[str, Any], started: float) -> dict[str, Any]:
+        report["seconds"] = round(time.monotonic() - started, 4)
+        result = report["result"]
+        self.reloads[result] += 1
+        self.last_reload = report
+        if result == "failed":
+            log.error(
+                "reload failed; still running the previous configuration",
+                extra={"fields": {"errors": report.get("errors", []), "config_hash": self.config_hash}},
+            )
+            for line in report.get("errors", []):
+                log.error(f"reload: {line}")
+            return report
+        fields: dict[str, Any] = {"result": result, "seconds": report["seconds"], "hash": self.config_hash}
+        for kind in ("sources", "tools", "rules"):
+            for what, names in report[kind].items():
+                if names and what != "kept":
+                    fields[f"{kind}_{what}"] = names
+            fields[f"{kind}_kept"] = len(report[kind]["kept"])
+        log.info("reloaded" if result == "applied" else "reload: nothing changed", extra={"fields": fields})
+        return report
+
+    async def _apply(self, plan: ReloadPlan, new: AppConfig) -> list[str]:
+        """Apply ``plan``: build and start what is new first (a failure there stops what it started and
+        raises, with nothing else changed); then stop the removed and changed sources upstream-first
+        (their queues drain through the running rules), route calls to the new tools, swap the
+        rules, start the new sources, and let the replaced tools finish their calls within the
+        shutdown budget. Returns what the budget had to cut."""
+        deadline = time.monotonic() + self.config.daemon.shutdown_timeout_seconds
+        ctx = new.build_context()
+        tools: dict[str, Tool] = {}
+        for name in (*plan.tools.added, *plan.tools.changed):
+            tool_plan = new.tools[name]
+            tool = tool_plan.spec.factory(name, tool_plan.config, ctx)
+            assert isinstance(tool, Tool)
+            tools[name] = tool
+        sources: dict[str, Source] = {}
+        for name in (*plan.sources.added, *plan.sources.changed):
+            source_plan = new.sources[name]
+            source = source_plan.spec.factory(name, source_plan.config, ctx)
+            assert isinstance(source, Source)
+            sources[name] = source
+        emitted = {
+            name: EmittedEvents(name, new.tools[name].spec.type)
+            for name in tools
+            if new.tools[name].spec.emits_events and name not in self.emitted
+        }
+        rules: dict[str, Rule] = {}
+        started: list[Tool] = []
+        try:
+            for name in (*plan.rules.added, *plan.rules.changed):
+                rules[name] = Rule(name, new.rules[name], self._submit, self._scheduler)
+            for tool in tools.values():
+                tool.attach(self.host)
+                await tool.start()
+                started.append(tool)
+        except BaseException:
+            for rule in rules.values():
+                rule.dispose()
+            for tool in reversed(started):
+                try:
+                    await tool.stop()
+                except Exception:
+                    log.exception("tool stop failed", extra={"fields": {"tool": tool.name}})
+            raise
+        cut: list[str] = []
+        # 1. sources that go or change stop reading; their queues drain through the running rules
+        for name in (*plan.sources.removed, *plan.sources.changed):
+            await self._stop_source(name, deadline, cut)
+        # 2. calls go to the new tools from now on (the old ones finish theirs below)
+        retired = []
+        self.tools.update(tools)
+        for tool in tools.values():
+            old = await self.runner.put_tool(tool)
+            if old is not None:
+                retired.append(old)
+        for name, events in emitted.items():
+            self.emitted[name] = events
+            self.sources[name] = events
+        self.host.set_emitters({n: e.emit for n, e in self.emitted.items()})
+        self.runner.set_secret_args(new.secret_arguments())
+        # 3. the rules: every dispatcher switches between two events
+        for name in (*plan.rules.removed, *plan.rules.changed):
+            self.rules.pop(name).dispose()
+        self.rules.update(rules)
+        for name in emitted:
+            self._start_dispatch(name)
+        for name, dispatcher in self._dispatchers.items():
+            dispatcher.set_rules(self._readers(name))
+        # 4. new sources start
+        for name, source in sources.items():
+            self.sources[name] = source
+            self._start_dispatch(name)
+            self._start_source(name)
+        # 5. the replaced and removed tools finish their calls (and an llm tool's events their rules)
+        for name in plan.tools.removed:
+            del self.tools[name]
+            old = self.runner.take_tool(name)
+            if old is not None:
+                retired.append(old)
+        for lane in retired:
+            cut += await self.runner.retire(lane, max(0.0, deadline - time.monotonic()))
+        for name in plan.tools.removed:
+            if name in self.emitted:
+                del self.emitted[name]
+                self.host.set_emitters({n: e.emit for n, e in self.emitted.items()})
+                await self._stop_source(name, deadline, cut)
+        return cut
+
+    async def _stop_source(self, name: str, deadline: float, cut: list[str]) -> None:
+        """Stop one source as a shutdown does (reading, then its queue drained, then its finish)."""
+        source = self.sources.pop(name)
+        source.begin_stop()
+        task = self._source_tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+            await self._wait({name: task}, deadline, "source", cut)
+        source.queue.close()
+        dispatch = self._dispatch_tasks.pop(name, None)
+        self._dispatchers.pop(name, None)
+        if dispatch is not None:
+            self.sources[name] = source  # named in the count of events left if the budget runs out
+            try:
+                await self._wait({name: dispatch}, deadline, "queue of source", cut, count_left=True)
+            finally:
+                del self.sources[name]
+        try:
+            async with asyncio.timeout(max(deadline - time.monotonic(), FINISH_GRACE_SECONDS)):
+                await source.finish()
+        except TimeoutError:
+            cut.append(f"finishing source {name}")
+
     # -- introspection ----------------------------------------------------------------------
 
     def readiness(self) -> tuple[bool, dict[str, str]]:
@@ -587,6 +792,13 @@ class Daemon:
         return {
             "state": self.state,
             "ready": ready,
+            "config": {
+                "file": self.config.file,
+                "hash": self.config_hash,
+                "loaded_at": self.loaded_at,
+                "reloads": dict(self.reloads),
+                "last_reload": self.last_reload,
+            },
             "uptime_seconds": None if self.started_at is None else round(time.time() - self.started_at, 3),
             "journal": None
             if self.journal is None

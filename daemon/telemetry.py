@@ -40,6 +40,7 @@ class Observed(Protocol):
     journal: Journal | None
     notifications: NotificationQueue
     mcp_feed: McpFeed | None  # agent.mcp configured: the MCP server's feed and counters
+    reloads: dict[str, int]  # configuration reloads by result
 
     def readiness(self) -> tuple[bool, dict[str, str]]: ...
 
@@ -233,6 +234,15 @@ MCP_SUBSCRIPTIONS = MetricSpec(
     "Open MCP subscriptions: resources/subscribe (per session and resource), subscriptions/listen streams.",
     (),
 )
+RELOADS = MetricSpec(
+    "reflexd_reloads_total",
+    "counter",
+    "Configuration reloads (SIGHUP, `reflexd reload`, `daemon.watch_config`), by result.",
+    ("result",),
+    "`applied`, `unchanged` (the file was valid and equal), `failed` (invalid, or a new component "
+    "could not start: the daemon runs on the previous configuration; /status `config.last_reload` says why)",
+)
+
 MCP_METRICS = (MCP_CALLS, MCP_REFUSED, MCP_EVENTS, MCP_PUSHES, MCP_SUBSCRIPTIONS)
 
 #: The daemon's own metrics, in the order /metrics shows them (a source type's follow the sources').
@@ -271,6 +281,7 @@ DAEMON_METRICS: tuple[MetricSpec, ...] = (
     JOURNAL_DROPPED,
     JOURNAL_WRITE_ERRORS,
     JOURNAL_BACKLOG,
+    RELOADS,
     *MCP_METRICS,
 )
 
@@ -313,6 +324,10 @@ class DaemonCollector(Collector):
             backlog = _gauge(JOURNAL_BACKLOG)
             backlog.add_metric([], journal.backlog)
             yield from (dropped, errors, backlog)
+        reloads = _counter(RELOADS)
+        for result, count in d.reloads.items():
+            reloads.add_metric([result], count)
+        yield reloads
         if d.mcp_feed is not None:
             yield from self._mcp(d.mcp_feed)
 

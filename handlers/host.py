@@ -42,6 +42,10 @@ class RunnerHost:
     def store(self) -> AgentStore | None:
         return self._store
 
+    def set_emitters(self, emitters: dict[str, Callable[[Event], bool]]) -> None:
+        """The event sinks per tool from now on (a reload added or removed an llm tool)."""
+        self._emitters = emitters
+
     def attach_all(self) -> None:
         """Hand this host to every tool of the runner (before the runner starts them)."""
         for tool in self.runner.tools.values():

@@ -743,6 +743,72 @@ class ToolRunner:
         if cut:
             raise ShutdownTimeout(budget, cut)
 
+    # -- reload -------------------------------------------------------------------------------
+
+    def set_secret_args(self, secret_args: Mapping[tuple[str | None, str], frozenset[str]]) -> None:
+        """The arguments to redact in the journal, per (rule, tool), from the next call on (a reload)."""
+        self._secret_args = dict(secret_args)
+
+    async def put_tool(self, tool: Tool) -> _Lane | None:
+        """Route the calls of ``tool``'s name to it from now on (a reload adds or changes a tool; the
+        caller started it). Returns the lane it replaced, still finishing its calls: :meth:`retire`
+        it."""
+        lane = _Lane(tool)
+        if not lane.is_async and self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=min(tool.concurrency, 64), thread_name_prefix="reflexd-tool"
+            )
+        self._started.append(tool)
+        lane.workers = [
+            asyncio.create_task(self._work(lane), name=f"reflexd:tool:{tool.name}:{i}")
+            for i in range(lane.worker_count)
+        ]
+        old = self._lanes.get(tool.name)
+        self._lanes[tool.name] = lane
+        self.tools[tool.name] = tool
+        if old is not None:
+            self._unmark_full(old)
+        return old
+
+    def take_tool(self, name: str) -> _Lane | None:
+        """Stop routing calls to ``name`` (a reload removes it: a call for it is now a KeyError to the
+        caller, which counts it rejected). Returns its lane, to :meth:`retire`."""
+        lane = self._lanes.pop(name, None)
+        self.tools.pop(name, None)
+        if lane is not None:
+            self._unmark_full(lane)
+        return lane
+
+    def _unmark_full(self, lane: _Lane) -> None:
+        if lane.full:
+            lane.full = False
+            self._full_lanes -= 1
+            if self._full_lanes == 0:
+                self.full = False
+                self._room.set()
+
+    async def retire(self, lane: _Lane, budget: float) -> list[str]:
+        """Let a lane no longer routed to finish its queued and running calls within ``budget``, then
+        cancel its workers (a call cut off keeps its record's hold, as at shutdown) and stop its tool.
+        Returns what had to be cut."""
+        cut: list[str] = []
+        try:
+            async with asyncio.timeout(budget):
+                await lane.queue.join()
+        except TimeoutError:
+            cut.append(f"tool {lane.tool.name} ({lane.queue.qsize() + lane.stats.in_flight} calls)")
+        for task in lane.workers:
+            task.cancel()
+        if lane.workers:
+            await asyncio.gather(*lane.workers, return_exceptions=True)
+        if lane.tool in self._started:
+            self._started.remove(lane.tool)
+        try:
+            await lane.tool.stop()
+        except Exception:
+            log.exception("tool stop failed", extra={"fields": {"tool": lane.tool.name}})
+        return cut
+
     # -- introspection ----------------------------------------------------------------------
 
     def stats(self, tool: str) -> ToolStats:

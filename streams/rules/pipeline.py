@@ -446,6 +446,8 @@ class Dispatcher:
     ) -> None:
         self.source = source
         self.rules = list(rules)
+        #: the rules' entry points; replaced as a whole (never mutated) by :meth:`set_rules`
+        self.targets: list[Callable[[Event], None]] = [rule.on_next for rule in self.rules]
         self.runner = runner
         self.batch_size = batch_size
         #: called with the last event of each batch (the MCP feed's latest event per source), if set
@@ -453,29 +455,51 @@ class Dispatcher:
         self.dispatched = 0
         self.skipped = 0  # records of partitions revoked before they were dispatched
 
+    def set_rules(self, rules: Sequence[Rule]) -> None:
+        """The rules that read this source from the next event on (a reload). The loop only awaits
+        between events, so a batch is never split between two sets of rules mid-event."""
+        self.rules = list(rules)
+        self.targets = [rule.on_next for rule in self.rules]
+
     async def run(self) -> None:
         """Until the source's queue is closed and drained."""
         if self.source.acknowledges:
             await self._run_acknowledged()
             return
         queue = self.source.queue
-        runner = self.runner
-        targets = [rule.on_next for rule in self.rules]
         size = self.batch_size
         while batch := await queue.get_batch(size):
-            if len(targets) == 1:
+            await self._deliver(batch)
+            await self._dispatched(batch)
+
+    async def _deliver(self, batch: list[Event]) -> None:
+        """Each event of ``batch`` to every rule. While it waits for room in the runner, a reload may
+        replace :attr:`targets`: the rest of the batch goes to the new rules."""
+        runner = self.runner
+        events = iter(batch)
+        targets = self.targets
+        while True:
+            if len(targets) == 1:  # the common case, without the inner loop
                 target = targets[0]
-                for event in batch:
+                for event in events:
                     target(event)
                     if runner.full:
                         await runner.wait_for_room()
+                        if self.targets is not targets:
+                            break
+                else:
+                    return
             else:
-                for event in batch:
+                for event in events:
                     for target in targets:
                         target(event)
                     if runner.full:
                         await runner.wait_for_room()
-            await self._dispatched(batch)
+                        if self.targets is not targets:
+                            break
+                else:
+                    return
+            targets = self.targets
 
     async def _run_acknowledged(self) -> None:
         """The same loop for records promised at-least-once: each carries an Ack (``event.ack``).
@@ -486,7 +510,6 @@ class Dispatcher:
         """
         queue = self.source.queue
         runner = self.runner
-        targets = [rule.on_next for rule in self.rules]
         size = self.batch_size
         while batch := await queue.get_batch(size):
             for event in batch:
@@ -495,7 +518,7 @@ class Dispatcher:
                     ack.tracker.forget({ack.offset})  # the partition's next owner reads it again
                     self.skipped += 1
                     continue
-                for target in targets:
+                for target in self.targets:
                     target(event)
                 if ack is not None:
                     ack.release()
