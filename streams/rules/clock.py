@@ -186,6 +186,24 @@ class EventClock:
         if end > -math.inf:
             self.advance(end)
 
+    # -- restarts ------------------------------------------------------------------------------
+
+    def snapshot(self) -> tuple[float, float, float]:
+        """Where event time had got: (newest event time, watermark, now). Timers and held events
+        are the steps' to save (a held event, within the allowed lateness, is not kept)."""
+        return (self.max_ts, self.watermark, self.now)
+
+    def restore(self, saved: tuple[float, float, float]) -> None:
+        """Take event time up where a previous run left it (never back). Live, the silence until
+        the next event is counted from now: the downtime itself moves no timer."""
+        max_ts, watermark, now = saved
+        if max_ts > self.max_ts:
+            self.max_ts = max_ts
+            if self._wall is not None:
+                self._wall_at_max = self._wall()
+        self.watermark = max(self.watermark, watermark)
+        self.now = max(self.now, now)
+
     # -- scheduling ----------------------------------------------------------------------------
 
     def call_at(self, at: float, fn: Callable[[Any], None], arg: Any = None) -> None:

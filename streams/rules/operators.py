@@ -198,6 +198,13 @@ def quiet_keys(ctx: StepContext, *, seconds: float, per_key: bool, absence: bool
                 if not absence or deadline > st[1]:
                     st[1] = deadline
 
+        def restore(saved: list[tuple[Any, Event, float]]) -> None:
+            states.clear()
+            for k, last, deadline in saved[-max_keys:]:
+                st = states[k] = [last, deadline]
+                clock.call_at(deadline, fire, (k, st))
+
+        ctx.keep(lambda: [(k, st[0], st[1]) for k, st in states.items()], restore)
         return on_next
 
     return operator(build)

@@ -25,11 +25,13 @@ See ``docs/rules.md``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
@@ -42,6 +44,7 @@ from streams.base import Source
 from streams.call import CallContext
 from streams.event import Event
 from streams.expressions import compile_expression, compile_template
+from streams.rules.checkpoint import RuleSnapshot, fingerprint
 from streams.rules.clock import EventClock
 from streams.rules.operators import event_time_gate
 from streams.rules.sink import Submit, ToolSink
@@ -222,13 +225,17 @@ class Rule:
         ctx = StepContext(self.stats, self.clock, config.max_keys, self._step_failed)
         operators: list[Callable[[Observable[Event]], Observable[Event]]] = []
         gated = False
+        #: labels of the steps whose state a restart loses (kinds that say ``not_kept``)
+        self._unkept = [step.label for step in plan.steps if step.checkpoint == "not_kept"]
         for step in plan.steps:
             if step.uses_clock and not gated:  # late events stop here; the rest go on in time order
                 operators.append(event_time_gate(ctx))
                 gated = True
-            operators.append(step.make(ctx))
+            operators.append(step.make(replace(ctx, label=step.label)))
         if config.cooldown_seconds > 0:
-            operators.append(cooldown(ctx, seconds=config.cooldown_seconds, per_key=True))
+            rule_ctx = replace(ctx, label="cooldown_seconds")
+            operators.append(cooldown(rule_ctx, seconds=config.cooldown_seconds, per_key=True))
+        self._keepers = ctx.keepers  # filled as the pipeline is subscribed (below)
         self._operators = bool(operators)
         self.summary = [step.summary for step in plan.steps]
         self._subscription = self.subject.pipe(*operators).subscribe(
@@ -425,6 +432,32 @@ class Rule:
         ``until``, the last event time of the whole input)."""
         if self.clock is not None:
             self.clock.finish(until)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """What this rule's state depends on, hashed (:func:`streams.rules.checkpoint.fingerprint`)."""
+        return fingerprint(self.config)
+
+    def snapshot(self) -> RuleSnapshot:
+        """The rule's state now: its steps' per-key state and its clock's position. It shares the
+        steps' objects: serialise it (:meth:`RuleSnapshot.dumps`) before the rule sees another
+        event, or take it from a rule that will see none (a reload restarting the rule)."""
+        clock = self.clock.snapshot() if self.clock is not None else None
+        steps = {label: keeper.snapshot() for label, keeper in self._keepers.items()}
+        return RuleSnapshot(self.fingerprint, clock, steps, list(self._unkept))
+
+    def restore(self, snapshot: RuleSnapshot) -> bool:
+        """Take up the state of ``snapshot`` (before the rule sees an event); False, changing nothing,
+        when it was taken from a rule defined differently (another fingerprint)."""
+        if snapshot.fingerprint != self.fingerprint:
+            return False
+        if self.clock is not None and snapshot.clock is not None:
+            self.clock.restore(snapshot.clock)  # first: the steps' timers are set against it
+        for label, state in snapshot.steps.items():
+            keeper = self._keepers.get(label)
+            if keeper is not None:
+                keeper.restore(state)
+        return True
 
     def dispose(self) -> None:
         self._subscription.dispose()

@@ -10,7 +10,11 @@ A step kind is one module (``streams/rules/steps/<name>.py``, or a plugin's own 
   the factory of its operator (or None when it reported a problem);
 - its **runtime operator**, built per running rule from a :class:`StepContext`
   (:mod:`streams.rules.operators` has the shared pieces);
-- ``SPEC = StepSpec(name, config, compile, ...)``.
+- ``SPEC = StepSpec(name, config, compile, ...)``, whose ``checkpoint`` says what the kind keeps
+  across a restart: nothing to keep (``stateless``), its per-key state through
+  :meth:`StepContext.keep` (``kept``: a ``snapshot()`` and a ``restore()`` next to the operator),
+  or state it cannot save (``not_kept``, the default for a kind that does not say: it starts
+  empty after a restart, and the restore logs so).
 
 A list of specs is the one place step kinds are registered (``BUILTIN_STEPS`` in
 :mod:`streams.rules.steps`, or a registry's ``steps``); everything else is derived from it:
@@ -25,8 +29,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar, Generic, TypeVar, Union
+from dataclasses import dataclass, field, replace
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, create_model, field_validator
 from reactivex import Observable
@@ -51,6 +55,7 @@ __all__ = [
     "StepContext",
     "StepEntry",
     "StepIssue",
+    "StepKeeper",
     "StepModel",
     "StepPlan",
     "StepScope",
@@ -86,6 +91,17 @@ class StepModel(BaseModel):
 # -- runtime ---------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class StepKeeper:
+    """How one running step's state survives a restart: ``snapshot()`` returns it as plain values
+    (lists, tuples, events, numbers, window states), serialised before the step sees another
+    event, so it may share the step's own objects; ``restore(saved)`` puts it back into a freshly
+    built step, re-arming its timers on the rule's clock."""
+
+    snapshot: Callable[[], Any]
+    restore: Callable[[Any], None]
+
+
 @dataclass
 class StepContext:
     """What a step's operator needs from its running rule."""
@@ -95,6 +111,15 @@ class StepContext:
     max_keys: int
     #: ``fail(step label, exception, item)``: count and log an event a step had to drop.
     fail: Callable[[str, BaseException, Event], None]
+    #: The step being built (``steps.2.window``; ``cooldown_seconds`` for the rule's own cooldown).
+    label: str = ""
+    #: label → the keeper of that step's state, filled by :meth:`keep` as the operators are built.
+    keepers: dict[str, StepKeeper] = field(default_factory=dict)
+
+    def keep(self, snapshot: Callable[[], Any], restore: Callable[[Any], None]) -> None:
+        """Register the state of the step being built (see :class:`StepKeeper`); called from the
+        operator's ``build``, where the state lives."""
+        self.keepers[self.label] = StepKeeper(snapshot, restore)
 
     def need_clock(self) -> EventClock:
         if self.clock is None:  # pragma: no cover - the rule creates one when a step needs it
@@ -122,6 +147,7 @@ class CompiledStep:
     uses_clock: bool  # needs the rule's event clock (and the event-time gate in front of it)
     summary: str  # one line for `reflexd check`
     make: Callable[[StepContext], Operator]
+    checkpoint: str = "not_kept"  # its kind's StepSpec.checkpoint (set by compile_steps)
 
 
 @dataclass
@@ -268,6 +294,9 @@ class StepSpec(Generic[C]):
     shorthand: Shorthand | None = None
     #: Description of the body in the JSON Schema (for a body that is not a model).
     description: str | None = None
+    #: What a running step of this kind keeps across a restart (see the module docstring):
+    #: ``stateless``, ``kept`` (its operator calls :meth:`StepContext.keep`) or ``not_kept``.
+    checkpoint: Literal["stateless", "kept", "not_kept"] = "not_kept"
     #: The parsed-entry model (``<Name>Step``), made from the above.
     entry: type[StepEntry] = field(init=False, repr=False)
 
@@ -356,5 +385,5 @@ def compile_steps(
         )
         result = spec.compile(entry.body, scope)
         if result is not None:
-            compiled.append(result)
+            compiled.append(replace(result, checkpoint=spec.checkpoint))
     return StepPlan(compiled, frozenset(in_scope), issues)

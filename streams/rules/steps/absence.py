@@ -52,4 +52,4 @@ def compile_absence(cfg: AbsenceConfig, scope: StepScope) -> CompiledStep | None
     return scope.compiled(summary, make, uses_clock=True)
 
 
-SPEC = StepSpec("absence", AbsenceConfig, compile_absence, shorthand=SECONDS)
+SPEC = StepSpec("absence", AbsenceConfig, compile_absence, shorthand=SECONDS, checkpoint="kept")

@@ -64,6 +64,11 @@ def changed(value: Compiled, ctx: StepContext, label: str, *, per_key: bool, emi
             last[k] = v
             emit(with_fields(item, {"previous": old}))
 
+        def restore(saved: list[tuple[Any, Any]]) -> None:
+            last.clear()
+            last.update(saved[-max_keys:])
+
+        ctx.keep(lambda: list(last.items()), restore)  # key → last value
         return on_next
 
     return operator(build)
@@ -82,4 +87,4 @@ def compile_changed(cfg: ChangedConfig, scope: StepScope) -> CompiledStep | None
     return scope.compiled(f"changed {cfg.value}", make)
 
 
-SPEC = StepSpec("changed", ChangedConfig, compile_changed, shorthand=VALUE)
+SPEC = StepSpec("changed", ChangedConfig, compile_changed, shorthand=VALUE, checkpoint="kept")

@@ -41,12 +41,15 @@ def cooldown_by_key(
     on_suppressed: Callable[[Event], None] | None = None,
     on_evicted: Callable[[], None] | None = None,
     per_key: bool = True,
+    keep: Callable[[Callable[[], Any], Callable[[Any], None]], None] | None = None,
 ) -> Operator:
     """Let an event through only if its key has not let one through in the last ``seconds``.
 
     Time is the event's own time (``Event.ts``), so the rule behaves the same live and on a
     replay. An event whose time is earlier than the last one let through for its key (clock
     skew, a replay restarted) opens the key again rather than muting it until time catches up.
+
+    ``keep`` (:meth:`StepContext.keep`) is given the snapshot and restore of the last times.
     """
 
     def build(emit: Emit) -> OnNext:
@@ -69,6 +72,16 @@ def cooldown_by_key(
             last[key] = ts
             emit(event)
 
+        if keep is not None:
+
+            def snapshot() -> list[tuple[Any, float]]:
+                return list(last.items())  # least recently let through first
+
+            def restore(saved: list[tuple[Any, float]]) -> None:
+                last.clear()
+                last.update(saved[-max_keys:])
+
+            keep(snapshot, restore)
         return on_next
 
     return operator(build)
@@ -86,7 +99,12 @@ def cooldown(ctx: StepContext, *, seconds: float, per_key: bool) -> Operator:
         stats.evicted += 1
 
     return cooldown_by_key(
-        seconds, max_keys=ctx.max_keys, on_suppressed=suppressed, on_evicted=evicted, per_key=per_key
+        seconds,
+        max_keys=ctx.max_keys,
+        on_suppressed=suppressed,
+        on_evicted=evicted,
+        per_key=per_key,
+        keep=ctx.keep,
     )
 
 
@@ -95,4 +113,4 @@ def compile_cooldown(cfg: CooldownConfig, scope: StepScope) -> CompiledStep | No
     return scope.compiled(summary, lambda ctx: cooldown(ctx, seconds=cfg.seconds, per_key=cfg.per_key))
 
 
-SPEC = StepSpec("cooldown", CooldownConfig, compile_cooldown, shorthand=SECONDS)
+SPEC = StepSpec("cooldown", CooldownConfig, compile_cooldown, shorthand=SECONDS, checkpoint="kept")

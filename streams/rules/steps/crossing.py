@@ -89,6 +89,11 @@ def crossing(
             if (up and side == 1) or (down and side == -1):
                 emit(with_fields(item, {"direction": "up" if side == 1 else "down", "level": lvl}))
 
+        def restore(saved: list[tuple[Any, int]]) -> None:
+            sides.clear()
+            sides.update(saved[-max_keys:])
+
+        ctx.keep(lambda: list(sides.items()), restore)  # key → side (1 above, -1 below)
         return on_next
 
     return operator(build)
@@ -123,4 +128,4 @@ def compile_crossing(cfg: CrossingConfig, scope: StepScope) -> CompiledStep | No
     return scope.compiled(summary, make)
 
 
-SPEC = StepSpec("crossing", CrossingConfig, compile_crossing)
+SPEC = StepSpec("crossing", CrossingConfig, compile_crossing, checkpoint="kept")

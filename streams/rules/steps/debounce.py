@@ -40,4 +40,4 @@ def compile_debounce(cfg: DebounceConfig, scope: StepScope) -> CompiledStep | No
     )
 
 
-SPEC = StepSpec("debounce", DebounceConfig, compile_debounce, shorthand=SECONDS)
+SPEC = StepSpec("debounce", DebounceConfig, compile_debounce, shorthand=SECONDS, checkpoint="kept")

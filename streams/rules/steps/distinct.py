@@ -79,6 +79,11 @@ def distinct(
                 seen[slot] = ts
             emit(item)
 
+        def restore(saved: list[tuple[Any, float]]) -> None:
+            seen.clear()
+            seen.update(saved[-max_values:])
+
+        ctx.keep(lambda: list(seen.items()), restore)  # value (or key, value) → last seen
         return on_next
 
     return operator(build)
@@ -98,4 +103,4 @@ def compile_distinct(cfg: DistinctConfig, scope: StepScope) -> CompiledStep | No
     return scope.compiled(f"distinct {cfg.value}{ttl}", make)
 
 
-SPEC = StepSpec("distinct", DistinctConfig, compile_distinct, shorthand=VALUE)
+SPEC = StepSpec("distinct", DistinctConfig, compile_distinct, shorthand=VALUE, checkpoint="kept")

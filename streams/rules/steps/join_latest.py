@@ -90,6 +90,11 @@ def join_latest(
                         return
             emit(with_fields(item, {name: side[1] for name, side in st.items()}))
 
+        def restore(saved: list[tuple[Any, dict[str, tuple[float, Any]]]]) -> None:
+            latest.clear()
+            latest.update(saved[-max_keys:])
+
+        ctx.keep(lambda: list(latest.items()), restore)  # key → side → (time, value)
         return on_next
 
     return operator(build)
@@ -154,4 +159,4 @@ def compile_join_latest(cfg: JoinLatestConfig, scope: StepScope) -> CompiledStep
     return scope.compiled(summary, make, uses_clock=True)
 
 
-SPEC = StepSpec("join_latest", JoinLatestConfig, compile_join_latest)
+SPEC = StepSpec("join_latest", JoinLatestConfig, compile_join_latest, checkpoint="kept")

@@ -58,4 +58,5 @@ SPEC = StepSpec(
     compile_key,
     summary="`key: EXPRESSION` — the new event key for the per-key steps after it.",
     description="Expression giving the new event key for the steps after it.",
+    checkpoint="stateless",
 )

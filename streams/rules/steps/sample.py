@@ -64,6 +64,14 @@ def sample(ctx: StepContext, *, seconds: float, per_key: bool) -> Operator:
                 st[1] = True
                 clock.call_at((math.floor(item.ts / seconds) + 1) * seconds, fire, (k, st))
 
+        def restore(saved: list[tuple[Any, Event, bool]]) -> None:
+            states.clear()
+            for k, latest, pending in saved[-max_keys:]:
+                st = states[k] = [latest, pending]
+                if pending:
+                    clock.call_at((math.floor(latest.ts / seconds) + 1) * seconds, fire, (k, st))
+
+        ctx.keep(lambda: [(k, st[0], st[1]) for k, st in states.items()], restore)
         return on_next
 
     return operator(build)
@@ -76,4 +84,4 @@ def compile_sample(cfg: SampleConfig, scope: StepScope) -> CompiledStep | None:
     )
 
 
-SPEC = StepSpec("sample", SampleConfig, compile_sample, shorthand=SECONDS)
+SPEC = StepSpec("sample", SampleConfig, compile_sample, shorthand=SECONDS, checkpoint="kept")

@@ -103,6 +103,13 @@ def sequence(
                 st = pending[k] = [item]
                 clock.call_at(ts + within, expire, (k, st))
 
+        def restore(saved: list[tuple[Any, Event]]) -> None:
+            pending.clear()
+            for k, a in saved[-max_keys:]:
+                st = pending[k] = [a]
+                clock.call_at(a.ts + within, expire, (k, st))  # due already: at the next watermark move
+
+        ctx.keep(lambda: [(k, st[0]) for k, st in pending.items()], restore)  # key → pending first
         return on_next
 
     return operator(build)
@@ -134,4 +141,4 @@ def compile_sequence(cfg: SequenceConfig, scope: StepScope) -> CompiledStep | No
     return scope.compiled(summary, make, uses_clock=True)
 
 
-SPEC = StepSpec("sequence", SequenceConfig, compile_sequence)
+SPEC = StepSpec("sequence", SequenceConfig, compile_sequence, checkpoint="kept")

@@ -62,4 +62,5 @@ SPEC = StepSpec(
     compile_set,
     summary="`set: {NAME: EXPRESSION, ...}` — computed fields, in order; later steps use NAME.",
     description="Computed fields: name → expression, in order.",
+    checkpoint="stateless",
 )

@@ -65,6 +65,15 @@ def throttle(ctx: StepContext, *, seconds: float, max_events: int, per_key: bool
             else:
                 stats.suppressed += 1
 
+        def snapshot() -> list[tuple[Any, float, int]]:
+            return [(k, st[0], st[1]) for k, st in intervals.items()]
+
+        def restore(saved: list[tuple[Any, float, int]]) -> None:
+            intervals.clear()
+            for k, start, passed in saved[-max_keys:]:
+                intervals[k] = [start, passed]
+
+        ctx.keep(snapshot, restore)
         return on_next
 
     return operator(build)
@@ -79,4 +88,4 @@ def compile_throttle(cfg: ThrottleConfig, scope: StepScope) -> CompiledStep | No
     return scope.compiled(summary, make)
 
 
-SPEC = StepSpec("throttle", ThrottleConfig, compile_throttle, shorthand=SECONDS)
+SPEC = StepSpec("throttle", ThrottleConfig, compile_throttle, shorthand=SECONDS, checkpoint="kept")

@@ -43,4 +43,5 @@ SPEC = StepSpec(
     compile_where,
     summary="`where: EXPRESSION` — items for which it is false are dropped.",
     description="Expression; items for which it is false are dropped.",
+    checkpoint="stateless",
 )

@@ -131,6 +131,11 @@ def window(
                 if st.n >= min_events:
                     emit(make_row(item, results(st, dict(fields_of(item)))))
 
+            def restore(saved: list[tuple[Any, WindowState]]) -> None:
+                states.clear()
+                states.update(saved[-max_keys:])
+
+            ctx.keep(lambda: list(states.items()), restore)  # key → its window's events and sums
             return on_next
 
         return operator(build_untimed)
@@ -179,6 +184,13 @@ def window(
             add(st, ts, values)
             st.item = item
 
+        def restore(saved: list[tuple[Any, WindowState]]) -> None:
+            states.clear()
+            for k, st in saved[-max_keys:]:
+                states[k] = st
+                clock.call_at(st.start + size, close, (k, st))
+
+        ctx.keep(lambda: list(states.items()), restore)
         return on_next
 
     return operator(build_tumbling_time)
@@ -221,4 +233,4 @@ def compile_window(cfg: WindowConfig, scope: StepScope) -> CompiledStep | None:
     return scope.compiled(summary, make, uses_clock=timed)
 
 
-SPEC = StepSpec("window", WindowConfig, compile_window)
+SPEC = StepSpec("window", WindowConfig, compile_window, checkpoint="kept")
