@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench docs clean kafka-jars kafka kafka-topic prometheus
+.PHONY: run test lint typecheck bench docs clean kafka-jars kafka kafka-topic prometheus chromium
 
 PORT            ?= 9092
 CONTROLLER_PORT ?= 9093
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/reflexd run -c config.yaml
 
-test: $(STAMP) kafka-jars prometheus
+test: $(STAMP) kafka-jars prometheus chromium
 	$(BIN)/ruff check daemon streams handlers tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest -q
@@ -36,6 +36,11 @@ kafka-jars:
 # Debian's prometheus package (server and promtool) for tests/deploy; a no-op once installed.
 prometheus:
 	@bash scripts/prometheus.sh
+
+# Debian's chromium for the status page's browser test (tests/daemon/test_status_page.py, driven by
+# Playwright from the dev extra, which downloads no browser); a no-op once installed.
+chromium:
+	@bash scripts/chromium.sh
 
 # The tests' single-node KRaft broker, in the foreground on 127.0.0.1:$(PORT) (controller on $(CONTROLLER_PORT));
 # data kept in var/kafka (add ARGS=--fresh to wipe it).
