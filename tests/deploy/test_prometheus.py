@@ -134,8 +134,8 @@ def test_promtool_accepts_the_rules_and_the_scrape_config() -> None:
 
 
 def test_the_alert_rules_fire_on_the_series_they_watch(tmp_path: Path) -> None:
-    """promtool's unit tests: an open circuit, journal rows dropped and a full queue raise their alerts;
-    a closed circuit raises none (so the rules are not merely valid, they mean what they say)."""
+    """promtool's unit tests: an open circuit, journal rows dropped, a failed reload and a full queue raise
+    their alerts; a closed circuit and applied reloads raise none (so the rules are not merely valid, they mean what they say)."""
     tests = {
         "rule_files": [str(PROMETHEUS_DIR / "rules.yml")],
         "evaluation_interval": "15s",
@@ -146,6 +146,14 @@ def test_the_alert_rules_fire_on_the_series_they_watch(tmp_path: Path) -> None:
                     {"series": 'reflexd_tool_circuit_state{instance="a", tool="hook"}', "values": "1x10"},
                     {"series": 'reflexd_tool_circuit_state{instance="a", tool="quiet"}', "values": "0x10"},
                     {"series": 'reflexd_journal_dropped_total{instance="a"}', "values": "0 0 5 5 5 5"},
+                    {
+                        "series": 'reflexd_reloads_total{instance="a", result="applied"}',
+                        "values": "1 1 2 2 2 2",
+                    },
+                    {
+                        "series": 'reflexd_reloads_total{instance="a", result="failed"}',
+                        "values": "0 0 0 1 1 1",
+                    },
                     {
                         "series": 'reflexd_events_dropped_total{instance="a", source="feed", reason="queue_full_oldest"}',
                         "values": "0+10x60",
@@ -180,6 +188,21 @@ def test_the_alert_rules_fire_on_the_series_they_watch(tmp_path: Path) -> None:
                             }
                         ],
                     },
+                    {
+                        "eval_time": "1m",
+                        "alertname": "ReflexdReloadFailed",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {"severity": "warning", "instance": "a", "result": "failed"},
+                                "exp_annotations": {
+                                    "summary": "reflexd a: a configuration reload failed; the old configuration "
+                                    "still runs",
+                                    "description": "`reflexd check -c FILE` shows the errors at file:line.",
+                                },
+                            }
+                        ],
+                    },
+                    {"eval_time": "30s", "alertname": "ReflexdReloadFailed", "exp_alerts": []},
                     {
                         "eval_time": "12m",
                         "alertname": "ReflexdEventsDropped",
@@ -332,6 +355,7 @@ async def test_every_dashboard_query_names_a_metric_a_live_daemon_serves(daemon:
         "reflexd_tool_duration_seconds_bucket",
         "reflexd_tool_circuit_state",
         "reflexd_journal_dropped_total",
+        "reflexd_reloads_total",
     ):
         assert wanted in queried
     doc = orjson.loads(DASHBOARD.read_bytes())
