@@ -232,7 +232,7 @@ def test_the_unit_matches_how_the_readme_installs_reflexd() -> None:
     binary, *args = shlex.split(exec_start)
     venv = binary.removesuffix("/bin/reflexd")
     assert f"python3 -m venv {venv}" in block and f"{venv}/bin/pip install" in block
-    prefix = re.search(r"cp -r \. (\S+)", block)
+    prefix = re.search(r"git archive HEAD \| sudo tar -x -C (\S+)", block)  # the tracked files, no .venv
     assert prefix is not None
     for url in fields["Documentation"][0].split():
         path = url.removeprefix("file://")
