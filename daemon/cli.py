@@ -32,7 +32,6 @@ from daemon.journal_cli import add_journal_parser, run_journal
 from daemon.logs import configure_logging, get_logger
 from daemon.registry import Registry, builtin_registry
 from daemon.rule_state import add_state_parser, run_state
-from daemon.rule_state import add_state_parser, run_state
 from daemon.state import redact
 from handlers.llm import LlmToolConfig
 from streams.base import StartAt
@@ -125,7 +124,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_dlq_parser(with_config("dlq", "inspect and retry dead-lettered tool invocations"))
     add_state_parser(with_config("state", "the rules' saved state (cooldowns, windows, ...): list, clear"))
-    add_state_parser(with_config("state", "the rules' saved state (cooldowns, windows, ...): list, clear"))
     add_journal_parser(
         with_config("journal", "recent tool invocations from the journal (redacted); -f follows it")
     )
@@ -197,8 +195,6 @@ def _main(argv: Sequence[str] | None, registry: Registry | None) -> int:
         return _tools(config)
     if args.verb == "dlq":
         return run_dlq(config, args)
-    if args.verb == "state":
-        return run_state(config.build_context().resolve(config.daemon.state_path), args)
     if args.verb == "state":
         return run_state(config.build_context().resolve(config.daemon.state_path), args)
     if args.verb == "journal":

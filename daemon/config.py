@@ -137,13 +137,6 @@ class DaemonConfig(BaseModel):
         description="How often every rule's state (cooldowns, windows, ...) is saved to state_path, "
         "also at a graceful stop, and restored at start; 0: not saved, rules start empty.",
     )
-    checkpoint_seconds: float = Field(
-        10.0,
-        ge=0,
-        le=86400,
-        description="How often every rule's state (cooldowns, windows, ...) is saved to state_path, "
-        "also at a graceful stop, and restored at start; 0: not saved, rules start empty.",
-    )
     shutdown_timeout_seconds: float = Field(20.0, gt=0, le=3600, description="Budget for a graceful stop.")
     pid_file: str | None = Field(
         None,

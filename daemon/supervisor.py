@@ -29,7 +29,6 @@ from daemon.logs import RateLimitedLog, get_logger
 from daemon.mcp import McpFeed
 from daemon.reload import RELOAD_RESULTS, ReloadPlan, config_hash, plan_reload
 from daemon.rule_state import RuleCheckpoints
-from daemon.rule_state import RuleCheckpoints
 from daemon.state import Journal, StateStore
 from daemon.status_view import last_error_shown, last_fire_shown
 from handlers.agent import cap_text
@@ -131,13 +130,6 @@ class Daemon:
                 config.daemon.checkpoint_seconds,
                 self.journal.executor if self.journal is not None else None,
             )
-        self.rule_state: RuleCheckpoints | None = None  # the rules' state across restarts
-        if config.daemon.checkpoint_seconds > 0:
-            self.rule_state = RuleCheckpoints(
-                self.store or StateStore(ctx.resolve(config.daemon.state_path)),
-                config.daemon.checkpoint_seconds,
-                self.journal.executor if self.journal is not None else None,
-            )
         self.emitted: dict[str, EmittedEvents] = {}
         self._shown: tuple[AppConfig, Shown] | None = None  # built by the first status()
         for name, plan in config.tools.items():
@@ -206,13 +198,6 @@ class Daemon:
         self._submit = submit = self.runner.submit if feed is None else feed.recording(self.runner.submit)
         for name, rule_cfg in self.config.rules.items():
             self.rules[name] = Rule(name, rule_cfg, submit, scheduler)
-        if self.rule_state is not None:  # before any event reaches a rule
-            try:
-                await self.rule_state.restore(self.rules)
-            except BaseException:
-                await self._abort_start()
-                raise
-            self.rule_state.start(self.rules)
         if self.rule_state is not None:  # before any event reaches a rule
             try:
                 await self.rule_state.restore(self.rules)
@@ -435,9 +420,6 @@ class Daemon:
         self.state = "stopped"
 
     async def _close_state(self) -> None:
-        rule_state, self.rule_state = self.rule_state, None
-        if rule_state is not None:  # the last checkpoint, while the state file is open
-            await rule_state.stop(self.rules)
         rule_state, self.rule_state = self.rule_state, None
         if rule_state is not None:  # the last checkpoint, while the state file is open
             await rule_state.stop(self.rules)
