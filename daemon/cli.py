@@ -6,6 +6,9 @@ reader of the output went away (``| head``).
 
 from __future__ import annotations
 
+# before anything slow is imported: from here on a SIGHUP is remembered, not fatal (daemon.hangup)
+from daemon import hangup  # isort: skip
+
 import argparse
 import asyncio
 import contextlib
@@ -74,6 +77,11 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     with_config("run", "run the daemon")
+    with_config(
+        "reload",
+        "validate the configuration (as check does) and ask the running daemon to reload it: "
+        "SIGHUP to the process named by daemon.pid_file",
+    )
     check = with_config(
         "check",
         "validate the configuration and what starting it needs (files, programs, imports, tool "
@@ -131,11 +139,6 @@ def _parser() -> argparse.ArgumentParser:
     add_approvals_parser(
         with_config("approvals", "model-chosen calls waiting for a person: list, approve, reject")
     )
-    with_config(
-        "mcp",
-        "stdio bridge to the running daemon's MCP endpoint (agent.mcp), for clients that start MCP "
-        "servers as programs; only protocol frames on stdout",
-    )
     verbs.add_parser("schema", help="print the JSON Schema of the configuration (for editors)")
     completion = verbs.add_parser(
         "completion",
@@ -185,13 +188,15 @@ def _main(argv: Sequence[str] | None, registry: Registry | None) -> int:
             orjson.dumps(config_json_schema(registry), option=orjson.OPT_INDENT_2).decode() + "\n"
         )
         return EXIT_OK
-    if args.verb == "mcp":  # reads only agent.mcp: other ${VAR}s need not be set in a client's env
-        from daemon.mcp_bridge import run_bridge
-
-        return run_bridge(args.config)
     try:
         check = args.verb == "check"
-        config = load_config(args.config, registry, preflight=check, offline=check and args.offline)
+        config = load_config(
+            args.config,
+            registry,
+            preflight=check or args.verb == "reload",
+            offline=check and args.offline,
+        )
+
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
@@ -202,6 +207,8 @@ def _main(argv: Sequence[str] | None, registry: Registry | None) -> int:
         return EXIT_OK
     if args.verb == "tools":
         return _tools(config)
+    if args.verb == "reload":
+        return _signal_reload(config)
     if args.verb == "dlq":
         return run_dlq(config, args)
     if args.verb == "state":
@@ -218,20 +225,90 @@ def _main(argv: Sequence[str] | None, registry: Registry | None) -> int:
     if args.verb == "record":
         return _record(config, args.source, args.out, args.duration, args.start)
     try:
-        return asyncio.run(serve(config))
+        return asyncio.run(serve(config, registry))
     except KeyboardInterrupt:  # pragma: no cover - signal handlers normally catch it
         return EXIT_ERROR
 
 
-async def serve(config: AppConfig) -> int:
-    """Run until SIGTERM/SIGINT; a second SIGINT forces the stop."""
+def _signal_reload(config: AppConfig) -> int:
+    """``reflexd reload``: the file is valid (checked like ``check`` before this); SIGHUP the process
+    ``daemon.pid_file`` names. The daemon validates it again itself and keeps running on the old
+    one if it has become invalid since (its log and /status say so)."""
+    if config.daemon.pid_file is None:
+        print(
+            "reflexd: daemon.pid_file is not set, so the running daemon cannot be found; set it, or send "
+            "SIGHUP to the process yourself (systemctl reload reflexd)",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    path = config.build_context().resolve(config.daemon.pid_file)
+    try:
+        pid = int(path.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except FileNotFoundError:
+        print(f"reflexd: {path}: no such file (is the daemon running?)", file=sys.stderr)
+        return EXIT_ERROR
+    except ValueError:
+        print(f"reflexd: {path}: not a process id", file=sys.stderr)
+        return EXIT_ERROR
+    except ProcessLookupError:
+        print(f"reflexd: {path}: process {pid} is not running (a stale pid file)", file=sys.stderr)
+        return EXIT_ERROR
+    except PermissionError:
+        print(f"reflexd: {path}: not allowed to signal process {pid}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"reload requested: SIGHUP sent to process {pid}; the daemon's log and /status tell the outcome")
+    return EXIT_OK
+
+
+def _write_pid_file(path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(f"{os.getpid()}\n")
+    tmp.replace(path)
+
+
+def _remove_pid_file(path: Path) -> None:
+    """Only if it still names this process (a second daemon may have taken it over)."""
+    with contextlib.suppress(OSError, ValueError):
+        if int(path.read_text().strip()) == os.getpid():
+            path.unlink()
+
+
+async def _watch_config(file: str, wanted: asyncio.Event, interval: float = 1.0) -> None:
+    """``daemon.watch_config``: a reload when the file's size or modification time changes (polled:
+    no inotify dependency, and it also sees a file replaced by a rename, as editors and ConfigMaps do)."""
+
+    def stamp() -> tuple[int, int] | None:
+        try:
+            st = os.stat(file)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    last = stamp()
+    while True:
+        await asyncio.sleep(interval)
+        now = stamp()
+        if now is not None and now != last:
+            log.info("configuration file changed; reloading", extra={"fields": {"file": file}})
+            wanted.set()
+        if now is not None:
+            last = now
+
+
+async def serve(config: AppConfig, registry: Registry | None = None) -> int:
+    """Run until SIGTERM/SIGINT; a second SIGINT forces the stop. SIGHUP reloads the configuration
+    file (:meth:`daemon.supervisor.Daemon.reload`), during the start too: once running."""
     from daemon.supervisor import Daemon
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    reload_wanted = asyncio.Event()
     main_task = asyncio.current_task()
     assert main_task is not None
     state = {"sigint": 0, "forced": False}
+    daemon: Daemon | None = None
+    registry = registry or builtin_registry()
 
     def on_sigterm() -> None:
         log.info("SIGTERM received; stopping")
@@ -246,17 +323,66 @@ async def serve(config: AppConfig) -> int:
             state["forced"] = True
             main_task.cancel()
 
+    def on_sighup() -> None:
+        if stop.is_set():
+            log.info("SIGHUP received while stopping; ignored")
+        elif daemon is None or daemon.state != "running":
+            log.info("SIGHUP received while starting; reloading once running")
+            reload_wanted.set()
+        else:
+            log.info("SIGHUP received; reloading the configuration")
+            reload_wanted.set()
+
+    async def reloads(running: Daemon) -> None:
+        def load() -> AppConfig:
+            return load_config(config.file, registry, preflight=True)
+
+        while True:
+            await reload_wanted.wait()
+            reload_wanted.clear()
+            if stop.is_set():
+                return
+            try:
+                await running.reload(load)
+            except Exception:  # never expected: reload reports its own failures
+                log.exception("reload failed unexpectedly")
+
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     loop.add_signal_handler(signal.SIGINT, on_sigint)
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    if hangup.take():  # arrived while the command line started
+        on_sighup()
+    pid_file = config.build_context().resolve(config.daemon.pid_file) if config.daemon.pid_file else None
+    helpers: list[asyncio.Task[None]] = []
     try:
+        if pid_file is not None:
+            try:
+                _write_pid_file(pid_file)
+            except OSError as exc:
+                log.error(
+                    "startup failed",
+                    extra={"fields": {"component": "daemon.pid_file", "reason": f"{pid_file}: {exc}"}},
+                )
+                return EXIT_STARTUP
         try:
             daemon = Daemon(config)
             await daemon.start()
         except StartupError as exc:
             log.error("startup failed", extra={"fields": {"component": exc.component, "reason": exc.reason}})
             return EXIT_STARTUP
+        reloader = asyncio.create_task(reloads(daemon), name="reflexd:reload")
+        helpers.append(reloader)
+        if config.daemon.watch_config:
+            helpers.append(
+                asyncio.create_task(_watch_config(config.file, reload_wanted), name="reflexd:watch-config")
+            )
         try:
             await stop.wait()
+            for task in helpers:
+                if task is not reloader:
+                    task.cancel()
+            reload_wanted.set()  # the reloader ends; a reload in progress first ends (within its budget)
+            await asyncio.gather(*helpers, return_exceptions=True)
             await daemon.stop()
         except asyncio.CancelledError:
             if state["forced"]:
@@ -268,8 +394,14 @@ async def serve(config: AppConfig) -> int:
         log.exception("daemon failed")
         return EXIT_ERROR
     finally:
+        for task in helpers:
+            task.cancel()
         loop.remove_signal_handler(signal.SIGTERM)
         loop.remove_signal_handler(signal.SIGINT)
+        loop.remove_signal_handler(signal.SIGHUP)
+        hangup.install()  # removing the loop's handler restored the default, which kills
+        if pid_file is not None:
+            _remove_pid_file(pid_file)
 
 
 class _InputError(Exception):
