@@ -25,6 +25,7 @@ from daemon.errors import ConfigError, ConfigIssue, ExpressionError
 from daemon.mcp import BUILTIN_TOOLS, McpConfig
 from daemon.preflight import argument_problems, component_problems, state_path_problems
 from daemon.registry import BuildContext, ComponentSpec, Kind, Registry
+from daemon.tracing import TracingConfig
 from daemon.yamlio import EnvText, LoadedYaml, format_path, load_yaml_file, load_yaml_text, resolve_scalar
 from handlers.notifications import NotificationsConfig
 from streams.component import PreflightContext
@@ -146,6 +147,9 @@ class DaemonConfig(BaseModel):
     watch_config: bool = Field(
         False,
         description="Reload when the configuration file changes (checked every second), as on SIGHUP.",
+    )
+    tracing: TracingConfig | None = Field(
+        None, description="OpenTelemetry traces of the events that fire rules (OTLP/HTTP); null: off."
     )
 
 

@@ -45,6 +45,7 @@ from streams.rules.pipeline import Dispatcher, Rule
 
 if TYPE_CHECKING:  # imported at start, only when agent.mcp is configured (the SDK is slow to import)
     from daemon.mcp_server import McpServer
+    from daemon.tracing import OtelTracer
 
 __all__ = ["Daemon"]
 
@@ -143,6 +144,13 @@ class Daemon:
         # which imports the mcp SDK) is imported and built at start, only when configured
         self.mcp_feed: McpFeed | None = None
         self.mcp: McpServer | None = None
+        # daemon.tracing: the rules' tracer (daemon.tracing imports the OpenTelemetry SDK only then)
+        self.tracer: OtelTracer | None = None
+        if config.daemon.tracing is not None:
+            from daemon.tracing import start_tracing
+
+            fields = {n: getattr(p.config, "trace_field", None) for n, p in config.sources.items()}
+            self.tracer = start_tracing(config.daemon.tracing, {n: f for n, f in fields.items() if f})
         if config.agent.mcp is not None:
             self.mcp_feed = McpFeed(config.agent.mcp.max_events)
             self.notifications.add_listener(self.mcp_feed.noted)
@@ -197,7 +205,7 @@ class Daemon:
         feed = self.mcp_feed
         self._submit = submit = self.runner.submit if feed is None else feed.recording(self.runner.submit)
         for name, rule_cfg in self.config.rules.items():
-            self.rules[name] = Rule(name, rule_cfg, submit, scheduler)
+            self.rules[name] = Rule(name, rule_cfg, submit, scheduler, tracer=self.tracer)
         if self.rule_state is not None:  # before any event reaches a rule
             try:
                 await self.rule_state.restore(self.rules)
@@ -531,6 +539,8 @@ class Daemon:
         await self._close_state()
         for rule in self.rules.values():
             rule.dispose()
+        if self.tracer is not None:  # the spans of the last calls go out (the SDK's export is blocking)
+            await asyncio.to_thread(self.tracer.shutdown)
         if self._watchdog is not None:
             self._watchdog.cancel()
         if self.http is not None:
@@ -699,7 +709,7 @@ class Daemon:
         started: list[Tool] = []
         try:
             for name in (*plan.rules.added, *plan.rules.changed):
-                rules[name] = Rule(name, new.rules[name], self._submit, self._scheduler)
+                rules[name] = Rule(name, new.rules[name], self._submit, self._scheduler, tracer=self.tracer)
             for tool in tools.values():
                 tool.attach(self.host)
                 await tool.start()

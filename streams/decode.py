@@ -157,6 +157,11 @@ class DecodeFields(BaseModel):
         "path, as for `key_field`. A value that is neither is a decode error (`bad_time`).",
     )
     time_unit: TimeUnit = Field("ms", description="Unit of `time_field`.")
+    trace_field: str | None = Field(
+        None,
+        description="Field of a JSON message holding a W3C `traceparent`: the parent of the span of a rule "
+        "that fires on it (with `daemon.tracing`; read only when a rule fires). A dotted name is a path.",
+    )
     where: str | None = Field(
         None,
         description="Expression (the rules' language) a message must satisfy to become an event, e.g. "
