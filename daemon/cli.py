@@ -139,6 +139,11 @@ def _parser() -> argparse.ArgumentParser:
     add_approvals_parser(
         with_config("approvals", "model-chosen calls waiting for a person: list, approve, reject")
     )
+    with_config(
+        "mcp",
+        "stdio bridge to the running daemon's MCP endpoint (agent.mcp), for clients that start MCP "
+        "servers as programs; only protocol frames on stdout",
+    )
     verbs.add_parser("schema", help="print the JSON Schema of the configuration (for editors)")
     completion = verbs.add_parser(
         "completion",
@@ -188,6 +193,10 @@ def _main(argv: Sequence[str] | None, registry: Registry | None) -> int:
             orjson.dumps(config_json_schema(registry), option=orjson.OPT_INDENT_2).decode() + "\n"
         )
         return EXIT_OK
+    if args.verb == "mcp":  # reads only agent.mcp: other ${VAR}s need not be set in a client's env
+        from daemon.mcp_bridge import run_bridge
+
+        return run_bridge(args.config)
     try:
         check = args.verb == "check"
         config = load_config(
@@ -196,7 +205,6 @@ def _main(argv: Sequence[str] | None, registry: Registry | None) -> int:
             preflight=check or args.verb == "reload",
             offline=check and args.offline,
         )
-
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
