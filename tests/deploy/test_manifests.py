@@ -246,6 +246,7 @@ def test_the_unit_matches_how_the_readme_installs_reflexd() -> None:
     assert env["REFLEXD_STATE_PATH"] == "%S/reflexd/%i/reflexd.db"  # %S: /var/lib for a system unit
     assert "${REFLEXD_STATE_PATH:-./var/reflexd.db}" in (ROOT / "README.md").read_text()
     assert float(fields["TimeoutStopSec"][0]) > DEFAULT_SHUTDOWN_BUDGET
+    assert fields["ExecReload"] == ["/bin/kill -HUP $MAINPID"]  # SIGHUP reloads (daemon.hangup)
 
 
 def test_the_state_path_the_unit_sets_gives_each_instance_its_own_file() -> None:
