@@ -28,6 +28,7 @@ import orjson
 from daemon.agent_state import AgentState
 from daemon.config import AppConfig
 from daemon.errors import StartupError
+from daemon.logs import hide_secrets
 from daemon.state import DeadLetter, Journal, StateStore, redact
 from handlers.base import CallContext, CallReply, Tool
 from handlers.host import RunnerHost
@@ -218,6 +219,7 @@ def restore_args(config: AppConfig, letter: DeadLetter) -> dict[str, Any] | str:
 
 
 async def _replay(config: AppConfig, store: StateStore, letters: list[DeadLetter]) -> int:
+    hide_secrets(config.secret_texts)
     ctx = config.build_context()
     tools: dict[str, Tool] = {}
     for name in sorted({d.tool for d in letters}):

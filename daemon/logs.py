@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import orjson
@@ -37,6 +38,8 @@ __all__ = [
     "configure_logging",
     "console_text",
     "get_logger",
+    "hide_secrets",
+    "scrub_secrets",
 ]
 
 LogFormat = Literal["json", "console"]
@@ -160,15 +163,58 @@ class ConsoleFormatter(logging.Formatter):
         return line
 
 
+class _Hidden:
+    """The texts no log line may show (values from ``${VAR}``), replaced by ``***`` in each finished line,
+    as written and as JSON escapes them. Set by :func:`hide_secrets`; empty: lines pass untouched."""
+
+    forms: tuple[str, ...] = ()
+
+    @classmethod
+    def scrub(cls, line: str) -> str:
+        for text in cls.forms:
+            if text in line:
+                line = line.replace(text, "***")
+        return line
+
+
+def hide_secrets(texts: Iterable[str]) -> None:
+    """From now on, every line the reflexd handler writes has these texts replaced by ``***`` (a
+    tool's error that quotes its secret argument, a traceback holding a key), and so does every
+    text passed to :func:`scrub_secrets` (the errors the journal and the dead-letter queue store).
+    Texts under 4 characters are not hidden (they would mask ordinary words)."""
+    forms: set[str] = set()
+    for text in texts:
+        if len(text) >= 4:
+            forms.add(text)
+            forms.add(orjson.dumps(text).decode()[1:-1])  # as it appears inside a JSON string
+            forms.add(console_text(text))
+    _Hidden.forms = tuple(sorted(forms, key=len, reverse=True))  # a longer secret before one inside it
+
+
+def scrub_secrets(text: str) -> str:
+    """``text`` with the texts given to :func:`hide_secrets` replaced by ``***``."""
+    return _Hidden.scrub(text) if _Hidden.forms else text
+
+
+class _Scrubbing(logging.Formatter):
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub_secrets(self.inner.format(record))
+
+
 def configure_logging(level: str = "info", fmt: LogFormat = "json", stream: Any = None) -> None:
-    """Install one handler on the ``reflexd`` logger (idempotent)."""
+    """Install one handler on the ``reflexd`` logger (idempotent); its lines never show the texts
+    :func:`hide_secrets` was given."""
     root = logging.getLogger("reflexd")
     for handler in list(root.handlers):
         if getattr(handler, "_reflexd", False):
             root.removeHandler(handler)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler._reflexd = True  # type: ignore[attr-defined]
-    handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
+    handler.setFormatter(_Scrubbing(JsonFormatter() if fmt == "json" else ConsoleFormatter()))
     root.addHandler(handler)
     root.setLevel(level.upper())
     root.propagate = False

@@ -43,7 +43,7 @@ from typing import Any
 import orjson
 
 from daemon.errors import StartupError
-from daemon.logs import RateLimitedLog, get_logger
+from daemon.logs import RateLimitedLog, get_logger, scrub_secrets
 from streams.event import READABLE_FIELDS, Event
 
 __all__ = [
@@ -492,6 +492,7 @@ class StateStore:
         """Park a failed call; ``args`` are stored redacted (``secret_args`` and secret-looking
         names), with the names that were."""
         shown, hidden = redact_names(args, secret_args)
+        error = scrub_secrets(error)
         with self.lock:
             cur = self.db.execute(
                 "INSERT INTO dead_letters"
@@ -670,6 +671,8 @@ class Journal:
     def ended(
         self, inv_id: str, key: str, attempts: int, outcome: str, error: str | None, result: Any
     ) -> None:
+        if error is not None:  # a failure's text may quote a secret argument (stderr, a response body)
+            error = scrub_secrets(error)
         if outcome == "succeeded":
             self._succeeded[key] = None
             self._succeeded.move_to_end(key)

@@ -25,7 +25,7 @@ from daemon.agent_view import Shown
 from daemon.config import AppConfig
 from daemon.errors import ConfigError, ShutdownTimeout, StartupError
 from daemon.http import OpsServer
-from daemon.logs import RateLimitedLog, get_logger
+from daemon.logs import RateLimitedLog, get_logger, hide_secrets
 from daemon.mcp import McpFeed
 from daemon.reload import RELOAD_RESULTS, ReloadPlan, config_hash, plan_reload
 from daemon.rule_state import RuleCheckpoints
@@ -98,6 +98,7 @@ class Daemon:
 
     def __init__(self, config: AppConfig) -> None:
         self.config = config
+        hide_secrets(config.secret_texts)  # no log line or stored error shows a ${VAR} value
         ctx = config.build_context()
         self.tools: dict[str, Tool] = {}
         for name, plan in config.tools.items():
@@ -633,6 +634,7 @@ class Daemon:
             plan = plan_reload(self.config, new)
             # daemon: and agent: are kept as they run (see daemon.reload); the rest is applied
             effective = dataclasses.replace(new, daemon=self.config.daemon, agent=self.config.agent)
+            hide_secrets(self.config.secret_texts | new.secret_texts)  # calls in flight may hold the old ones
             if plan.not_applied:
                 log.warning(
                     "reload: these settings apply only at a restart; the running values are kept",
