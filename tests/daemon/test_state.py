@@ -284,7 +284,7 @@ async def test_journal_health_is_in_metrics_and_status(tmp_path: Path) -> None:
             "reflexd_journal_dropped_total 3.0" in body and "reflexd_journal_write_errors_total 0.0" in body
         )
         assert "reflexd_journal_backlog " in body
-        assert daemon.status()["journal"] == {"dropped": 3, "write_errors": 0}
+        assert daemon.status()["journal"] == {"dropped": 3, "write_errors": 0, "backlog": 0}
     finally:
         await daemon.stop()
 
