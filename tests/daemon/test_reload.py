@@ -223,3 +223,79 @@ async def test_daemon_settings_are_not_applied_live(run_daemon: StartDaemon, tmp
         assert report["rules"]["changed"] == ["echo"]
         assert daemon.config.daemon.state_path == str(tmp_path / "state.db")
         assert daemon.http.port == port and not (tmp_path / "other.db").exists()
+
+
+async def test_an_llm_tool_survives_a_reload_with_its_gate(run_daemon: StartDaemon, tmp_path: Path) -> None:
+    """Agent parts across reloads, against the scripted model server (real HTTP, the openai SDK): a
+    reload that adds an unrelated rule keeps the llm tool, its lane and its gate (a repeat of the same
+    key within dedup_seconds is still deduplicated); one that changes the llm tool builds a new one
+    whose answers still reach the rules through the same event source."""
+    from tests.agent.scripted import ScriptedOpenAI
+    from tests.agent.test_loop import config_text
+
+    async with ScriptedOpenAI() as model, FeedServer(Plan()) as server:
+        path = tmp_path / "config.yaml"
+        path.write_text(
+            config_text("openai", model.base_url, server.url, tmp_path, llm={"dedup_seconds": 300})
+        )
+        daemon = await started(run_daemon, path)
+        await wait_for(lambda: daemon.sources["feed"].stats.state == "connected")
+        await server.broadcast('{"s": "BTC", "p": 1}')
+        routed = tmp_path / "routed.jsonl"
+        await wait_for(lambda: len(lines(routed)) == 1, what="the first answer")
+        analyst, answers = daemon.tools["analyst"], daemon.sources["analyst"]
+        extra = {"more": {"from": ["feed"], "then": [{"tool": "routed", "args": {"text": "raw"}}]}}
+        path.write_text(
+            config_text(
+                "openai", model.base_url, server.url, tmp_path, llm={"dedup_seconds": 300}, rules=extra
+            )
+        )
+        report = await daemon.reload(loader(path))
+        assert report["result"] == "applied" and report["tools"]["kept"] == ["routed", "analyst"]
+        assert daemon.tools["analyst"] is analyst and daemon.runner.tools["analyst"] is analyst
+        await server.broadcast('{"s": "BTC", "p": 2}')  # same key: the kept gate deduplicates it
+        await wait_for(lambda: daemon.runner.stats("analyst").screened == 1, what="the deduplicated repeat")
+        assert len(model.requests) == 1
+        path.write_text(
+            config_text(
+                "openai",
+                model.base_url,
+                server.url,
+                tmp_path,
+                llm={"dedup_seconds": 300, "max_rounds": 3},
+                rules=extra,
+            )
+        )
+        report = await daemon.reload(loader(path))
+        assert report["tools"]["changed"] == ["analyst"], report
+        assert daemon.tools["analyst"] is not analyst and daemon.sources["analyst"] is answers
+        await server.broadcast('{"s": "ETH", "p": 3}')
+        await wait_for(
+            lambda: len([r for r in lines(routed) if r["args"]["text"] == "done"]) == 2,
+            what="the new tool's answer",
+        )
+
+
+async def test_watch_config_asks_for_a_reload_when_the_file_changes(tmp_path: Path) -> None:
+    """daemon.watch_config's poller: nothing while the file stays as it is, a reload request once it is
+    rewritten (also when replaced by a rename, as editors and ConfigMaps do)."""
+    import asyncio
+
+    from daemon.cli import _watch_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text("a: 1\n")
+    wanted = asyncio.Event()
+    watcher = asyncio.create_task(_watch_config(str(path), wanted, interval=0.02))
+    try:
+        await asyncio.sleep(0.1)
+        assert not wanted.is_set()
+        path.write_text("a: 22\n")
+        await wait_for(wanted.is_set, what="the reload request")
+        wanted.clear()
+        other = tmp_path / "new.yaml"
+        other.write_text("a: 333\n")
+        other.replace(path)
+        await wait_for(wanted.is_set, what="the request after a rename")
+    finally:
+        watcher.cancel()
