@@ -45,7 +45,7 @@ Usage::
 
     .venv/bin/python bench/ws_pipeline.py [--n 200000] [--runs 3] [--rate 10000] [--seconds 3]
                                           [--burst 10] [--uvloop] [--raw-queue asyncio|bounded]
-                                          [--profile] [--strict]
+                                          [--profile] [--journal] [--mcp] [--strict]
 """
 
 from __future__ import annotations
@@ -276,12 +276,16 @@ def bench_registry() -> Registry:
 
 #: --journal: the daemon journals tool calls in a fresh temporary SQLite file per run.
 JOURNAL = False
+#: --mcp: the daemon also serves MCP (agent.mcp on a free loopback port, auth none), no client connected.
+MCP = False
 
 
 def daemon_config(url: str, cooldown: float, state_dir: str | None = None) -> str:
     """The daemon under test; with ``state_dir`` every tool call is journaled in SQLite there."""
     journal = f'state_path: "{state_dir}/state.db"' if state_dir else "journal: {enabled: false}"
+    agent = 'agent: {mcp: {listen: "127.0.0.1:0", auth: none}}' if MCP else ""
     return f"""
+{agent}
 daemon:
   log_level: warning
   http: null
@@ -584,13 +588,17 @@ def main(argv: list[str] | None = None) -> int:
         "--journal", action="store_true", help="(b) journals every tool call in SQLite (default: journal off)"
     )
     parser.add_argument(
+        "--mcp", action="store_true", help="(b) also serves MCP (agent.mcp), no client connected"
+    )
+    parser.add_argument(
         "--strict",
         action="store_true",
         help="exit 1 if a queue dropped or a target (ratio 0.5, p99 2 ms) missed",
     )
     args = parser.parse_args(argv)
-    global JOURNAL
+    global JOURNAL, MCP
     JOURNAL = bool(args.journal)
+    MCP = bool(args.mcp)
     if args.n < 2 or args.runs < 1 or args.rate <= 0 or args.seconds <= 0 or args.burst < 1:
         parser.error("need --n >= 2, --runs >= 1, --rate > 0, --seconds > 0, --burst >= 1")
 
@@ -607,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
         "sides; daemon queue max_events=10000 drop_oldest; "
         f"(a) uses {'asyncio.Queue(maxsize=10000)' if args.raw_queue == 'asyncio' else 'BoundedQueue'}; "
         f"(b) journal {'ON (SQLite, every tool call)' if JOURNAL else 'off'}"
+        f"{', MCP served (agent.mcp, no client)' if MCP else ''}"
     )
 
     thr = StreamSpec(args.n, THROUGHPUT_MATCH_EVERY, 0.0)
