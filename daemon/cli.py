@@ -181,6 +181,8 @@ def main(argv: Sequence[str] | None = None, registry: Registry | None = None) ->
 def _main(argv: Sequence[str] | None, registry: Registry | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.verb != "run":  # only the daemon takes SIGHUP as a reload
+        hangup.release()
     if args.verb is None:  # like git: the verbs, and a usage error's exit code (argparse's 2)
         parser.print_help(sys.stderr)
         return EXIT_CONFIG

@@ -10,10 +10,11 @@ milliseconds of the interpreter's own start, before this import, still have the 
 
 from __future__ import annotations
 
+import os
 import signal
 from types import FrameType
 
-__all__ = ["install", "take"]
+__all__ = ["install", "release", "take"]
 
 _requested = False
 
@@ -29,6 +30,17 @@ def install() -> None:
         signal.signal(signal.SIGHUP, _remember)
     except ValueError:  # not the main thread (the command line run inside a test's thread)
         pass
+
+
+def release() -> None:
+    """Give SIGHUP its default back (a verb other than ``run``: closing the terminal ends it, as it
+    ends any command); one remembered meanwhile is delivered again now, with that default."""
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    except ValueError:  # not the main thread: install() could not set it either
+        return
+    if take():
+        os.kill(os.getpid(), signal.SIGHUP)
 
 
 def take() -> bool:

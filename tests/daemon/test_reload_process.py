@@ -165,3 +165,39 @@ def test_sighup_and_reflexd_reload_while_running(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_other_verbs_still_end_on_sighup(tmp_path: Path) -> None:
+    """Only `run` takes SIGHUP as a reload: a long `reflexd record` ends on it, as any command does when
+    its terminal closes."""
+    path = tmp_path / "config.yaml"
+    path.write_text(config_text(tmp_path))
+    out = tmp_path / "rec.jsonl"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "daemon.cli",
+            "record",
+            "-c",
+            str(path),
+            "trades",
+            "--out",
+            str(out),
+            "--duration",
+            "30",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not (out.exists() and out.stat().st_size > 0):
+            assert proc.poll() is None and time.monotonic() < deadline, "the recording never started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(timeout=10) == -signal.SIGHUP
+    finally:
+        proc.kill()
+        proc.wait()
