@@ -192,6 +192,8 @@ class Rule:
         self._submit = submit
         #: asked for a span only when the rule fires (tracing on); the calls carry it on
         self._tracer = tracer
+        #: what a match calls: chosen here, so that with tracing off firing costs what it did without it
+        self._on_fire: Callable[[Event], None] = self._fire if tracer is None else self._fire_traced
         self._kinds = frozenset(config.kinds)
         self._latest_ts = -math.inf
         self.clock: EventClock | None = None
@@ -239,7 +241,7 @@ class Rule:
         self._operators = bool(operators)
         self.summary = [step.summary for step in plan.steps]
         self._subscription = self.subject.pipe(*operators).subscribe(
-            on_next=self._fire, on_error=self._on_error, scheduler=scheduler
+            on_next=self._on_fire, on_error=self._on_error, scheduler=scheduler
         )
         # The `where` filter runs before the Subject: most events do not match, and a Subject
         # hop (lock, observer list copy, several frames) would cost more than the test itself.
@@ -249,7 +251,7 @@ class Rule:
         match = self._match
         # a rule without steps or cooldown has an empty pipeline: fire directly, without the
         # Subject's lock and observer hops (most rules are `where` + `then`)
-        push = self.subject.on_next if self._operators else self._fire
+        push = self.subject.on_next if self._operators else self._on_fire
         kinds = self._kinds
         crashed = self._crashed
         # every event moves time first: the rule's clock (firing due timers) or, replaying without
@@ -335,29 +337,24 @@ class Rule:
             data=repr(event.data)[:200],
         )
 
-    def _fire(self, event: Event) -> None:
-        if self._tracer is not None:
-            self._fire_traced(event, self._tracer)
-            return
-        self._fire_calls(event, None)
-
-    def _fire_traced(self, event: Event, tracer: Tracer) -> None:
+    def _fire_traced(self, event: Event) -> None:
         """Fire under the rule's span: its calls are its children, it ends once they are submitted."""
+        assert self._tracer is not None
         try:
-            span = tracer.fired(self.name, event)
+            span = self._tracer.fired(self.name, event)
         except Exception as exc:  # a tracer's bug must not stop the rule from acting
             self._submit_log.hit(rule=self.name, error=f"tracing: {type(exc).__name__}: {exc}")
-            self._fire_calls(event, None)
+            self._fire(event)
             return
         submitted, rejected = self.stats.submitted, self.stats.rejected
         try:
-            self._fire_calls(event, span)
+            self._fire(event, span)
         finally:
             stats = self.stats
             span.set({"reflexd.calls_submitted": stats.submitted - submitted})
             span.end("a call was rejected" if stats.rejected > rejected else None)
 
-    def _fire_calls(self, event: Event, span: Span | None) -> None:
+    def _fire(self, event: Event, span: Span | None = None) -> None:
         stats = self.stats
         stats.fired += 1
         self.last_fire = (time.time(), event)
@@ -370,7 +367,9 @@ class Rule:
                 continue
             if ref is None:
                 ref = _event_ref(event)
-            ctx = CallContext(tool, self.name, event, f"{self.name}:{ref}:{index}", trace=span)
+            ctx = CallContext(tool, self.name, event, f"{self.name}:{ref}:{index}")
+            if span is not None:
+                ctx = ctx._replace(trace=span)
             try:
                 accepted = self._submit(tool, args, ctx)
             except Exception as exc:
