@@ -170,6 +170,7 @@ class Daemon:
         self.reloads: dict[str, int] = dict.fromkeys(RELOAD_RESULTS, 0)
         self.last_reload: dict[str, Any] | None = None
         self._reload_lock = asyncio.Lock()
+        self._swapping = False
         self.http: OpsServer | None = None
         self.state = "created"  # created | starting | running | stopping | stopped
         self.stop_progress_seconds = STOP_PROGRESS_SECONDS
@@ -648,11 +649,17 @@ class Daemon:
                 self.config, self.config_hash, self.loaded_at = effective, digest, time.time()
                 report["result"] = "unchanged"
                 return self._reloaded(report, started)
+            self._swapping = False
             try:
                 cut = await self._apply(plan, effective)
-            except Exception as exc:  # nothing was changed (see _apply)
-                log.exception("reload could not start a component; nothing changed")
-                report.update(result="failed", errors=[f"{type(exc).__name__}: {exc}"])
+            except Exception as exc:
+                if not self._swapping:  # a new component could not be built or started
+                    log.exception("reload could not start a component; nothing changed")
+                    report.update(result="failed", errors=[f"{type(exc).__name__}: {exc}"])
+                    return self._reloaded(report, started)
+                # never expected once the swap began: what ran until then is a mix of both files
+                log.exception("reload failed part way; restart the daemon to run one configuration")
+                report.update(result="failed", partial=True, errors=[f"{type(exc).__name__}: {exc}"])
                 return self._reloaded(report, started)
             self.config, self.config_hash, self.loaded_at = effective, digest, time.time()
             report["result"] = "applied"
@@ -726,6 +733,7 @@ class Daemon:
                     log.exception("tool stop failed", extra={"fields": {"tool": tool.name}})
             raise
         cut: list[str] = []
+        self._swapping = True  # from here on a failure leaves part of the new configuration applied
         # 1. sources that go or change stop reading; their queues drain through the running rules
         for name in (*plan.sources.removed, *plan.sources.changed):
             await self._stop_source(name, deadline, cut)

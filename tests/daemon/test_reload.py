@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 
 from daemon.config import AppConfig, load_config
 from daemon.registry import builtin_registry
@@ -299,3 +300,37 @@ async def test_watch_config_asks_for_a_reload_when_the_file_changes(tmp_path: Pa
         await wait_for(wanted.is_set, what="the request after a rename")
     finally:
         watcher.cancel()
+
+
+async def test_a_tool_that_cannot_start_fails_the_reload_and_changes_nothing(
+    run_daemon: StartDaemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A valid file whose changed tool fails to start (here: its start raises): the reload is failed,
+    the rule, tool and source that ran go on unchanged; the changed rule built meanwhile is dropped."""
+    from daemon.errors import StartupError
+    from handlers.file import FileTool
+
+    async with FeedServer(Plan()) as server:
+        path = tmp_path / "config.yaml"
+        write_config(path, server.url, tmp_path, {"echo": ECHO})
+        daemon = await started(run_daemon, path)
+        await wait_for(lambda: daemon.sources["feed"].stats.state == "connected")
+        rule, tool, source = daemon.rules["echo"], daemon.tools["out_echo"], daemon.sources["feed"]
+
+        async def cannot_start(self: FileTool) -> None:
+            raise StartupError(f"tool {self.name}", "the disk is gone")
+
+        monkeypatch.setattr(FileTool, "start", cannot_start)
+        text = path.read_text().replace(str(tmp_path / "out_echo.jsonl"), str(tmp_path / "new.jsonl"))
+        path.write_text(text.replace(ECHO, ECHO.replace("{from: feed,", "{from: feed, where: 'true',")))
+        report = await daemon.reload(loader(path))
+        assert report["result"] == "failed" and "the disk is gone" in report["errors"][0]
+        assert "partial" not in report
+        assert (
+            daemon.rules["echo"] is rule
+            and daemon.tools["out_echo"] is tool
+            and daemon.sources["feed"] is source
+        )
+        assert daemon.runner.tools["out_echo"] is tool
+        await server.broadcast('{"k": "a", "n": 1}')
+        await wait_for(lambda: len(lines(tmp_path / "out_echo.jsonl")) == 1, what="the old rule and tool")
