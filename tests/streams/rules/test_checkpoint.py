@@ -255,3 +255,27 @@ def test_100k_keys_figures(capsys: pytest.CaptureFixture[str]) -> None:
             print(
                 f"\n{label}: 100k keys, {len(data) / 1e6:.1f} MB, snapshot {taken:.3f} s, restore {restored:.3f} s"
             )
+
+
+def test_a_rule_restarted_in_process_takes_the_old_ones_state_without_bytes() -> None:
+    """What a reload does for a rule it restarts whose fingerprint is unchanged (e.g. only its `then`
+    changed): ``new.restore(old.snapshot())`` after the old one saw its last event, before the new
+    one sees its first."""
+    case = CASES["window_tumbling_time"]
+    config, whole = fired(case)
+    feed = events(config.from_)
+    rule = make(config, whole)
+    for event in feed:
+        rule.on_next(event)
+    rule.finish()
+    parts: list[tuple[Any, ...]] = []
+    old = make(config, parts)
+    for event in feed[:200]:
+        old.on_next(event)
+    new = make(config, parts)
+    assert new.restore(old.snapshot())
+    old.dispose()
+    for event in feed[200:]:
+        new.on_next(event)
+    new.finish()
+    assert parts == whole
