@@ -24,11 +24,13 @@ from tests.daemon.test_run import read_log_until
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def write_config(tmp_path: Path, *, checkpoint: float = 10.0, cooldown: float = 300.0) -> Path:
+def write_config(
+    tmp_path: Path, *, checkpoint: float = 10.0, cooldown: float = 300.0, journal: bool = True
+) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(
         f"""\
-daemon: {{http: null, checkpoint_seconds: {checkpoint}}}
+daemon: {{http: null, checkpoint_seconds: {checkpoint}, journal: {{enabled: {str(journal).lower()}}}}}
 sources:
   trades: {{type: replay, path: trades.jsonl, speed: 0, key_field: s, time_field: T, time_unit: ms}}
 tools:
@@ -126,6 +128,17 @@ def test_a_cooldown_that_fired_holds_across_a_sigterm_restart(tmp_path: Path) ->
     feed(tmp_path, 70, now + 400)
     run_one(tmp_path, config, 2)
     assert len(lines(tmp_path / "var" / "buys.jsonl")) == 2
+
+
+def test_with_the_journal_off_the_state_is_still_kept(tmp_path: Path) -> None:
+    """The rule state has the state file to itself (and a writer thread of its own)."""
+    config = write_config(tmp_path, journal=False)
+    now = time.time()
+    feed(tmp_path, 90, now)
+    run_one(tmp_path, config, 0)
+    feed(tmp_path, 80, now + 5)
+    run_one(tmp_path, config, 1)
+    assert len(lines(tmp_path / "var" / "buys.jsonl")) == 1
 
 
 def test_kill_9_loses_at_most_what_changed_since_the_last_checkpoint(tmp_path: Path) -> None:
