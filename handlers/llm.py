@@ -175,7 +175,7 @@ class LlmTool(Tool):
 
     def attach(self, host: ToolHost) -> None:
         self._host = host
-        host.notifications.add_reader(self.name)
+        host.notifications.add_reader(self.name, owner=self)
 
     async def start(self) -> None:
         host = self._host
@@ -220,6 +220,8 @@ class LlmTool(Tool):
         self._loop = AgentLoop(settings, self._client, host, self.gate, validators, self._count)
 
     async def stop(self) -> None:
+        if self._host is not None:  # a reload that rebuilt this tool has handed the reader on already
+            self._host.notifications.remove_reader(self.name, owner=self)
         if self._client is not None:
             try:
                 await self._client.close()

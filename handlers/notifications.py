@@ -86,6 +86,7 @@ class NotificationQueue:
         #: (kind, rule, key) → the newest queued item of it (coalescing looks here; gone with the item)
         self._latest: dict[tuple[str, str, Any], Notification] = {}
         self._cursors: dict[str, int] = {}
+        self._owners: dict[str, object] = {}
         self._seq = 0
         self.put_count = 0  # items put (coalesced repeats included)
         self.coalesced = 0  # puts merged into an unread item
@@ -104,10 +105,20 @@ class NotificationQueue:
     def __len__(self) -> int:
         return len(self._items)
 
-    def add_reader(self, name: str, *, from_start: bool = False) -> None:
-        """A reader that takes items from now on (or every item still queued, with ``from_start``)."""
+    def add_reader(self, name: str, *, from_start: bool = False, owner: object = None) -> None:
+        """A reader that takes items from now on (or every item still queued, with ``from_start``).
+        A reader of that name already there keeps its cursor; ``owner`` becomes its owner (a tool
+        rebuilt by a reload takes over its predecessor's cursor)."""
         if name not in self._cursors:
             self._cursors[name] = 0 if from_start else self._seq
+        self._owners[name] = owner
+
+    def remove_reader(self, name: str, *, owner: object = None) -> None:
+        """Forget a reader (a tool that is gone), unless another owner has taken it over since: items
+        it will never take no longer count as dropped when evicted."""
+        if self._owners.get(name) is owner:
+            self._cursors.pop(name, None)
+            self._owners.pop(name, None)
 
     def add_listener(self, listener: Callable[[Notification], None]) -> None:
         """Call ``listener`` with every item put from now on (a coalesced item again, with its new

@@ -235,3 +235,21 @@ async def test_wait_returns_at_the_first_item_or_after_the_time() -> None:
     assert [i.text for i in items] == ["hello"]
     assert await q.wait(1, 0.01) == []
     assert [i.seq for i in await q.wait(0, 0)] == [1]
+
+
+def test_a_reader_that_is_gone_no_longer_counts_drops_and_a_successor_keeps_the_cursor() -> None:
+    """A tool removed by a reload stops being a reader (its unread items are not drops); a tool rebuilt
+    under the same name takes over the cursor, and the old one's stop does not remove it."""
+    from handlers.notifications import NotificationQueue
+
+    q = NotificationQueue(2)
+    old, new = object(), object()
+    q.add_reader("analyst", owner=old)
+    q.put("notify", "a")
+    q.add_reader("analyst", owner=new)  # rebuilt: same cursor
+    q.remove_reader("analyst", owner=old)  # the old tool stops afterwards
+    assert [n.text for n in q.drain("analyst")] == ["a"]
+    q.remove_reader("analyst", owner=new)  # removed for good
+    for text in "bcd":
+        q.put("notify", text)
+    assert q.dropped == 0
