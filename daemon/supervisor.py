@@ -749,7 +749,12 @@ class Daemon:
             self.sources[name] = events
         self.host.set_emitters({n: e.emit for n, e in self.emitted.items()})
         self.runner.set_secret_args(new.secret_arguments())
-        # 3. the rules: every dispatcher switches between two events
+        # 3. the rules: every dispatcher switches between two events. A changed rule takes over its
+        #    predecessor's state when its definition (all but `then`) is the same: a new argument or
+        #    tool keeps the cooldowns; a changed definition starts fresh (no await until the swap)
+        for name in plan.rules.changed:
+            if not rules[name].restore(self.rules[name].snapshot()):
+                log.info("reload: rule changed; its state starts fresh", extra={"fields": {"rule": name}})
         for name in (*plan.rules.removed, *plan.rules.changed):
             self.rules.pop(name).dispose()
         self.rules.update(rules)

@@ -129,6 +129,31 @@ async def test_one_changed_rule_restarts_only_that_rule(run_daemon: StartDaemon,
         assert len(server.connections) == 1 and daemon.sources["feed"].stats.gaps == 0
 
 
+async def test_a_rule_changed_only_in_then_keeps_its_state_and_a_changed_definition_starts_fresh(
+    run_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    """A reload that changes only a rule's `then` (an argument) keeps its cooldown: the rule is rebuilt
+    and takes its predecessor's state; one that changes its `where` starts with none."""
+    async with FeedServer(Plan()) as server:
+        path = tmp_path / "config.yaml"
+        write_config(path, server.url, tmp_path, {"cool": COOL})
+        daemon = await started(run_daemon, path)
+        await wait_for(lambda: daemon.sources["feed"].stats.state == "connected")
+        await server.broadcast('{"k": "a", "n": 1}')
+        await wait_for(lambda: len(lines(tmp_path / "out_cool.jsonl")) == 1)
+        new_args = COOL.replace("args: {n: '{data.n}'}", "args: {n: '{data.n}', v: 2}")
+        write_config(path, server.url, tmp_path, {"cool": new_args})
+        assert (await daemon.reload(loader(path)))["rules"]["changed"] == ["cool"]
+        await server.broadcast('{"k": "a", "n": 2}')
+        await wait_for(lambda: daemon.rules["cool"].stats.seen == 1)
+        assert len(lines(tmp_path / "out_cool.jsonl")) == 1  # still cooling down: state taken over
+        new_where = new_args.replace('where: "data.n > 0"', 'where: "data.n > 1"')
+        write_config(path, server.url, tmp_path, {"cool": new_where})
+        assert (await daemon.reload(loader(path)))["rules"]["changed"] == ["cool"]
+        await server.broadcast('{"k": "a", "n": 3}')
+        await wait_for(lambda: len(lines(tmp_path / "out_cool.jsonl")) == 2)  # fresh: it fires again
+
+
 async def test_added_removed_and_changed_tools(run_daemon: StartDaemon, tmp_path: Path) -> None:
     """A tool whose config changed is a new object that gets the calls from then on; a removed rule
     and its tool stop; an added rule and tool start; the kept tool keeps its counters."""
