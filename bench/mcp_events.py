@@ -28,8 +28,10 @@ p99 per run, and their medians. Goal: p99 ≤ 50 ms.
 frame server in a separate process) with the daemon in this process, alternating: the raw loop,
 reflexd without ``agent.mcp``, reflexd with ``agent.mcp`` (no client: the fires are recorded in the
 feed, nothing is pushed). Rates are messages evaluated per second; printed: each run, the medians,
-and the median of with/without per round. Expected: ≈ 1 (the feed records one item per fire and keeps
-the last event of each batch; no work per event).
+and the median of with/without per round; and this process's CPU time per message evaluated, over
+the same window as the rate (``time.process_time()`` at the first and the last tool call; the frame
+server is another process), steadier than wall-clock rates on a busy machine. Expected: ≈ 1 (the
+feed records one item per fire and keeps the last event of each batch; no work per event).
 
 Not named ``bench/mcp.py``: a script's folder comes first on ``sys.path``, so that file would be
 what ``import mcp`` finds, for itself and for every other script here (``ws_pipeline.py --mcp``).
@@ -339,17 +341,24 @@ async def measure_ws(args: argparse.Namespace, port: int, thr: ws.StreamSpec, wa
     n = args.n
     matches = ws.expected_matches(n, ws.THROUGHPUT_MATCH_EVERY)
 
+    cpu: dict[str, list[float]] = {"off": [], "on": []}  # µs of this process's CPU per message
+
     async def reflexd(mcp: bool, spec: ws.StreamSpec, count: int, expected: int) -> ws.RunResult:
         ws.MCP = mcp
         try:
-            return await ws.reflexd_run(base + spec.path(), count, expected)
+            result = await ws.reflexd_run(base + spec.path(), count, expected)
         finally:
             ws.MCP = False
+        assert result.cpu_seconds is not None
+        cpu["on" if mcp else "off"].append(result.cpu_seconds / (result.n - result.drops) * 1e6)
+        return result
 
     warm_matches = ws.expected_matches(warm.n, ws.THROUGHPUT_MATCH_EVERY)
     await ws.raw_run(base + warm.path(), warm.n, "asyncio")
     await reflexd(False, warm, warm.n, warm_matches)
     await reflexd(True, warm, warm.n, warm_matches)
+    cpu["off"].clear()
+    cpu["on"].clear()
 
     print(
         f"(b) ws_pipeline.py throughput, N={n:,} per run, {args.ws_runs} rounds, order rotating; "
@@ -373,13 +382,19 @@ async def measure_ws(args: argparse.Namespace, port: int, thr: ws.StreamSpec, wa
         print(
             f"  round {i + 1} ({'→'.join(orders[i % 3])}): raw {got['raw'].rate:>9,.0f}  "
             f"reflexd {got['off'].rate:>9,.0f}  reflexd+MCP {got['on'].rate:>9,.0f} msg/s  "
-            f"MCP/no MCP {ratio:.3f}" + (f"  [DROPS {drops}]" if drops else "")
+            f"MCP/no MCP {ratio:.3f}  CPU/msg {cpu['off'][-1]:.2f} / {cpu['on'][-1]:.2f} µs"
+            + (f"  [DROPS {drops}]" if drops else "")
         )
     off, on, raw = (statistics.median(rates[k]) for k in ("off", "on", "raw"))
     print(
         f"  median: raw {raw:,.0f}, reflexd without agent.mcp {off:,.0f} (b/a {off / raw:.3f}), with "
         f"agent.mcp {on:,.0f} (b/a {on / raw:.3f}) msg/s; median MCP/no MCP per round "
         f"{statistics.median(ratios):.3f}"
+    )
+    cpu_off, cpu_on = statistics.median(cpu["off"]), statistics.median(cpu["on"])
+    print(
+        f"  median CPU time per message evaluated: without agent.mcp "
+        f"{cpu_off:.2f} µs, with {cpu_on:.2f} µs ({cpu_on / cpu_off:.3f}x)"
     )
 
 

@@ -246,6 +246,7 @@ class BenchSink(Tool):
         self.first_received_at: float | None = None  # received_at of the message with seq 1
         self.last_seq = 0  # seq whose call stamps `last_called_at`
         self.last_called_at: float | None = None
+        self.cpu_first = self.cpu_last = 0.0  # this process's CPU time at the calls of seq 1 and last_seq
 
     async def call(self, args: dict[str, Any], ctx: CallContext) -> None:
         now = time.time()
@@ -256,8 +257,10 @@ class BenchSink(Tool):
             seq = event.meta.get("seq")
             if seq == 1:
                 self.first_received_at = event.received_at
+                self.cpu_first = time.process_time()
             if seq == self.last_seq:
                 self.last_called_at = now
+                self.cpu_last = time.process_time()
         self.sink.write(orjson.dumps(args))
 
 
@@ -323,6 +326,7 @@ class RunResult:
     seconds: float  # first message received → last message consumed
     drops: int  # messages the queue dropped (never consumed / never seen by the rules)
     info: str
+    cpu_seconds: float | None = None  # (b): this process's CPU time between the first and the last call
 
     @property
     def ingest_rate(self) -> float:
@@ -466,7 +470,7 @@ async def reflexd_run(url: str, n: int, matches: int) -> RunResult:
         f"suppressed={counters['suppressed']} drops={counters['drops']} "
         f"queue_high_water={counters['queue_high_water']}"
     )
-    return RunResult(n, seconds, counters["drops"], info)
+    return RunResult(n, seconds, counters["drops"], info, run.tool.cpu_last - run.tool.cpu_first)
 
 
 # -- (c) latency ---------------------------------------------------------------------------------
