@@ -406,30 +406,19 @@ class ToolRunner:
         name = lane.tool.name
         secrets = self._secret_args.get((ctx.rule, name), frozenset())
         event = ctx.event
-        if event is not None and event.ack is not None and resumable:
-            # a Kafka record: redelivery, not the journal, resumes it after a crash, so its row keeps
-            # only where the record came from (its data stays in Kafka, and in the DLQ if it fails)
-            journal.started(
-                journal_id,
-                ctx.call_id,
-                ctx.rule,
-                name,
-                args,
-                event_record(event, data=False),
-                secrets,
-                resumable=False,
-            )
-        else:
-            journal.started(
-                journal_id,
-                ctx.call_id,
-                ctx.rule,
-                name,
-                args,
-                event_record(event),
-                secrets,
-                resumable=resumable,
-            )
+        # a Kafka record: redelivery, not the journal, resumes it after a crash, so its row keeps only
+        # where the record came from (its data stays in Kafka, and in the DLQ if it fails)
+        redelivered = resumable and event is not None and event.ack is not None
+        journal.started(
+            journal_id,
+            ctx.call_id,
+            ctx.rule,
+            name,
+            args,
+            event_record(event, data=not redelivered),
+            secrets,
+            resumable=resumable and not redelivered,
+        )
         return journal_id
 
     async def wait_for_room(self) -> None:
