@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench docs clean kafka-jars kafka kafka-topic prometheus chromium
+.PHONY: run test lint typecheck bench bench-peers docs clean kafka-jars kafka kafka-topic prometheus chromium
 
 PORT            ?= 9092
 CONTROLLER_PORT ?= 9093
@@ -60,6 +60,21 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/ws_pipeline.py
+
+# The peers bench/kafka_pipeline.py --peers runs next to reflexd, each in its own virtualenv under
+# .bench-venvs/ (they need different confluent-kafka versions: Quix 3.28.1 requires < 2.13, so 2.12.2;
+# Bytewax's connector takes >= 2.0.2, here 2.16.1). Not part of `make test`; a no-op once installed.
+PEERS_DIR := .bench-venvs
+QUIX_PINS    := quixstreams==3.28.1
+BYTEWAX_PINS := bytewax==0.21.1 confluent-kafka==2.16.1 orjson==3.13.0
+
+bench-peers: $(PEERS_DIR)/quix/.installed $(PEERS_DIR)/bytewax/.installed
+
+$(PEERS_DIR)/%/.installed:
+	$(PYTHON) -m venv $(PEERS_DIR)/$*
+	$(PEERS_DIR)/$*/bin/pip install --quiet --upgrade pip
+	$(PEERS_DIR)/$*/bin/pip install --quiet $(if $(filter quix,$*),$(QUIX_PINS),$(BYTEWAX_PINS))
+	@touch $@
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -29,6 +29,14 @@ same bytes in (a) and (b)) per input record:
     ``daemon.runner.stats("out").succeeded`` reaches N (polled every 10 ms, so the end is at most
     ~10 ms late: < 0.3 % of a run).
 
+Variants and peers (issue 16): every system keeps ``id % 100 < kept`` of the records (``--kept 10,100``, each
+variant measured on its own; reflexd's rule gets ``where: "data.id % 100 < 10"``) and writes only those;
+``--journal both`` (default) runs reflexd with the journal on and off as two systems; ``--peers quix,bytewax``
+adds (c) Quix Streams and Bytewax running ``bench/peers/<name>_job.py`` in ``.bench-venvs/<name>`` (``make
+bench-peers``), the same job on the same topic, their output counted. Each round runs every system once, the
+order rotated by one per round; the summary prints medians, ratios, CPU seconds per 100k input records and RSS
+at the end (for (a) and (b) the bench process's, which also held every earlier run: an upper bound).
+
 Time = first record returned by the consumer → N-th acknowledgement (for (b) the first record is
 seen by polling ``source.stats.received`` every 1 ms). Rate = N / time. Each run also prints the
 CPU seconds of this process, the part of them spent in Python's cyclic garbage collector, and
@@ -40,7 +48,8 @@ fails the run), so both sides really did at-least-once work with nothing lost or
 Usage::
 
     .venv/bin/python bench/kafka_pipeline.py [--n 200000] [--runs 3] [--bootstrap host:port]
-                                             [--concurrency N] [--raw-batch 500] [--journal on|off]
+                                             [--concurrency N] [--raw-batch 500] [--journal on|off|both]
+                                             [--kept 10,100] [--peers quix,bytewax|all] [--broker-pid PID]
                                              [--uvloop] [--profile] [--profile-out FILE] [--strict]
 """
 
@@ -55,6 +64,7 @@ import io
 import os
 import platform
 import pstats
+import signal
 import sqlite3
 import statistics
 import sys
@@ -67,7 +77,7 @@ from typing import Any, TypeVar
 import aiokafka
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from benchlib import run_loop, uvloop_available
+from benchlib import rss_mb, run_loop, uvloop_available
 
 from daemon.config import load_config_text
 from daemon.registry import builtin_registry
@@ -96,6 +106,11 @@ POLL_END_SECONDS = 0.01
 POLL_FIRST_SECONDS = 0.001
 RUN_TIMEOUT = 180.0
 WARMUP_N = 20_000
+PEER_POLL_SECONDS = 0.01
+PEER_START_TIMEOUT = 60.0
+PEERS = ("quix", "bytewax")
+PEER_VENVS = ROOT / ".bench-venvs"
+PEER_SCRIPTS = Path(__file__).resolve().parent / "peers"
 TOOL = "out"
 SOURCE = "in"
 
@@ -108,6 +123,15 @@ def input_record(i: int) -> bytes:
     head = {"id": i, "sym": "BTCUSDT", "p": "65000.12", "q": "0.01234", "pad": ""}
     pad = RECORD_BYTES - len(orjson.dumps(head))
     return orjson.dumps({**head, "pad": "x" * max(0, pad)})
+
+
+def is_kept(i: int, kept: int) -> bool:
+    """The filter every system applies: keep ``kept`` % of the records (``id % 100 < kept``)."""
+    return i % 100 < kept
+
+
+def kept_count(n: int, kept: int) -> int:
+    return sum(1 for i in range(n) if is_kept(i, kept))
 
 
 def output_record(d: dict[str, Any]) -> bytes:
@@ -201,35 +225,47 @@ class RunResult:
     from_start: float  # client start → N-th acknowledgement
     client_cpu: float  # CPU seconds of this process from client start to the N-th ack
     broker_cpu: float | None  # CPU seconds of the broker JVM over the same span
-    gc_seconds: float  # of client_cpu, time in the cyclic garbage collector
+    gc_seconds: float | None  # of client_cpu, time in the cyclic garbage collector (None: a peer)
     info: str
+    rss: float | None = None  # MiB resident at the N-th acknowledgement (client process)
 
     @property
     def rate(self) -> float:
+        """Input records per second (every system reads all N; the filter decides what it writes)."""
         return self.n / self.seconds
+
+    @property
+    def cpu_per_100k(self) -> float:
+        return self.client_cpu / self.n * 100_000
 
     def describe(self) -> str:
         broker = "?" if self.broker_cpu is None else f"{self.broker_cpu:.1f}"
+        gc_part = "" if self.gc_seconds is None else f" (gc {self.gc_seconds:.2f})"
+        rss = "?" if self.rss is None else f"{self.rss:.0f} MB"
         return (
             f"{self.rate:>8,.0f} rec/s ({self.seconds:.2f} s; {self.from_start:.2f} s from start; "
-            f"cpu client {self.client_cpu:.1f} s (gc {self.gc_seconds:.2f}) broker {broker} s{self.info})"
+            f"cpu client {self.client_cpu:.2f} s = {self.cpu_per_100k:.2f} s/100k{gc_part}, rss {rss}, "
+            f"broker {broker} s{self.info})"
         )
 
 
-async def verify(bootstrap: str, src: str, out: str, group: str, n: int) -> None:
-    """The output topic holds exactly ``n`` records and the group committed all ``n`` input records."""
+async def verify(
+    bootstrap: str, src: str, out: str, group: str, n: int, expected: int, commits: bool = True
+) -> None:
+    """The output topic holds exactly ``expected`` records and (``commits``) the group committed all ``n``."""
     written = await end_offsets_total(bootstrap, out, PARTITIONS)
-    committed = await committed_total(bootstrap, group, src)
-    if written != n or committed != n:
+    committed = await committed_total(bootstrap, group, src) if commits else n
+    if written != expected or committed != n:
         raise RuntimeError(
-            f"run not clean: output holds {written} records, group committed {committed}, want {n}"
+            f"run not clean: output holds {written} records (want {expected}), "
+            f"group committed {committed} (want {n})"
         )
 
 
 # -- (a) raw loop --------------------------------------------------------------------------------
 
 
-async def raw_run(bootstrap: str, src: str, n: int, batch_size: int, cpu: CpuMeter) -> RunResult:
+async def raw_run(bootstrap: str, src: str, n: int, kept: int, batch_size: int, cpu: CpuMeter) -> RunResult:
     out = await create_topic_on(bootstrap, unique_name("bench-out-raw"), PARTITIONS)
     group = unique_name("bench-raw")
     clock = time.perf_counter
@@ -268,23 +304,26 @@ async def raw_run(bootstrap: str, src: str, n: int, batch_size: int, cpu: CpuMet
                 futures = []
                 for tp, records in got.items():
                     for r in records:
-                        futures.append(await send(out, output_record(loads(r.value))))
+                        d = loads(r.value)
+                        if d["id"] % 100 < kept:
+                            futures.append(await send(out, output_record(d)))
                     positions[tp] = records[-1].offset + 1
+                    done += len(records)
                 await gather(*futures)
-                done += len(futures)
                 if clock() >= next_commit:
                     await consumer.commit(positions)
                     commits += 1
                     next_commit = clock() + RAW_COMMIT_INTERVAL
             t_end = clock()
             client_cpu, broker_cpu, gc_seconds = cpu.read()
+            rss = rss_mb()
             await consumer.commit(positions)
             commits += 1
     finally:
         await consumer.stop()
         await producer.stop()
     assert t_first is not None
-    await verify(bootstrap, src, out, group, n)
+    await verify(bootstrap, src, out, group, n, kept_count(n, kept))
     await delete_topics_on(bootstrap, [out])
     return RunResult(
         n,
@@ -294,6 +333,7 @@ async def raw_run(bootstrap: str, src: str, n: int, batch_size: int, cpu: CpuMet
         broker_cpu,
         gc_seconds,
         f"; batch {batch_size}, commits {commits}",
+        rss,
     )
 
 
@@ -309,8 +349,10 @@ def daemon_config(
     state_path: Path,
     journal: bool,
     max_rows: int | None = None,
+    kept: int = 100,
 ) -> str:
     tuning = "" if concurrency is None else f"\n    concurrency: {concurrency}"
+    where = "" if kept >= 100 else f'\n    where: "data.id % 100 < {kept}"'
     rows = "" if max_rows is None else f", max_rows: {max_rows}"
     return f"""
 daemon:
@@ -333,7 +375,7 @@ tools:
     linger_ms: 5{tuning}
 rules:
   every:
-    from: {SOURCE}
+    from: {SOURCE}{where}
     then:
       - tool: {TOOL}
         args:
@@ -348,21 +390,24 @@ async def reflexd_run(
     args: argparse.Namespace,
     cpu: CpuMeter,
     profiler: cProfile.Profile | None = None,
+    *,
+    journal: bool = True,
+    kept: int = 100,
 ) -> RunResult:
     out = await create_topic_on(bootstrap, unique_name("bench-out-reflexd"), PARTITIONS)
     group = unique_name("bench-reflexd")
     concurrency: int | None = args.concurrency
-    journal = args.journal == "on"
+    expected = kept_count(n, kept)
     with tempfile.TemporaryDirectory(prefix="reflexd-bench-state-") as state_dir:
         state_path = Path(state_dir) / "reflexd.db"
-        text = daemon_config(bootstrap, src, out, group, concurrency, state_path, journal)
-        result = await _reflexd_run(bootstrap, src, out, group, n, text, cpu, profiler)
+        text = daemon_config(bootstrap, src, out, group, concurrency, state_path, journal, kept=kept)
+        result = await _reflexd_run(bootstrap, src, out, group, n, expected, text, cpu, profiler)
         if journal:
             with contextlib.closing(sqlite3.connect(state_path)) as db:
                 query = "SELECT COUNT(*) FROM invocations WHERE outcome = 'succeeded'"
                 (rows,) = db.execute(query).fetchone()
-            if rows != n:
-                raise RuntimeError(f"the journal holds {rows} succeeded invocations, want {n}")
+            if rows != expected:
+                raise RuntimeError(f"the journal holds {rows} succeeded invocations, want {expected}")
         return result
 
 
@@ -372,6 +417,7 @@ async def _reflexd_run(
     out: str,
     group: str,
     n: int,
+    expected: int,
     config_text: str,
     cpu: CpuMeter,
     profiler: cProfile.Profile | None,
@@ -403,11 +449,12 @@ async def _reflexd_run(
                 check()
                 await asyncio.sleep(POLL_FIRST_SECONDS)
             t_first = clock()
-            while stats.succeeded < n:
+            while stats.succeeded < expected:
                 check()
                 await asyncio.sleep(POLL_END_SECONDS)
             t_end = clock()
             client_cpu, broker_cpu, gc_seconds = cpu.read()
+            rss = rss_mb()
             backlog = journal.backlog if journal is not None else 0
         if profiler is not None:
             profiler.disable()
@@ -415,7 +462,7 @@ async def _reflexd_run(
         cancelled = await daemon.stop()
     if cancelled:
         raise RuntimeError(f"daemon stop had to cancel: {cancelled}")
-    await verify(bootstrap, src, out, group, n)
+    await verify(bootstrap, src, out, group, n, expected)
     await delete_topics_on(bootstrap, [out])
     st = daemon.status()["sources"][SOURCE]
     if journal is not None and journal.dropped:
@@ -425,10 +472,132 @@ async def _reflexd_run(
         f"; journal {written}, concurrency {concurrency}, pauses {st['pauses']}, "
         f"commits {st['commits']}, queue high water {source.queue.high_water}"
     )
-    return RunResult(n, t_end - t_first, t_end - t_start, client_cpu, broker_cpu, gc_seconds, info)
+    return RunResult(n, t_end - t_first, t_end - t_start, client_cpu, broker_cpu, gc_seconds, info, rss)
+
+
+# -- (c) peers, each in its own virtualenv -------------------------------------------------------
+
+
+def peer_python(name: str) -> Path:
+    return PEER_VENVS / name / "bin" / "python"
+
+
+def proc_rss_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+async def peer_run(
+    name: str, bootstrap: str, src: str, n: int, kept: int, broker_pid: int | None
+) -> RunResult:
+    """Run ``bench/peers/<name>_job.py`` in ``.bench-venvs/<name>``; done when the output topic is complete.
+
+    Time = the peer's first record (``FIRST`` stamp, ``time.perf_counter`` is system-wide monotonic) →
+    the output topic's end offsets reach the expected count (polled every 10 ms from this process, with
+    acks=all the end offset only covers fully replicated records). CPU = the peer process's CPU (all
+    threads) from its ``READY`` line (after imports) to that end; RSS = its VmRSS then.
+    """
+    out = await create_topic_on(bootstrap, unique_name(f"bench-out-{name}"), PARTITIONS)
+    group = unique_name(f"bench-{name}")
+    expected = kept_count(n, kept)
+    clock = time.perf_counter
+    t_start = clock()
+    script = PEER_SCRIPTS / f"{name}_job.py"
+    tps = [TopicPartition(out, p) for p in range(PARTITIONS)]
+    with tempfile.TemporaryFile() as errors:
+        proc = await asyncio.create_subprocess_exec(
+            str(peer_python(name)),
+            str(script),
+            bootstrap,
+            src,
+            out,
+            group,
+            str(kept),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=errors,
+        )
+        assert proc.stdout is not None
+        watcher = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+        await watcher.start()
+        try:
+            async with asyncio.timeout(RUN_TIMEOUT):
+                while (line := await proc.stdout.readline()) and line.strip() != b"READY":
+                    pass
+                if not line:
+                    raise RuntimeError(f"peer {name} exited before READY")
+                cpu0 = proc_cpu_seconds(proc.pid) or 0.0
+                broker0 = proc_cpu_seconds(broker_pid)
+                line = await proc.stdout.readline()
+                if not line.startswith(b"FIRST "):
+                    raise RuntimeError(f"peer {name}: expected FIRST, got {line!r}")
+                t_first = float(line.split()[1])
+                while True:
+                    written = sum((await watcher.end_offsets(tps)).values())
+                    if written >= expected:
+                        break
+                    if proc.returncode is not None:
+                        raise RuntimeError(f"peer {name} exited ({proc.returncode}) at {written}/{expected}")
+                    await asyncio.sleep(PEER_POLL_SECONDS)
+                t_end = clock()
+                client_cpu = (proc_cpu_seconds(proc.pid) or 0.0) - cpu0
+                broker_now = proc_cpu_seconds(broker_pid)
+                broker_cpu = None if broker_now is None or broker0 is None else broker_now - broker0
+                rss = proc_rss_mb(proc.pid)
+        except BaseException:
+            errors.seek(0)
+            tail = errors.read()[-3000:].decode(errors="replace")
+            print(f"[{name}] stderr tail:\n{tail}", file=sys.stderr)
+            raise
+        finally:
+            await watcher.stop()
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)  # Quix commits its checkpoint on a graceful stop
+                try:
+                    await asyncio.wait_for(proc.wait(), 20)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+    # Quix commits consumer-group offsets (checked, after its graceful stop); Bytewax keeps its
+    # positions in its own recovery store, which this job does not configure (nothing to check).
+    await verify(bootstrap, src, out, group, n, expected, commits=name == "quix")
+    await delete_topics_on(bootstrap, [out])
+    return RunResult(n, t_end - t_first, t_end - t_start, client_cpu, broker_cpu, None, "", rss)
 
 
 # -- main ----------------------------------------------------------------------------------------
+
+
+async def run_system(
+    system: str,
+    bootstrap: str,
+    src: str,
+    n: int,
+    kept: int,
+    args: argparse.Namespace,
+    cpu: CpuMeter,
+    profiler: cProfile.Profile | None = None,
+) -> RunResult:
+    if system == "raw":
+        return await raw_run(bootstrap, src, n, kept, args.raw_batch, cpu)
+    if system.startswith("reflexd-"):
+        on = system == "reflexd-on"
+        return await reflexd_run(bootstrap, src, n, args, cpu, profiler, journal=on, kept=kept)
+    return await peer_run(system, bootstrap, src, n, kept, cpu.broker_pid)
+
+
+LABELS = {
+    "raw": "raw aiokafka loop",
+    "reflexd-on": "reflexd, journal on",
+    "reflexd-off": "reflexd, journal off",
+    "quix": "Quix Streams",
+    "bytewax": "Bytewax",
+}
 
 
 async def measure(args: argparse.Namespace, bootstrap: str, broker_pid: int | None) -> int:
@@ -436,6 +605,17 @@ async def measure(args: argparse.Namespace, bootstrap: str, broker_pid: int | No
     n = args.n
     cpu = CpuMeter(broker_pid)
     created: list[str] = []
+    systems: list[str] = ["raw"]
+    if args.journal in ("on", "both"):
+        systems.append("reflexd-on")
+    if args.journal in ("off", "both"):
+        systems.append("reflexd-off")
+    for name in args.peers:
+        if peer_python(name).exists():
+            systems.append(name)
+        else:
+            print(f"peer {name} skipped: {peer_python(name)} not found (run `make bench-peers`)")
+    code = 0
     try:
         src = await create_topic_on(bootstrap, unique_name("bench-in"), PARTITIONS)
         created.append(src)
@@ -449,13 +629,9 @@ async def measure(args: argparse.Namespace, bootstrap: str, broker_pid: int | No
             f"(+ {warm_n:,} for the warm-up) in {took:.1f} s"
         )
 
-        # warm-up (not counted): imports, JIT of the broker, first connections
-        await raw_run(bootstrap, warm, warm_n, args.raw_batch, cpu)
-        await reflexd_run(bootstrap, warm, warm_n, args, cpu)
-
         if args.profile:
             profiler = cProfile.Profile()
-            res = await reflexd_run(bootstrap, src, n, args, cpu, profiler)
+            res = await reflexd_run(bootstrap, src, n, args, cpu, profiler, kept=args.kept[-1])
             print(
                 f"[profile] reflexd under cProfile: {res.rate:,.0f} rec/s (inflated cost, see ranking only)"
             )
@@ -467,28 +643,54 @@ async def measure(args: argparse.Namespace, bootstrap: str, broker_pid: int | No
                 ps.dump_stats(args.profile_out)
                 print(f"[profile] pstats written to {args.profile_out}")
 
-        print(f"throughput: N={n:,} records per run, {args.runs} runs, alternating order")
-        ratios: list[float] = []
-        for i in range(args.runs):
-            order = ("a", "b") if i % 2 == 0 else ("b", "a")
-            got: dict[str, RunResult] = {}
-            for which in order:
-                if which == "a":
-                    got["a"] = await raw_run(bootstrap, src, n, args.raw_batch, cpu)
-                else:
-                    got["b"] = await reflexd_run(bootstrap, src, n, args, cpu)
-            a, b = got["a"], got["b"]
-            ratios.append(b.rate / a.rate)
-            print(f"  run {i + 1} ({order[0]}→{order[1]}) b/a = {ratios[-1]:.3f}")
-            print(f"    (a) raw     {a.describe()}")
-            print(f"    (b) reflexd {b.describe()}")
-        med = statistics.median(ratios)
-        verdict = "meets target" if med >= 0.5 else "MISSES target"
-        print(
-            f"  median b/a = {med:.3f} over {len(ratios)} runs (per run: "
-            f"{', '.join(f'{r:.3f}' for r in ratios)}; target >= 0.5: {verdict})"
-        )
-        return 1 if args.strict and med < 0.5 else 0
+        summary: list[str] = []
+        for kept in args.kept:
+            expected = kept_count(n, kept)
+            print(
+                f"\n== {kept} % kept ({expected:,} of {n:,} records written): {', '.join(systems)}; "
+                f"{args.runs} rounds, the order rotated each round"
+            )
+            for system in systems:  # warm-up (not counted): imports, the broker's JIT, first connections
+                await run_system(system, bootstrap, warm, warm_n, kept, args, cpu)
+            results: dict[str, list[RunResult]] = {s: [] for s in systems}
+            for i in range(args.runs):
+                order = systems[i % len(systems) :] + systems[: i % len(systems)]
+                print(f"  round {i + 1}: {' → '.join(order)}")
+                for system in order:
+                    res = await run_system(system, bootstrap, src, n, kept, args, cpu)
+                    results[system].append(res)
+                    print(f"    {system:<12} {res.describe()}")
+            raw_med = statistics.median(r.rate for r in results["raw"])
+            summary.append(f"{kept} % kept, medians of {args.runs} rounds (rates: every round's, in order):")
+            for system in systems:
+                runs = results[system]
+                med = statistics.median(r.rate for r in runs)
+                cpu_med = statistics.median(r.cpu_per_100k for r in runs)
+                rss_known = [r.rss for r in runs if r.rss is not None]
+                rss = f"{max(rss_known):.0f} MB" if rss_known else "?"
+                each = ", ".join(f"{r.rate / 1000:.1f}k" for r in runs)
+                summary.append(
+                    f"  {LABELS[system]:<22} {med / 1000:>7.1f}k rec/s  x{med / raw_med:.2f} of raw  "
+                    f"CPU {cpu_med:.2f} s/100k  RSS max {rss}  ({each})"
+                )
+            if "reflexd-on" in results and "reflexd-off" in results:
+                on = statistics.median(r.rate for r in results["reflexd-on"])
+                off = statistics.median(r.rate for r in results["reflexd-off"])
+                summary.append(f"  journal on / off = {on / off:.2f}")
+            for peer in PEERS:
+                if peer in results:
+                    theirs = statistics.median(r.rate for r in results[peer])
+                    for mine in ("reflexd-on", "reflexd-off"):
+                        if mine in results:
+                            ours = statistics.median(r.rate for r in results[mine])
+                            summary.append(f"  {mine} / {peer} = {ours / theirs:.2f}")
+            first = "reflexd-on" if "reflexd-on" in results else "reflexd-off"
+            ratios = [b.rate / a.rate for a, b in zip(results["raw"], results[first], strict=True)]
+            med_ratio = statistics.median(ratios)
+            if args.strict and kept == 100 and med_ratio < 0.5:
+                code = 1
+        print("\n" + "\n".join(summary))
+        return code
     finally:
         if created:
             await delete_topics_on(bootstrap, created)
@@ -509,15 +711,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--raw-batch", type=int, default=500, help="max records per getmany in (a)")
     parser.add_argument(
         "--journal",
-        choices=("on", "off"),
-        default="on",
-        help="reflexd's invocation journal (default on, as configs default; SQLite in a temp dir per run)",
+        choices=("on", "off", "both"),
+        default="both",
+        help="reflexd's invocation journal: on (as configs default; SQLite in a temp dir per run), off, "
+        "or both as two systems (default)",
+    )
+    parser.add_argument(
+        "--kept",
+        default="10,100",
+        help="comma-separated percentages of records the filter keeps (default 10,100)",
+    )
+    parser.add_argument(
+        "--peers",
+        default="",
+        help="comma-separated peers to run too: quix, bytewax, or all (each needs `make bench-peers`)",
+    )
+    parser.add_argument(
+        "--broker-pid", type=int, help="with --bootstrap: the broker's pid, to measure its CPU"
     )
     parser.add_argument("--uvloop", action="store_true", help="use uvloop if importable")
     parser.add_argument("--profile", action="store_true", help="also run (b) once under cProfile first")
     parser.add_argument("--profile-out", help="with --profile: also dump the pstats to this file")
-    parser.add_argument("--strict", action="store_true", help="exit 1 if the median ratio is below 0.5")
+    parser.add_argument(
+        "--strict", action="store_true", help="exit 1 if reflexd/raw at 100 %% kept is below 0.5"
+    )
     args = parser.parse_args(argv)
+    try:
+        args.kept = [int(k) for k in args.kept.split(",") if k.strip()]
+    except ValueError:
+        parser.error("--kept takes integers, e.g. 10,100")
+    if not args.kept or any(not 0 < k <= 100 for k in args.kept):
+        parser.error("--kept needs percentages in 1..100")
+    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    args.peers = list(PEERS) if peers == ["all"] else peers
+    if any(p not in PEERS for p in args.peers):
+        parser.error(f"--peers takes {', '.join(PEERS)} or all")
     if args.n < 1 or args.runs < 1 or (args.concurrency or 1) < 1 or args.raw_batch < 1:
         parser.error("need --n, --runs, --concurrency and --raw-batch >= 1")
 
@@ -533,8 +761,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     code: int
     if args.bootstrap:
-        print(f"broker: {args.bootstrap} (external; its CPU is not measured)")
-        code = run_loop(measure(args, args.bootstrap, None), use_uvloop)
+        known = "its CPU is not measured" if args.broker_pid is None else f"pid {args.broker_pid}"
+        print(f"broker: {args.bootstrap} (external; {known})")
+        code = run_loop(measure(args, args.bootstrap, args.broker_pid), use_uvloop)
     else:
         with tempfile.TemporaryDirectory(prefix="reflexd-bench-kafka-") as tmp:
             broker = KafkaBroker(Path(tmp))
