@@ -18,6 +18,17 @@ holds ~6,000 events) and must agree on the number of crossings. The reflexd side
 each is reported, and their ratio.
 
     .venv/bin/python bench/rules.py [--events 200000] [--keys 20] [--repeat 3]
+
+``--rules N[,N...]`` measures something else: the cost of N rules of the shape
+``float(data.p) * float(data.q) > X`` (X different per rule, each firing on a few % of the trades) on
+one source, relative to one such rule, with ``reflexd replay``'s engine
+(:func:`streams.rules.replay.replay_rules`: the same Rule objects and fan-out as the daemon, tools never
+called). 1 rule is always measured; the sizes run interleaved (1, N1, N2, ... then rotated), ``--repeat``
+rounds, medians. The time excludes building the rules (a replay over no events, timed and subtracted).
+By default ``--rules`` replays 20,000 events (``--events`` changes it): 1,000 rules cost ~1 µs each per
+event today, so 200,000 events would take minutes per round.
+
+    .venv/bin/python bench/rules.py --rules 10,100,1000 [--events 20000] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -27,9 +38,13 @@ import asyncio
 import gc
 import math
 import random
+import statistics
 import sys
+import tempfile
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from reactivex.scheduler.eventloop import AsyncIOScheduler
@@ -37,6 +52,7 @@ from reactivex.scheduler.eventloop import AsyncIOScheduler
 from handlers.base import CallContext
 from streams.event import Event
 from streams.rules.pipeline import Rule, RuleConfig
+from streams.rules.replay import Fired, ReplayInput, encode_event, read_input, replay_rules
 
 TARGET = 100_000  # events/s for the reflexd pipeline
 WINDOW = 60.0
@@ -141,6 +157,87 @@ async def reflexd_pipeline(events: list[Event]) -> tuple[float, int]:
     return took, fired
 
 
+def threshold_rules(count: int) -> dict[str, RuleConfig]:
+    """``count`` alert rules on the one source, thresholds spread over the notional's upper tail."""
+    return {
+        f"big{i}": RuleConfig.model_validate(
+            {
+                "from": ["trades"],
+                "where": f"float(data.p) * float(data.q) > {60 + (i % 200) * 0.5:g}",
+                "then": [{"tool": "alert", "args": {"text": "{key} {data.p} x {data.q}"}}],
+            }
+        )
+        for i in range(count)
+    }
+
+
+def replay_seconds(rules: dict[str, RuleConfig], events: Callable[[], Iterable[Event]]) -> tuple[float, int]:
+    """Seconds to replay ``events()`` through ``rules`` (building them excluded) and the calls fired."""
+    fired = 0
+
+    def report(_fired: Fired) -> None:
+        nonlocal fired
+        fired += 1
+
+    gc.collect()
+    started = time.perf_counter()
+    replay_rules(rules, ["trades"], [], report)
+    setup = time.perf_counter() - started
+    gc.collect()
+    started = time.perf_counter()
+    replay_rules(rules, ["trades"], events(), report)
+    return time.perf_counter() - started - setup, fired
+
+
+def rules_scaling(events: list[Event], sizes: list[int], repeat: int) -> int:
+    """Two inputs per size: the events in memory (the engine alone) and a recording file read the way
+    ``reflexd replay recording.jsonl`` reads it (the CLI's cost minus printing the calls)."""
+    sizes = sorted({1, *sizes})
+    configs = {n: threshold_rules(n) for n in sizes}
+    with tempfile.TemporaryDirectory(prefix="reflexd-bench-rules-") as tmp:
+        path = Path(tmp) / "trades.jsonl"
+        with path.open("wb") as f:
+            for e in events:
+                f.write(encode_event(e) + b"\n")
+        inputs: dict[str, Callable[[], Iterable[Event]]] = {
+            "engine": lambda: events,
+            "recording": lambda: read_input(ReplayInput(path)),
+        }
+        took: dict[tuple[str, int], list[float]] = {(m, n): [] for m in inputs for n in sizes}
+        fired: dict[int, int] = {}
+        for r in range(repeat):
+            order = sizes[r % len(sizes) :] + sizes[: r % len(sizes)]
+            for n in order:
+                for mode, source in inputs.items():
+                    seconds, fired[n] = replay_seconds(configs[n], source)
+                    took[mode, n].append(seconds)
+            print(
+                f"round {r + 1}: "
+                + ", ".join(
+                    f"{n} rules {took['engine', n][-1]:.3f} / {took['recording', n][-1]:.3f} s" for n in order
+                )
+            )
+    print(
+        f"\n{len(events):,} events, medians of {repeat} interleaved rounds, reflexd replay's engine "
+        "(events in memory) and with the recording read from a file (as `reflexd replay file.jsonl`):"
+    )
+    print(
+        f"{'rules':>6} {'engine s':>9} {'x 1 rule':>9} {'µs/rule/ev':>11} "
+        f"{'file s':>9} {'x 1 rule':>9} {'fired':>9}"
+    )
+    one = {m: statistics.median(took[m, 1]) for m in inputs}
+    for n in sizes:
+        med = {m: statistics.median(took[m, n]) for m in inputs}
+        added = (med["engine"] - one["engine"]) / (n - 1) if n > 1 else med["engine"]
+        print(
+            f"{n:>6} {med['engine']:>9.3f} {med['engine'] / one['engine']:>9.2f} "
+            f"{added / len(events) * 1e6:>11.2f} {med['recording']:>9.3f} "
+            f"{med['recording'] / one['recording']:>9.2f} {fired[n]:>9,}"
+        )
+    print("(µs/rule/ev for N > 1: the engine's added time over one rule, per added rule and event)")
+    return 0
+
+
 def best(runs: list[float]) -> float:
     return min(runs)
 
@@ -149,13 +246,26 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--events", type=int, help="events to replay (default 200,000; 20,000 with --rules)")
     parser.add_argument("--keys", type=int, default=20)
     parser.add_argument("--rate", type=float, default=2_000.0, help="events per second of event time")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--rules",
+        help="comma-separated rule counts (e.g. 10,100,1000): the cost of N threshold rules vs one",
+    )
     args = parser.parse_args()
+    if args.rules:
+        try:
+            sizes = [int(x) for x in args.rules.split(",") if x.strip()]
+        except ValueError:
+            parser.error("--rules takes integers, e.g. 10,100,1000")
+        if not sizes or min(sizes) < 1:
+            parser.error("--rules needs counts >= 1")
+        events = make_events(args.events or 20_000, args.keys, args.rate)
+        return rules_scaling(events, sizes, args.repeat)
 
-    events = make_events(args.events, args.keys, args.rate)
+    events = make_events(args.events or 200_000, args.keys, args.rate)
     span = events[-1].ts - events[0].ts
     print(
         f"{len(events):,} events, {args.keys} keys, {span:.0f} s of event time "
