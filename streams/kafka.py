@@ -5,9 +5,13 @@
   commits the last contiguous finished offset + 1: every ``commit_interval_seconds``, when
   partitions are revoked (after giving their in-flight records a short while to finish), and
   on shutdown once the queue and the tools have drained.
-- Backpressure without blocking the poll loop: above a high-water mark every assigned
-  partition is paused (``getmany`` keeps being called, so the consumer stays in its group)
-  and resumed below a low-water mark; the pause is re-applied after a rebalance.
+- Backpressure without throwing fetched records away: above a high-water mark the source stops
+  calling ``getmany`` until the queue is down to a low-water mark; aiokafka keeps at most one
+  prefetched response per partition meanwhile (``max_partition_fetch_bytes``). aiokafka leaves the
+  group when ``getmany`` is not called for ``max_poll_interval``, so a queue that stays full for half
+  of it makes the source pause every assigned partition and poll again (aiokafka drops what it had
+  prefetched for a paused partition: re-fetched on resume, nothing lost); resumed below the
+  low-water mark, the pause re-applied after a rebalance.
 - A record that cannot be decoded goes to ``dead_letter_topic`` (if set) with error headers,
   and counts as finished; it never blocks its partition. So does a record whose timestamp is
   more than ``max_future_seconds`` ahead of the wall clock (counted as ``future``).
@@ -136,6 +140,7 @@ class KafkaSource(Source):
         self._low = self._high // 2
         self.paused = False
         self.pauses = 0
+        self.waits = 0
         self.rebalances = 0
         self.commits = 0
         self.commit_failures = 0
@@ -256,12 +261,26 @@ class KafkaSource(Source):
         assert consumer is not None
         cfg = self.config
         next_commit = time.monotonic() + cfg.commit_interval_seconds
+        # aiokafka leaves the group when no getmany ran for max_poll_interval: a full queue stops the
+        # reading for at most half of it before falling back to pausing the partitions
+        poll_budget = cfg.max_poll_interval_seconds / 2
+        polled_at = time.monotonic()
         while True:
-            self._backpressure(consumer)
+            if not self.paused and len(self.queue) >= self._high:
+                now = time.monotonic()
+                until = min(polled_at + poll_budget, next_commit)
+                if now < until or until == next_commit:
+                    await self._wait_for_room(until - now)
+                    if time.monotonic() >= next_commit:
+                        await self._commit()
+                        next_commit = time.monotonic() + cfg.commit_interval_seconds
+                    continue
+            self._backpressure(consumer, polled_at + poll_budget)
             try:
                 batch = await consumer.getmany(timeout_ms=100, max_records=self._max_records)
             except KafkaError as exc:
                 raise NotConnected(self.name, f"poll failed: {type(exc).__name__}: {exc}") from exc
+            polled_at = time.monotonic()
             for tp, records in batch.items():
                 tracker = self.trackers.get(tp)
                 if tracker is None:
@@ -321,9 +340,27 @@ class KafkaSource(Source):
             return value.decode("utf-8")
         return value
 
-    def _backpressure(self, consumer: AIOKafkaConsumer) -> None:
+    async def _wait_for_room(self, seconds: float) -> None:
+        """Stop reading while the queue is full: what aiokafka prefetched stays in its buffer (at most
+        one fetch response per partition, bounded by ``max_partition_fetch_bytes``) and is read on
+        without a re-fetch once the queue is down to the low-water mark."""
+        if seconds <= 0:
+            return
+        self.waits += 1
+        try:
+            async with asyncio.timeout(seconds):
+                await self.queue.wait_depth(self._low)
+                if self.queue.closed:  # stopping: the queue drains, nothing to wake us
+                    await asyncio.sleep(seconds)
+        except TimeoutError:
+            pass
+
+    def _backpressure(self, consumer: AIOKafkaConsumer, poll_due: float) -> None:
+        """Pause every partition when the queue stayed full for half of ``max_poll_interval`` (the
+        consumer must poll to stay in its group, and polling a paused partition returns nothing; aiokafka
+        drops what it had prefetched for it, read again on resume); resume below the low-water mark."""
         depth = len(self.queue)
-        if not self.paused and depth >= self._high:
+        if not self.paused and depth >= self._high and time.monotonic() >= poll_due:
             self.paused = True
             self.pauses += 1
             consumer.pause(*consumer.assignment())
@@ -476,6 +513,7 @@ class KafkaSource(Source):
             "assigned_partitions": len(consumer.assignment()) if consumer is not None else 0,
             "paused": self.paused,
             "pauses": self.pauses,
+            "read_waits": self.waits,
             "rebalances": self.rebalances,
             "commits": self.commits,
             "commit_failures": self.commit_failures,
@@ -513,7 +551,24 @@ _METRICS: tuple[tuple[str, MetricSpec], ...] = (
         "paused",
         MetricSpec("reflexd_kafka_paused", "gauge", "1 while partitions are paused (queue full).", _S),
     ),
-    ("pauses", MetricSpec("reflexd_kafka_pauses_total", "counter", "Times the partitions were paused.", _S)),
+    (
+        "read_waits",
+        MetricSpec(
+            "reflexd_kafka_read_waits_total",
+            "counter",
+            "Times reading stopped until the queue had room (fetched records kept).",
+            _S,
+        ),
+    ),
+    (
+        "pauses",
+        MetricSpec(
+            "reflexd_kafka_pauses_total",
+            "counter",
+            "Times the partitions were paused (the queue stayed full for half of max_poll_interval).",
+            _S,
+        ),
+    ),
     ("rebalances", MetricSpec("reflexd_kafka_rebalances_total", "counter", "Partition revocations.", _S)),
     ("commits", MetricSpec("reflexd_kafka_commits_total", "counter", "Offset commits.", _S)),
     (

@@ -161,6 +161,22 @@ class BoundedQueue(Generic[T]):
         self._wake_putters()
         return batch
 
+    async def wait_depth(self, depth: int) -> None:
+        """Wait until at most ``depth`` items are queued (or the queue is closed); woken once per
+        batch taken, never per item."""
+        while len(self._items) > depth and not self._closed:
+            fut = asyncio.get_running_loop().create_future()
+            self._putters.append(fut)
+            try:
+                await fut
+            finally:
+                if not fut.done():
+                    fut.cancel()
+                try:
+                    self._putters.remove(fut)
+                except ValueError:
+                    pass
+
     def _wake_putters(self) -> None:
         room = self.max_events - len(self._items)
         for fut in self._putters:

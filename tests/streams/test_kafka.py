@@ -77,7 +77,8 @@ async def test_matching_subset_reaches_output_topic(
 async def test_slow_tool_pauses_partitions_without_leaving_the_group(
     kafka_broker: object, kafka_topic: KafkaTopicFactory, run_daemon: StartDaemon
 ) -> None:
-    """A slow tool fills the queue → partitions pause; polling continues (no rebalance); all records processed."""
+    """A slow tool fills the queue → the source stops reading (fetched records kept); no rebalance; all
+    records processed."""
     bootstrap = kafka_broker.bootstrap  # type: ignore[attr-defined]
     src = await kafka_topic(4)
     await produce_ids(bootstrap, src, range(2_000))
@@ -111,10 +112,46 @@ async def test_slow_tool_pauses_partitions_without_leaving_the_group(
         return daemon.runner.stats("slow").succeeded == 2_000
 
     await wait_for(done, within=60, interval=0.01)
-    assert source.pauses > 0, "the queue never filled up: the test did not exercise backpressure"
+    assert source.waits > 0, "the queue never filled up: the test did not exercise backpressure"
     assert source.rebalances == 0, "the consumer was kicked out of its group"
     assert source.queue.high_water <= 100 and max_depth <= 100
     assert daemon.runner.stats("slow").calls == 2_000
+
+
+async def test_a_queue_full_for_longer_than_half_the_poll_interval_pauses_and_keeps_the_group(
+    kafka_broker: object, kafka_topic: KafkaTopicFactory, run_daemon: StartDaemon
+) -> None:
+    """A tool stuck for longer than max_poll_interval / 2 with the queue full: the source stops waiting and
+    pauses the partitions so it can poll again (no rebalance), and every record is still processed once."""
+    bootstrap = kafka_broker.bootstrap  # type: ignore[attr-defined]
+    src = await kafka_topic(1)
+    await produce_ids(bootstrap, src, range(6))
+    text = f"""\
+    daemon: {{http: null}}
+    sources:
+      in:
+        type: kafka
+        bootstrap_servers: "{bootstrap}"
+        topics: [{src}]
+        group_id: {unique_name("g")}
+        max_poll_records: 1
+        max_poll_interval_seconds: 3
+        session_timeout_seconds: 6
+        heartbeat_interval_seconds: 1
+        queue: {{max_events: 2}}
+    tools:
+      slow: {{type: sleeper, seconds: 2.0, concurrency: 1, max_pending: 1}}
+    rules:
+      all: {{from: in, then: [{{tool: slow}}]}}
+    """
+    registry = builtin_registry().with_specs(SLEEPER)
+    daemon = await run_daemon(load_config_text(textwrap.dedent(text), registry))
+    source = daemon.sources["in"]
+    assert isinstance(source, KafkaSource)
+    await wait_for(lambda: daemon.runner.stats("slow").succeeded == 6, within=40, interval=0.05)
+    assert source.pauses > 0, "the queue never stayed full for 1.5 s: the fallback was not exercised"
+    assert source.rebalances == 0, "the consumer was kicked out of its group"
+    assert daemon.runner.stats("slow").calls == 6
 
 
 async def test_poison_record_goes_to_dead_letter_topic_and_partition_keeps_flowing(
