@@ -118,18 +118,8 @@ class BoundedQueue(Generic[T]):
 
     async def put(self, item: T) -> bool:
         """Offer one item; under ``block`` wait until there is room."""
-        while self.when_full == "block" and len(self._items) >= self.max_events and not self._closed:
-            fut = asyncio.get_running_loop().create_future()
-            self._putters.append(fut)
-            try:
-                await fut
-            finally:
-                if not fut.done():
-                    fut.cancel()
-                try:
-                    self._putters.remove(fut)
-                except ValueError:
-                    pass
+        if self.when_full == "block" and len(self._items) >= self.max_events:
+            await self.wait_depth(self.max_events - 1)
         if self._closed:
             return False
         try:
