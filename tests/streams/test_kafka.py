@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import textwrap
 import time
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -74,14 +75,10 @@ async def test_matching_subset_reaches_output_topic(
     assert await committed_total(bootstrap, group, src) == 10_000
 
 
-async def test_slow_tool_pauses_partitions_without_leaving_the_group(
-    kafka_broker: object, kafka_topic: KafkaTopicFactory, run_daemon: StartDaemon
-) -> None:
-    """A slow tool fills the queue → the source stops reading (fetched records kept); no rebalance; all
-    records processed."""
-    bootstrap = kafka_broker.bootstrap  # type: ignore[attr-defined]
-    src = await kafka_topic(4)
-    await produce_ids(bootstrap, src, range(2_000))
+async def slow_consumer(
+    run_daemon: StartDaemon, bootstrap: str, src: str, *, records: int, events: int, seconds: float, pending: int
+) -> tuple[Any, KafkaSource]:
+    """A daemon whose Kafka source (poll interval 3 s) feeds one sleeper tool that runs one call at a time."""
     text = f"""\
     daemon: {{http: null}}
     sources:
@@ -90,13 +87,13 @@ async def test_slow_tool_pauses_partitions_without_leaving_the_group(
         bootstrap_servers: "{bootstrap}"
         topics: [{src}]
         group_id: {unique_name("g")}
-        max_poll_records: 50
+        max_poll_records: {records}
         max_poll_interval_seconds: 3
         session_timeout_seconds: 6
         heartbeat_interval_seconds: 1
-        queue: {{max_events: 100}}
+        queue: {{max_events: {events}}}
     tools:
-      slow: {{type: sleeper, seconds: 0.002, concurrency: 1, max_pending: 10}}
+      slow: {{type: sleeper, seconds: {seconds}, concurrency: 1, max_pending: {pending}}}
     rules:
       all: {{from: in, then: [{{tool: slow}}]}}
     """
@@ -104,6 +101,18 @@ async def test_slow_tool_pauses_partitions_without_leaving_the_group(
     daemon = await run_daemon(load_config_text(textwrap.dedent(text), registry))
     source = daemon.sources["in"]
     assert isinstance(source, KafkaSource)
+    return daemon, source
+
+
+async def test_slow_tool_pauses_partitions_without_leaving_the_group(
+    kafka_broker: object, kafka_topic: KafkaTopicFactory, run_daemon: StartDaemon
+) -> None:
+    """A slow tool fills the queue → the source stops reading (fetched records kept); no rebalance; all
+    records processed."""
+    bootstrap = kafka_broker.bootstrap  # type: ignore[attr-defined]
+    src = await kafka_topic(4)
+    await produce_ids(bootstrap, src, range(2_000))
+    daemon, source = await slow_consumer(run_daemon, bootstrap, src, records=50, events=100, seconds=0.002, pending=10)
     max_depth = 0
 
     def done() -> bool:
@@ -126,28 +135,7 @@ async def test_a_queue_full_for_longer_than_half_the_poll_interval_pauses_and_ke
     bootstrap = kafka_broker.bootstrap  # type: ignore[attr-defined]
     src = await kafka_topic(1)
     await produce_ids(bootstrap, src, range(6))
-    text = f"""\
-    daemon: {{http: null}}
-    sources:
-      in:
-        type: kafka
-        bootstrap_servers: "{bootstrap}"
-        topics: [{src}]
-        group_id: {unique_name("g")}
-        max_poll_records: 1
-        max_poll_interval_seconds: 3
-        session_timeout_seconds: 6
-        heartbeat_interval_seconds: 1
-        queue: {{max_events: 2}}
-    tools:
-      slow: {{type: sleeper, seconds: 2.0, concurrency: 1, max_pending: 1}}
-    rules:
-      all: {{from: in, then: [{{tool: slow}}]}}
-    """
-    registry = builtin_registry().with_specs(SLEEPER)
-    daemon = await run_daemon(load_config_text(textwrap.dedent(text), registry))
-    source = daemon.sources["in"]
-    assert isinstance(source, KafkaSource)
+    daemon, source = await slow_consumer(run_daemon, bootstrap, src, records=1, events=2, seconds=2.0, pending=1)
     await wait_for(lambda: daemon.runner.stats("slow").succeeded == 6, within=40, interval=0.05)
     assert source.pauses > 0, "the queue never stayed full for 1.5 s: the fallback was not exercised"
     assert source.rebalances == 0, "the consumer was kicked out of its group"
