@@ -14,6 +14,8 @@ from tests.daemon.test_kafka_delivery import N, spawn, wait_output, write_config
 from tests.kafka_broker import unique_name
 from tests.kafka_ledger import produce_ids, read_output
 
+TAIL = 100  # records held back until the last reload
+
 EXTRA_RULE = '  quiet: {{from: in, where: "data.id >= {limit}", then: [{{tool: note, args: {{id: "{{data.id}}"}}}}]}}\n'
 
 
@@ -30,7 +32,9 @@ async def test_reloads_mid_stream_keep_the_kafka_assignment_and_lose_or_repeat_n
     group = unique_name("g")
     config = write_config(tmp / "c.yaml", bootstrap, src, out, group)
     base = config.read_text()
-    await produce_ids(bootstrap, src, range(N))
+    # the last records are produced only once the last reload is applied: the changed rule must be the
+    # one that sees ids >= N - 20 (with 4 partitions they could otherwise be consumed before it is in)
+    await produce_ids(bootstrap, src, range(N - TAIL))
     log = tmp / "daemon.log"
     proc = spawn(config, log)
 
@@ -62,6 +66,7 @@ async def test_reloads_mid_stream_keep_the_kafka_assignment_and_lose_or_repeat_n
         assert len(progress.counts) < N, "the stream had finished before the reloads"
         done = await reload(base.replace("rules:\n", note) + EXTRA_RULE.format(limit=N - 20), "reloaded")
         assert done["rules_changed"] == ["quiet"] and done["rules_kept"] == 1
+        await produce_ids(bootstrap, src, range(N - TAIL, N))
         await wait_output(bootstrap, out, N)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
