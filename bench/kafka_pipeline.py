@@ -387,9 +387,11 @@ async def reflexd_run(
     *,
     journal: bool = True,
     kept: int = 100,
+    root: Path = ROOT,
 ) -> RunResult:
     """Run reflexd in a process of its own (``bench/peers/reflexd_job.py``, this interpreter) and check
-    its output: N records written, the group's commits summing to N, journal on: N succeeded rows."""
+    its output: N records written, the group's commits summing to N, journal on: N succeeded rows.
+    ``root``: the checkout whose reflexd runs (``--compare``: another one, with this job script)."""
     out = await create_topic_on(bootstrap, unique_name("bench-out-reflexd"), PARTITIONS)
     group = unique_name("bench-reflexd")
     concurrency: int | None = args.concurrency
@@ -400,9 +402,8 @@ async def reflexd_run(
         config_path = Path(state_dir) / "reflexd.yaml"
         config_path.write_text(text)
         extra = ["--profile-out", profile_out] if profile_out else []
-        result = await _job_run(
-            [str(JOB), str(config_path), str(expected), *extra], cpu.broker_pid, n, "reflexd"
-        )
+        argv = [str(JOB), str(config_path), str(expected), *extra]
+        result = await _job_run(argv, cpu.broker_pid, n, "reflexd", root)
         await verify(bootstrap, src, out, group, n, expected)
         await delete_topics_on(bootstrap, [out])
         if journal:
@@ -414,11 +415,11 @@ async def reflexd_run(
         return result
 
 
-async def _job_run(argv: list[str], broker_pid: int | None, n: int, name: str) -> RunResult:
+async def _job_run(argv: list[str], broker_pid: int | None, n: int, name: str, root: Path) -> RunResult:
     """Run reflexd's job script and read its READY / FIRST / END / STATUS lines (see the script)."""
     clock = time.perf_counter
     t_start = clock()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(root)}
     with tempfile.TemporaryFile() as errors:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, *argv, stdout=asyncio.subprocess.PIPE, stderr=errors, env=env
@@ -570,9 +571,10 @@ async def run_system(
 ) -> RunResult:
     if system == "raw":
         return await raw_run(bootstrap, src, n, kept, args.raw_batch, cpu)
-    if system.startswith("reflexd-"):
-        on = system == "reflexd-on"
-        return await reflexd_run(bootstrap, src, n, args, cpu, journal=on, kept=kept)
+    if system.startswith(("reflexd-", "base-")):
+        on = system.endswith("-on")
+        root = args.compare if system.startswith("base-") else ROOT
+        return await reflexd_run(bootstrap, src, n, args, cpu, journal=on, kept=kept, root=root)
     return await peer_run(system, bootstrap, src, n, kept, cpu.broker_pid)
 
 
@@ -580,6 +582,8 @@ LABELS = {
     "raw": "raw aiokafka loop",
     "reflexd-on": "reflexd, journal on",
     "reflexd-off": "reflexd, journal off",
+    "base-on": "baseline, journal on",
+    "base-off": "baseline, journal off",
     "quix": "Quix Streams",
     "bytewax": "Bytewax",
 }
@@ -593,8 +597,12 @@ async def measure(args: argparse.Namespace, bootstrap: str, broker_pid: int | No
     systems: list[str] = ["raw"]
     if args.journal in ("on", "both"):
         systems.append("reflexd-on")
+        if args.compare:
+            systems.append("base-on")
     if args.journal in ("off", "both"):
         systems.append("reflexd-off")
+        if args.compare:
+            systems.append("base-off")
     for name in args.peers:
         if peer_python(name).exists():
             systems.append(name)
@@ -617,7 +625,10 @@ async def measure(args: argparse.Namespace, bootstrap: str, broker_pid: int | No
         if args.profile:
             with tempfile.TemporaryDirectory(prefix="reflexd-bench-profile-") as tmp:
                 out_file = args.profile_out or str(Path(tmp) / "reflexd.pstats")
-                res = await reflexd_run(bootstrap, src, n, args, cpu, out_file, kept=args.kept[-1])
+                on = args.journal != "off"  # --journal off: profile reflexd without its journal
+                res = await reflexd_run(
+                    bootstrap, src, n, args, cpu, out_file, journal=on, kept=args.kept[-1]
+                )
                 rate = f"{res.rate:,.0f} rec/s"
                 print(f"[profile] reflexd under cProfile: {rate} (inflated cost, see ranking only)")
                 buf = io.StringIO()
@@ -711,6 +722,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--broker-pid", type=int, help="with --bootstrap: the broker's pid, to measure its CPU"
+    )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        help="another checkout of reflexd (e.g. a worktree of main): also run its daemon, with this job "
+        "script, as the systems base-on / base-off, interleaved with the others",
     )
     parser.add_argument("--uvloop", action="store_true", help="use uvloop if importable")
     parser.add_argument("--profile", action="store_true", help="also run (b) once under cProfile first")

@@ -12,7 +12,9 @@ tool ``out`` has succeeded ``EXPECTED`` times, then stops it. The lines it print
 - ``STATUS <json>`` after the daemon stopped: the source's counters and what went wrong, if anything
   (``cancelled`` tasks at stop, journal rows dropped, tool failures). The bench checks it and the output.
 
-    python reflexd_job.py CONFIG EXPECTED [--profile-out FILE]
+    PYTHONPATH=<a reflexd checkout> python reflexd_job.py CONFIG EXPECTED [--profile-out FILE]
+
+The bench sets ``PYTHONPATH`` to this checkout, or to the one ``--compare`` names (A/B runs).
 """
 
 from __future__ import annotations
@@ -26,15 +28,11 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import orjson
 
-import orjson  # noqa: E402
-
-from daemon.config import load_config_text  # noqa: E402
-from daemon.registry import builtin_registry  # noqa: E402
-from daemon.supervisor import Daemon  # noqa: E402
+from daemon.config import load_config_text
+from daemon.registry import builtin_registry
+from daemon.supervisor import Daemon
 
 TOOL = "out"
 SOURCE = "in"
