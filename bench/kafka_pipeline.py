@@ -17,7 +17,9 @@ same bytes in (a) and (b)) per input record:
     ``orjson.loads`` + ``orjson.dumps`` + ``await producer.send()`` (``acks="all"``,
     ``enable_idempotence=True``, ``linger_ms=5``), then ``gather`` of the batch's futures; the
     processed positions are committed every ~1 s and at the end. Done when N sends are acknowledged.
-(b) reflexd: the real :class:`daemon.supervisor.Daemon` from config text (``http: null``): ``kafka``
+(b) reflexd, in a process of its own (``bench/peers/reflexd_job.py``, this interpreter, ``PYTHONPATH`` = the
+    checkout; its CPU seconds and RSS are its own): the real :class:`daemon.supervisor.Daemon` from a config
+    file the bench writes (``http: null``): ``kafka``
     source (same topic, fresh group, default queue: 10,000 events, block) → rule ``every`` with no
     ``where`` → ``kafka`` tool (``acks=all``, idempotent, ``linger_ms: 5``, its defaults otherwise:
     ``concurrency`` 1,024 calls in flight handed to the producer in batches of up to ``max_batch``
@@ -26,8 +28,9 @@ same bytes in (a) and (b)) per input record:
     record; the raw loop sends no header. The invocation journal is on, as in a default config
     (``--journal off`` turns it off), with ``state_path`` in a fresh temp dir per run: a shared one
     would deduplicate every call of a later run on the same input. Done when
-    ``daemon.runner.stats("out").succeeded`` reaches N (polled every 10 ms, so the end is at most
-    ~10 ms late: < 0.3 % of a run).
+    ``daemon.runner.stats("out").succeeded`` reaches N (polled every 10 ms in the job, so the end is at
+    most ~10 ms late: < 0.3 % of a run). ``--compare DIR`` also runs the daemon of another checkout (the
+    same job script) as ``base-on`` / ``base-off``: before and after in one interleaved run.
 
 Variants and peers (issue 16): every system keeps ``id % 100 < kept`` of the records (``--kept 10,100``, each
 variant measured on its own; reflexd's rule gets ``where: "data.id % 100 < 10"``) and writes only those;
@@ -35,7 +38,7 @@ variant measured on its own; reflexd's rule gets ``where: "data.id % 100 < 10"``
 adds (c) Quix Streams and Bytewax running ``bench/peers/<name>_job.py`` in ``.bench-venvs/<name>`` (``make
 bench-peers``), the same job on the same topic, their output counted. Each round runs every system once, the
 order rotated by one per round; the summary prints medians, ratios, CPU seconds per 100k input records and RSS
-at the end (for (a) and (b) the bench process's, which also held every earlier run: an upper bound).
+at the end (each system's own process; for (a) the bench process's).
 
 Time = first record returned by the consumer → N-th acknowledgement (for (b) the first record is
 seen by polling ``source.stats.received`` every 1 ms). Rate = N / time. Each run also prints the
@@ -50,7 +53,8 @@ Usage::
     .venv/bin/python bench/kafka_pipeline.py [--n 200000] [--runs 3] [--bootstrap host:port]
                                              [--concurrency N] [--raw-batch 500] [--journal on|off|both]
                                              [--kept 10,100] [--peers quix,bytewax|all] [--broker-pid PID]
-                                             [--uvloop] [--profile] [--profile-out FILE] [--strict]
+                                             [--compare DIR] [--uvloop] [--profile] [--profile-out FILE]
+                                             [--strict]
 """
 
 from __future__ import annotations
@@ -402,6 +406,8 @@ async def reflexd_run(
         config_path = Path(state_dir) / "reflexd.yaml"
         config_path.write_text(text)
         extra = ["--profile-out", profile_out] if profile_out else []
+        if args.uvloop and uvloop_available():
+            extra.append("--uvloop")
         argv = [str(JOB), str(config_path), str(expected), *extra]
         result = await _job_run(argv, cpu.broker_pid, n, "reflexd", root)
         await verify(bootstrap, src, out, group, n, expected)

@@ -12,7 +12,7 @@ tool ``out`` has succeeded ``EXPECTED`` times, then stops it. The lines it print
 - ``STATUS <json>`` after the daemon stopped: the source's counters and what went wrong, if anything
   (``cancelled`` tasks at stop, journal rows dropped, tool failures). The bench checks it and the output.
 
-    PYTHONPATH=<a reflexd checkout> python reflexd_job.py CONFIG EXPECTED [--profile-out FILE]
+    PYTHONPATH=<a reflexd checkout> python reflexd_job.py CONFIG EXPECTED [--profile-out FILE] [--uvloop]
 
 The bench sets ``PYTHONPATH`` to this checkout, or to the one ``--compare`` names (A/B runs).
 """
@@ -135,8 +135,15 @@ def main() -> int:
     parser.add_argument("config")
     parser.add_argument("expected", type=int)
     parser.add_argument("--profile-out")
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop's event loop")
     args = parser.parse_args()
-    return asyncio.run(run(Path(args.config).read_text(), args.expected, args.profile_out))
+    main = run(Path(args.config).read_text(), args.expected, args.profile_out)
+    if args.uvloop:
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(main)
+    return asyncio.run(main)
 
 
 if __name__ == "__main__":
