@@ -44,6 +44,7 @@ from streams.base import Source
 from streams.call import CallContext
 from streams.event import Event
 from streams.expressions import compile_expression, compile_template
+from streams.rules import shared
 from streams.rules.checkpoint import RuleSnapshot, fingerprint
 from streams.rules.clock import EventClock
 from streams.rules.operators import event_time_gate
@@ -479,7 +480,7 @@ class Dispatcher:
         self.source = source
         self.rules = list(rules)
         #: the rules' entry points; replaced as a whole (never mutated) by :meth:`set_rules`
-        self.targets: list[Callable[[Event], None]] = [rule.on_next for rule in self.rules]
+        self.targets: list[Callable[[Event], None]] = shared.targets(self.rules)
         self.runner = runner
         self.batch_size = batch_size
         #: called with the last event of each batch (the MCP feed's latest event per source), if set
@@ -491,7 +492,7 @@ class Dispatcher:
         """The rules that read this source from the next event on (a reload). The loop only awaits
         between events, so a batch is never split between two sets of rules mid-event."""
         self.rules = list(rules)
-        self.targets = [rule.on_next for rule in self.rules]
+        self.targets = shared.targets(self.rules)
 
     async def run(self) -> None:
         """Until the source's queue is closed and drained."""

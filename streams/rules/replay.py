@@ -64,6 +64,7 @@ from streams.decode import (
 from streams.event import DATA, GAP, Event
 from streams.expressions import Compiled
 from streams.reconnect import Reconnector
+from streams.rules import shared
 from streams.rules.pipeline import Rule, RuleConfig
 
 __all__ = [
@@ -298,7 +299,8 @@ def replay_rules(
         result.rules[name] = Rule(name, config, make_submit(name), None)
     known = set(sources)
     targets: dict[str, list[Callable[[Event], None]]] = {
-        src: [rule.on_next for rule in result.rules.values() if src in rule.config.from_] for src in known
+        src: shared.targets([rule for rule in result.rules.values() if src in rule.config.from_])
+        for src in known
     }
     skipped = result.skipped
     timed = [rule.tick for rule in result.rules.values() if rule.clock is not None]
