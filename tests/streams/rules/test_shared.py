@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from streams.event import Event
 from streams.rules import replay, shared
-from streams.rules.pipeline import RuleConfig
+from streams.rules.pipeline import Rule, RuleConfig
 from streams.rules.replay import Fired
 
 EXPRS = ["float(data.p) * float(data.q)", "data.v", "data.v * 2", "data.a / data.b", "data.s"]
@@ -93,6 +93,6 @@ def test_groups_only_runs_of_the_same_expression() -> None:
         ]
     ]
     rules = {f"r{i}": RuleConfig.model_validate(c) for i, c in enumerate(configs)}
-    built = [replay.Rule(name, c, lambda *a: True) for name, c in rules.items()]
+    built = [Rule(name, c, lambda *a: True) for name, c in rules.items()]
     kinds = [type(t).__name__ for t in shared.targets(built)]
     assert kinds == ["_Group", "_Group", "function", "function"]  # r0+r1, r2+r3, r4 (an `and`), r5 alone
