@@ -295,7 +295,7 @@ class Rule:
 
     def _match(self, event: Event) -> bool:
         stats = self.stats
-        stats.seen += 1
+        stats.own_seen += 1
         where = self._where
         if where is None:
             stats.matched += 1

@@ -1,35 +1,54 @@
-"""Rules that share work: many rules on one source whose only filter is ``where: <expr> <op> <number>``.
+"""Rules that share work: many rules on one source whose only filter compares one expression.
 
 :func:`targets` turns a source's readers into the callables a dispatcher calls per event. A run of
 consecutive rules that all have no steps, no clock, one source, the same ``kinds`` and a ``where``
-of the form ``E > X`` / ``E >= X`` / ``E < X`` / ``E <= X`` (the same ``E``, ``X`` a number
-literal) becomes one callable: ``E`` is evaluated once per event and a sorted threshold index
-(bisect) finds the rules that match. Only runs of consecutive rules are merged, so fires keep the
-order of rule-by-rule delivery. Everything else goes rule by rule (:attr:`Rule.on_next`).
+of one indexable form on the same expression ``E`` becomes one callable (a *group*):
 
-What each rule sees is what it saw rule by rule: ``seen`` and ``matched`` per rule, an error of
-``E`` counted for each rule of the group (with the rule's own rate-limited log), the matched
-rules fired in their order through their own pipeline (cooldown, templates, then). When ``E``
-gives anything but a non-NaN int or float, the group falls back to each rule's own ``on_next``.
+- thresholds, ``E > X`` / ``E >= X`` / ``E < X`` / ``E <= X`` (``X`` a number literal): ``E`` is
+  evaluated once per event and a sorted threshold index (bisect) finds the rules that match;
+- equality, ``E == C`` / ``E in [C1, C2, ...]`` (``C`` a string, number, bool or None literal):
+  ``E`` is evaluated once and a dict from constant to rules finds them.
+
+Only runs of consecutive rules are merged, so fires keep the order of rule-by-rule delivery.
+Everything else goes rule by rule (:attr:`Rule.on_next`). When the rules of a source do not all
+read the same event kinds, the source's targets are picked per kind, so a rule never sees an event
+of a kind it cannot read.
+
+What each rule sees is what it saw rule by rule: ``seen`` (counted once per group and derived per
+rule when read, :class:`~streams.rules.stats.SharedCount`), ``matched``, an error of ``E`` counted
+for each rule of the group (with the rule's own rate-limited log), the matched rules fired in their
+order. A rule without cooldown or tracing is fired by the group itself, as :meth:`Rule._fire` does
+it, except that an argument template several rules of the group share (the same text, no
+``now()``) is rendered once per event and the event's reference once; a rule with cooldown or
+tracing goes through its own pipeline. When ``E`` gives a value the index cannot judge exactly as
+Python would (a threshold group: anything but a non-NaN int or float; an equality group: anything
+but a str, int, float, bool or None), the group falls back to each rule's own ``on_next``.
 """
 
 from __future__ import annotations
 
 import ast
 import math
+import time
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from streams.call import CallContext
 from streams.event import Event
 from streams.expressions import Compiled, compile_expression
+from streams.rules.stats import RuleStats, SharedCount
 
 if TYPE_CHECKING:
     from streams.rules.pipeline import Rule
 
-__all__ = ["Threshold", "simple_threshold", "targets"]
+__all__ = ["Member", "Threshold", "index_form", "simple_member", "simple_threshold", "targets"]
 
 _OPS: dict[type[ast.cmpop], str] = {ast.Gt: ">", ast.GtE: ">=", ast.Lt: "<", ast.LtE: "<="}
+#: the values an equality group looks up in its dict: hashing and ``==`` agree on them
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+Target = Callable[[Event], None]
 
 
 class Threshold:
@@ -39,6 +58,16 @@ class Threshold:
 
     def __init__(self, expr: str, op: str, value: int | float) -> None:
         self.expr, self.op, self.value = expr, op, value
+
+
+class Member:
+    """``<expr> == <constant>`` or ``<expr> in [<constants>]``: the expression's canonical text and
+    the constants."""
+
+    __slots__ = ("expr", "values")
+
+    def __init__(self, expr: str, values: tuple[Any, ...]) -> None:
+        self.expr, self.values = expr, values
 
 
 def _number(node: ast.expr) -> int | float | None:
@@ -55,8 +84,19 @@ def _number(node: ast.expr) -> int | float | None:
     return None
 
 
-def simple_threshold(text: str) -> Threshold | None:
-    """The threshold form of a ``where``, or None if it has another shape (or uses ``now()``)."""
+_NOT_CONSTANT = object()
+
+
+def _constant(node: ast.expr) -> Any:
+    """The value of a str, number, bool or None literal (not NaN), else ``_NOT_CONSTANT``."""
+    if isinstance(node, ast.Constant) and (node.value is None or type(node.value) in (str, bool)):
+        return node.value
+    number = _number(node)
+    return _NOT_CONSTANT if number is None else number
+
+
+def _compare(text: str) -> ast.Compare | None:
+    """``text`` parsed, if it is one comparison whose left side does not use ``now()``."""
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError):
@@ -64,59 +104,111 @@ def simple_threshold(text: str) -> Threshold | None:
     body = tree.body
     if not isinstance(body, ast.Compare) or len(body.ops) != 1:
         return None
+    if any(isinstance(node, ast.Name) and node.id == "now" for node in ast.walk(body.left)):
+        return None  # now() is each rule's own clock
+    return body
+
+
+def simple_threshold(text: str) -> Threshold | None:
+    """The threshold form of a ``where``, or None if it has another shape (or uses ``now()``)."""
+    body = _compare(text)
+    if body is None:
+        return None
     op = _OPS.get(type(body.ops[0]))
     value = _number(body.comparators[0])
     if op is None or value is None:
         return None
-    if any(isinstance(node, ast.Name) and node.id == "now" for node in ast.walk(body.left)):
-        return None  # now() is each rule's own clock
     return Threshold(ast.unparse(body.left), op, value)
 
 
-def _eligible(rule: Rule) -> Threshold | None:
+def simple_member(text: str) -> Member | None:
+    """The equality form of a ``where`` (``E == C``, ``E in [C, ...]``), or None."""
+    body = _compare(text)
+    if body is None:
+        return None
+    op, right = body.ops[0], body.comparators[0]
+    if isinstance(op, ast.Eq):
+        items = [right]
+    elif isinstance(op, ast.In) and isinstance(right, ast.List | ast.Tuple):
+        items = right.elts
+    else:
+        return None
+    values = tuple(_constant(item) for item in items)
+    if any(value is _NOT_CONSTANT for value in values):
+        return None
+    return Member(ast.unparse(body.left), values)
+
+
+def index_form(text: str) -> Threshold | Member | None:
+    """How a ``where`` can be indexed, if it can."""
+    return simple_threshold(text) or simple_member(text)
+
+
+def _eligible(rule: Rule) -> Threshold | Member | None:
     config = rule.config
     if config.steps or rule.clock is not None or len(config.from_) != 1 or not config.where:
         return None
-    return simple_threshold(config.where)
+    return index_form(config.where)
+
+
+class _Failed:
+    """An argument template that raised on this event (kept so the other rules sharing it skip it too)."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+
+_UNSET = object()
+
+#: one call of a rule fired by its group: (index in ``then``, tool, render slot, call id head, tail)
+_Call = tuple[int, str, int, str, str]
 
 
 class _Group:
-    """Rules ``E op X`` with one ``E``: one evaluation of ``E`` and four sorted lookups per event."""
+    """Rules on one ``E``: one evaluation of ``E`` and an index lookup per event (subclasses: the
+    index); the matched rules fired in rule order."""
 
-    def __init__(self, rules: list[Rule], thresholds: list[Threshold]) -> None:
+    def __init__(self, rules: list[Rule]) -> None:
+        from streams.rules.pipeline import _event_ref  # pipeline imports this module
+
         self.rules = rules
         self.kinds = rules[0]._kinds
         self.replay = rules[0]._now is not None
-        self.left: Compiled = compile_expression(thresholds[0].expr, now=rules[0]._now)
-        self.stats = [rule.stats for rule in rules]
+        self.left: Compiled = compile_expression(self.expr, now=rules[0]._now)
+        self.counter = SharedCount()
+        for rule in rules:
+            rule.stats.share_seen(self.counter)
+        self.stats: list[RuleStats] = [rule.stats for rule in rules]
         self.pushes = [rule.subject.on_next if rule._operators else rule._on_fire for rule in rules]
         self.latest = -math.inf  # the newest event time the group saw (replay: each rule's now())
-        index: dict[str, list[tuple[int | float, int]]] = {op: [] for op in _OPS.values()}
-        for position, t in enumerate(thresholds):
-            index[t.op].append((t.value, position))
-        self.index: dict[str, tuple[list[int | float], list[int]]] = {}
-        for op, entries in index.items():
-            entries.sort()
-            self.index[op] = ([v for v, _ in entries], [p for _, p in entries])
-        self.single_op = sum(1 for entries in index.values() if entries) == 1
+        self.event_ref = _event_ref
+        # the rules the group fires itself (no pipeline, no tracing): their calls, templates shared
+        self.renders: list[Compiled] = []
+        slots: dict[tuple[str, str], int] = {}
+        self.direct: list[list[_Call] | None] = []
+        for rule in rules:
+            if rule._operators or rule._tracer is not None:
+                self.direct.append(None)
+                continue
+            calls: list[_Call] = []
+            for index, ((tool, render), call) in enumerate(zip(rule._calls, rule.config.then, strict=True)):
+                shape = repr(call.args)
+                key = (shape, rule.name if "now" in shape else "")  # now(): each rule's own clock
+                slot = slots.get(key)
+                if slot is None:
+                    slot = slots[key] = len(self.renders)
+                    self.renders.append(render)
+                calls.append((index, tool, slot, f"{rule.name}:", f":{index}"))
+            self.direct.append(calls)
 
-    def matching(self, v: int | float) -> list[int]:
-        """Positions of the rules whose ``v op X`` is true, in rule order."""
-        out: list[int] = []
-        values, positions = self.index[">"]
-        if values:
-            out += positions[: bisect_left(values, v)]
-        values, positions = self.index[">="]
-        if values:
-            out += positions[: bisect_right(values, v)]
-        values, positions = self.index["<"]
-        if values:
-            out += positions[bisect_right(values, v) :]
-        values, positions = self.index["<="]
-        if values:
-            out += positions[bisect_left(values, v) :]
-        out.sort()
-        return out
+    expr: str
+
+    def matching(self, v: Any) -> Sequence[int] | None:
+        """Positions of the rules whose ``where`` is true for ``E == v``, in rule order; None if the
+        index cannot judge ``v`` exactly (each rule then evaluates its own ``where``)."""
+        raise NotImplementedError
 
     def sync_time(self, rule: Rule) -> None:
         if self.latest > rule._latest_ts:
@@ -131,55 +223,185 @@ class _Group:
         try:
             v = self.left(event)
         except Exception as exc:
+            self.counter.count += 1
             for rule in rules:
-                rule.stats.seen += 1
                 try:
                     rule._step_failed("where", exc, event)
                 except Exception as crash:
                     rule._crashed(crash, event)
             return
-        if type(v) not in (int, float) or v != v:  # strings, None, NaN...: each rule on its own
+        positions = self.matching(v)
+        if positions is None:  # each rule on its own
             for rule in rules:
                 self.sync_time(rule)
                 rule.on_next(event)
             return
-        for stats in self.stats:
-            stats.seen += 1
-        pushes = self.pushes
-        for position in self.matching(v):
+        self.counter.count += 1
+        if positions:
+            self.fire(event, positions)
+
+    def fire(self, event: Event, positions: Sequence[int]) -> None:
+        """The rules at ``positions`` matched ``event``: each fires (as :meth:`Rule._fire` would) or
+        goes on through its pipeline."""
+        rules, stats, direct, replay = self.rules, self.stats, self.direct, self.replay
+        mark: tuple[float, Event] | None = None
+        ref: str | None = None
+        rendered: list[Any] | None = None
+        for position in positions:
             rule = rules[position]
-            rule.stats.matched += 1
+            st = stats[position]
+            st.matched += 1
             try:
-                if self.replay:
+                if replay:
                     self.sync_time(rule)
-                pushes[position](event)
+                calls = direct[position]
+                if calls is None:
+                    self.pushes[position](event)
+                    continue
+                st.fired += 1
+                if mark is None:
+                    mark = (time.time(), event)
+                rule.last_fire = mark
+                for index, tool, slot, head, tail in calls:
+                    if rendered is None:
+                        rendered = [_UNSET] * len(self.renders)
+                    args = rendered[slot]
+                    if args is _UNSET:
+                        try:
+                            args = self.renders[slot](event)
+                        except Exception as exc:
+                            args = _Failed(exc)
+                        rendered[slot] = args
+                    if type(args) is _Failed:
+                        rule._render_failed(index, tool, event, args.exc)
+                        continue
+                    if ref is None:
+                        ref = self.event_ref(event)
+                    ctx = CallContext(tool, rule.name, event, head + ref + tail)
+                    try:
+                        accepted = rule._submit(tool, args, ctx)
+                    except Exception as exc:
+                        self.submit_failed(rule, tool, exc)
+                        accepted = False
+                    if accepted:
+                        st.submitted += 1
+                    else:
+                        st.rejected += 1
             except Exception as exc:
                 rule._crashed(exc, event)
 
+    @staticmethod
+    def submit_failed(rule: Rule, tool: str, exc: Exception) -> None:
+        from streams.rules.pipeline import _raised_at
 
-def targets(rules: Sequence[Rule]) -> list[Callable[[Event], None]]:
-    """What to call per event for ``rules`` (in their order): shared groups and single rules."""
-    out: list[Callable[[Event], None]] = []
+        error = f"{type(exc).__name__}: {exc}"
+        rule._submit_log.hit(rule=rule.name, tool=tool, error=error, at=_raised_at(exc))
+
+
+class _Thresholds(_Group):
+    """Rules ``E op X``: four sorted lookups per event."""
+
+    def __init__(self, rules: list[Rule], forms: list[Threshold]) -> None:
+        self.expr = forms[0].expr
+        super().__init__(rules)
+        index: dict[str, list[tuple[int | float, int]]] = {op: [] for op in _OPS.values()}
+        for position, t in enumerate(forms):
+            index[t.op].append((t.value, position))
+        self.index: list[tuple[str, list[int | float], list[int]]] = []
+        for op, entries in index.items():
+            if entries:
+                entries.sort()
+                self.index.append((op, [v for v, _ in entries], [p for _, p in entries]))
+
+    def matching(self, v: Any) -> Sequence[int] | None:
+        if (type(v) is not float and type(v) is not int) or v != v:  # strings, None, bools, NaN...
+            return None
+        out: list[int] = []
+        for op, values, positions in self.index:
+            if op == ">":
+                out += positions[: bisect_left(values, v)]
+            elif op == ">=":
+                out += positions[: bisect_right(values, v)]
+            elif op == "<":
+                out += positions[bisect_right(values, v) :]
+            else:
+                out += positions[bisect_left(values, v) :]
+        if len(self.index) > 1 or len(out) > 1:
+            out.sort()
+        return out
+
+
+class _Members(_Group):
+    """Rules ``E == C`` / ``E in [C, ...]``: one dict lookup per event."""
+
+    def __init__(self, rules: list[Rule], forms: list[Member]) -> None:
+        self.expr = forms[0].expr
+        super().__init__(rules)
+        table: dict[Any, list[int]] = {}
+        for position, m in enumerate(forms):
+            for value in m.values:
+                at = table.setdefault(value, [])
+                if not at or at[-1] != position:  # `E in ['a', 'a']` fires once
+                    at.append(position)
+        self.table = table
+
+    def matching(self, v: Any) -> Sequence[int] | None:
+        if type(v) not in _PLAIN:  # lists, dicts, other types: their own ==
+            return None
+        return self.table.get(v, ())
+
+
+class _ByKind:
+    """A source's targets picked by event kind: only those whose rules read the event's kind."""
+
+    def __init__(self, table: dict[str, list[Target]]) -> None:
+        self.table = table
+
+    def __call__(self, event: Event) -> None:
+        for target in self.table.get(event.kind, ()):
+            target(event)
+
+
+def _group(rules: list[Rule], forms: list[Threshold | Member]) -> _Group:
+    if isinstance(forms[0], Threshold):
+        return _Thresholds(rules, [f for f in forms if isinstance(f, Threshold)])
+    return _Members(rules, [f for f in forms if isinstance(f, Member)])
+
+
+def targets(rules: Sequence[Rule]) -> list[Target]:
+    """What to call per event for ``rules`` (in their order): shared groups and single rules (one
+    callable choosing them by event kind when the rules do not all read the same kinds)."""
+    out: list[tuple[frozenset[str], Target]] = []
     run: list[Rule] = []
-    run_t: list[Threshold] = []
+    run_f: list[Threshold | Member] = []
 
     def close() -> None:
         if len(run) > 1:
-            out.append(_Group(list(run), list(run_t)))
+            out.append((run[0]._kinds, _group(list(run), list(run_f))))
         else:
-            out.extend(rule.on_next for rule in run)
+            out.extend((rule._kinds, rule.on_next) for rule in run)
         run.clear()
-        run_t.clear()
+        run_f.clear()
 
     for rule in rules:
-        t = _eligible(rule)
-        if t is None:
+        rule.stats.share_seen(None)  # the group it was in (before a reload) counts no more for it
+        form = _eligible(rule)
+        if form is None:
             close()
-            out.append(rule.on_next)
+            out.append((rule._kinds, rule.on_next))
             continue
-        if run and (t.expr != run_t[0].expr or rule._kinds != run[0]._kinds):
+        first = run_f[0] if run else None
+        if first is not None and (
+            type(form) is not type(first) or form.expr != first.expr or rule._kinds != run[0]._kinds
+        ):
             close()
         run.append(rule)
-        run_t.append(t)
+        run_f.append(form)
     close()
-    return out
+    if len(out) > 1 and len({kinds for kinds, _ in out}) > 1:
+        table: dict[str, list[Target]] = {}
+        for kinds, target in out:
+            for kind in sorted(kinds):
+                table.setdefault(kind, []).append(target)
+        return [_ByKind(table)]
+    return [target for _, target in out]

@@ -95,4 +95,4 @@ def test_groups_only_runs_of_the_same_expression() -> None:
     rules = {f"r{i}": RuleConfig.model_validate(c) for i, c in enumerate(configs)}
     built = [Rule(name, c, lambda *a: True) for name, c in rules.items()]
     kinds = [type(t).__name__ for t in shared.targets(built)]
-    assert kinds == ["_Group", "_Group", "function", "function"]  # r0+r1, r2+r3, r4 (an `and`), r5 alone
+    assert kinds == ["_Thresholds", "_Thresholds", "function", "function"]  # r0+r1, r2+r3, r4 (an `and`), r5 alone
