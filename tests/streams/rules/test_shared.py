@@ -201,7 +201,8 @@ def test_seen_counts_across_regrouping() -> None:
         for i in range(3)
     ]
     rules = [Rule(f"r{i}", c, lambda *a: True, None) for i, c in enumerate(configs)]
-    for round_, values in enumerate([[1, 5, "s"], [2, 0]]):
+    rounds: list[list[Any]] = [[1, 5, "s"], [2, 0]]
+    for round_, values in enumerate(rounds):
         (group,) = shared.targets(rules)
         for i, v in enumerate(values):
             group(Event("t", float(round_ * 10 + i), 0.0, None, {"v": v}, {}))
@@ -213,15 +214,17 @@ def test_seen_counts_across_regrouping() -> None:
 def test_rules_are_given_only_the_kinds_they_read() -> None:
     """Rules of a source that read different kinds: each kind goes only to the rules that read it."""
     got: list[str] = []
+
+    def submit(tool: str, args: dict[str, Any], ctx: CallContext) -> bool:
+        got.append(tool)
+        return True
+
     configs = [
         {"from": "t", "where": "data.v > 1", "kinds": ["gap"], "then": [{"tool": "g"}]},
         {"from": "t", "where": "data.v > 1", "then": [{"tool": "d"}]},
         {"from": "t", "where": "data.v > 2", "then": [{"tool": "d2"}]},
     ]
-    rules = [
-        Rule(f"r{i}", RuleConfig.model_validate(c), lambda tool, a, ctx: got.append(tool) or True, None)
-        for i, c in enumerate(configs)
-    ]
+    rules = [Rule(f"r{i}", RuleConfig.model_validate(c), submit, None) for i, c in enumerate(configs)]
     (target,) = shared.targets(rules)
     assert isinstance(target, shared._ByKind) and len(target.table["data"]) == 1  # r1 + r2: one group
     target(Event("t", 1.0, 1.0, None, {"v": 3}, {}, "gap"))
