@@ -231,3 +231,29 @@ def test_rules_are_given_only_the_kinds_they_read() -> None:
     target(Event("t", 2.0, 2.0, None, {"v": 3}, {}))
     assert got == ["g", "d", "d2"]
     assert [r.stats.seen for r in rules] == [1, 1, 1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    calls=st.lists(
+        st.tuples(
+            st.sampled_from([1768485600.25, 1768485600.25, 0.0, -1.5, math.nan, 1e20]),
+            st.sampled_from(["r1", "r2", 'r"3']),
+            st.sampled_from(["alert", "t\u00e9l\u00e9"]),
+            st.integers(0, 3),
+        ),
+        max_size=12,
+    ),
+    fmt=st.sampled_from(["text", "jsonl"]),
+)
+def test_fired_format_prints_what_format_fired_prints(
+    calls: list[tuple[float, str, str, int]], fmt: str
+) -> None:
+    """``reflexd replay``'s line formatter, which keeps the time and arguments of the previous call, prints
+    every call exactly as :func:`replay.format_fired` does (the same arguments object or not)."""
+    shared_args: list[dict[Any, Any]] = [{"t": "a b"}, {"n": 1.5, "d": {"x": [1, None]}}, {1: "int key"}, {}]
+    line = replay.FiredFormat(fmt)
+    for ts, rule, tool, which in calls:
+        for args in (shared_args[which], dict(shared_args[which])):
+            fired = Fired(ts, rule, tool, args)
+            assert line(fired) == replay.format_fired(fired, fmt)
