@@ -517,7 +517,7 @@ def _replay(config: AppConfig, specs: Sequence[str], speed: float, only: list[st
         if closed:
             return
         args, hidden = fired.args, secrets.get((fired.rule, fired.tool), none)
-        if args is not last[0] or hidden is not last[1]:  # rules of a shared group share their arguments
+        if args is not last[0] or hidden != last[1]:  # rules of a shared group share their arguments
             last[:] = args, hidden, redact(args, hidden)
         shown = fired if last[2] is args else fired._replace(args=last[2])
         try:
