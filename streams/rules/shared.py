@@ -109,11 +109,7 @@ def _compare(text: str) -> ast.Compare | None:
     return body
 
 
-def simple_threshold(text: str) -> Threshold | None:
-    """The threshold form of a ``where``, or None if it has another shape (or uses ``now()``)."""
-    body = _compare(text)
-    if body is None:
-        return None
+def _threshold(body: ast.Compare) -> Threshold | None:
     op = _OPS.get(type(body.ops[0]))
     value = _number(body.comparators[0])
     if op is None or value is None:
@@ -121,11 +117,7 @@ def simple_threshold(text: str) -> Threshold | None:
     return Threshold(ast.unparse(body.left), op, value)
 
 
-def simple_member(text: str) -> Member | None:
-    """The equality form of a ``where`` (``E == C``, ``E in [C, ...]``), or None."""
-    body = _compare(text)
-    if body is None:
-        return None
+def _member(body: ast.Compare) -> Member | None:
     op, right = body.ops[0], body.comparators[0]
     if isinstance(op, ast.Eq):
         items = [right]
@@ -139,9 +131,22 @@ def simple_member(text: str) -> Member | None:
     return Member(ast.unparse(body.left), values)
 
 
+def simple_threshold(text: str) -> Threshold | None:
+    """The threshold form of a ``where``, or None if it has another shape (or uses ``now()``)."""
+    body = _compare(text)
+    return None if body is None else _threshold(body)
+
+
+def simple_member(text: str) -> Member | None:
+    """The equality form of a ``where`` (``E == C``, ``E in [C, ...]``), or None."""
+    body = _compare(text)
+    return None if body is None else _member(body)
+
+
 def index_form(text: str) -> Threshold | Member | None:
     """How a ``where`` can be indexed, if it can."""
-    return simple_threshold(text) or simple_member(text)
+    body = _compare(text)
+    return None if body is None else _threshold(body) or _member(body)
 
 
 def _eligible(rule: Rule) -> Threshold | Member | None:
