@@ -32,17 +32,72 @@ import math
 import time
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from streams.call import CallContext
+from reactivex import abc
+
+from streams.call import CallContext, event_ref
 from streams.event import Event
 from streams.expressions import Compiled, compile_expression
 from streams.rules.stats import RuleStats, SharedCount
 
-if TYPE_CHECKING:
-    from streams.rules.pipeline import Rule
+__all__ = ["Member", "SharedRule", "Threshold", "index_form", "simple_member", "simple_threshold", "targets"]
 
-__all__ = ["Member", "Threshold", "index_form", "simple_member", "simple_threshold", "targets"]
+
+class _CallShape(Protocol):
+    @property
+    def args(self) -> dict[str, Any]: ...
+
+
+class _RuleShape(Protocol):
+    @property
+    def from_(self) -> list[str]: ...
+    @property
+    def steps(self) -> Sequence[object]: ...
+    @property
+    def where(self) -> str | None: ...
+    @property
+    def then(self) -> Sequence[_CallShape]: ...
+
+
+class SharedRule(Protocol):
+    """What a group reads and drives of a rule (:class:`streams.rules.pipeline.Rule`, which imports this
+    module): its configuration, entry points, counters and the parts of its fire."""
+
+    last_fire: tuple[float, Event] | None
+    _latest_ts: float
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def config(self) -> _RuleShape: ...
+    @property
+    def clock(self) -> object | None: ...
+    @property
+    def stats(self) -> RuleStats: ...
+    @property
+    def subject(self) -> abc.ObserverBase[Event]: ...
+    @property
+    def on_next(self) -> Callable[[Event], None]: ...
+    @property
+    def _on_fire(self) -> Callable[[Event], None]: ...
+    @property
+    def _kinds(self) -> frozenset[str]: ...
+    @property
+    def _now(self) -> Callable[[], float] | None: ...
+    @property
+    def _operators(self) -> bool: ...
+    @property
+    def _tracer(self) -> object | None: ...
+    @property
+    def _calls(self) -> Sequence[tuple[str, Compiled]]: ...
+    @property
+    def _submit(self) -> Callable[[str, dict[str, Any], CallContext], bool]: ...
+    def _step_failed(self, label: str, exc: BaseException, item: Event) -> None: ...
+    def _crashed(self, exc: BaseException, event: Event) -> None: ...
+    def _render_failed(self, index: int, tool: str, event: Event, exc: Exception) -> None: ...
+    def _submit_failed(self, tool: str, exc: Exception) -> None: ...
+
 
 _OPS: dict[type[ast.cmpop], str] = {ast.Gt: ">", ast.GtE: ">=", ast.Lt: "<", ast.LtE: "<="}
 #: the values an equality group looks up in its dict: hashing and ``==`` agree on them
@@ -149,7 +204,7 @@ def index_form(text: str) -> Threshold | Member | None:
     return None if body is None else _threshold(body) or _member(body)
 
 
-def _eligible(rule: Rule) -> Threshold | Member | None:
+def _eligible(rule: SharedRule) -> Threshold | Member | None:
     config = rule.config
     if config.steps or rule.clock is not None or len(config.from_) != 1 or not config.where:
         return None
@@ -180,9 +235,7 @@ class _Group:
     """Rules on one ``E``: one evaluation of ``E`` and an index lookup per event (subclasses: the
     index); the matched rules fired in rule order."""
 
-    def __init__(self, rules: list[Rule]) -> None:
-        from streams.rules.pipeline import _event_ref  # pipeline imports this module
-
+    def __init__(self, rules: list[SharedRule]) -> None:
         self.rules = rules
         self.kinds = rules[0]._kinds
         self.replay = rules[0]._now is not None
@@ -193,7 +246,6 @@ class _Group:
         self.stats: list[RuleStats] = [rule.stats for rule in rules]
         self.pushes = [rule.subject.on_next if rule._operators else rule._on_fire for rule in rules]
         self.latest = -math.inf  # the newest event time the group saw (replay: each rule's now())
-        self.event_ref = _event_ref
         # the rules the group fires itself (no pipeline, no tracing): their calls, templates shared
         self.renders: list[Compiled] = []
         slots: dict[tuple[str, str], int] = {}
@@ -220,7 +272,7 @@ class _Group:
         index cannot judge ``v`` exactly (each rule then evaluates its own ``where``)."""
         raise NotImplementedError
 
-    def sync_time(self, rule: Rule) -> None:
+    def sync_time(self, rule: SharedRule) -> None:
         if self.latest > rule._latest_ts:
             rule._latest_ts = self.latest
 
@@ -286,13 +338,13 @@ class _Group:
                         rule._render_failed(index, tool, event, args.exc)
                         continue
                     if not ref:
-                        ref = self.event_ref(event)
+                        ref = event_ref(event)
                     fields = (tool, rule.name, event, head + ref + tail)
                     ctx = _new_context(CallContext, fields + _CONTEXT_DEFAULTS)
                     try:
                         accepted = rule._submit(tool, args, ctx)
                     except Exception as exc:
-                        self.submit_failed(rule, tool, exc)
+                        rule._submit_failed(tool, exc)
                         accepted = False
                     if accepted:
                         st.submitted += 1
@@ -301,18 +353,11 @@ class _Group:
             except Exception as exc:
                 rule._crashed(exc, event)
 
-    @staticmethod
-    def submit_failed(rule: Rule, tool: str, exc: Exception) -> None:
-        from streams.rules.pipeline import _raised_at
-
-        error = f"{type(exc).__name__}: {exc}"
-        rule._submit_log.hit(rule=rule.name, tool=tool, error=error, at=_raised_at(exc))
-
 
 class _Thresholds(_Group):
     """Rules ``E op X``: four sorted lookups per event."""
 
-    def __init__(self, rules: list[Rule], forms: list[Threshold]) -> None:
+    def __init__(self, rules: list[SharedRule], forms: list[Threshold]) -> None:
         self.expr = forms[0].expr
         super().__init__(rules)
         index: dict[str, list[tuple[int | float, int]]] = {op: [] for op in _OPS.values()}
@@ -345,7 +390,7 @@ class _Thresholds(_Group):
 class _Members(_Group):
     """Rules ``E == C`` / ``E in [C, ...]``: one dict lookup per event."""
 
-    def __init__(self, rules: list[Rule], forms: list[Member]) -> None:
+    def __init__(self, rules: list[SharedRule], forms: list[Member]) -> None:
         self.expr = forms[0].expr
         super().__init__(rules)
         table: dict[Any, list[int]] = {}
@@ -373,17 +418,17 @@ class _ByKind:
             target(event)
 
 
-def _group(rules: list[Rule], forms: list[Threshold | Member]) -> _Group:
+def _group(rules: list[SharedRule], forms: list[Threshold | Member]) -> _Group:
     if isinstance(forms[0], Threshold):
         return _Thresholds(rules, [f for f in forms if isinstance(f, Threshold)])
     return _Members(rules, [f for f in forms if isinstance(f, Member)])
 
 
-def targets(rules: Sequence[Rule]) -> list[Target]:
+def targets(rules: Sequence[SharedRule]) -> list[Target]:
     """What to call per event for ``rules`` (in their order): shared groups and single rules (one
     callable choosing them by event kind when the rules do not all read the same kinds)."""
     out: list[tuple[frozenset[str], Target]] = []
-    run: list[Rule] = []
+    run: list[SharedRule] = []
     run_f: list[Threshold | Member] = []
 
     def close() -> None:
