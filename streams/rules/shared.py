@@ -140,12 +140,15 @@ def _number(node: ast.expr) -> int | float | None:
 
 
 _NOT_CONSTANT = object()
+_JSON_NAMES: dict[str, Any] = {"true": True, "false": False, "null": None}
 
 
 def _constant(node: ast.expr) -> Any:
     """The value of a str, number, bool or None literal (not NaN), else ``_NOT_CONSTANT``."""
     if isinstance(node, ast.Constant) and (node.value is None or type(node.value) in (str, bool)):
         return node.value
+    if isinstance(node, ast.Name) and node.id in _JSON_NAMES:  # what an expression reads them as
+        return _JSON_NAMES[node.id]
     number = _number(node)
     return _NOT_CONSTANT if number is None else number
 

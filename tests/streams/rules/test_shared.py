@@ -120,7 +120,7 @@ def test_shared_agrees_with_rule_by_rule(
 def test_equality_index_matches_as_python_compares() -> None:
     """None, bools, 1 == 1.0 == True, strings, NaN, unhashable values: the dict lookup agrees with ``==``."""
     wheres = ["data.k == None", "data.k in [None, 1]", "data.k == True", "data.k == 1.0", "data.k == 'a'"]
-    wheres += ["data.k in []", "data.k in ['a', 0, False]", "data.k == -0.0"]
+    wheres += ["data.k in []", "data.k in ['a', 0, False]", "data.k == -0.0", "data.k in [null, true]"]
     configs = [{"from": "t", "where": w, "then": [{"tool": "x", "args": {"v": "{data}"}}]} for w in wheres]
     values = [None, 1, True, 1.0, "a", 0, False, 0.0, "1", math.nan, [1], {"a": 1}, 2]
     events = [("k", {"k": v}, "data") for v in values] + [("k", {}, "data")]
@@ -176,12 +176,15 @@ def test_groups_only_runs_of_the_same_expression_and_form() -> None:
             "data.w == 1",
             "data.w == 2",
             "data.w > 3",
+            "data.w == null",
+            "data.w in [true, 'x']",
         ]
     ]
     rules = {f"r{i}": RuleConfig.model_validate(c) for i, c in enumerate(configs)}
     built = [Rule(name, c, lambda *a: True) for name, c in rules.items()]
     kinds = [type(t).__name__ for t in shared.targets(built)]
-    # r0+r1, r2+r3, r4 (an `and`), r5 alone, r6+r7, r8 (not a constant), r9+r10, r11 (another form)
+    # r0+r1, r2+r3, r4 (an `and`), r5 alone, r6+r7, r8 (not a constant), r9+r10, r11 (another form),
+    # r12+r13 (null and true read as None and True)
     assert kinds == [
         "_Thresholds",
         "_Thresholds",
@@ -191,6 +194,7 @@ def test_groups_only_runs_of_the_same_expression_and_form() -> None:
         "function",
         "_Members",
         "function",
+        "_Members",
     ]
 
 
