@@ -171,8 +171,11 @@ def threshold_rules(count: int) -> dict[str, RuleConfig]:
     }
 
 
-def replay_seconds(rules: dict[str, RuleConfig], events: Callable[[], Iterable[Event]]) -> tuple[float, int]:
-    """Seconds to replay ``events()`` through ``rules`` (building them excluded) and the calls fired."""
+def replay_seconds(
+    rules: dict[str, RuleConfig], events: Callable[[], Iterable[Event]]
+) -> tuple[float, float, int]:
+    """Seconds to replay ``events()`` through ``rules`` (building them excluded), wall clock and this
+    process's CPU time (what other load on the machine changes least), and the calls fired."""
     fired = 0
 
     def report(_fired: Fired) -> None:
@@ -180,13 +183,14 @@ def replay_seconds(rules: dict[str, RuleConfig], events: Callable[[], Iterable[E
         fired += 1
 
     gc.collect()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     replay_rules(rules, ["trades"], [], report)
-    setup = time.perf_counter() - started
+    setup, setup_cpu = time.perf_counter() - started, time.process_time() - cpu
     gc.collect()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     replay_rules(rules, ["trades"], events(), report)
-    return time.perf_counter() - started - setup, fired
+    took, took_cpu = time.perf_counter() - started, time.process_time() - cpu
+    return took - setup, took_cpu - setup_cpu, fired
 
 
 def rules_scaling(events: list[Event], sizes: list[int], repeat: int) -> int:
@@ -204,13 +208,15 @@ def rules_scaling(events: list[Event], sizes: list[int], repeat: int) -> int:
             "recording": lambda: read_input(ReplayInput(path)),
         }
         took: dict[tuple[str, int], list[float]] = {(m, n): [] for m in inputs for n in sizes}
+        cpu: dict[tuple[str, int], list[float]] = {(m, n): [] for m in inputs for n in sizes}
         fired: dict[int, int] = {}
         for r in range(repeat):
             order = sizes[r % len(sizes) :] + sizes[: r % len(sizes)]
             for n in order:
                 for mode, source in inputs.items():
-                    seconds, fired[n] = replay_seconds(configs[n], source)
+                    seconds, cpu_seconds, fired[n] = replay_seconds(configs[n], source)
                     took[mode, n].append(seconds)
+                    cpu[mode, n].append(cpu_seconds)
             print(
                 f"round {r + 1}: "
                 + ", ".join(
@@ -223,18 +229,22 @@ def rules_scaling(events: list[Event], sizes: list[int], repeat: int) -> int:
     )
     print(
         f"{'rules':>6} {'engine s':>9} {'x 1 rule':>9} {'µs/rule/ev':>11} "
-        f"{'file s':>9} {'x 1 rule':>9} {'fired':>9}"
+        f"{'file s':>9} {'x 1 rule':>9} {'cpu: engine':>12} {'file':>6} {'fired':>9}"
     )
     one = {m: statistics.median(took[m, 1]) for m in inputs}
+    one_cpu = {m: statistics.median(cpu[m, 1]) for m in inputs}
     for n in sizes:
         med = {m: statistics.median(took[m, n]) for m in inputs}
+        med_cpu = {m: statistics.median(cpu[m, n]) for m in inputs}
         added = (med["engine"] - one["engine"]) / (n - 1) if n > 1 else med["engine"]
         print(
             f"{n:>6} {med['engine']:>9.3f} {med['engine'] / one['engine']:>9.2f} "
             f"{added / len(events) * 1e6:>11.2f} {med['recording']:>9.3f} "
-            f"{med['recording'] / one['recording']:>9.2f} {fired[n]:>9,}"
+            f"{med['recording'] / one['recording']:>9.2f} {med_cpu['engine'] / one_cpu['engine']:>12.2f} "
+            f"{med_cpu['recording'] / one_cpu['recording']:>6.2f} {fired[n]:>9,}"
         )
-    print("(µs/rule/ev for N > 1: the engine's added time over one rule, per added rule and event)")
+    print("(µs/rule/ev for N > 1: the engine's added time over one rule, per added rule and event;")
+    print(" cpu: the same ratios of this process's CPU time, which the machine's other load changes least)")
     return 0
 
 

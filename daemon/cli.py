@@ -42,10 +42,10 @@ from streams.decode import DecodeFields
 from streams.rules.pipeline import plan_rule
 from streams.rules.replay import (
     Fired,
+    FiredFormat,
     Pacer,
     RecordResult,
     ReplayInput,
-    format_fired,
     is_record,
     merge_by_time,
     read_input,
@@ -507,15 +507,21 @@ def _replay(config: AppConfig, specs: Sequence[str], speed: float, only: list[st
     models = _model_tools(config)  # llm tools: their prompts are reported, no model is called
     prompts = dict.fromkeys(models, 0)
 
+    formatted = FiredFormat(fmt)
+    last: list[Any] = [None, None, None]  # the previous call's arguments, secret names, arguments shown
+
     def report(fired: Fired) -> None:
         nonlocal closed
         if fired.tool in prompts:
             prompts[fired.tool] += 1
         if closed:
             return
-        shown = fired._replace(args=redact(fired.args, secrets.get((fired.rule, fired.tool), none)))
+        args, hidden = fired.args, secrets.get((fired.rule, fired.tool), none)
+        if args is not last[0] or hidden != last[1]:  # rules of a shared group share their arguments
+            last[:] = args, hidden, redact(args, hidden)
+        shown = fired if last[2] is args else fired._replace(args=last[2])
         try:
-            out.write(format_fired(shown, fmt) + "\n")
+            out.write(formatted(shown) + "\n")
             if speed:
                 out.flush()
         except BrokenPipeError:

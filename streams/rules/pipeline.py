@@ -41,9 +41,10 @@ from reactivex.subject import Subject
 from daemon.errors import RuleError
 from daemon.logs import RateLimitedLog, get_logger
 from streams.base import Source
-from streams.call import CallContext
+from streams.call import CallContext, event_ref
 from streams.event import Event
 from streams.expressions import compile_expression, compile_template
+from streams.rules import shared
 from streams.rules.checkpoint import RuleSnapshot, fingerprint
 from streams.rules.clock import EventClock
 from streams.rules.operators import event_time_gate
@@ -154,18 +155,6 @@ def _raised_at(exc: BaseException) -> str:
     while tb.tb_next is not None:
         tb = tb.tb_next
     return f"{os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno}"
-
-
-def _event_ref(event: Event) -> str:
-    """A stable name for an event: the same record gives the same name after a restart."""
-    meta = event.meta
-    if "offset" in meta:  # Kafka: topic, partition and offset name a record exactly
-        return f"{event.source}:{meta.get('topic')}/{meta.get('partition')}@{meta['offset']}"
-    for field in ("seq", "line"):
-        if field in meta:
-            run = f":run={meta['run']}" if "run" in meta else ""  # a replay session: each run is new
-            return f"{event.source}{run}:{field}={meta[field]}:lap={meta.get('lap', 0)}:ts={event.ts!r}"
-    return f"{event.source}:ts={event.ts!r}"
 
 
 class Rule:
@@ -294,7 +283,7 @@ class Rule:
 
     def _match(self, event: Event) -> bool:
         stats = self.stats
-        stats.seen += 1
+        stats.own_seen += 1
         where = self._where
         if where is None:
             stats.matched += 1
@@ -366,21 +355,25 @@ class Rule:
                 self._render_failed(index, tool, event, exc)
                 continue
             if ref is None:
-                ref = _event_ref(event)
+                ref = event_ref(event)
             ctx = CallContext(tool, self.name, event, f"{self.name}:{ref}:{index}")
             if span is not None:
                 ctx = ctx._replace(trace=span)
             try:
                 accepted = self._submit(tool, args, ctx)
             except Exception as exc:
-                self._submit_log.hit(
-                    rule=self.name, tool=tool, error=f"{type(exc).__name__}: {exc}", at=_raised_at(exc)
-                )
+                self._submit_failed(tool, exc)
                 accepted = False
             if accepted:
                 stats.submitted += 1
             else:
                 stats.rejected += 1
+
+    def _submit_failed(self, tool: str, exc: Exception) -> None:
+        """The runner raised while taking a call: log it (rate-limited), with where it was raised."""
+        self._submit_log.hit(
+            rule=self.name, tool=tool, error=f"{type(exc).__name__}: {exc}", at=_raised_at(exc)
+        )
 
     def _render_failed(self, index: int, tool: str, event: Event, exc: Exception) -> None:
         """Count a call whose arguments did not render; name the argument (in the log, and the first
@@ -479,7 +472,7 @@ class Dispatcher:
         self.source = source
         self.rules = list(rules)
         #: the rules' entry points; replaced as a whole (never mutated) by :meth:`set_rules`
-        self.targets: list[Callable[[Event], None]] = [rule.on_next for rule in self.rules]
+        self.targets: list[Callable[[Event], None]] = shared.targets(self.rules)
         self.runner = runner
         self.batch_size = batch_size
         #: called with the last event of each batch (the MCP feed's latest event per source), if set
@@ -491,7 +484,7 @@ class Dispatcher:
         """The rules that read this source from the next event on (a reload). The loop only awaits
         between events, so a batch is never split between two sets of rules mid-event."""
         self.rules = list(rules)
-        self.targets = [rule.on_next for rule in self.rules]
+        self.targets = shared.targets(self.rules)
 
     async def run(self) -> None:
         """Until the source's queue is closed and drained."""

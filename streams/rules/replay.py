@@ -64,10 +64,12 @@ from streams.decode import (
 from streams.event import DATA, GAP, Event
 from streams.expressions import Compiled
 from streams.reconnect import Reconnector
+from streams.rules import shared
 from streams.rules.pipeline import Rule, RuleConfig
 
 __all__ = [
     "Fired",
+    "FiredFormat",
     "Pacer",
     "RecordResult",
     "ReplayInput",
@@ -298,7 +300,8 @@ def replay_rules(
         result.rules[name] = Rule(name, config, make_submit(name), None)
     known = set(sources)
     targets: dict[str, list[Callable[[Event], None]]] = {
-        src: [rule.on_next for rule in result.rules.values() if src in rule.config.from_] for src in known
+        src: shared.targets([rule for rule in result.rules.values() if src in rule.config.from_])
+        for src in known
     }
     skipped = result.skipped
     timed = [rule.tick for rule in result.rules.values() if rule.clock is not None]
@@ -335,6 +338,33 @@ def format_time(ts: float) -> str:
 
 def _dumps(value: Any) -> str:
     return orjson.dumps(value, default=_jsonable, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+class FiredFormat:
+    """:func:`format_fired` for a stream of calls, as ``reflexd replay`` prints them: the time text and
+    the arguments' JSON are kept from the previous call when it had the same event time and the same
+    arguments object (the rules of a shared group that fired on one event share their rendered
+    arguments), so 1,000 rules firing on one event format the time and the arguments once."""
+
+    def __init__(self, fmt: str = "text") -> None:
+        self.jsonl = fmt == "jsonl"
+        self._ts: float | None = None
+        self._time = ""
+        self._args: Any = None
+        self._args_json = ""
+
+    def __call__(self, fired: Fired) -> str:
+        ts, args = fired.ts, fired.args
+        if ts != self._ts or self._ts is None:
+            self._ts, self._time = ts, format_time(ts)
+        if args is not self._args or self._args is None:
+            self._args, self._args_json = args, _dumps(args)
+        if self.jsonl:  # orjson's compact output of the record {ts, time, rule, tool, args}, spliced
+            return (
+                f'{{"ts":{_dumps(ts)},"time":{_dumps(self._time)},"rule":{_dumps(fired.rule)},'
+                f'"tool":{_dumps(fired.tool)},"args":{self._args_json}}}'
+            )
+        return f"{self._time}  {fired.rule}  {fired.tool}  {self._args_json}"
 
 
 def format_fired(fired: Fired, fmt: str = "text") -> str:
