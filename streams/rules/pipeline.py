@@ -275,42 +275,20 @@ class Rule:
         self.on_next: Callable[[Event], None] = self._entry(scheduler is None)
 
     def _entry(self, replay: bool) -> Callable[[Event], None]:
-        match = self._match
+        """The rule's ``on_next``: kind, time, ``where`` (counted as seen / matched), then the steps
+        (:attr:`push`, through the cell :meth:`dispose` empties) or, without steps, the fire."""
         kinds = self._kinds
         crashed = self._crashed
+        failed = self._step_failed
+        stats = self.stats
+        where = self._where
+        # a rule without steps or cooldown has an empty pipeline: it fires directly (most rules
+        # are `where` + `then`), also once disposed
+        head = self._head if self._operators else [self._on_fire]
         # every event moves time first: the rule's clock (firing due timers) or, replaying without
         # one, the newest event time that now() reports
         clock = self.clock
         observe = clock.observe if clock is not None else self._note_time if replay else None
-        if self._operators:
-            head = self._head
-            if observe is not None:
-
-                def on_next_timed_steps(event: Event) -> None:
-                    if event.kind not in kinds:
-                        return
-                    try:
-                        observe(event.ts)
-                        if match(event):
-                            head[0](event)
-                    except Exception as exc:
-                        crashed(exc, event)
-
-                return on_next_timed_steps
-
-            def on_next_steps(event: Event) -> None:
-                if event.kind not in kinds:
-                    return
-                try:
-                    if match(event):
-                        head[0](event)
-                except Exception as exc:
-                    crashed(exc, event)
-
-            return on_next_steps
-        # a rule without steps or cooldown has an empty pipeline: it fires directly (most rules
-        # are `where` + `then`)
-        push = self._on_fire
         if observe is not None:
 
             def on_next_timed(event: Event) -> None:
@@ -318,8 +296,17 @@ class Rule:
                     return
                 try:
                     observe(event.ts)
-                    if match(event):
-                        push(event)
+                    stats.seen += 1
+                    if where is not None:
+                        try:
+                            ok = where(event)
+                        except Exception as exc:
+                            failed("where", exc, event)
+                            return
+                        if not ok:
+                            return
+                    stats.matched += 1
+                    head[0](event)
                 except Exception as exc:
                     crashed(exc, event)
 
@@ -329,8 +316,17 @@ class Rule:
             if event.kind not in kinds:
                 return
             try:
-                if match(event):
-                    push(event)
+                stats.seen += 1
+                if where is not None:
+                    try:
+                        ok = where(event)
+                    except Exception as exc:
+                        failed("where", exc, event)
+                        return
+                    if not ok:
+                        return
+                stats.matched += 1
+                head[0](event)
             except Exception as exc:
                 crashed(exc, event)
 
@@ -344,23 +340,6 @@ class Rule:
         """``now()`` without a scheduler: how far the rule has got in event time."""
         clock = self.clock
         return clock.now if clock is not None else self._latest_ts
-
-    def _match(self, event: Event) -> bool:
-        stats = self.stats
-        stats.seen += 1
-        where = self._where
-        if where is None:
-            stats.matched += 1
-            return True
-        try:
-            ok = where(event)
-        except Exception as exc:
-            self._step_failed("where", exc, event)
-            return False
-        if ok:
-            stats.matched += 1
-            return True
-        return False
 
     def _step_failed(self, label: str, exc: BaseException, item: Event) -> None:
         self.stats.errors += 1

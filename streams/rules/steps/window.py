@@ -89,6 +89,48 @@ def window(
     remove_oldest = program.remove_oldest
     results = program.results
 
+    if not tumbling and seconds is not None:  # the common case, on its own: per event, nothing else
+        span = seconds
+
+        def build_sliding_time(emit: Emit) -> OnNext:
+            states: OrderedDict[Any, WindowState] = OrderedDict()
+            get, to_end = states.get, states.move_to_end
+
+            def on_next(item: Event) -> None:
+                try:
+                    values = evaluate(item)
+                except Exception as exc:
+                    fail(label, exc, item)
+                    return
+                k = item.key if per_key else None
+                st = get(k)
+                if st is None:
+                    st = admit(states, k, WindowState(program, True), max_keys, stats)
+                else:
+                    to_end(k)
+                ts = item.ts
+                entries = st.entries
+                assert entries is not None
+                cutoff = ts - span
+                while entries and entries[0][0] <= cutoff:
+                    remove_oldest(st)
+                add(st, ts, values)
+                if st.n > max_events:
+                    while st.n > max_events:
+                        remove_oldest(st)
+                        stats.overflow += 1
+                if st.n >= min_events:
+                    emit(make_row(item, results(st, dict(fields_of(item)))))
+
+            def restore(saved: list[tuple[Any, WindowState]]) -> None:
+                states.clear()
+                states.update(saved[-max_keys:])
+
+            ctx.keep(lambda: list(states.items()), restore)  # key → its window's events and sums
+            return on_next
+
+        return operator(build_sliding_time)
+
     if not tumbling or count is not None:  # no timers: a window moves (or closes) on its own events
         sliding = not tumbling
         length = count if count is not None else 0  # of a count window, in events
