@@ -236,6 +236,12 @@ class WindowProgram:
         self._results = tuple((a.name, a.op, a.a, a.b) for a in aggregates)
         #: the inputs of one event; raises if an expression does, or if a number is not a finite number
         self.evaluate: Callable[[Any], tuple[Any, ...]] = self._evaluator()
+        #: ``add(state, ts, values)``: one event into a window; ``remove_oldest(state)``: the oldest
+        #: out of a sliding one
+        self.add: Callable[[WindowState, float, tuple[Any, ...]], None] = self._add_any
+        self.remove_oldest: Callable[[WindowState], None] = self._remove_any
+        if not (self._dx or self._dx2 or self.extremes):
+            self.add, self.remove_oldest = self._plain_sums()
 
     def _evaluator(self) -> Callable[[Any], tuple[Any, ...]]:
         inputs, numeric, need = self.inputs, self.numeric, _need_number
@@ -273,7 +279,59 @@ class WindowProgram:
 
     # -- changes ---------------------------------------------------------------------------------
 
-    def add(self, st: WindowState, ts: float, values: tuple[Any, ...]) -> None:
+    def _plain_sums(
+        self,
+    ) -> tuple[Callable[[WindowState, float, tuple[Any, ...]], None], Callable[[WindowState], None]]:
+        """``add`` and ``remove_oldest`` for aggregates that keep only plain running sums (count, sum,
+        avg, vwap, first, last, pct_change): what :meth:`_add_any` and :meth:`_remove_any` do for them,
+        without the terms and extremes they do not have."""
+        xs, xys, slots, recompute = self._x, self._xy, len(self.terms), self.recompute
+        cancellation, slack = _CANCELLATION, RECOMPUTE_SLACK
+
+        def add(st: WindowState, ts: float, values: tuple[Any, ...]) -> None:
+            n = st.n = st.n + 1
+            if n == 1:
+                st.shift = values
+                st.first = values
+            st.last = values
+            sums = st.sums
+            for k, i in xs:
+                sums[k] += values[i]
+            for k, i, j in xys:
+                sums[k] += values[i] * values[j]
+            entries = st.entries
+            if entries is not None:
+                seq = st.seq = st.seq + 1
+                entries.append((ts, seq, values))
+
+        def remove_oldest(st: WindowState) -> None:
+            entries = st.entries
+            assert entries is not None
+            values = entries.popleft()[2]
+            n = st.n = st.n - 1
+            if n == 0:
+                st.sums = [0] * slots
+                st.removed = 0
+                return
+            sums = st.sums
+            lost = False  # a term so large that what remains is mostly rounding error
+            for k, i in xs:
+                c = values[i]
+                left = sums[k] = sums[k] - c
+                if abs(c) > cancellation * abs(left):
+                    lost = True
+            for k, i, j in xys:
+                c = values[i] * values[j]
+                left = sums[k] = sums[k] - c
+                if abs(c) > cancellation * abs(left):
+                    lost = True
+            removed = st.removed = st.removed + 1
+            if lost or removed > n + slack:
+                recompute(st)
+
+        return add, remove_oldest
+
+    def _add_any(self, st: WindowState, ts: float, values: tuple[Any, ...]) -> None:
         n = st.n = st.n + 1
         if n == 1:
             st.shift = values
@@ -313,7 +371,7 @@ class WindowProgram:
                 if n == 1 or (x > current if is_max else x < current):
                     ext[m] = x
 
-    def remove_oldest(self, st: WindowState) -> None:
+    def _remove_any(self, st: WindowState) -> None:
         """Drop the oldest event of a sliding window."""
         entries = st.entries
         assert entries is not None
