@@ -287,6 +287,8 @@ class WindowProgram:
         without the terms and extremes they do not have."""
         xs, xys, slots, recompute = self._x, self._xy, len(self.terms), self.recompute
         cancellation, slack = _CANCELLATION, RECOMPUTE_SLACK
+        if len(xs) <= 1 and len(xys) <= 1:  # e.g. vwap (one sum(v), one sum(p*v)): written out
+            return self._one_of_each(xs, xys)
 
         def add(st: WindowState, ts: float, values: tuple[Any, ...]) -> None:
             n = st.n = st.n + 1
@@ -323,6 +325,59 @@ class WindowProgram:
             for k, i, j in xys:
                 c = values[i] * values[j]
                 left = sums[k] = sums[k] - c
+                if abs(c) > cancellation * abs(left):
+                    lost = True
+            removed = st.removed = st.removed + 1
+            if lost or removed > n + slack:
+                recompute(st)
+
+        return add, remove_oldest
+
+    def _one_of_each(
+        self, xs: tuple[tuple[int, int], ...], xys: tuple[tuple[int, int, int], ...]
+    ) -> tuple[Callable[[WindowState, float, tuple[Any, ...]], None], Callable[[WindowState], None]]:
+        """:meth:`_plain_sums` with at most one ``sum(x)`` and one ``sum(x*y)``, without loops."""
+        has_x, has_xy = bool(xs), bool(xys)
+        kx, ix = xs[0] if xs else (0, 0)
+        kxy, ixy, jxy = xys[0] if xys else (0, 0, 0)
+        slots, recompute = len(self.terms), self.recompute
+        cancellation, slack = _CANCELLATION, RECOMPUTE_SLACK
+
+        def add(st: WindowState, ts: float, values: tuple[Any, ...]) -> None:
+            n = st.n = st.n + 1
+            if n == 1:
+                st.shift = values
+                st.first = values
+            st.last = values
+            sums = st.sums
+            if has_x:
+                sums[kx] += values[ix]
+            if has_xy:
+                sums[kxy] += values[ixy] * values[jxy]
+            entries = st.entries
+            if entries is not None:
+                seq = st.seq = st.seq + 1
+                entries.append((ts, seq, values))
+
+        def remove_oldest(st: WindowState) -> None:
+            entries = st.entries
+            assert entries is not None
+            values = entries.popleft()[2]
+            n = st.n = st.n - 1
+            if n == 0:
+                st.sums = [0] * slots
+                st.removed = 0
+                return
+            sums = st.sums
+            lost = False  # a term so large that what remains is mostly rounding error
+            if has_x:
+                c = values[ix]
+                left = sums[kx] = sums[kx] - c
+                if abs(c) > cancellation * abs(left):
+                    lost = True
+            if has_xy:
+                c = values[ixy] * values[jxy]
+                left = sums[kxy] = sums[kxy] - c
                 if abs(c) > cancellation * abs(left):
                     lost = True
             removed = st.removed = st.removed + 1
