@@ -326,7 +326,7 @@ class RunResult:
     seconds: float  # first message received → last message consumed
     drops: int  # messages the queue dropped (never consumed / never seen by the rules)
     info: str
-    cpu_seconds: float | None = None  # (b): this process's CPU time between the first and the last call
+    cpu_seconds: float | None = None  # this process's CPU time from the first message to the last consumed
 
     @property
     def ingest_rate(self) -> float:
@@ -343,6 +343,7 @@ async def raw_run(url: str, n: int, queue_kind: str) -> RunResult:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[float] = loop.create_future()
     dropped = 0
+    cpu = [0.0, 0.0]  # process_time() at the first message and when the last one was consumed
     async with connect(url, compression=None, max_size=1 << 20, close_timeout=5.0) as ws:
         recv = ws.recv
         loads = orjson.loads
@@ -355,12 +356,14 @@ async def raw_run(url: str, n: int, queue_kind: str) -> RunResult:
                 get = aq.get
                 for _ in range(n):
                     await get()
+                cpu[1] = time.process_time()
                 done.set_result(clock())
 
             consumer = asyncio.create_task(consume_asyncio())
             aput = aq.put_nowait
             raw = await recv(decode=False)
             t0 = clock()
+            cpu[0] = time.process_time()
             aput(loads(raw))
             for _ in range(n - 1):
                 try:
@@ -375,12 +378,14 @@ async def raw_run(url: str, n: int, queue_kind: str) -> RunResult:
                 get_batch = bq.get_batch
                 while got < n - bq.evicted:
                     got += len(await get_batch(512))
+                cpu[1] = time.process_time()
                 done.set_result(clock())
 
             consumer = asyncio.create_task(consume_bounded())
             bput = bq.put_nowait
             raw = await recv(decode=False)
             t0 = clock()
+            cpu[0] = time.process_time()
             bput(loads(raw))
             for _ in range(n - 1):
                 bput(loads(await recv(decode=False)))
@@ -388,7 +393,7 @@ async def raw_run(url: str, n: int, queue_kind: str) -> RunResult:
         t_end = await asyncio.wait_for(done, RUN_TIMEOUT)
         await consumer
     seconds = t_end - t0
-    return RunResult(n, seconds, dropped, f"queue={queue_kind}")
+    return RunResult(n, seconds, dropped, f"queue={queue_kind}", cpu[1] - cpu[0])
 
 
 # -- (b) reflexd ---------------------------------------------------------------------------------
@@ -514,6 +519,7 @@ async def measure(args: argparse.Namespace, port: int, thr: StreamSpec, warm: St
 
     ratios: list[float] = []
     ingest_ratios: list[float] = []
+    cpu_ratios: list[float] = []  # CPU time per message, (a) / (b): steadier when others share the machine
     failures = 0
     print(f"throughput: N={n:,} messages per run, {args.runs} runs, alternating order")
     for i in range(args.runs):
@@ -527,6 +533,8 @@ async def measure(args: argparse.Namespace, port: int, thr: StreamSpec, warm: St
         a, b = got["a"], got["b"]
         ratio = b.rate / a.rate
         ratios.append(ratio)
+        assert a.cpu_seconds is not None and b.cpu_seconds is not None
+        cpu_ratios.append(a.cpu_seconds / b.cpu_seconds)
         ingest_ratios.append(b.ingest_rate / a.ingest_rate)
         lossy = ""
         if a.drops or b.drops:
@@ -538,13 +546,15 @@ async def measure(args: argparse.Namespace, port: int, thr: StreamSpec, warm: St
         print(
             f"  run {i + 1} ({order[0]}→{order[1]}): (a) raw {a.rate:>9,.0f} msg/s ({a.seconds:.3f} s, "
             f"drops={a.drops}) | (b) reflexd {b.rate:>9,.0f} msg/s ({b.seconds:.3f} s, {b.info}) "
-            f"| b/a = {ratio:.3f}{lossy}"
+            f"| b/a = {ratio:.3f}{lossy} | CPU µs/msg (a) {a.cpu_seconds / n * 1e6:.2f} (b) "
+            f"{b.cpu_seconds / n * 1e6:.2f}: a/b {cpu_ratios[-1]:.3f}"
         )
     med = statistics.median(ratios)
     verdict = "meets goal" if med >= 0.75 else "meets target, below goal" if med >= 0.5 else "MISSES target"
     print(
         f"  median b/a = {med:.3f} over {len(ratios)} runs, rates = messages evaluated by the rule per s "
-        f"(target >= 0.5, goal >= 0.75: {verdict})"
+        f"(target >= 0.5, goal >= 0.75: {verdict}); CPU time per message, median a/b = "
+        f"{statistics.median(cpu_ratios):.3f}"
     )
     if failures:
         print(

@@ -95,7 +95,8 @@ class BoundedQueue(Generic[T]):
         Raises :class:`QueueFull` for a full ``block`` queue (nothing is counted as dropped).
         """
         items = self._items
-        if len(items) >= self.max_events:
+        n = len(items)  # the depth once the item is in
+        if n >= self.max_events:
             policy = self.when_full
             if policy == "drop_oldest":
                 items.popleft()
@@ -105,8 +106,9 @@ class BoundedQueue(Generic[T]):
                 return False
             else:
                 raise QueueFull
+        else:
+            n += 1
         items.append(item)
-        n = len(items)
         if n > self.high_water:
             self.high_water = n
         getter = self._getter

@@ -194,8 +194,23 @@ def _window_state(
     return st
 
 
+def _need_number(x: Any) -> None:
+    """Raise unless ``x`` is an int or a finite float (the slow path of the inputs' check)."""
+    kind = type(x)
+    if kind is float:
+        if not math.isfinite(x):
+            raise ValueError(f"window aggregates need finite numbers, got {x!r}")
+    elif kind is not int:
+        raise TypeError(f"window aggregates need numbers, got {kind.__name__} {x!r:.40}")
+
+
 class WindowProgram:
-    """Compiled aggregates of one ``window`` step."""
+    """Compiled aggregates of one ``window`` step.
+
+    The per-event work (:attr:`evaluate`, :meth:`add`, :meth:`remove_oldest`, :meth:`results`)
+    walks tuples made once here: the inputs unrolled for one or two of them, the running sums split
+    by kind of term, the aggregates as plain tuples.
+    """
 
     def __init__(
         self,
@@ -213,45 +228,185 @@ class WindowProgram:
         # (slot, input, is_max)
         self.extremes = tuple((m, i, is_max) for m, (i, is_max) in enumerate(extremes))
         self.names = tuple(a.name for a in aggregates)
+        # the terms by kind: sum(x) (slot, i); sum(x*y) (slot, i, j); shifted sums (slot, i)
+        self._x = tuple((k, i) for k, op, i, _j in self.terms if op == _T_X)
+        self._xy = tuple((k, i, j) for k, op, i, j in self.terms if op == _T_XY)
+        self._dx = tuple((k, i) for k, op, i, _j in self.terms if op == _T_DX)
+        self._dx2 = tuple((k, i) for k, op, i, _j in self.terms if op == _T_DX2)
+        self._results = tuple((a.name, a.op, a.a, a.b) for a in aggregates)
+        #: the inputs of one event; raises if an expression does, or if a number is not a finite number
+        self.evaluate: Callable[[Any], tuple[Any, ...]] = self._evaluator()
+        #: ``add(state, ts, values)``: one event into a window; ``remove_oldest(state)``: the oldest
+        #: out of a sliding one
+        self.add: Callable[[WindowState, float, tuple[Any, ...]], None] = self._add_any
+        self.remove_oldest: Callable[[WindowState], None] = self._remove_any
+        if not (self._dx or self._dx2 or self.extremes):
+            self.add, self.remove_oldest = self._plain_sums()
 
-    def evaluate(self, item: Any) -> tuple[Any, ...]:
-        """The inputs of one event; raises if an expression does, or if a number is not a finite number."""
-        values = tuple([fn(item) for fn in self.inputs])
-        for i in self.numeric:
-            x = values[i]
-            kind = type(x)
-            if kind is float:
-                if not math.isfinite(x):
-                    raise ValueError(f"window aggregates need finite numbers, got {x!r}")
-            elif kind is not int:
-                raise TypeError(f"window aggregates need numbers, got {kind.__name__} {x!r:.40}")
-        return values
+    def _evaluator(self) -> Callable[[Any], tuple[Any, ...]]:
+        inputs, numeric, need = self.inputs, self.numeric, _need_number
+        if len(inputs) == 1 and numeric == (0,):
+            (f0,) = inputs
+
+            def evaluate1(item: Any) -> tuple[Any, ...]:
+                a = f0(item)
+                if type(a) is not float or a - a != 0.0:  # not a finite float: int, or an error
+                    need(a)
+                return (a,)
+
+            return evaluate1
+        if len(inputs) == 2 and numeric == (0, 1):
+            f0, f1 = inputs
+
+            def evaluate2(item: Any) -> tuple[Any, ...]:
+                a = f0(item)
+                b = f1(item)
+                if type(a) is not float or a - a != 0.0:
+                    need(a)
+                if type(b) is not float or b - b != 0.0:
+                    need(b)
+                return (a, b)
+
+            return evaluate2
+
+        def evaluate(item: Any) -> tuple[Any, ...]:
+            values = tuple([fn(item) for fn in inputs])
+            for i in numeric:
+                need(values[i])
+            return values
+
+        return evaluate
 
     # -- changes ---------------------------------------------------------------------------------
 
-    def add(self, st: WindowState, ts: float, values: tuple[Any, ...]) -> None:
-        st.n += 1
-        if st.n == 1:
+    def _plain_sums(
+        self,
+    ) -> tuple[Callable[[WindowState, float, tuple[Any, ...]], None], Callable[[WindowState], None]]:
+        """``add`` and ``remove_oldest`` for aggregates that keep only plain running sums (count, sum,
+        avg, vwap, first, last, pct_change): what :meth:`_add_any` and :meth:`_remove_any` do for them,
+        without the terms and extremes they do not have."""
+        xs, xys, slots, recompute = self._x, self._xy, len(self.terms), self.recompute
+        cancellation, slack = _CANCELLATION, RECOMPUTE_SLACK
+        if len(xs) <= 1 and len(xys) <= 1:  # e.g. vwap (one sum(v), one sum(p*v)): written out
+            return self._one_of_each(xs, xys)
+
+        def add(st: WindowState, ts: float, values: tuple[Any, ...]) -> None:
+            n = st.n = st.n + 1
+            if n == 1:
+                st.shift = values
+                st.first = values
+            st.last = values
+            sums = st.sums
+            for k, i in xs:
+                sums[k] += values[i]
+            for k, i, j in xys:
+                sums[k] += values[i] * values[j]
+            entries = st.entries
+            if entries is not None:
+                seq = st.seq = st.seq + 1
+                entries.append((ts, seq, values))
+
+        def remove_oldest(st: WindowState) -> None:
+            entries = st.entries
+            assert entries is not None
+            values = entries.popleft()[2]
+            n = st.n = st.n - 1
+            if n == 0:
+                st.sums = [0] * slots
+                st.removed = 0
+                return
+            sums = st.sums
+            lost = False  # a term so large that what remains is mostly rounding error
+            for k, i in xs:
+                c = values[i]
+                left = sums[k] = sums[k] - c
+                if abs(c) > cancellation * abs(left):
+                    lost = True
+            for k, i, j in xys:
+                c = values[i] * values[j]
+                left = sums[k] = sums[k] - c
+                if abs(c) > cancellation * abs(left):
+                    lost = True
+            removed = st.removed = st.removed + 1
+            if lost or removed > n + slack:
+                recompute(st)
+
+        return add, remove_oldest
+
+    def _one_of_each(
+        self, xs: tuple[tuple[int, int], ...], xys: tuple[tuple[int, int, int], ...]
+    ) -> tuple[Callable[[WindowState, float, tuple[Any, ...]], None], Callable[[WindowState], None]]:
+        """:meth:`_plain_sums` with at most one ``sum(x)`` and one ``sum(x*y)``, without loops."""
+        has_x, has_xy = bool(xs), bool(xys)
+        kx, ix = xs[0] if xs else (0, 0)
+        kxy, ixy, jxy = xys[0] if xys else (0, 0, 0)
+        slots, recompute = len(self.terms), self.recompute
+        cancellation, slack = _CANCELLATION, RECOMPUTE_SLACK
+
+        def add(st: WindowState, ts: float, values: tuple[Any, ...]) -> None:
+            n = st.n = st.n + 1
+            if n == 1:
+                st.shift = values
+                st.first = values
+            st.last = values
+            sums = st.sums
+            if has_x:
+                sums[kx] += values[ix]
+            if has_xy:
+                sums[kxy] += values[ixy] * values[jxy]
+            entries = st.entries
+            if entries is not None:
+                seq = st.seq = st.seq + 1
+                entries.append((ts, seq, values))
+
+        def remove_oldest(st: WindowState) -> None:
+            entries = st.entries
+            assert entries is not None
+            values = entries.popleft()[2]
+            n = st.n = st.n - 1
+            if n == 0:
+                st.sums = [0] * slots
+                st.removed = 0
+                return
+            sums = st.sums
+            lost = False  # a term so large that what remains is mostly rounding error
+            if has_x:
+                c = values[ix]
+                left = sums[kx] = sums[kx] - c
+                if abs(c) > cancellation * abs(left):
+                    lost = True
+            if has_xy:
+                c = values[ixy] * values[jxy]
+                left = sums[kxy] = sums[kxy] - c
+                if abs(c) > cancellation * abs(left):
+                    lost = True
+            removed = st.removed = st.removed + 1
+            if lost or removed > n + slack:
+                recompute(st)
+
+        return add, remove_oldest
+
+    def _add_any(self, st: WindowState, ts: float, values: tuple[Any, ...]) -> None:
+        n = st.n = st.n + 1
+        if n == 1:
             st.shift = values
             st.first = values
         st.last = values
-        shift = st.shift
         sums = st.sums
-        for k, op, i, j in self.terms:
-            x = values[i]
-            if op == _T_X:
-                sums[k] += x
-            elif op == _T_XY:
-                sums[k] += x * values[j]
-            elif op == _T_DX:
-                sums[k] += x - shift[i]
-            else:
-                d = x - shift[i]
+        for k, i in self._x:
+            sums[k] += values[i]
+        for k, i, j in self._xy:
+            sums[k] += values[i] * values[j]
+        if self._dx or self._dx2:
+            shift = st.shift
+            for k, i in self._dx:
+                sums[k] += values[i] - shift[i]
+            for k, i in self._dx2:
+                d = values[i] - shift[i]
                 sums[k] += d * d
         entries = st.entries
         if entries is not None:
-            st.seq += 1
-            seq = st.seq
+            seq = st.seq = st.seq + 1
             entries.append((ts, seq, values))
             for m, i, is_max in self.extremes:
                 dq = st.mono[m]
@@ -268,16 +423,16 @@ class WindowProgram:
             for m, i, is_max in self.extremes:
                 x = values[i]
                 current = ext[m]
-                if st.n == 1 or (x > current if is_max else x < current):
+                if n == 1 or (x > current if is_max else x < current):
                     ext[m] = x
 
-    def remove_oldest(self, st: WindowState) -> None:
+    def _remove_any(self, st: WindowState) -> None:
         """Drop the oldest event of a sliding window."""
         entries = st.entries
         assert entries is not None
         _ts, seq, values = entries.popleft()
-        st.n -= 1
-        if st.n == 0:
+        n = st.n = st.n - 1
+        if n == 0:
             st.sums = [0] * len(self.terms)
             for dq in st.mono:
                 dq.clear()
@@ -286,26 +441,33 @@ class WindowProgram:
         for dq in st.mono:
             if dq[0][1] == seq:
                 dq.popleft()
-        shift = st.shift
         sums = st.sums
         lost = False  # a term so large that what remains is mostly rounding error
-        for k, op, i, j in self.terms:
-            x = values[i]
-            if op == _T_X:
-                c = x
-            elif op == _T_XY:
-                c = x * values[j]
-            elif op == _T_DX:
-                c = x - shift[i]
-            else:
-                d = x - shift[i]
-                c = d * d
-            left = sums[k] - c
-            sums[k] = left
+        for k, i in self._x:
+            c = values[i]
+            left = sums[k] = sums[k] - c
             if abs(c) > _CANCELLATION * abs(left):
                 lost = True
-        st.removed += 1
-        if lost or st.removed > st.n + RECOMPUTE_SLACK:
+        for k, i, j in self._xy:
+            c = values[i] * values[j]
+            left = sums[k] = sums[k] - c
+            if abs(c) > _CANCELLATION * abs(left):
+                lost = True
+        if self._dx or self._dx2:
+            shift = st.shift
+            for k, i in self._dx:
+                c = values[i] - shift[i]
+                left = sums[k] = sums[k] - c
+                if abs(c) > _CANCELLATION * abs(left):
+                    lost = True
+            for k, i in self._dx2:
+                d = values[i] - shift[i]
+                c = d * d
+                left = sums[k] = sums[k] - c
+                if abs(c) > _CANCELLATION * abs(left):
+                    lost = True
+        removed = st.removed = st.removed + 1
+        if lost or removed > n + RECOMPUTE_SLACK:
             self.recompute(st)
 
     def recompute(self, st: WindowState) -> None:
@@ -345,39 +507,38 @@ class WindowProgram:
         else:
             first = st.first
             last = st.last
-        for agg in self.aggregates:
-            op = agg.op
+        for name, op, a, b in self._results:
             value: Any
-            if op == _COUNT:
+            if op == _VWAP:
+                den = sums[b]
+                value = sums[a] / den if den else None
+            elif op == _PCT:
+                f = first[a]
+                value = (last[a] - f) / f * 100.0 if f else None
+            elif op == _COUNT:
                 value = n
             elif op == _SUM:
-                value = sums[agg.a]
+                value = sums[a]
             elif op == _AVG:
-                value = sums[agg.a] / n
-            elif op == _VWAP:
-                den = sums[agg.b]
-                value = sums[agg.a] / den if den else None
-            elif op == _PCT:
-                f = first[agg.a]
-                value = (last[agg.a] - f) / f * 100.0 if f else None
+                value = sums[a] / n
             elif op == _FIRST:
-                value = first[agg.a]
+                value = first[a]
             elif op == _LAST:
-                value = last[agg.a]
+                value = last[a]
             elif op == _STDDEV:
-                mean = sums[agg.a] / n
-                var = sums[agg.b] / n - mean * mean
+                mean = sums[a] / n
+                var = sums[b] / n - mean * mean
                 if entries is not None and mean * mean > 16 * n * max(var, 0.0) and mean:
                     # the shift (a value that has left the window) is far from the values still
                     # in it: E[d²] - E[d]² cancels. Re-shift to a value in the window, exactly.
                     self.recompute(st)
                     sums = st.sums
-                    mean = sums[agg.a] / n
-                    var = sums[agg.b] / n - mean * mean
+                    mean = sums[a] / n
+                    var = sums[b] / n - mean * mean
                 value = math.sqrt(var) if var > 0 else 0.0
             else:  # _MIN, _MAX
-                value = st.mono[agg.a][0][0] if entries is not None else st.ext[agg.a]
-            out[agg.name] = value
+                value = st.mono[a][0][0] if entries is not None else st.ext[a]
+            out[name] = value
         return out
 
 

@@ -33,8 +33,10 @@ event except a heap entry for an event held for reordering.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -59,6 +61,8 @@ def _wall_clock(scheduler: abc.SchedulerBase) -> Callable[[], float]:
     loop = getattr(scheduler, "_loop", None)  # AsyncIOScheduler: the loop's monotonic clock
     if loop is not None and callable(getattr(loop, "time", None)):
         loop_time: Callable[[], float] = loop.time
+        if getattr(loop_time, "__func__", None) is asyncio.BaseEventLoop.time:
+            return time.monotonic  # what asyncio's loop.time() returns, without its Python frame
         return loop_time
     return lambda: scheduler.to_seconds(scheduler.now)
 

@@ -39,6 +39,7 @@ __all__ = [
     "OnNext",
     "Operator",
     "StepContext",
+    "StepOperator",
     "admit",
     "event_time_gate",
     "later",
@@ -50,10 +51,19 @@ __all__ = [
 S = TypeVar("S")
 
 
-def operator(build: Callable[[Emit], OnNext]) -> Operator:
-    """An operator whose per-subscription ``on_next`` is ``build(emit)``."""
+class StepOperator:
+    """An operator whose per-subscription ``on_next`` is ``build(emit)``: a reactivex operator
+    (``observable.pipe(op)``), and, through :attr:`build`, a link a rule chains directly — each
+    step's ``on_next`` calling the next one's, without an observer hop per step."""
 
-    def apply(source: Observable[Event]) -> Observable[Event]:
+    __slots__ = ("build",)
+
+    def __init__(self, build: Callable[[Emit], OnNext]) -> None:
+        self.build = build
+
+    def __call__(self, source: Observable[Event]) -> Observable[Event]:
+        build = self.build
+
         def subscribe(observer: abc.ObserverBase[Event], scheduler: abc.SchedulerBase | None = None) -> Any:
             # `observer` is reactivex's auto-detaching observer: once the subscription is disposed
             # it drops what a late timer would still emit (and the rule's clock forgets its timers).
@@ -64,7 +74,10 @@ def operator(build: Callable[[Emit], OnNext]) -> Operator:
 
         return Observable(subscribe)
 
-    return apply
+
+def operator(build: Callable[[Emit], OnNext]) -> Operator:
+    """An operator whose per-subscription ``on_next`` is ``build(emit)`` (a :class:`StepOperator`)."""
+    return StepOperator(build)
 
 
 def admit(states: OrderedDict[Any, S], key: Any, state: S, bound: int, stats: RuleStats) -> S:

@@ -1,18 +1,21 @@
-"""Rules: reactivex pipelines from source queues to the tool runner.
+"""Rules: step pipelines from source queues to the tool runner.
 
 ::
 
     source queue ──► Dispatcher (one task per source, batches) ──► Rule.on_next: kind, event
-        clock, where (errors counted) ──► Subject ──► steps (where, set, window, crossing,
+        clock, where (errors counted) ──► steps (where, set, window, crossing,
         throttle, debounce, sequence, join_latest, absence, ...) ──► cooldown per key
         ──► fire: render args ──► runner.submit
 
 The dispatcher calls ``on_next`` from a task on the event loop (no ``observe_on``: it costs a
-loop callback per event). Pipelines are subscribed with the AsyncIOScheduler so that time
-operators run on the loop, never on timer threads. An expression that raises, in ``where``
-or in any step, drops that event and is counted per rule; the rule keeps running. So does
-anything else that fails per event (an operator's own bug, a runner that raises): counted,
-logged rate-limited with one sample, never a traceback per event.
+loop callback per event). Each step's operator is built from ``build(emit) -> on_next``
+(:class:`~streams.rules.operators.StepOperator`), and a rule chains them directly: a step's
+``on_next`` calls the next one's, with no reactivex Subject or observer between them. A plugin step
+whose operator is a reactivex pipeline of its own puts the rule on a Subject instead, subscribed
+with the AsyncIOScheduler. Either way time-driven steps run on the loop, never on timer threads.
+An expression that raises, in ``where`` or in any step, drops that event and is counted per rule;
+the rule keeps running. So does anything else that fails per event (an operator's own bug, a
+runner that raises): counted, logged rate-limited with one sample, never a traceback per event.
 
 A rule with a time-driven step owns an :class:`~streams.rules.clock.EventClock`: every event
 the rule reads moves its watermark (firing due timers) before the event enters the pipeline,
@@ -47,7 +50,7 @@ from streams.expressions import compile_expression, compile_template
 from streams.rules import shared
 from streams.rules.checkpoint import RuleSnapshot, fingerprint
 from streams.rules.clock import EventClock
-from streams.rules.operators import event_time_gate
+from streams.rules.operators import StepOperator, event_time_gate
 from streams.rules.sink import Submit, ToolSink
 from streams.rules.spec import StepContext, StepEntry, StepPlan, StepSpec, compile_steps, step_union
 from streams.rules.stats import RuleStats
@@ -157,8 +160,12 @@ def _raised_at(exc: BaseException) -> str:
     return f"{os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno}"
 
 
+def _drop(event: Event) -> None:
+    """What a disposed rule's steps are handed instead of an event."""
+
+
 class Rule:
-    """One configured rule, built on a reactivex Subject.
+    """One configured rule: its steps chained directly (or on a reactivex Subject, see the module doc).
 
     ``scheduler`` is the reactivex scheduler time-driven steps tick on during silence (the
     daemon's AsyncIOScheduler, or a TestScheduler). Without one the rule runs in event time
@@ -209,7 +216,9 @@ class Rule:
         self._submit_log = RateLimitedLog(
             log, "submitting a tool call failed", level=logging.ERROR, interval=10.0
         )
-        self.subject: Subject[Event] = Subject()
+        #: the reactivex Subject in front of the steps, only when a step kind's operator is not a
+        #: :class:`~streams.rules.operators.StepOperator` (a plugin's own reactivex pipeline)
+        self.subject: Subject[Event] | None = None
         if any(step.uses_clock for step in plan.steps):
             self.clock = EventClock(config.allowed_lateness_seconds, scheduler)
             self.clock.on_error = self._timer_failed
@@ -226,23 +235,45 @@ class Rule:
         if config.cooldown_seconds > 0:
             rule_ctx = replace(ctx, label="cooldown_seconds")
             operators.append(cooldown(rule_ctx, seconds=config.cooldown_seconds, per_key=True))
-        self._keepers = ctx.keepers  # filled as the pipeline is subscribed (below)
+        self._keepers = ctx.keepers  # filled as the pipeline is built or subscribed (below)
         self._operators = bool(operators)
         self.summary = [step.summary for step in plan.steps]
-        self._subscription = self.subject.pipe(*operators).subscribe(
-            on_next=self._on_fire, on_error=self._on_error, scheduler=scheduler
-        )
-        # The `where` filter runs before the Subject: most events do not match, and a Subject
-        # hop (lock, observer list copy, several frames) would cost more than the test itself.
+        self._disposed = False
+        self._subscription: abc.DisposableBase | None = None
+        #: what an event that passed `where` is handed to: the first step (or the fire, without steps)
+        self.push: Callable[[Event], None]
+        if all(isinstance(op, StepOperator) for op in operators):
+            # Steps chained directly, each step's on_next calling the next one's: no Subject (lock,
+            # observer list copy) and no observer frame per step. Built last to first, as
+            # subscribing builds them. A disposed rule drops what still reaches its end.
+            emit: Callable[[Event], None] = self._on_fire if not operators else self._fire_unless_disposed
+            for op in reversed(operators):
+                assert isinstance(op, StepOperator)
+                emit = op.build(emit)
+            self.push = emit
+        else:  # a step kind whose operator is a reactivex pipeline of its own
+            subject: Subject[Event] = Subject()
+            self.subject = subject
+            self._subscription = subject.pipe(*operators).subscribe(
+                on_next=self._on_fire, on_error=self._on_error, scheduler=scheduler
+            )
+            self.push = subject.on_next
+        # The `where` filter runs before the steps: most events do not match, and a step hop
+        # would cost more than the test itself.
+        self._head = [self.push]  # dispose() swaps in a no-op: a disposed rule's steps see nothing
         self.on_next: Callable[[Event], None] = self._entry(scheduler is None)
 
     def _entry(self, replay: bool) -> Callable[[Event], None]:
-        match = self._match
-        # a rule without steps or cooldown has an empty pipeline: fire directly, without the
-        # Subject's lock and observer hops (most rules are `where` + `then`)
-        push = self.subject.on_next if self._operators else self._on_fire
+        """The rule's ``on_next``: kind, time, ``where`` (counted as seen / matched), then the steps
+        (:attr:`push`, through the cell :meth:`dispose` empties) or, without steps, the fire."""
         kinds = self._kinds
         crashed = self._crashed
+        failed = self._step_failed
+        stats = self.stats
+        where = self._where
+        # a rule without steps or cooldown has an empty pipeline: it fires directly (most rules
+        # are `where` + `then`), also once disposed
+        head = self._head if self._operators else [self._on_fire]
         # every event moves time first: the rule's clock (firing due timers) or, replaying without
         # one, the newest event time that now() reports
         clock = self.clock
@@ -254,8 +285,17 @@ class Rule:
                     return
                 try:
                     observe(event.ts)
-                    if match(event):
-                        push(event)
+                    stats.own_seen += 1
+                    if where is not None:
+                        try:
+                            ok = where(event)
+                        except Exception as exc:
+                            failed("where", exc, event)
+                            return
+                        if not ok:
+                            return
+                    stats.matched += 1
+                    head[0](event)
                 except Exception as exc:
                     crashed(exc, event)
 
@@ -265,8 +305,17 @@ class Rule:
             if event.kind not in kinds:
                 return
             try:
-                if match(event):
-                    push(event)
+                stats.own_seen += 1
+                if where is not None:
+                    try:
+                        ok = where(event)
+                    except Exception as exc:
+                        failed("where", exc, event)
+                        return
+                    if not ok:
+                        return
+                stats.matched += 1
+                head[0](event)
             except Exception as exc:
                 crashed(exc, event)
 
@@ -280,23 +329,6 @@ class Rule:
         """``now()`` without a scheduler: how far the rule has got in event time."""
         clock = self.clock
         return clock.now if clock is not None else self._latest_ts
-
-    def _match(self, event: Event) -> bool:
-        stats = self.stats
-        stats.own_seen += 1
-        where = self._where
-        if where is None:
-            stats.matched += 1
-            return True
-        try:
-            ok = where(event)
-        except Exception as exc:
-            self._step_failed("where", exc, event)
-            return False
-        if ok:
-            stats.matched += 1
-            return True
-        return False
 
     def _step_failed(self, label: str, exc: BaseException, item: Event) -> None:
         self.stats.errors += 1
@@ -451,8 +483,16 @@ class Rule:
                 keeper.restore(state)
         return True
 
+    def _fire_unless_disposed(self, event: Event) -> None:
+        if not self._disposed:
+            self._on_fire(event)
+
     def dispose(self) -> None:
-        self._subscription.dispose()
+        self._disposed = True
+        if self._operators:
+            self._head[0] = _drop
+        if self._subscription is not None:
+            self._subscription.dispose()
         if self.clock is not None:
             self.clock.dispose()
 

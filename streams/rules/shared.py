@@ -34,8 +34,6 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from reactivex import abc
-
 from streams.call import CallContext, event_ref
 from streams.event import Event
 from streams.expressions import Compiled, compile_expression
@@ -76,7 +74,7 @@ class SharedRule(Protocol):
     @property
     def stats(self) -> RuleStats: ...
     @property
-    def subject(self) -> abc.ObserverBase[Event]: ...
+    def push(self) -> Callable[[Event], None]: ...
     @property
     def on_next(self) -> Callable[[Event], None]: ...
     @property
@@ -247,7 +245,7 @@ class _Group:
         for rule in rules:
             rule.stats.share_seen(self.counter)
         self.stats: list[RuleStats] = [rule.stats for rule in rules]
-        self.pushes = [rule.subject.on_next if rule._operators else rule._on_fire for rule in rules]
+        self.pushes = [rule.push for rule in rules]
         self.latest = -math.inf  # the newest event time the group saw (replay: each rule's now())
         # the rules the group fires itself (no pipeline, no tracing): their calls, templates shared
         self.renders: list[Compiled] = []

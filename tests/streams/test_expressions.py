@@ -853,3 +853,45 @@ def test_operator_hints_ignore_string_literals() -> None:
     with pytest.raises(ExpressionError) as caught:
         compile_expression("key == '&&' and (")
     assert "instead" not in caught.value.reason and "never closed" in caught.value.reason
+
+
+def _outcome(fn: Callable[[Event], Any], item: Event) -> tuple[str, Any]:
+    try:
+        return ("value", fn(item))
+    except Exception as exc:
+        return (type(exc).__name__, str(exc))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"p": "1.5", "e": "trade"},
+        {"p": 2, "e": "b"},
+        types.MappingProxyType({"p": "3", "e": "a"}),  # a mapping that is not a dict
+        {"e": "trade"},  # no p
+        {"p": "x", "q": 1},  # p not a number, no e
+        ["p", "e"],  # not a mapping
+        None,
+        {"p": None, "e": None},
+    ],
+)
+def test_a_function_or_comparison_of_a_field_gives_what_reading_the_field_first_gives(data: Any) -> None:
+    """``float(data.p)`` and ``data.e == 'trade'`` read the field inline (one closure): the same
+    values and the same errors as the field read on its own, then the call or the comparison."""
+    e = Event("s", 1.0, 1.0, "k", data, {"note": "n"})
+    row = make_row(e, {"v": 1})
+    read_p, read_e = compile_expression("data.p"), compile_expression("data.e")
+    read_note = compile_expression("meta.note")
+    cases: list[tuple[str, Callable[[Event], Any]]] = [
+        ("float(data.p)", lambda x: float(read_p(x))),
+        ("str(data.p)", lambda x: str(read_p(x))),
+        ("len(meta.note)", lambda x: len(read_note(x))),
+        ("data.e == 'trade'", lambda x: read_e(x) == "trade"),
+        ("data.e != 'trade'", lambda x: read_e(x) != "trade"),
+        ("data.e < 'b'", lambda x: read_e(x) < "b"),
+        ("data.e >= 'b'", lambda x: read_e(x) >= "b"),
+    ]
+    for text, expected in cases:
+        fn = compile_expression(text)
+        for item in (e, row):
+            assert _outcome(fn, item) == _outcome(expected, item), (text, data)

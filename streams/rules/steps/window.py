@@ -12,7 +12,7 @@ from daemon.errors import ExpressionError
 from streams.event import Event
 from streams.rules.aggregates import WindowProgram, WindowState, compile_aggregates
 from streams.rules.operators import admit, later, operator
-from streams.rules.row import fields_of, make_row
+from streams.rules.row import FIELDS_INDEX, Row, fields_of, make_row
 from streams.rules.spec import (
     CompiledStep,
     Emit,
@@ -29,6 +29,8 @@ from streams.rules.spec import (
 )
 
 __all__ = ["SPEC", "WindowConfig", "compile_window", "window"]
+
+new_row = tuple.__new__  # a Row from a plain event's fields and the computed ones (make_row's fast case)
 
 
 class WindowConfig(StepModel):
@@ -88,6 +90,51 @@ def window(
     add = program.add
     remove_oldest = program.remove_oldest
     results = program.results
+
+    if not tumbling and seconds is not None:  # the common case, on its own: per event, nothing else
+        span = seconds
+
+        def build_sliding_time(emit: Emit) -> OnNext:
+            states: OrderedDict[Any, WindowState] = OrderedDict()
+            get, to_end = states.get, states.move_to_end
+
+            def on_next(item: Event) -> None:
+                try:
+                    values = evaluate(item)
+                except Exception as exc:
+                    fail(label, exc, item)
+                    return
+                k = item.key if per_key else None
+                st = get(k)
+                if st is None:
+                    st = admit(states, k, WindowState(program, True), max_keys, stats)
+                else:
+                    to_end(k)
+                ts = item.ts
+                entries = st.entries
+                assert entries is not None
+                cutoff = ts - span
+                while entries and entries[0][0] <= cutoff:
+                    remove_oldest(st)
+                add(st, ts, values)
+                if st.n > max_events:
+                    while st.n > max_events:
+                        remove_oldest(st)
+                        stats.overflow += 1
+                if st.n >= min_events:
+                    if len(item) == FIELDS_INDEX and item.kind:  # a plain event: its fields as they are
+                        emit(new_row(Row, item + (results(st, {}),)))  # noqa: RUF005  # faster
+                    else:
+                        emit(make_row(item, results(st, dict(fields_of(item)))))
+
+            def restore(saved: list[tuple[Any, WindowState]]) -> None:
+                states.clear()
+                states.update(saved[-max_keys:])
+
+            ctx.keep(lambda: list(states.items()), restore)  # key → its window's events and sums
+            return on_next
+
+        return operator(build_sliding_time)
 
     if not tumbling or count is not None:  # no timers: a window moves (or closes) on its own events
         sliding = not tumbling

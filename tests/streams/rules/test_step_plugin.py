@@ -8,10 +8,18 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
+
+from reactivex import operators as ops
 
 from daemon.config import config_json_schema
 from daemon.reference import render_reference
 from daemon.registry import builtin_registry
+from streams.call import CallContext
+from streams.event import Event
+from streams.rules.pipeline import Rule, RuleConfig, rule_config_model
+from streams.rules.spec import CompiledStep, StepScope, StepSpec
+from streams.rules.steps import BUILTIN_STEPS
 from tests.daemon.test_replay_cli import line
 from tests.plugins_step import EVERY, registry
 
@@ -115,3 +123,39 @@ def test_schema_and_reference_include_the_plugin_step_only_when_registered() -> 
     assert "EveryStep" not in config_json_schema(builtin)["$defs"]
     assert "`every`" not in render_reference(builtin)
     assert builtin.with_steps(EVERY).steps[-1] is EVERY and EVERY not in builtin.steps
+
+
+def _even_only(cfg: bool, scope: StepScope) -> CompiledStep | None:
+    """A step kind whose operator is a reactivex pipeline of its own, not a StepOperator."""
+    return scope.compiled("even", lambda ctx: ops.filter(lambda item: item.data["n"] % 2 == 0))
+
+
+EVEN = StepSpec("even", bool, _even_only, checkpoint="stateless")
+
+
+def test_a_step_built_on_reactivex_runs_the_rule_on_a_subject() -> None:
+    """Built-in steps are chained directly; a plugin operator that is a reactivex pipeline still
+    works (the rule falls back to a Subject), with the built-in steps around it, and a disposed
+    rule fires nothing more."""
+    model = rule_config_model((*BUILTIN_STEPS, EVEN))
+    body = {
+        "from": ["feed"],
+        "steps": [{"where": "data.n > 1"}, {"even": True}, {"cooldown": 0.5}],
+        "then": [{"tool": "t", "args": {"half": "{data.n / 2}"}}],
+    }
+    calls: list[dict[str, Any]] = []
+
+    def submit(tool: str, args: dict[str, Any], ctx: CallContext) -> bool:
+        calls.append(args)
+        return True
+
+    rule = Rule("r", model.model_validate(body), submit)
+    assert rule.subject is not None
+    for n in range(6):
+        rule.on_next(Event("feed", float(n), float(n), None, {"n": n}, {}))
+    assert calls == [{"half": 1.0}, {"half": 2.0}]
+    rule.dispose()
+    rule.on_next(Event("feed", 9.0, 9.0, None, {"n": 8}, {}))
+    assert len(calls) == 2
+    direct = Rule("d", RuleConfig.model_validate({**body, "steps": [{"where": "data.n > 1"}]}), submit)
+    assert direct.subject is None
