@@ -85,6 +85,15 @@ def run_one(tmp_path: Path, config: Path, seen_before: int, *, how: str = "term"
         logs = read_log_until(proc, "ready", timeout=20)
         wait_until(lambda: len(lines(tmp_path / "var" / "seen.jsonl")) > seen_before)
         if how == "kill":
+            # the calls made are journaled as ended first: a call whose end the journal has not
+            # written yet is resumed at the next start (at-least-once), which would be a second
+            # fire that the rule's state is not what lost
+            wait_until(
+                lambda: calls_settled(
+                    tmp_path,
+                    len(lines(tmp_path / "var" / "seen.jsonl")) + len(lines(tmp_path / "var" / "buys.jsonl")),
+                )
+            )
             proc.kill()
             proc.wait(timeout=20)
         else:
@@ -97,6 +106,21 @@ def run_one(tmp_path: Path, config: Path, seen_before: int, *, how: str = "term"
     finally:
         proc.kill()
         proc.wait()
+
+
+def calls_settled(tmp_path: Path, made: int) -> bool:
+    """The journal holds at least ``made`` calls and none of them is still running."""
+    db = tmp_path / "var" / "reflexd.db"
+    if not db.exists():
+        return False
+    with sqlite3.connect(db) as conn:
+        try:
+            done, running = conn.execute(
+                "SELECT COUNT(*), COUNT(*) FILTER (WHERE outcome = 'running') FROM invocations"
+            ).fetchone()
+        except sqlite3.OperationalError:
+            return False
+    return bool(done >= made and running == 0)
 
 
 def saved_keys(tmp_path: Path) -> int:
