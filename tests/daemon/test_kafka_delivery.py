@@ -152,7 +152,9 @@ async def test_sigterm_commits_what_was_processed_and_restart_duplicates_nothing
     bootstrap = kafka_broker.bootstrap  # type: ignore[attr-defined]
     src, out = await kafka_topic(4), await kafka_topic(4, prefix="out")
     group = unique_name("g")
-    config = write_config(tmp_path / "c.yaml", bootstrap, src, out, group)
+    # 16 calls in flight (one batch of 16 at a time) instead of 64: the stream lasts seconds, not a
+    # fraction of one, so the SIGTERM below lands mid-stream however fast the daemon gets
+    config = write_config(tmp_path / "c.yaml", bootstrap, src, out, group, tool_concurrency=16)
     await produce_ids(bootstrap, src, range(N))
     proc = spawn(config, tmp_path / "daemon.log")
     try:
