@@ -150,6 +150,11 @@ class Invocation(NamedTuple):
     journal_id: str | None = None  # its journal row, written when it was queued
 
 
+#: ``Invocation(...)`` without the NamedTuple's ``__new__`` (reached through ``type.__call__``), for
+#: :meth:`ToolRunner.submit`: the same value, every field given, ~0.2 µs cheaper per call
+_new_invocation = tuple.__new__
+
+
 class CircuitBreaker:
     """Per tool: opens after ``failures`` consecutive failed calls, lets one probe through after
     ``open_seconds``, closes again when the probe succeeds. Each change of state is logged once,
@@ -455,8 +460,9 @@ class ToolRunner:
         event = ctx.event
         ack = event.ack if event is not None else None
         try:
-            journal_id = self._journal_queued(lane, args, ctx, resumable)
-            lane.queue.put_nowait(Invocation(args, ctx, ack, done, dead_letter, journal_id))
+            journal_id = None if self.journal is None else self._journal_queued(lane, args, ctx, resumable)
+            inv = _new_invocation(Invocation, (args, ctx, ack, done, dead_letter, journal_id))
+            lane.queue.put_nowait(inv)
         except asyncio.QueueFull:
             lane.stats.rejected += 1
             lane.fail_log.hit(tool=tool, rule=ctx.rule, error="backlog above max_pending; call rejected")
