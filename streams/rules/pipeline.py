@@ -577,18 +577,20 @@ class Dispatcher:
         runner = self.runner
         size = self.batch_size
         while batch := await queue.get_batch(size):
+            targets = self.targets  # read again after each wait: a reload replaces it only then
             for event in batch:
                 ack = event.ack
                 if ack is not None and ack.tracker.revoked:
                     ack.tracker.forget({ack.offset})  # the partition's next owner reads it again
                     self.skipped += 1
                     continue
-                for target in self.targets:
+                for target in targets:
                     target(event)
                 if ack is not None:
                     ack.release()
                 if runner.full:
                     await runner.wait_for_room()
+                    targets = self.targets
             await self._dispatched(batch)
 
     async def _dispatched(self, batch: list[Event]) -> None:

@@ -87,12 +87,30 @@ async def wait_output(
         await asyncio.sleep(0.3)
 
 
+def ready_lines(log: Path) -> int:
+    return log.read_text(errors="replace").count('"msg":"ready"')
+
+
+async def wait_ready(log: Path, count: int, timeout: float = 60) -> None:
+    """Until the daemon log (every process appends to it) holds ``count`` "ready" lines: the ``count``-th process
+    spawned is running, its signal handlers installed (a SIGTERM during its imports would just kill it)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while ready_lines(log) < count:
+        assert loop.time() < deadline, f"no {count}th ready line in {log}"
+        await asyncio.sleep(0.05)
+
+
 async def crash_run(
     tmp_path: Path, bootstrap: str, kafka_topic: KafkaTopicFactory, *, env: dict[str, str] | None = None,
-    tool_concurrency: int = 64, n: int = N, settle: float | None = None,
+    tool_concurrency: int = 16, n: int = N, settle: float | None = None,
 ) -> tuple[Ledger, list[int]]:
     """Process ``n`` records, kill -9 the daemon at 1/3 and 2/3 and restart it each time; return the ledger and,
     per kill, how many processed records were not committed yet (the duplicates the kill may cause).
+
+    ``tool_concurrency`` 16 (one batch of 16 calls at a time) keeps the stream flowing for seconds, so both kills
+    and the final SIGTERM land on a running daemon (with 64, a fast daemon had written everything before the first
+    poll saw 1/3, and the last restart was sent SIGTERM while still importing).
 
     ``settle``: stop waiting once the output has not grown for that long (only for runs expected to lose
     records; a restarted member may wait a whole session timeout for its group to rebalance)."""
@@ -112,6 +130,7 @@ async def crash_run(
             exposed.append(processed - committed)  # negative: offsets committed ahead of the work
             proc = spawn(config, tmp_path / "daemon.log", env)
         await wait_output(bootstrap, out, n, timeout=180, settle=settle)
+        await wait_ready(tmp_path / "daemon.log", 3)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     finally:
@@ -152,7 +171,9 @@ async def test_sigterm_commits_what_was_processed_and_restart_duplicates_nothing
     bootstrap = kafka_broker.bootstrap  # type: ignore[attr-defined]
     src, out = await kafka_topic(4), await kafka_topic(4, prefix="out")
     group = unique_name("g")
-    config = write_config(tmp_path / "c.yaml", bootstrap, src, out, group)
+    # 16 calls in flight (one batch of 16 at a time) instead of 64: the stream lasts seconds, not a
+    # fraction of one, so the SIGTERM below lands mid-stream however fast the daemon gets
+    config = write_config(tmp_path / "c.yaml", bootstrap, src, out, group, tool_concurrency=16)
     await produce_ids(bootstrap, src, range(N))
     proc = spawn(config, tmp_path / "daemon.log")
     try:
@@ -165,6 +186,7 @@ async def test_sigterm_commits_what_was_processed_and_restart_duplicates_nothing
         assert committed == len(stopped.counts) == stopped.total
         proc = spawn(config, tmp_path / "daemon.log")
         final = await wait_output(bootstrap, out, N)
+        await wait_ready(tmp_path / "daemon.log", 2)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     finally:
