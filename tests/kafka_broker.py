@@ -167,8 +167,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def new_cluster_id() -> str:
-    """A random cluster id in Kafka's form (22-character URL-safe base64 UUID), without launching a JVM."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A random cluster id in Kafka's form (22-character URL-safe base64 UUID), without launching a JVM.
+
+    Never one starting with ``-``: ``kafka-storage format -t -x…`` reads it as an option and fails (1 id in 64)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def unique_name(prefix: str = "t") -> str:

@@ -25,7 +25,15 @@ N = 20_000
 
 
 def write_config(
-    path: Path, bootstrap: str, src: str, out: str, group: str, *, tool_concurrency: int = 64, max_pending: int = 200
+    path: Path,
+    bootstrap: str,
+    src: str,
+    out: str,
+    group: str,
+    *,
+    tool_concurrency: int = 64,
+    max_pending: int = 200,
+    max_batch: int = 256,
 ) -> Path:
     path.write_text(
         textwrap.dedent(
@@ -48,6 +56,7 @@ def write_config(
                 topic: {out}
                 concurrency: {tool_concurrency}
                 max_pending: {max_pending}
+                max_batch: {max_batch}
             rules:
               every: {{from: in, then: [{{tool: out, args: {{id: "{{data.id}}"}}}}]}}
             """
@@ -103,7 +112,7 @@ async def wait_ready(log: Path, count: int, timeout: float = 60) -> None:
 
 async def crash_run(
     tmp_path: Path, bootstrap: str, kafka_topic: KafkaTopicFactory, *, env: dict[str, str] | None = None,
-    tool_concurrency: int = 16, n: int = N, settle: float | None = None,
+    tool_concurrency: int = 16, n: int = N, settle: float | None = None, max_batch: int = 256,
 ) -> tuple[Ledger, list[int]]:
     """Process ``n`` records, kill -9 the daemon at 1/3 and 2/3 and restart it each time; return the ledger and,
     per kill, how many processed records were not committed yet (the duplicates the kill may cause).
@@ -116,7 +125,9 @@ async def crash_run(
     records; a restarted member may wait a whole session timeout for its group to rebalance)."""
     src, out = await kafka_topic(4), await kafka_topic(4, prefix="out")
     group = unique_name("g")
-    config = write_config(tmp_path / "c.yaml", bootstrap, src, out, group, tool_concurrency=tool_concurrency)
+    config = write_config(
+        tmp_path / "c.yaml", bootstrap, src, out, group, tool_concurrency=tool_concurrency, max_batch=max_batch
+    )
     await produce_ids(bootstrap, src, range(n))
     exposed: list[int] = []
     proc = spawn(config, tmp_path / "daemon.log", env)
@@ -154,10 +165,21 @@ async def test_kill_9_twice_loses_nothing(tmp_path: Path, kafka_broker: object, 
 async def test_checker_sees_loss_when_offsets_are_committed_on_receipt(
     tmp_path: Path, kafka_broker: object, kafka_topic: KafkaTopicFactory
 ) -> None:
-    """Control run: the same crash test against commit-on-receipt (a test-only switch) must report loss."""
+    """Control run: the same crash test against commit-on-receipt (a test-only switch) must report loss.
+
+    The tool writes one record per acknowledged send (concurrency 1, max_batch 1), so the records received
+    and committed run well ahead of those written whenever a kill lands (with batches of 256 a fast daemon
+    could write everything it received before the first commit, and lose nothing)."""
     bootstrap = kafka_broker.bootstrap  # type: ignore[attr-defined]
     ledger, _ = await crash_run(
-        tmp_path, bootstrap, kafka_topic, env={COMMIT_ON_RECEIPT_ENV: "1"}, tool_concurrency=2, n=4_000, settle=15.0
+        tmp_path,
+        bootstrap,
+        kafka_topic,
+        env={COMMIT_ON_RECEIPT_ENV: "1"},
+        tool_concurrency=1,
+        max_batch=1,
+        n=4_000,
+        settle=15.0,
     )
     lost = ledger.lost(range(4_000))
     print(f"control run (commit on receipt): lost={len(lost)}")
