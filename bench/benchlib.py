@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["rss_mb", "run_loop", "uvloop_available"]
+__all__ = ["GcClock", "rss_mb", "run_loop", "uvloop_available"]
 
 T = TypeVar("T")
 
@@ -34,3 +35,17 @@ def rss_mb() -> float:
     """Resident memory of this process in MiB (``/proc/self/statm``)."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class GcClock:
+    """Wall time this process spends in the cyclic garbage collector (part of the client CPU)."""
+
+    total = 0.0
+    _began = 0.0
+
+    @classmethod
+    def callback(cls, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            cls._began = time.perf_counter()
+        else:
+            cls.total += time.perf_counter() - cls._began

@@ -80,7 +80,7 @@ from typing import Any, TypeVar
 import aiokafka
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from benchlib import rss_mb, run_loop, uvloop_available
+from benchlib import GcClock, rss_mb, run_loop, uvloop_available
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the broker harness lives in tests/, which is not an installed package
@@ -176,18 +176,6 @@ def proc_cpu_seconds(pid: int | None) -> float | None:
         return None
 
 
-class GcClock:
-    """Wall time this process spends in the cyclic garbage collector (part of the client CPU)."""
-
-    total = 0.0
-    _began = 0.0
-
-    @classmethod
-    def callback(cls, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            cls._began = time.perf_counter()
-        else:
-            cls.total += time.perf_counter() - cls._began
 
 
 gc.callbacks.append(GcClock.callback)

@@ -23,12 +23,14 @@ import argparse
 import asyncio
 import cProfile
 import gc
-import os
 import sys
 import time
 from pathlib import Path
 
 import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared helpers
+from benchlib import GcClock, rss_mb
 
 from daemon.config import load_config_text
 from daemon.registry import builtin_registry
@@ -39,25 +41,6 @@ SOURCE = "in"
 POLL_FIRST_SECONDS = 0.001
 POLL_END_SECONDS = 0.01
 RUN_TIMEOUT = 180.0
-
-
-class GcClock:
-    """Wall time spent in the cyclic garbage collector."""
-
-    total = 0.0
-    _began = 0.0
-
-    @classmethod
-    def callback(cls, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            cls._began = time.perf_counter()
-        else:
-            cls.total += time.perf_counter() - cls._began
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def say(line: str) -> None:
