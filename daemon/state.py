@@ -172,6 +172,8 @@ _UPDATE = (
     "UPDATE invocations SET ended = ?, attempts = ?, outcome = ?, error = ?, result = ?, payload = NULL"
     " WHERE id = ?"
 )
+#: The longest result text a journal row keeps.
+RESULT_CHARS = 65536
 
 #: The layout ``open`` leaves the file in (``PRAGMA user_version``); see :func:`_migrate`.
 #: 1: ``dead_letters.redacted`` — arguments are stored redacted, with the names redacted.
@@ -218,8 +220,12 @@ def redact(args: dict[str, Any], secret_names: Iterable[str] = ()) -> dict[str, 
     itself when there is nothing to hide, so do not change the result)."""
     explicit = secret_names if isinstance(secret_names, frozenset) else frozenset(secret_names)
     # the argument names of one rule's call are the same every time: the check is cached by them
-    if not _names_to_hide(tuple(args), explicit) and not any(isinstance(v, dict) for v in args.values()):
-        return args
+    if not _names_to_hide(tuple(args), explicit):
+        for value in args.values():  # a loop, not any(<generator>): ~0.2 µs less per call
+            if isinstance(value, dict):
+                break
+        else:
+            return args
     out: dict[str, Any] = {}
     for name, value in args.items():
         if name in explicit or (isinstance(name, str) and _secret_looking(name)):
@@ -292,6 +298,7 @@ class DeadLetter:
     replayed_at: float | None
     replay_outcome: str | None
     redacted: tuple[str, ...] | None = ()  # argument names hidden when written; None: stored in clear
+
 
 _DEAD_LETTER_COLUMNS = (
     "id, key, rule, tool, args, event, error, attempts, failed_at, replayed_at, replay_outcome, redacted"
@@ -560,6 +567,71 @@ class StateStore:
             return self.db.execute(sql, params).rowcount
 
 
+#: A call as :meth:`Journal.started` got it: (id, key, rule, tool, args, secret_args, event, resumable, at).
+_Started = tuple[
+    str, str, "str | None", str, "dict[str, Any]", Iterable[str], "dict[str, Any] | None", bool, float
+]
+#: How a call ended, as :meth:`Journal.ended` got it: (at, attempts, outcome, error, result).
+_Ended = tuple[float, int, str, "str | None", Any]
+
+
+def _result_text(result: Any) -> str | None:
+    return None if result is None else _dumps(result)[:RESULT_CHARS]
+
+
+def _journal_rows(started: list[_Started], ended: dict[str, _Ended]) -> list[tuple[str, Sequence[Any]]]:
+    """The statements for calls started and ended since the last batch: an INSERT per call started
+    (with its final state if it also ended; ``ended`` loses those), an UPDATE per other call ended."""
+    out: list[tuple[str, Sequence[Any]]] = []
+    append = out.append
+    pop = ended.pop
+    for inv_id, key, rule, tool, args, secret_args, event, resumable, at in started:
+        shown = redact(args, secret_args)
+        shown_text = _dumps(shown)
+        end = pop(inv_id, None)
+        if end is None:  # running: ``payload`` keeps the real arguments, to resume it after a crash
+            payload = None
+            if resumable:
+                payload = shown_text if shown is args else _dumps(args)  # nothing hidden: one dump
+            row = (
+                inv_id,
+                key,
+                rule,
+                tool,
+                shown_text,
+                payload,
+                _dumps(event),
+                at,
+                None,
+                0,
+                "running",
+                None,
+                None,
+            )
+        else:  # ended already: one row with its final state, no payload kept
+            ended_at, attempts, outcome, error, result = end
+            result_text = _result_text(result)
+            row = (
+                inv_id,
+                key,
+                rule,
+                tool,
+                shown_text,
+                None,
+                _dumps(event),
+                at,
+                ended_at,
+                attempts,
+                outcome,
+                error,
+                result_text,
+            )
+        append((_INSERT, row))
+    for inv_id, (ended_at, attempts, outcome, error, result) in ended.items():
+        append((_UPDATE, (ended_at, attempts, outcome, error, _result_text(result), inv_id)))
+    return out
+
+
 class Journal:
     """The runner's view of the store: batched journal writes, durable dead letters, dedupe memory."""
 
@@ -575,8 +647,11 @@ class Journal:
         self.flush_seconds = flush_seconds
         self.max_buffered = max_buffered
         self.remember_keys = remember_keys
-        self._ops: list[tuple[str, Sequence[Any]]] = []
-        self._unflushed: dict[str, list[Any]] = {}  # journal id → its INSERT row, until flushed
+        self._ops: list[tuple[str, Sequence[Any]]] = []  # other statements (the agent's), in order
+        #: calls started since the last batch, as :meth:`started` got them (rows are built by the writer)
+        self._started: list[_Started] = []
+        #: calls ended since the last batch, by journal id (merged into their row if it is in the batch)
+        self._ended: dict[str, _Ended] = {}
         self._succeeded: OrderedDict[str, None] = OrderedDict()
         #: the one thread that writes the file (the agent's durable writes use it too)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reflexd-state")
@@ -602,9 +677,10 @@ class Journal:
 
     @property
     def backlog(self) -> int:
-        """Journal rows buffered for the writer, one statement each (a batch being written is no
+        """Calls started, calls ended and statements buffered for the writer (a call started and
+        ended in the same batch counts twice and is written as one row; a batch being written is no
         longer counted)."""
-        return len(self._ops)
+        return len(self._started) + len(self._ended) + len(self._ops)
 
     async def stop(self) -> None:
         """Write what is buffered and stop the writer (never cancelled mid-batch: a batch queued
@@ -627,8 +703,10 @@ class Journal:
     # -- hot-ish path (once per tool invocation, never per event) ----------------------------
 
     def new_id(self) -> str:
+        """Ids of one process sort in the order they were made (padded: SQLite appends them to the
+        primary key's index instead of inserting them all over it)."""
         self._counter += 1
-        return f"{self._prefix}-{self._counter:x}"
+        return f"{self._prefix}-{self._counter:08x}"
 
     def succeeded(self, key: str) -> bool:
         return key in self._succeeded
@@ -647,30 +725,23 @@ class Journal:
     ) -> None:
         """Record an invocation as running. ``payload`` keeps the real arguments until it ends, so
         an invocation interrupted by a crash can be retried at the next start (unless it is not
-        ``resumable``: a Kafka record is delivered again instead); ``args`` is redacted."""
-        shown = redact(args, secret_args)
-        shown_text = _dumps(shown)
-        row = [
-            inv_id,
-            key,
-            rule,
-            tool,
-            shown_text,
-            (shown_text if shown is args else _dumps(args)) if resumable else None,  # nothing hidden: 1 dump
-            _dumps(event),
-            time.time(),
-            None,  # ended
-            0,  # attempts
-            "running",
-            None,  # error
-            None,  # result
-        ]
-        if self.queue(_INSERT, row):
-            self._unflushed[inv_id] = row
+        ``resumable``: a Kafka record is delivered again instead); ``args`` is redacted.
+
+        Only a tuple is kept here: the row is built (redacted, serialised) on the writer thread, within
+        ``flush_seconds``; ``args`` and ``event`` must not change meanwhile (the runner never changes
+        them)."""
+        started = self._started
+        if len(started) + len(self._ops) >= self.max_buffered:
+            self.dropped += 1
+            return
+        started.append((inv_id, key, rule, tool, args, secret_args, event, resumable, time.time()))
+        if len(started) == 1:
+            self._wake.set()
 
     def ended(
         self, inv_id: str, key: str, attempts: int, outcome: str, error: str | None, result: Any
     ) -> None:
+        """Record how an invocation ended (``result`` is serialised by the writer, like the row)."""
         if error is not None:  # a failure's text may quote a secret argument (stderr, a response body)
             error = scrub_secrets(error)
         if outcome == "succeeded":
@@ -678,13 +749,13 @@ class Journal:
             self._succeeded.move_to_end(key)
             if len(self._succeeded) > self.remember_keys:
                 self._succeeded.popitem(last=False)
-        result_text = None if result is None else _dumps(result)[:65536]
-        row = self._unflushed.pop(inv_id, None)
-        if row is not None:  # still buffered: one row with the final state, no payload kept
-            row[5] = None
-            row[8:13] = [time.time(), attempts, outcome, error, result_text]
+        ended = self._ended
+        if len(ended) >= self.max_buffered:
+            self.dropped += 1
             return
-        self.queue(_UPDATE, (time.time(), attempts, outcome, error, result_text, inv_id))
+        ended[inv_id] = (time.time(), attempts, outcome, error, result)
+        if len(ended) == 1:
+            self._wake.set()
 
     def queue(self, sql: str, params: Sequence[Any]) -> bool:
         """Buffer one statement for the writer; False (counted) when the buffer is full."""
@@ -759,14 +830,28 @@ class Journal:
                 self._wake.set()  # go on at the next turn, even if no call comes in
 
     async def _flush(self) -> None:
+        started, self._started = self._started, []
+        ended, self._ended = self._ended, {}
         ops, self._ops = self._ops, []
-        self._unflushed.clear()
-        if not ops:
+        if not (started or ended or ops):
             return
         try:
-            await asyncio.get_running_loop().run_in_executor(self.executor, self.store.write_batch, ops)
-        except sqlite3.Error as exc:
+            written = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self._write, started, ended, ops
+            )
+        except (sqlite3.Error, ValueError, TypeError) as exc:  # the rows are built there too
             self.write_errors += 1
-            self._error_log.hit(error=str(exc), rows=len(ops))
+            self._error_log.hit(error=str(exc), rows=len(started) + len(ended) + len(ops))
         else:
-            self.written += len(ops)
+            self.written += written
+
+    def _write(
+        self, started: list[_Started], ended: dict[str, _Ended], ops: list[tuple[str, Sequence[Any]]]
+    ) -> int:
+        """On the writer thread: the batch's journal rows (a call that also ended in it is one row
+        with its final state), the ends of calls written earlier, then the other statements, in one
+        transaction; how many statements that was."""
+        batch = _journal_rows(started, ended)
+        batch += ops
+        self.store.write_batch(batch)
+        return len(batch)
