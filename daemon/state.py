@@ -585,6 +585,7 @@ def _journal_rows(started: list[_Started], ended: dict[str, _Ended]) -> list[tup
     out: list[tuple[str, Sequence[Any]]] = []
     append = out.append
     pop = ended.pop
+    row: tuple[Any, ...]
     for inv_id, key, rule, tool, args, secret_args, event, resumable, at in started:
         shown = redact(args, secret_args)
         shown_text = _dumps(shown)
