@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import sqlite3
 import statistics
 import tempfile
@@ -39,6 +40,20 @@ from streams.event import Event, event_record
 PAD = "x" * 40
 
 
+class GcClock:
+    """Seconds spent in the cyclic garbage collector (its start/stop callbacks)."""
+
+    total = 0.0
+    _began = 0.0
+
+    @classmethod
+    def callback(cls, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            cls._began = time.perf_counter()
+        else:
+            cls.total += time.perf_counter() - cls._began
+
+
 def call_args(i: int) -> dict[str, Any]:
     return {"id": str(i), "sym": "BTCUSDT", "p": "65000.12", "q": "0.01234", "pad": PAD}
 
@@ -49,8 +64,8 @@ def call_event(i: int) -> Event:
     return Event("kafka-in", now, now, None, {"id": i}, meta, "data")
 
 
-async def run(n: int, batch: int, journaled: bool) -> tuple[float, float, float]:
-    """(wall seconds, process CPU seconds, loop seconds inside the journal's methods)."""
+async def run(n: int, batch: int, journaled: bool) -> tuple[float, float, float, float]:
+    """(wall seconds, process CPU seconds, loop seconds inside the journal's methods, GC seconds)."""
     with tempfile.TemporaryDirectory(prefix="reflexd-bench-journal-") as tmp:
         path = Path(tmp) / "state.db"
         store = StateStore(path).open() if journaled else None
@@ -60,7 +75,7 @@ async def run(n: int, batch: int, journaled: bool) -> tuple[float, float, float]
             await journal.start()
         clock = time.perf_counter
         inside = 0.0
-        cpu0, t0 = time.process_time(), clock()
+        cpu0, t0, gc0 = time.process_time(), clock(), GcClock.total
         for start in range(0, n, batch):
             calls = []
             for i in range(start, min(start + batch, n)):
@@ -88,7 +103,7 @@ async def run(n: int, batch: int, journaled: bool) -> tuple[float, float, float]
             await asyncio.sleep(0)
         if journal is not None:
             await journal.stop()
-        wall, cpu = clock() - t0, time.process_time() - cpu0
+        wall, cpu, gc_seconds = clock() - t0, time.process_time() - cpu0, GcClock.total - gc0
         if store is not None:
             store.close()
             with contextlib.closing(sqlite3.connect(path)) as db:
@@ -97,7 +112,7 @@ async def run(n: int, batch: int, journaled: bool) -> tuple[float, float, float]
                 ).fetchone()
             if rows != n:
                 raise RuntimeError(f"the journal holds {rows} succeeded rows, want {n}")
-        return wall, cpu, inside
+        return wall, cpu, inside, gc_seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,11 +122,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=200_000, help="calls per run")
     parser.add_argument("--runs", type=int, default=3, help="runs of (a) and (b) each")
     parser.add_argument("--batch", type=int, default=256, help="calls per batch (the kafka tool's max_batch)")
+    parser.add_argument(
+        "--heap",
+        type=int,
+        default=300_000,
+        help="long-lived objects the collector tracks besides (a daemon's heap: clients, buffers, state)",
+    )
     args = parser.parse_args(argv)
+    ballast = [{"i": i} for i in range(args.heap)]  # noqa: F841 (kept alive for the collector to walk)
+    gc.callbacks.append(GcClock.callback)
     asyncio.run(run(args.n // 10, args.batch, False))
     asyncio.run(run(args.n // 10, args.batch, True))
-    bare: list[tuple[float, float, float]] = []
-    on: list[tuple[float, float, float]] = []
+    bare: list[tuple[float, float, float, float]] = []
+    on: list[tuple[float, float, float, float]] = []
     for r in range(args.runs):
         order = (False, True) if r % 2 == 0 else (True, False)
         for journaled in order:
@@ -119,17 +142,18 @@ def main(argv: list[str] | None = None) -> int:
             (on if journaled else bare).append(res)
             name = "journal" if journaled else "bare   "
             print(
-                f"  run {r + 1} {name}: wall {res[0]:.2f} s, cpu {res[1]:.2f} s, "
+                f"  run {r + 1} {name}: wall {res[0]:.2f} s, cpu {res[1]:.2f} s (gc {res[3]:.2f} s), "
                 f"loop inside the journal {res[2] / args.n * 1e6:.2f} µs/call"
             )
     per = 1e6 / args.n
     bw, bc = statistics.median(x[0] for x in bare), statistics.median(x[1] for x in bare)
     jw, jc = statistics.median(x[0] for x in on), statistics.median(x[1] for x in on)
     ji = statistics.median(x[2] for x in on)
+    bg, jg = statistics.median(x[3] for x in bare), statistics.median(x[3] for x in on)
     print(f"medians of {args.runs} ({args.n:,} calls, batches of {args.batch}):")
-    print(f"  bare     wall {bw * per:6.2f} µs/call  cpu {bc * per:6.2f} µs/call")
+    print(f"  bare     wall {bw * per:6.2f} µs/call  cpu {bc * per:6.2f} µs/call  gc {bg * per:.2f} µs/call")
     print(
-        f"  journal  wall {jw * per:6.2f} µs/call  cpu {jc * per:6.2f} µs/call"
+        f"  journal  wall {jw * per:6.2f} µs/call  cpu {jc * per:6.2f} µs/call  gc {jg * per:.2f} µs/call"
         f"  loop-side {ji * per:.2f} µs/call"
     )
     print(f"  journal - bare: wall {(jw - bw) * per:.2f} µs/call, cpu {(jc - bc) * per:.2f} µs/call")

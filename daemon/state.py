@@ -172,6 +172,9 @@ _UPDATE = (
     "UPDATE invocations SET ended = ?, attempts = ?, outcome = ?, error = ?, result = ?, payload = NULL"
     " WHERE id = ?"
 )
+#: How long the journal may hold back the row of a running call whose record its source delivers
+#: again after a crash (written once it ends, or as running past this age; see ``Journal._flush``).
+HOLD_RUNNING_SECONDS = 1.0
 #: The longest result text a journal row keeps.
 RESULT_CHARS = 65536
 
@@ -213,6 +216,10 @@ def _secret_looking(name: str) -> bool:
 @functools.lru_cache(maxsize=4096)
 def _names_to_hide(names: tuple[Any, ...], explicit: frozenset[str]) -> bool:
     return any(name in explicit or (isinstance(name, str) and _secret_looking(name)) for name in names)
+
+
+def _result_text(result: Any) -> str | None:
+    return None if result is None else _dumps(result)[:RESULT_CHARS]
 
 
 def redact(args: dict[str, Any], secret_names: Iterable[str] = ()) -> dict[str, Any]:
@@ -567,69 +574,34 @@ class StateStore:
             return self.db.execute(sql, params).rowcount
 
 
-#: A call as :meth:`Journal.started` got it: (id, key, rule, tool, args, secret_args, event, resumable, at).
-_Started = tuple[
-    str, str, "str | None", str, "dict[str, Any]", Iterable[str], "dict[str, Any] | None", bool, float
-]
-#: How a call ended, as :meth:`Journal.ended` got it: (at, attempts, outcome, error, result).
-_Ended = tuple[float, int, str, "str | None", Any]
-
-
-def _result_text(result: Any) -> str | None:
-    return None if result is None else _dumps(result)[:RESULT_CHARS]
+#: A call started: the first columns of its row, (id, key, rule, tool, args, payload, event, started),
+#: text and numbers only. Tuples of those are untracked by the cyclic garbage collector once it has
+#: seen them: thousands buffered for ``flush_seconds`` cost it nothing (rows held as lists, or
+#: tuples holding dicts, cost as much again as writing them, in collections of the whole heap).
+_Started = tuple[str, str, "str | None", str, str, "str | None", str, float]
+#: How a call ended: the last columns of its row, (ended, attempts, outcome, error, result).
+_Ended = tuple[float, int, str, "str | None", "str | None"]
+_RUNNING: tuple[None, int, str, None, None] = (None, 0, "running", None, None)  # a row still running
 
 
 def _journal_rows(started: list[_Started], ended: dict[str, _Ended]) -> list[tuple[str, Sequence[Any]]]:
     """The statements for calls started and ended since the last batch: an INSERT per call started
-    (with its final state if it also ended; ``ended`` loses those), an UPDATE per other call ended."""
+    (with its final state if it also ended, without its payload; ``ended`` loses those), an UPDATE
+    per other call ended."""
     out: list[tuple[str, Sequence[Any]]] = []
     append = out.append
     pop = ended.pop
-    row: tuple[Any, ...]
-    for inv_id, key, rule, tool, args, secret_args, event, resumable, at in started:
-        shown = redact(args, secret_args)
-        shown_text = _dumps(shown)
-        end = pop(inv_id, None)
-        if end is None:  # running: ``payload`` keeps the real arguments, to resume it after a crash
-            payload = None
-            if resumable:
-                payload = shown_text if shown is args else _dumps(args)  # nothing hidden: one dump
-            row = (
-                inv_id,
-                key,
-                rule,
-                tool,
-                shown_text,
-                payload,
-                _dumps(event),
-                at,
-                None,
-                0,
-                "running",
-                None,
-                None,
-            )
-        else:  # ended already: one row with its final state, no payload kept
-            ended_at, attempts, outcome, error, result = end
-            result_text = _result_text(result)
-            row = (
-                inv_id,
-                key,
-                rule,
-                tool,
-                shown_text,
-                None,
-                _dumps(event),
-                at,
-                ended_at,
-                attempts,
-                outcome,
-                error,
-                result_text,
-            )
-        append((_INSERT, row))
+    for row in started:
+        end = pop(row[0], None)
+        if end is None:
+            append((_INSERT, row + _RUNNING))
+        elif row[5] is None:
+            append((_INSERT, row + end))
+        else:  # ended already: no payload kept
+            inv_id, key, rule, tool, args, _, event, at = row
+            append((_INSERT, (inv_id, key, rule, tool, args, None, event, at, *end)))
     for inv_id, (ended_at, attempts, outcome, error, result) in ended.items():
-        append((_UPDATE, (ended_at, attempts, outcome, error, _result_text(result), inv_id)))
+        append((_UPDATE, (ended_at, attempts, outcome, error, result, inv_id)))
     return out
 
 
@@ -728,21 +700,25 @@ class Journal:
         an invocation interrupted by a crash can be retried at the next start (unless it is not
         ``resumable``: a Kafka record is delivered again instead); ``args`` is redacted.
 
-        Only a tuple is kept here: the row is built (redacted, serialised) on the writer thread, within
-        ``flush_seconds``; ``args`` and ``event`` must not change meanwhile (the runner never changes
-        them)."""
+        What is kept until the next batch is a tuple of texts (see :data:`_Started`); the writer thread
+        makes the row of it."""
         started = self._started
         if len(started) + len(self._ops) >= self.max_buffered:
             self.dropped += 1
             return
-        started.append((inv_id, key, rule, tool, args, secret_args, event, resumable, time.time()))
+        shown = redact(args, secret_args)
+        shown_text = _dumps(shown)
+        payload = None
+        if resumable:
+            payload = shown_text if shown is args else _dumps(args)  # nothing hidden: one dump
+        started.append((inv_id, key, rule, tool, shown_text, payload, _dumps(event), time.time()))
         if len(started) == 1:
             self._wake.set()
 
     def ended(
         self, inv_id: str, key: str, attempts: int, outcome: str, error: str | None, result: Any
     ) -> None:
-        """Record how an invocation ended (``result`` is serialised by the writer, like the row)."""
+        """Record how an invocation ended (merged into its row if that is not written yet)."""
         if error is not None:  # a failure's text may quote a secret argument (stderr, a response body)
             error = scrub_secrets(error)
         if outcome == "succeeded":
@@ -754,7 +730,7 @@ class Journal:
         if len(ended) >= self.max_buffered:
             self.dropped += 1
             return
-        ended[inv_id] = (time.time(), attempts, outcome, error, result)
+        ended[inv_id] = (time.time(), attempts, outcome, error, _result_text(result))
         if len(ended) == 1:
             self._wake.set()
 
@@ -811,7 +787,7 @@ class Journal:
             self._wake.clear()
             if not self._closing:
                 await asyncio.sleep(self.flush_seconds)  # gather a batch
-            await self._flush()
+            await self._flush(everything=self._closing)
             due = time.monotonic() - last_prune >= PRUNE_INTERVAL_SECONDS
             if not (due or more or (store.over_limit and not stuck)):
                 continue
@@ -830,9 +806,23 @@ class Journal:
             if more or (pruned and store.over_limit):
                 self._wake.set()  # go on at the next turn, even if no call comes in
 
-    async def _flush(self) -> None:
+    async def _flush(self, everything: bool = True) -> None:
+        """Write what is buffered; unless ``everything``, the calls of records their source delivers
+        again after a crash (no payload) that are still running and started less than
+        :data:`HOLD_RUNNING_SECONDS` ago wait for the next batch: they are written once, ended,
+        instead of inserted running and then updated (a Kafka tool's calls end within milliseconds,
+        but a batch's last ones straddle it)."""
         started, self._started = self._started, []
         ended, self._ended = self._ended, {}
+        if not everything and started:
+            recent = time.time() - HOLD_RUNNING_SECONDS
+            now: list[_Started] = []
+            held: list[_Started] = []
+            for row in started:  # row[5]: its payload, row[7]: when it started (see _Started)
+                (held if row[5] is None and row[7] > recent and row[0] not in ended else now).append(row)
+            if held:
+                started, self._started = now, held
+                self._wake.set()  # written at a later turn even if no call comes in
         ops, self._ops = self._ops, []
         if not (started or ended or ops):
             return
@@ -840,7 +830,7 @@ class Journal:
             written = await asyncio.get_running_loop().run_in_executor(
                 self.executor, self._write, started, ended, ops
             )
-        except (sqlite3.Error, ValueError, TypeError) as exc:  # the rows are built there too
+        except sqlite3.Error as exc:
             self.write_errors += 1
             self._error_log.hit(error=str(exc), rows=len(started) + len(ended) + len(ops))
         else:

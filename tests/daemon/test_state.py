@@ -389,3 +389,46 @@ def test_state_file_of_a_newer_schema_is_refused(tmp_path: Path) -> None:
         newer.execute(f"PRAGMA user_version = {state.SCHEMA_VERSION + 1}")
     with pytest.raises(StartupError, match="newer reflexd"):
         StateStore(path).open()
+
+
+async def test_a_redelivered_records_call_is_written_once_ended_or_running_after_the_hold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call without a payload (its record comes again after a crash) is held back while it runs, so it
+    is written once, ended, instead of inserted and then updated; past HOLD_RUNNING_SECONDS, or when the
+    journal is flushed, it is written running. A call with a payload is written running at once."""
+    store = StateStore(tmp_path / "s.db").open()
+    journal = Journal(store, flush_seconds=0.005)
+    await journal.start()
+    updates: list[int] = []
+    write_batch = store.write_batch
+
+    def counting(ops: Any) -> None:
+        updates.append(sum(1 for sql, _ in ops if sql.startswith("UPDATE")))
+        write_batch(ops)
+
+    monkeypatch.setattr(store, "write_batch", counting)
+    redelivered = journal.new_id()
+    journal.started(redelivered, "k1", "rule", "t", {"i": 1}, None, resumable=False)
+    resumable = journal.new_id()
+    journal.started(resumable, "k2", "rule", "t", {"i": 2}, None)
+    await wait_for(lambda: journal.written == 1)
+    await asyncio.sleep(0.05)  # several turns of the writer
+    assert rows(store, "SELECT key, outcome FROM invocations") == [("k2", "running")]
+    journal.ended(redelivered, "k1", 1, "succeeded", None, {"offset": 7})
+    await wait_for(lambda: journal.written == 2)
+    assert rows(store, "SELECT key, outcome, payload, result FROM invocations ORDER BY key") == [
+        ("k1", "succeeded", None, '{"offset":7}'),
+        ("k2", "running", '{"i":2}', None),
+    ]
+    assert sum(updates) == 0
+    flushed = journal.new_id()
+    journal.started(flushed, "k3", "rule", "t", {"i": 3}, None, resumable=False)
+    await journal.flush()  # what the agent's durable writes wait for: everything buffered
+    assert rows(store, "SELECT outcome FROM invocations WHERE key = 'k3'") == [("running",)]
+    monkeypatch.setattr(state, "HOLD_RUNNING_SECONDS", 0.0)
+    journal.started(journal.new_id(), "k4", "rule", "t", {"i": 4}, None, resumable=False)
+    await wait_for(lambda: journal.written == 4)
+    assert rows(store, "SELECT outcome FROM invocations WHERE key = 'k4'") == [("running",)]
+    await journal.stop()
+    store.close()
