@@ -722,10 +722,13 @@ class Journal:
         if error is not None:  # a failure's text may quote a secret argument (stderr, a response body)
             error = scrub_secrets(error)
         if outcome == "succeeded":
-            self._succeeded[key] = None
-            self._succeeded.move_to_end(key)
-            if len(self._succeeded) > self.remember_keys:
-                self._succeeded.popitem(last=False)
+            remembered = self._succeeded
+            if key in remembered:
+                remembered.move_to_end(key)
+            else:
+                remembered[key] = None
+                if len(remembered) > self.remember_keys:
+                    remembered.popitem(last=False)
         ended = self._ended
         if len(ended) >= self.max_buffered:
             self.dropped += 1
