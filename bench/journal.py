@@ -12,13 +12,17 @@ does, so the journal's writer runs alongside (its own thread, SQLite in a temp d
     the time runs until :meth:`~daemon.state.Journal.stop` has written every row (checked: the file
     holds ``--n`` succeeded rows).
 
-Printed per run: wall time, the process CPU time, and the µs per call spent on the loop inside
-the journal's methods; then medians and (b) - (a) per call. (a) and (b) alternate, ``--runs`` each,
-after one warm-up of each.
+Printed per run: wall time, the process CPU time (and the part in the cyclic garbage collector),
+and the µs per call spent on the loop inside the journal's methods (wall: it includes waiting for
+the GIL while the writer thread holds it); then medians and (b) - (a) per call. (a) and (b)
+alternate, ``--runs`` each, after one warm-up of each. ``--heap`` long-lived tracked objects stand
+for a daemon's heap, which the collector walks in its full collections. The writer may fall
+behind this loop (nothing else runs on it): the journal's buffer is unbounded here, nothing is
+dropped.
 
 Usage::
 
-    .venv/bin/python bench/journal.py [--n 200000] [--runs 3] [--batch 256]
+    .venv/bin/python bench/journal.py [--n 200000] [--runs 3] [--batch 256] [--heap 300000]
 """
 
 from __future__ import annotations
