@@ -17,7 +17,9 @@ same bytes in (a) and (b)) per input record:
     ``orjson.loads`` + ``orjson.dumps`` + ``await producer.send()`` (``acks="all"``,
     ``enable_idempotence=True``, ``linger_ms=5``), then ``gather`` of the batch's futures; the
     processed positions are committed every ~1 s and at the end. Done when N sends are acknowledged.
-(b) reflexd: the real :class:`daemon.supervisor.Daemon` from config text (``http: null``): ``kafka``
+(b) reflexd, in a process of its own (``bench/peers/reflexd_job.py``, this interpreter, ``PYTHONPATH`` = the
+    checkout; its CPU seconds and RSS are its own): the real :class:`daemon.supervisor.Daemon` from a config
+    file the bench writes (``http: null``): ``kafka``
     source (same topic, fresh group, default queue: 10,000 events, block) → rule ``every`` with no
     ``where`` → ``kafka`` tool (``acks=all``, idempotent, ``linger_ms: 5``, its defaults otherwise:
     ``concurrency`` 1,024 calls in flight handed to the producer in batches of up to ``max_batch``
@@ -26,8 +28,9 @@ same bytes in (a) and (b)) per input record:
     record; the raw loop sends no header. The invocation journal is on, as in a default config
     (``--journal off`` turns it off), with ``state_path`` in a fresh temp dir per run: a shared one
     would deduplicate every call of a later run on the same input. Done when
-    ``daemon.runner.stats("out").succeeded`` reaches N (polled every 10 ms, so the end is at most
-    ~10 ms late: < 0.3 % of a run).
+    ``daemon.runner.stats("out").succeeded`` reaches N (polled every 10 ms in the job, so the end is at
+    most ~10 ms late: < 0.3 % of a run). ``--compare DIR`` also runs the daemon of another checkout (the
+    same job script) as ``base-on`` / ``base-off``: before and after in one interleaved run.
 
 Variants and peers (issue 16): every system keeps ``id % 100 < kept`` of the records (``--kept 10,100``, each
 variant measured on its own; reflexd's rule gets ``where: "data.id % 100 < 10"``) and writes only those;
@@ -35,7 +38,7 @@ variant measured on its own; reflexd's rule gets ``where: "data.id % 100 < 10"``
 adds (c) Quix Streams and Bytewax running ``bench/peers/<name>_job.py`` in ``.bench-venvs/<name>`` (``make
 bench-peers``), the same job on the same topic, their output counted. Each round runs every system once, the
 order rotated by one per round; the summary prints medians, ratios, CPU seconds per 100k input records and RSS
-at the end (for (a) and (b) the bench process's, which also held every earlier run: an upper bound).
+at the end (each system's own process; for (a) the bench process's).
 
 Time = first record returned by the consumer → N-th acknowledgement (for (b) the first record is
 seen by polling ``source.stats.received`` every 1 ms). Rate = N / time. Each run also prints the
@@ -50,7 +53,8 @@ Usage::
     .venv/bin/python bench/kafka_pipeline.py [--n 200000] [--runs 3] [--bootstrap host:port]
                                              [--concurrency N] [--raw-batch 500] [--journal on|off|both]
                                              [--kept 10,100] [--peers quix,bytewax|all] [--broker-pid PID]
-                                             [--uvloop] [--profile] [--profile-out FILE] [--strict]
+                                             [--compare DIR] [--uvloop] [--profile] [--profile-out FILE]
+                                             [--strict]
 """
 
 from __future__ import annotations
@@ -58,7 +62,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import cProfile
 import gc
 import io
 import os
@@ -79,10 +82,6 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from benchlib import rss_mb, run_loop, uvloop_available
 
-from daemon.config import load_config_text
-from daemon.registry import builtin_registry
-from daemon.supervisor import Daemon
-
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the broker harness lives in tests/, which is not an installed package
     sys.path.insert(0, str(ROOT))
@@ -102,8 +101,6 @@ T = TypeVar("T")
 PARTITIONS = 4
 RECORD_BYTES = 100
 RAW_COMMIT_INTERVAL = 1.0
-POLL_END_SECONDS = 0.01
-POLL_FIRST_SECONDS = 0.001
 RUN_TIMEOUT = 180.0
 WARMUP_N = 20_000
 PEER_POLL_SECONDS = 0.01
@@ -111,6 +108,7 @@ PEER_START_TIMEOUT = 60.0
 PEERS = ("quix", "bytewax")
 PEER_VENVS = ROOT / ".bench-venvs"
 PEER_SCRIPTS = Path(__file__).resolve().parent / "peers"
+JOB = PEER_SCRIPTS / "reflexd_job.py"  # reflexd's side, run with this interpreter
 TOOL = "out"
 SOURCE = "in"
 
@@ -389,11 +387,15 @@ async def reflexd_run(
     n: int,
     args: argparse.Namespace,
     cpu: CpuMeter,
-    profiler: cProfile.Profile | None = None,
+    profile_out: str | None = None,
     *,
     journal: bool = True,
     kept: int = 100,
+    root: Path = ROOT,
 ) -> RunResult:
+    """Run reflexd in a process of its own (``bench/peers/reflexd_job.py``, this interpreter) and check
+    its output: N records written, the group's commits summing to N, journal on: N succeeded rows.
+    ``root``: the checkout whose reflexd runs (``--compare``: another one, with this job script)."""
     out = await create_topic_on(bootstrap, unique_name("bench-out-reflexd"), PARTITIONS)
     group = unique_name("bench-reflexd")
     concurrency: int | None = args.concurrency
@@ -401,7 +403,15 @@ async def reflexd_run(
     with tempfile.TemporaryDirectory(prefix="reflexd-bench-state-") as state_dir:
         state_path = Path(state_dir) / "reflexd.db"
         text = daemon_config(bootstrap, src, out, group, concurrency, state_path, journal, kept=kept)
-        result = await _reflexd_run(bootstrap, src, out, group, n, expected, text, cpu, profiler)
+        config_path = Path(state_dir) / "reflexd.yaml"
+        config_path.write_text(text)
+        extra = ["--profile-out", profile_out] if profile_out else []
+        if args.uvloop and uvloop_available():
+            extra.append("--uvloop")
+        argv = [str(JOB), str(config_path), str(expected), *extra]
+        result = await _job_run(argv, cpu.broker_pid, n, "reflexd", root)
+        await verify(bootstrap, src, out, group, n, expected)
+        await delete_topics_on(bootstrap, [out])
         if journal:
             with contextlib.closing(sqlite3.connect(state_path)) as db:
                 query = "SELECT COUNT(*) FROM invocations WHERE outcome = 'succeeded'"
@@ -411,68 +421,51 @@ async def reflexd_run(
         return result
 
 
-async def _reflexd_run(
-    bootstrap: str,
-    src: str,
-    out: str,
-    group: str,
-    n: int,
-    expected: int,
-    config_text: str,
-    cpu: CpuMeter,
-    profiler: cProfile.Profile | None,
-) -> RunResult:
-    config = load_config_text(config_text, builtin_registry())
-    daemon = Daemon(config)
-    concurrency = daemon.tools[TOOL].concurrency
-    source = daemon.sources[SOURCE]
-    stats = daemon.runner.stats(TOOL)
+async def _job_run(argv: list[str], broker_pid: int | None, n: int, name: str, root: Path) -> RunResult:
+    """Run reflexd's job script and read its READY / FIRST / END / STATUS lines (see the script)."""
     clock = time.perf_counter
-
-    def check() -> None:
-        skipped = getattr(stats, "deduplicated", 0)  # the journal skips keys that already succeeded
-        if source.stats.state == "failed" or stats.failures or stats.rejected or skipped:
-            raise RuntimeError(
-                f"reflexd run failed: source {source.stats.state} ({source.stats.last_error}), "
-                f"tool failures {stats.failures}, rejected {stats.rejected}, deduplicated {skipped}"
-            )
-
-    if profiler is not None:
-        profiler.enable()
-    cpu.start()
     t_start = clock()
-    journal = daemon.journal
-    try:
-        await daemon.start()
-        async with asyncio.timeout(RUN_TIMEOUT):
-            while source.stats.received == 0:
-                check()
-                await asyncio.sleep(POLL_FIRST_SECONDS)
-            t_first = clock()
-            while stats.succeeded < expected:
-                check()
-                await asyncio.sleep(POLL_END_SECONDS)
-            t_end = clock()
-            client_cpu, broker_cpu, gc_seconds = cpu.read()
-            rss = rss_mb()
-            backlog = journal.backlog if journal is not None else 0
-        if profiler is not None:
-            profiler.disable()
-    finally:
-        cancelled = await daemon.stop()
-    if cancelled:
-        raise RuntimeError(f"daemon stop had to cancel: {cancelled}")
-    await verify(bootstrap, src, out, group, n, expected)
-    await delete_topics_on(bootstrap, [out])
-    st = daemon.status()["sources"][SOURCE]
-    if journal is not None and journal.dropped:
-        raise RuntimeError(f"the journal fell behind: {journal.dropped} rows dropped")
-    written = "off" if journal is None else f"on (rows waiting at the end: {backlog})"
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    with tempfile.TemporaryFile() as errors:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, *argv, stdout=asyncio.subprocess.PIPE, stderr=errors, env=env
+        )
+        assert proc.stdout is not None
+        try:
+            async with asyncio.timeout(RUN_TIMEOUT):
+                lines: dict[str, list[str]] = {}
+                broker0 = broker_now = None
+                while line := await proc.stdout.readline():
+                    word, _, rest = line.decode().strip().partition(" ")
+                    lines[word] = [rest] if word == "STATUS" else rest.split()
+                    if word == "READY":
+                        broker0 = proc_cpu_seconds(broker_pid)
+                    elif word == "END":
+                        broker_now = proc_cpu_seconds(broker_pid)
+                code = await proc.wait()
+            if code != 0 or "END" not in lines or "STATUS" not in lines:
+                raise RuntimeError(f"{name} job exited {code}: {lines.get('STATUS')}")
+        except BaseException:
+            errors.seek(0)
+            tail = errors.read()[-3000:].decode(errors="replace")
+            print(f"[{name}] stderr tail:\n{tail}", file=sys.stderr)
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            raise
+    t_first = float(lines["FIRST"][0])
+    t_end_s, cpu_s, gc_s, rss_s, backlog = lines["END"]
+    status = orjson.loads(lines["STATUS"][0])
+    broker_cpu = None if broker_now is None or broker0 is None else broker_now - broker0
     info = (
-        f"; journal {written}, concurrency {concurrency}, pauses {st['pauses']}, "
-        f"commits {st['commits']}, queue high water {source.queue.high_water}"
+        f"; journal backlog at the end {backlog}, concurrency {status['concurrency']}, "
+        f"pauses {status['pauses']}, read waits {status['read_waits']}, commits {status['commits']}, "
+        f"queue high water {status['high_water']}"
     )
-    return RunResult(n, t_end - t_first, t_end - t_start, client_cpu, broker_cpu, gc_seconds, info, rss)
+    t_end = float(t_end_s)
+    return RunResult(
+        n, t_end - t_first, t_end - t_start, float(cpu_s), broker_cpu, float(gc_s), info, float(rss_s)
+    )
 
 
 # -- (c) peers, each in its own virtualenv -------------------------------------------------------
@@ -581,13 +574,13 @@ async def run_system(
     kept: int,
     args: argparse.Namespace,
     cpu: CpuMeter,
-    profiler: cProfile.Profile | None = None,
 ) -> RunResult:
     if system == "raw":
         return await raw_run(bootstrap, src, n, kept, args.raw_batch, cpu)
-    if system.startswith("reflexd-"):
-        on = system == "reflexd-on"
-        return await reflexd_run(bootstrap, src, n, args, cpu, profiler, journal=on, kept=kept)
+    if system.startswith(("reflexd-", "base-")):
+        on = system.endswith("-on")
+        root = args.compare if system.startswith("base-") else ROOT
+        return await reflexd_run(bootstrap, src, n, args, cpu, journal=on, kept=kept, root=root)
     return await peer_run(system, bootstrap, src, n, kept, cpu.broker_pid)
 
 
@@ -595,6 +588,8 @@ LABELS = {
     "raw": "raw aiokafka loop",
     "reflexd-on": "reflexd, journal on",
     "reflexd-off": "reflexd, journal off",
+    "base-on": "baseline, journal on",
+    "base-off": "baseline, journal off",
     "quix": "Quix Streams",
     "bytewax": "Bytewax",
 }
@@ -608,8 +603,12 @@ async def measure(args: argparse.Namespace, bootstrap: str, broker_pid: int | No
     systems: list[str] = ["raw"]
     if args.journal in ("on", "both"):
         systems.append("reflexd-on")
+        if args.compare:
+            systems.append("base-on")
     if args.journal in ("off", "both"):
         systems.append("reflexd-off")
+        if args.compare:
+            systems.append("base-off")
     for name in args.peers:
         if peer_python(name).exists():
             systems.append(name)
@@ -630,18 +629,19 @@ async def measure(args: argparse.Namespace, bootstrap: str, broker_pid: int | No
         )
 
         if args.profile:
-            profiler = cProfile.Profile()
-            res = await reflexd_run(bootstrap, src, n, args, cpu, profiler, kept=args.kept[-1])
-            print(
-                f"[profile] reflexd under cProfile: {res.rate:,.0f} rec/s (inflated cost, see ranking only)"
-            )
-            buf = io.StringIO()
-            ps = pstats.Stats(profiler, stream=buf)
-            ps.sort_stats("tottime").print_stats(35)
-            print(buf.getvalue())
-            if args.profile_out:
-                ps.dump_stats(args.profile_out)
-                print(f"[profile] pstats written to {args.profile_out}")
+            with tempfile.TemporaryDirectory(prefix="reflexd-bench-profile-") as tmp:
+                out_file = args.profile_out or str(Path(tmp) / "reflexd.pstats")
+                on = args.journal != "off"  # --journal off: profile reflexd without its journal
+                res = await reflexd_run(
+                    bootstrap, src, n, args, cpu, out_file, journal=on, kept=args.kept[-1]
+                )
+                rate = f"{res.rate:,.0f} rec/s"
+                print(f"[profile] reflexd under cProfile: {rate} (inflated cost, see ranking only)")
+                buf = io.StringIO()
+                pstats.Stats(out_file, stream=buf).sort_stats("tottime").print_stats(35)
+                print(buf.getvalue())
+                if args.profile_out:
+                    print(f"[profile] pstats written to {args.profile_out}")
 
         summary: list[str] = []
         for kept in args.kept:
@@ -728,6 +728,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--broker-pid", type=int, help="with --bootstrap: the broker's pid, to measure its CPU"
+    )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        help="another checkout of reflexd (e.g. a worktree of main): also run its daemon, with this job "
+        "script, as the systems base-on / base-off, interleaved with the others",
     )
     parser.add_argument("--uvloop", action="store_true", help="use uvloop if importable")
     parser.add_argument("--profile", action="store_true", help="also run (b) once under cProfile first")

@@ -71,7 +71,13 @@ class BatchAttempt:
         self.futures = futures
         if len(futures) != len(self.calls):
             raise RuntimeError(f"start_calls gave {len(futures)} futures for {len(self.calls)} calls")
+        last: asyncio.Future[Any] | None = None
+        success: Outcome | None = None  # the outcome of ``last`` if it succeeded
         for fut in futures:
+            if fut is last and success is not None:  # calls sharing one future (one producer batch)
+                outcomes.append(success)
+                continue
+            last, success = fut, None
             if not fut.done():
                 try:
                     await asyncio.shield(fut)
@@ -81,7 +87,8 @@ class BatchAttempt:
                 except Exception:
                     pass  # judged just below
             if not fut.cancelled() and fut.exception() is None:  # the common case: no coroutine
-                outcomes.append((fut.result(), None))
+                success = (fut.result(), None)
+                outcomes.append(success)
             else:
                 outcomes.append(await self._outcome(fut))
 

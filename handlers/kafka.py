@@ -83,7 +83,13 @@ class KafkaToolConfig(ToolConfig):
     headers: dict[str, str] = Field(
         default_factory=dict, description="Record headers; values may be templates."
     )
-    linger_ms: int = Field(5, ge=0, le=1000, description="Batching delay of the producer.")
+    linger_ms: int = Field(
+        5,
+        ge=0,
+        le=1000,
+        description="The producer's batching delay, kept for compatibility: the tool hands the producer "
+        "complete batches (every queued call, up to `max_batch`) that go out at once, so no record waits.",
+    )
     batch_bytes: int = Field(
         256 * 1024,
         ge=1024,
@@ -186,7 +192,7 @@ class KafkaTool(Tool):
         render_key = self._key
         templated = self._headers
         futures: list[asyncio.Future[Any] | None] = [None] * len(calls)
-        by_partition: dict[int, list[tuple[int, bytes | None, bytes, list[tuple[str, bytes]]]]] = {}
+        filling: dict[int, tuple[Any, list[int]]] = {}  # partition -> (its open producer batch, its calls)
         keyless: int | None = None
         for i, (args, ctx) in enumerate(calls):
             event = ctx.event
@@ -205,7 +211,11 @@ class KafkaTool(Tool):
             except Exception as exc:  # a template or the arguments cannot be rendered: this call only
                 futures[i] = _failed(exc)
                 continue
-            size = len(value) + len(key or b"") + sum(len(k) + len(v) for k, v in headers)
+            size = len(value)
+            if key is not None:
+                size += len(key)
+            for name, header in headers:
+                size += len(name) + len(header)
             if size > MAX_RECORD_BYTES:
                 futures[i] = _failed(
                     MessageSizeTooLargeError(f"record of {size} bytes, more than {MAX_RECORD_BYTES}")
@@ -217,32 +227,19 @@ class KafkaTool(Tool):
                 partition = keyless
             else:
                 partition = _partitioner(key, partitions, available)
-            by_partition.setdefault(partition, []).append((i, key, value, headers))
-        for partition, records in by_partition.items():
-            await self._send_batches(producer, topic, partition, records, futures)
-        assert all(f is not None for f in futures)  # every call was refused alone or queued in a batch
-        return StartedCalls(cast("list[asyncio.Future[Any]]", futures), producer)
-
-    async def _send_batches(
-        self,
-        producer: AIOKafkaProducer,
-        topic: str,
-        partition: int,
-        records: list[tuple[int, bytes | None, bytes, list[tuple[str, bytes]]]],
-        futures: list[asyncio.Future[Any] | None],
-    ) -> None:
-        """Fill producer batches for one partition with ``records`` and queue each as it fills."""
-        batch = producer.create_batch()
-        members: list[int] = []
-        for i, key, value, headers in records:
-            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+            open_batch = filling.get(partition)
+            if open_batch is None:
+                open_batch = filling[partition] = (producer.create_batch(), [])
+            batch, members = open_batch
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:  # full
                 await self._send_batch(producer, batch, topic, partition, members, futures)
-                batch = producer.create_batch()
-                members = []
+                batch, members = filling[partition] = (producer.create_batch(), [])
                 batch.append(key=key, value=value, timestamp=None, headers=headers)  # fits an empty batch
             members.append(i)
-        if members:
+        for partition, (batch, members) in filling.items():
             await self._send_batch(producer, batch, topic, partition, members, futures)
+        assert all(f is not None for f in futures)  # every call was refused alone or queued in a batch
+        return StartedCalls(cast("list[asyncio.Future[Any]]", futures), producer)
 
     @staticmethod
     async def _send_batch(
@@ -253,6 +250,7 @@ class KafkaTool(Tool):
         members: list[int],
         futures: list[asyncio.Future[Any] | None],
     ) -> None:
+        batch.close()  # complete: sent without lingering (nothing else can join a batch of ours)
         try:
             sent = await producer.send_batch(batch, topic, partition=partition)
         except KafkaError as exc:  # not queued (producer closed, no room in time): these calls fail

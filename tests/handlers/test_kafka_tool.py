@@ -145,3 +145,45 @@ async def test_a_call_reports_where_it_was_written(
         (first["partition"], 0, 1),
         (first["partition"], 1, 2),
     ]
+
+
+async def test_batches_are_closed_when_handed_over_and_a_full_one_is_followed_by_another(
+    kafka_broker: object, kafka_topic: KafkaTopicFactory
+) -> None:
+    """Every producer batch the tool hands over is closed (aiokafka sends a closed batch at once instead of
+    letting it linger, and nothing could join it); records that overflow ``batch_bytes`` go on in a next batch of
+    the same partition, each call written exactly once."""
+    bootstrap = kafka_broker.bootstrap  # type: ignore[attr-defined]
+    out = await kafka_topic(2)
+    config = KafkaToolConfig(
+        type="kafka", bootstrap_servers=bootstrap, topic=out, key="{key}", batch_bytes=1024, linger_ms=1000
+    )
+    tool = KafkaTool("out", config)
+    handed: list[tuple[int, bool, int]] = []  # partition, closed when handed over, records
+
+    async def spy(producer: object) -> None:
+        real = producer.send_batch  # type: ignore[attr-defined]
+
+        async def send_batch(batch: object, topic: str, *, partition: int) -> object:
+            handed.append((partition, batch.closed(), batch.record_count()))  # type: ignore[attr-defined]
+            return await real(batch, topic, partition=partition)
+
+        producer.send_batch = send_batch  # type: ignore[attr-defined]
+
+    runner = ToolRunner({"out": tool})
+    await runner.start()
+    await spy(tool._producer)
+    calls: list[tuple[dict[str, object], CallContext]] = [
+        ({"i": i, "pad": "x" * 40}, ctx(i, f"k{i % 2}")) for i in range(200)
+    ]
+    for args, c in calls:
+        assert runner.submit("out", args, c)
+    stats = runner.stats("out")
+    await wait_for(lambda: stats.succeeded + stats.failures == len(calls) and stats.in_flight == 0, within=30)
+    await runner.stop(10)
+    assert (stats.succeeded, stats.failures) == (200, 0)
+    written = await read_all(bootstrap, out, 200)
+    assert sorted(w.data["i"] for w in written) == list(range(200))  # type: ignore[type-var]
+    assert all(closed for _, closed, _ in handed)
+    assert sum(n for _, _, n in handed) == 200
+    assert len(handed) > 2  # 1 KiB batches: more than one per partition
