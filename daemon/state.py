@@ -17,6 +17,11 @@
   the next start (:meth:`StateStore.take_unfinished`) and retried with the same idempotency key.
 - **Idempotency**: keys that succeeded within the retention are remembered, so a call whose key
   already succeeded (a redelivered Kafka record, a DLQ replay) is skipped.
+- **Batch rows**: the calls of a Kafka record taken together by a batching tool that ended alike
+  (succeeded, or skipped as duplicates) are one row (:meth:`Journal.calls_ended`): its ``args``
+  is a JSON array with one entry per call (:data:`BATCH_ENTRY`), where a call's own row holds a JSON
+  object; :func:`batch_calls` expands it. Such a row never runs and keeps no payload (the record is
+  delivered again after a crash); ``key`` is its first call's key.
 
 The store is used from the event loop through :class:`Journal` (batched, async) and directly,
 synchronously, by the ``reflexd dlq`` commands.
@@ -33,7 +38,6 @@ import os
 import sqlite3
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -48,10 +52,12 @@ from streams.event import READABLE_FIELDS, Event
 
 __all__ = [
     "SCHEMA_VERSION",
+    "BatchCall",
     "DeadLetter",
     "Journal",
     "StateStore",
     "Unfinished",
+    "batch_calls",
     "redact",
     "redact_names",
 ]
@@ -226,13 +232,8 @@ def redact(args: dict[str, Any], secret_names: Iterable[str] = ()) -> dict[str, 
     """``args`` with secret-looking or configured-secret values replaced by ``***`` (a copy; ``args``
     itself when there is nothing to hide, so do not change the result)."""
     explicit = secret_names if isinstance(secret_names, frozenset) else frozenset(secret_names)
-    # the argument names of one rule's call are the same every time: the check is cached by them
-    if not _names_to_hide(tuple(args), explicit):
-        for value in args.values():  # a loop, not any(<generator>): ~0.2 µs less per call
-            if isinstance(value, dict):
-                break
-        else:
-            return args
+    if not _hides(args, explicit):
+        return args
     out: dict[str, Any] = {}
     for name, value in args.items():
         if name in explicit or (isinstance(name, str) and _secret_looking(name)):
@@ -244,6 +245,23 @@ def redact(args: dict[str, Any], secret_names: Iterable[str] = ()) -> dict[str, 
     return out
 
 
+def _hides(args: dict[str, Any], explicit: frozenset[str]) -> bool:
+    """Whether :func:`redact` changes ``args``: a name to hide in it, or in a dict in it (at any depth);
+    read only, no copy."""
+    # the argument names of one rule's call are the same every time: the check is cached by them
+    if _names_to_hide(tuple(args), explicit):
+        return True
+    for value in args.values():  # a loop, not any(<generator>): ~0.2 µs less per call
+        if isinstance(value, dict) and _hides(value, _NOTHING):
+            break
+    else:
+        return False
+    return True
+
+
+_NOTHING: frozenset[str] = frozenset()
+
+
 def redact_names(args: dict[str, Any], secret_names: Iterable[str] = ()) -> tuple[dict[str, Any], list[str]]:
     """:func:`redact` and the top-level names whose values it changed (a dict value counts when
     something inside it was hidden)."""
@@ -252,6 +270,61 @@ def redact_names(args: dict[str, Any], secret_names: Iterable[str] = ()) -> tupl
         return args, []
     # a dict value is copied when it holds dicts, hidden or not: compare it too
     return shown, [name for name, value in shown.items() if value is not args[name] and value != args[name]]
+
+
+#: One call's entry in a batch row's ``args`` array: its key, its arguments (redacted), where its
+#: event came from (the fields of ``event_record(event, data=False)``), its attempts and result.
+BATCH_ENTRY = (
+    "key",
+    "args",
+    "source",
+    "ts",
+    "received_at",
+    "event_key",
+    "meta",
+    "kind",
+    "attempts",
+    "result",
+)
+_EVENT_FIELDS = ("source", "ts", "received_at", "key", "meta", "kind")
+
+
+@dataclass(frozen=True)
+class BatchCall:
+    """One call of a batch row, as its own row would have held it."""
+
+    key: str
+    args: Any
+    event: dict[str, Any] | None
+    attempts: int
+    result: Any
+
+
+def batch_calls(args_text: str | None) -> list[BatchCall] | None:
+    """The calls of a batch row, from its ``args``; None for the row of one call (a JSON object)."""
+    if not args_text or args_text[0] != "[":
+        return None
+    out: list[BatchCall] = []
+    for entry in orjson.loads(args_text):
+        key, args, source, *where, attempts, result = entry
+        event = None if source is None else dict(zip(_EVENT_FIELDS, (source, *where), strict=True))
+        out.append(BatchCall(key, args, event, attempts, result))
+    return out
+
+
+def _batch_text(entries: list[tuple[Any, ...]]) -> str:
+    """A batch row's ``args``: one dump of them all (each on its own if one cannot be dumped)."""
+    try:
+        return orjson.dumps(entries, default=_plain, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return "[" + ",".join(_entry_text(entry) for entry in entries) + "]"
+
+
+def _entry_text(entry: tuple[Any, ...]) -> str:
+    try:
+        return orjson.dumps(entry, default=_plain, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:  # e.g. an integer beyond 64 bits: that value as its repr
+        return orjson.dumps([repr(value) if i in (1, 9) else value for i, value in enumerate(entry)]).decode()
 
 
 def _owner_only(path: Path) -> None:
@@ -464,15 +537,34 @@ class StateStore:
         return n
 
     def succeeded_keys(self, limit: int) -> list[str]:
-        """Keys that succeeded within the retention, newest last (to seed the dedupe memory)."""
+        """Keys that succeeded within the retention, newest last (to seed the dedupe memory); a
+        batch row's keys count as ended when it did."""
         cutoff = time.time() - self.retention_seconds
         with self.lock:
-            rows = self.db.execute(
-                "SELECT key FROM (SELECT key, MAX(ended) AS e FROM invocations WHERE outcome = 'succeeded'"
-                " AND started >= ? GROUP BY key ORDER BY e DESC LIMIT ?) ORDER BY e",
+            db = self.db
+            rows = db.execute(
+                "SELECT key, MAX(ended) AS e FROM invocations WHERE outcome = 'succeeded'"
+                " AND started >= ? AND COALESCE(substr(args, 1, 1), '') != '['"
+                " GROUP BY key ORDER BY e DESC LIMIT ?",
                 (cutoff, limit),
             ).fetchall()
-        return [r[0] for r in rows]
+            found: dict[str, float] = {}
+            batches = db.execute(
+                "SELECT args, ended FROM invocations WHERE outcome = 'succeeded' AND started >= ?"
+                " AND substr(args, 1, 1) = '[' ORDER BY ended DESC",
+                (cutoff,),
+            )
+            for args, ended in batches:  # newest first, until there are enough
+                for call in batch_calls(args) or ():
+                    if found.get(call.key, -1.0) < ended:
+                        found[call.key] = ended
+                if len(found) >= limit:
+                    break
+        for key, ended in rows:
+            if found.get(key, -1.0) < ended:
+                found[key] = ended
+        newest = sorted(found.items(), key=operator.itemgetter(1))[-limit:] if limit > 0 else []
+        return [key for key, _ in newest]
 
     def take_unfinished(self) -> list[Unfinished]:
         """Invocations a previous process left ``running``; marked ``interrupted`` as they are taken."""
@@ -625,7 +717,11 @@ class Journal:
         self._started: list[_Started] = []
         #: calls ended since the last batch, by journal id (merged into their row if it is in the batch)
         self._ended: dict[str, _Ended] = {}
-        self._succeeded: OrderedDict[str, None] = OrderedDict()
+        #: rows of calls ended together (:meth:`calls_ended`), complete; and how many calls they hold
+        self._batches: list[tuple[Any, ...]] = []
+        self._batched_calls = 0
+        #: keys that succeeded, oldest first (a plain dict: trimmed now and then, see :meth:`_remember`)
+        self._succeeded: dict[str, None] = {}
         #: the one thread that writes the file (the agent's durable writes use it too)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reflexd-state")
         self._task: asyncio.Task[None] | None = None
@@ -653,7 +749,7 @@ class Journal:
         """Calls started, calls ended and statements buffered for the writer (a call started and
         ended in the same batch counts twice and is written as one row; a batch being written is no
         longer counted)."""
-        return len(self._started) + len(self._ended) + len(self._ops)
+        return len(self._started) + len(self._ended) + len(self._ops) + self._batched_calls
 
     async def stop(self) -> None:
         """Write what is buffered and stop the writer (never cancelled mid-batch: a batch queued
@@ -703,7 +799,7 @@ class Journal:
         What is kept until the next batch is a tuple of texts (see :data:`_Started`); the writer thread
         makes the row of it."""
         started = self._started
-        if len(started) + len(self._ops) >= self.max_buffered:
+        if len(started) + len(self._ops) + self._batched_calls >= self.max_buffered:
             self.dropped += 1
             return
         shown = redact(args, secret_args)
@@ -722,19 +818,95 @@ class Journal:
         if error is not None:  # a failure's text may quote a secret argument (stderr, a response body)
             error = scrub_secrets(error)
         if outcome == "succeeded":
-            remembered = self._succeeded
-            if key in remembered:
-                remembered.move_to_end(key)
-            else:
-                remembered[key] = None
-                if len(remembered) > self.remember_keys:
-                    remembered.popitem(last=False)
+            self._remember(key)
         ended = self._ended
         if len(ended) >= self.max_buffered:
             self.dropped += 1
             return
         ended[inv_id] = (time.time(), attempts, outcome, error, _result_text(result))
         if len(ended) == 1:
+            self._wake.set()
+
+    def _remember(self, key: str) -> None:
+        remembered = self._succeeded
+        if key in remembered:  # to the end: the newest
+            del remembered[key]
+        remembered[key] = None
+        if len(remembered) > self.remember_keys + self.remember_keys // 8:
+            self._trim()
+
+    def _trim(self) -> None:
+        """Keep the newest ``remember_keys`` keys: one rebuild every ``remember_keys // 8`` keys
+        (a dict's first key, once many before it were deleted, takes a scan to find)."""
+        remembered = self._succeeded
+        self._succeeded = dict.fromkeys(
+            itertools.islice(remembered, len(remembered) - self.remember_keys, None)
+        )
+
+    def calls_ended(
+        self,
+        tool: str,
+        started: float,
+        calls: Sequence[tuple[str, str | None, str, dict[str, Any], frozenset[str], Any, int, Any]],
+    ) -> None:
+        """Record calls that ended together, each (key, rule, outcome, args, secret argument names,
+        event, attempts, result), outcome ``succeeded`` or ``duplicate``: one row per rule and outcome
+        (see :func:`batch_calls`), for calls their source delivers again after a crash (nothing to
+        resume: no payload, no row while they run). ``event`` is an :class:`Event` or None."""
+        if self._batched_calls + len(self._started) + len(self._ops) >= self.max_buffered:
+            self.dropped += len(calls)
+            return
+        groups: dict[tuple[str | None, str], list[tuple[Any, ...]]] = {}
+        remember = self._remember
+        for key, rule, outcome, args, secrets, event, attempts, result in calls:
+            entries = groups.get((rule, outcome))
+            if entries is None:
+                entries = groups[(rule, outcome)] = []
+            shown = redact(args, secrets)
+            if event is None:
+                entries.append((key, shown, None, None, None, None, None, None, attempts, result))
+            else:
+                entries.append(
+                    (
+                        key,
+                        shown,
+                        event.source,
+                        event.ts,
+                        event.received_at,
+                        event.key,
+                        event.meta,
+                        event.kind,
+                        attempts,
+                        result,
+                    )
+                )
+            if outcome == "succeeded":
+                remember(key)
+        now = time.time()
+        batches = self._batches
+        wake = not batches
+        for (rule, outcome), entries in groups.items():
+            most = max(entry[8] for entry in entries)
+            text = _batch_text(entries)
+            batches.append(
+                (
+                    self.new_id(),
+                    entries[0][0],
+                    rule,
+                    tool,
+                    text,
+                    None,
+                    None,
+                    started,
+                    now,
+                    most,
+                    outcome,
+                    None,
+                    None,
+                )
+            )
+            self._batched_calls += len(entries)
+        if wake:
             self._wake.set()
 
     def queue(self, sql: str, params: Sequence[Any]) -> bool:
@@ -827,25 +999,33 @@ class Journal:
                 started, self._started = now, held
                 self._wake.set()  # written at a later turn even if no call comes in
         ops, self._ops = self._ops, []
-        if not (started or ended or ops):
+        batches, self._batches = self._batches, []
+        self._batched_calls = 0
+        if not (started or ended or ops or batches):
             return
         try:
             written = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self._write, started, ended, ops
+                self.executor, self._write, started, ended, ops, batches
             )
         except sqlite3.Error as exc:
             self.write_errors += 1
-            self._error_log.hit(error=str(exc), rows=len(started) + len(ended) + len(ops))
+            self._error_log.hit(error=str(exc), rows=len(started) + len(ended) + len(ops) + len(batches))
         else:
             self.written += written
 
     def _write(
-        self, started: list[_Started], ended: dict[str, _Ended], ops: list[tuple[str, Sequence[Any]]]
+        self,
+        started: list[_Started],
+        ended: dict[str, _Ended],
+        ops: list[tuple[str, Sequence[Any]]],
+        batches: list[tuple[Any, ...]],
     ) -> int:
         """On the writer thread: the batch's journal rows (a call that also ended in it is one row
-        with its final state), the ends of calls written earlier, then the other statements, in one
-        transaction; how many statements that was."""
+        with its final state), the rows of calls ended together, the ends of calls written earlier,
+        then the other statements, in one transaction; how many statements that was."""
         batch = _journal_rows(started, ended)
+        if batches:
+            batch[:0] = [(_INSERT, row) for row in batches]
         batch += ops
         self.store.write_batch(batch)
         return len(batch)
