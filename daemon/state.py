@@ -720,8 +720,9 @@ class Journal:
         #: rows of calls ended together (:meth:`calls_ended`), complete; and how many calls they hold
         self._batches: list[tuple[Any, ...]] = []
         self._batched_calls = 0
-        #: keys that succeeded, oldest first (a plain dict: trimmed now and then, see :meth:`_remember`)
-        self._succeeded: dict[str, None] = {}
+        #: keys that succeeded, in two generations of up to ``remember_keys`` each (see :meth:`_remember`)
+        self._recent: set[str] = set()
+        self._older: set[str] = set()
         #: the one thread that writes the file (the agent's durable writes use it too)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reflexd-state")
         self._task: asyncio.Task[None] | None = None
@@ -737,7 +738,7 @@ class Journal:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for key in await loop.run_in_executor(self.executor, self.store.succeeded_keys, self.remember_keys):
-            self._succeeded[key] = None
+            self._remember(key)
         self._task = asyncio.create_task(self._writer(), name="reflexd:journal")
 
     @property
@@ -778,7 +779,7 @@ class Journal:
         return f"{self._prefix}-{self._counter:08x}"
 
     def succeeded(self, key: str) -> bool:
-        return key in self._succeeded
+        return key in self._recent or key in self._older
 
     def started(
         self,
@@ -828,20 +829,20 @@ class Journal:
             self._wake.set()
 
     def _remember(self, key: str) -> None:
-        remembered = self._succeeded
-        if key in remembered:  # to the end: the newest
-            del remembered[key]
-        remembered[key] = None
-        if len(remembered) > self.remember_keys + self.remember_keys // 8:
-            self._trim()
+        """Remember a key that succeeded: the newest ``remember_keys`` keys at least, twice as many at
+        most. Two sets, no order kept: when the recent one is full it becomes the older one, and the
+        keys of the older one are forgotten (no per-key bookkeeping; a key that succeeds again is
+        added to the recent one)."""
+        recent = self._recent
+        recent.add(key)
+        if len(recent) >= self.remember_keys:
+            self._older, self._recent = recent, set()
 
-    def _trim(self) -> None:
-        """Keep the newest ``remember_keys`` keys: one rebuild every ``remember_keys // 8`` keys
-        (a dict's first key, once many before it were deleted, takes a scan to find)."""
-        remembered = self._succeeded
-        self._succeeded = dict.fromkeys(
-            itertools.islice(remembered, len(remembered) - self.remember_keys, None)
-        )
+    def _remember_all(self, keys: list[str]) -> None:
+        recent = self._recent
+        recent.update(keys)
+        if len(recent) >= self.remember_keys:
+            self._older, self._recent = recent, set()
 
     def calls_ended(
         self,
@@ -857,7 +858,7 @@ class Journal:
             self.dropped += len(calls)
             return
         groups: dict[tuple[str | None, str], list[tuple[Any, ...]]] = {}
-        remember = self._remember
+        succeeded: list[str] = []
         for key, rule, outcome, args, secrets, event, attempts, result in calls:
             entries = groups.get((rule, outcome))
             if entries is None:
@@ -881,7 +882,9 @@ class Journal:
                     )
                 )
             if outcome == "succeeded":
-                remember(key)
+                succeeded.append(key)
+        if succeeded:
+            self._remember_all(succeeded)
         now = time.time()
         batches = self._batches
         wake = not batches

@@ -528,19 +528,20 @@ async def test_a_batching_tools_record_calls_are_one_row_per_batch_listed_call_b
 
 
 async def test_the_dedupe_memory_keeps_the_newest_keys(tmp_path: Path) -> None:
-    """Past ``remember_keys`` the oldest succeeded keys are forgotten, a key that succeeds again is newest."""
+    """The newest ``remember_keys`` succeeded keys are remembered (twice as many at most), a key that succeeds
+    again is newest; older ones are forgotten."""
     store = StateStore(tmp_path / "s.db").open()
     journal = Journal(store, flush_seconds=0.005, remember_keys=16)
     await journal.start()
     for i in range(16):
         journal.ended(journal.new_id(), f"k{i}", 1, "succeeded", None, None)
     journal.ended(journal.new_id(), "k0", 1, "succeeded", None, None)  # k0 is the newest now
-    for i in range(16, 40):
+    for i in range(16, 48):
         journal.ended(journal.new_id(), f"k{i}", 1, "succeeded", None, None)
         order = [f"k{j}" for j in range(1, 16)] + ["k0"] + [f"k{j}" for j in range(16, i + 1)]
         remembered = [k for k in order if journal.succeeded(k)]
-        assert 16 <= len(remembered) <= 18 and remembered == order[-len(remembered) :]
-    newest = [f"k{j}" for j in range(24, 40)]
+        assert 16 <= len(remembered) <= 32 and remembered == order[-len(remembered) :]
+    newest = [f"k{j}" for j in range(32, 48)]
     assert (
         all(journal.succeeded(k) for k in newest)
         and not journal.succeeded("k0")
