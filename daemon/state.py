@@ -855,32 +855,24 @@ class Journal:
         (see :func:`batch_calls`), for calls their source delivers again after a crash (nothing to
         resume: no payload, no row while they run). ``event`` is an :class:`Event` or None."""
         if self._batched_calls + len(self._started) + len(self._ops) >= self.max_buffered:
+            self._remember_all([call[0] for call in calls if call[2] == "succeeded"])  # as ended() does
             self.dropped += len(calls)
             return
         groups: dict[tuple[str | None, str], list[tuple[Any, ...]]] = {}
         succeeded: list[str] = []
+        last_rule: str | None = None
+        last_outcome = ""
+        entries: list[tuple[Any, ...]] = []
         for key, rule, outcome, args, secrets, event, attempts, result in calls:
-            entries = groups.get((rule, outcome))
-            if entries is None:
-                entries = groups[(rule, outcome)] = []
+            if rule != last_rule or outcome != last_outcome:  # the calls of a batch are mostly alike
+                entries = groups.setdefault((rule, outcome), [])
+                last_rule, last_outcome = rule, outcome
             shown = redact(args, secrets)
             if event is None:
                 entries.append((key, shown, None, None, None, None, None, None, attempts, result))
-            else:
-                entries.append(
-                    (
-                        key,
-                        shown,
-                        event.source,
-                        event.ts,
-                        event.received_at,
-                        event.key,
-                        event.meta,
-                        event.kind,
-                        attempts,
-                        result,
-                    )
-                )
+            else:  # unpacked: an attribute of a named tuple is a descriptor call
+                source, ts, received_at, event_key, _, meta, kind, _ = event
+                entries.append((key, shown, source, ts, received_at, event_key, meta, kind, attempts, result))
             if outcome == "succeeded":
                 succeeded.append(key)
         if succeeded:
