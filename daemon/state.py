@@ -867,7 +867,7 @@ class Journal:
             if rule != last_rule or outcome != last_outcome:  # the calls of a batch are mostly alike
                 entries = groups.setdefault((rule, outcome), [])
                 last_rule, last_outcome = rule, outcome
-            shown = redact(args, secrets)
+            shown = redact(args, secrets) if _hides(args, secrets) else args  # no call when nothing to hide
             if event is None:
                 entries.append((key, shown, None, None, None, None, None, None, attempts, result))
             else:  # unpacked: an attribute of a named tuple is a descriptor call

@@ -410,14 +410,14 @@ class ToolRunner:
         journal = self.journal
         if journal is None:
             return None
-        if lane.queue.full():
-            return None  # put_nowait is about to refuse it: nothing to resume
         event = ctx.event
         # a Kafka record: redelivery, not the journal, resumes it after a crash, so its row keeps only
         # where the record came from (its data stays in Kafka, and in the DLQ if it fails)
         redelivered = resumable and event is not None and event.ack is not None
         if redelivered and lane.batch and self._calls_ended is not None:
-            return _LATER  # one row for the calls that end alike with it (see _invoke)
+            return _LATER  # one row for the calls that end alike with it (see _invoke); none if refused
+        if lane.queue.full():
+            return None  # put_nowait is about to refuse it: nothing to resume
         journal_id = journal.new_id()
         name = lane.tool.name
         secrets = self._secret_args.get((ctx.rule, name), _NO_SECRETS)
