@@ -746,7 +746,8 @@ def _rules(
         bad: set[str | int | tuple[str, int]] = set()
         for err in errors:
             loc = _step_loc(tuple(err["loc"]))
-            bad.add(loc[0] if len(loc) < 2 or not isinstance(loc[1], int) else (str(loc[0]), loc[1]))
+            if loc:  # () is the rule as a whole (e.g. a key that is not valid text): nothing named is bad
+                bad.add(loc[0] if len(loc) < 2 or not isinstance(loc[1], int) else (str(loc[0]), loc[1]))
             if len(loc) >= 2 and loc[0] == "steps" and loc[1] in reported:
                 continue  # already explained by the pre-check
             c.add(prefix + loc, c.reason(prefix + loc, err, rule_model))

@@ -27,7 +27,7 @@ import orjson
 from daemon.agent_view import Shown
 from daemon.config import AppConfig
 from daemon.errors import StartupError
-from daemon.state import StateStore
+from daemon.state import StateStore, batch_calls
 
 __all__ = ["add_journal_parser", "parse_since", "run_journal"]
 
@@ -128,7 +128,39 @@ class _Query:
         else:
             sql += " ORDER BY started, rowid"
         with store.lock:
-            return store.db.execute(sql, params).fetchall()
+            rows = store.db.execute(sql, params).fetchall()
+        if any(r[5] and r[5][0] == "[" for r in rows):
+            rows = list(_expand(rows))
+            if limit:
+                rows = rows[-limit:]
+        return rows
+
+
+def _expand(rows: list[Any]) -> Iterable[Any]:
+    """Rows as one per call: a batch row (calls that ended alike together) as its calls', their ids
+    the row's with ``/`` and the call's place in it; their values already decoded."""
+    for row in rows:
+        calls = batch_calls(row[5])
+        if calls is None:
+            yield row
+            continue
+        rowid, inv_id, _key, rule, tool, _args, _event, started, ended, _attempts, outcome, error, _ = row
+        for i, call in enumerate(calls):
+            yield (
+                rowid,
+                f"{inv_id}/{i}",
+                call.key,
+                rule,
+                tool,
+                call.args,
+                call.event,
+                started,
+                ended,
+                call.attempts,
+                outcome,
+                error,
+                call.result,
+            )
 
 
 def _when(ts: float | None) -> str:
@@ -137,9 +169,9 @@ def _when(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
 
 
-def _loads(text: str | None) -> Any:
-    if text is None:
-        return None
+def _loads(text: Any) -> Any:
+    if not isinstance(text, str):  # None, or a batch row's call, decoded already
+        return text
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:

@@ -38,7 +38,7 @@ import random
 import time
 import traceback
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
@@ -147,7 +147,13 @@ class Invocation(NamedTuple):
     ack: Ack | None  # the record this call must finish before it may be committed (Kafka)
     done: asyncio.Future[CallReply] | None = None  # resolved with how it ended (replays, the llm tool)
     dead_letter: bool = True  # park a final failure in the DLQ (a replay keeps its original entry instead)
-    journal_id: str | None = None  # its journal row, written when it was queued
+    journal_id: str | None = None  # its journal row, written when it was queued (_LATER: when it ends)
+
+
+#: ``Invocation.journal_id`` of a Kafka record's call to a batching tool: journaled when it ends,
+#: with the calls it ran with (``CallJournal.calls_ended``, if the journal has it), not when queued
+_LATER = ""
+_NO_SECRETS: frozenset[str] = frozenset()
 
 
 #: ``Invocation(...)`` without the NamedTuple's ``__new__`` (reached through ``type.__call__``), for
@@ -406,6 +412,10 @@ class ToolRunner:
     ) -> None:
         self.tools = dict(tools)
         self.journal = journal
+        #: the journal's record of calls ended together, if it has one (the SQLite journal does)
+        self._calls_ended: Callable[[str, float, list[tuple[Any, ...]]], None] | None = getattr(
+            journal, "calls_ended", None
+        )
         self._secret_args = dict(secret_args or {})
         self._lanes = {name: _Lane(tool) for name, tool in self.tools.items()}
         self._full_lanes = 0
@@ -487,15 +497,17 @@ class ToolRunner:
         journal = self.journal
         if journal is None:
             return None
-        if lane.queue.full():
-            return None  # put_nowait is about to refuse it: nothing to resume
-        journal_id = journal.new_id()
-        name = lane.tool.name
-        secrets = self._secret_args.get((ctx.rule, name), frozenset())
         event = ctx.event
         # a Kafka record: redelivery, not the journal, resumes it after a crash, so its row keeps only
         # where the record came from (its data stays in Kafka, and in the DLQ if it fails)
         redelivered = resumable and event is not None and event.ack is not None
+        if redelivered and lane.batch and self._calls_ended is not None:
+            return _LATER  # one row for the calls that end alike with it (see _invoke); none if refused
+        if lane.queue.full():
+            return None  # put_nowait is about to refuse it: nothing to resume
+        journal_id = journal.new_id()
+        name = lane.tool.name
+        secrets = self._secret_args.get((ctx.rule, name), _NO_SECRETS)
         journal.started(
             journal_id,
             ctx.call_id,
@@ -506,6 +518,16 @@ class ToolRunner:
             secrets,
             resumable=resumable and not redelivered,
         )
+        return journal_id
+
+    def _journal_now(self, journal: CallJournal, lane: _Lane, inv: Invocation) -> str:
+        """The row of a call journaled when it ends (``_LATER``) that ends on its own: failed, or cut off."""
+        journal_id = journal.new_id()
+        ctx = inv.ctx
+        name = lane.tool.name
+        secrets = self._secret_args.get((ctx.rule, name), _NO_SECRETS)
+        record = event_record(ctx.event, data=False)
+        journal.started(journal_id, ctx.call_id, ctx.rule, name, inv.args, record, secrets, resumable=False)
         return journal_id
 
     async def wait_for_room(self) -> None:
@@ -572,6 +594,11 @@ class ToolRunner:
         # a span per traced call (tracing on); one untraced call, the common case, costs one test
         spans = None if n == 1 and invs[0].ctx.trace is None else _call_spans(lane.tool.name, invs)
         breaker = lane.breaker
+        #: calls journaled as they end, together (``_LATER``): what ``calls_ended`` takes
+        later: list[tuple[Any, ...]] = []
+        begun = time.time()
+        secret_args = self._secret_args
+        name = lane.tool.name
         try:
             if journal is None and breaker.state == "closed":  # nothing to deduplicate, nothing refused
                 run = list(range(n))
@@ -581,8 +608,14 @@ class ToolRunner:
                     if journal is not None and journal.succeeded(inv.ctx.call_id):
                         stats.deduplicated += 1
                         outcomes[i] = "duplicate"
-                        if inv.journal_id is not None:
+                        if inv.journal_id:
                             journal.ended(inv.journal_id, inv.ctx.call_id, 0, "duplicate", None, None)
+                        elif inv.journal_id is not None:
+                            ctx = inv.ctx
+                            secrets = secret_args.get((ctx.rule, name), _NO_SECRETS)
+                            later.append(
+                                (ctx.call_id, ctx.rule, "duplicate", inv.args, secrets, ctx.event, 0, None)
+                            )
                     elif not breaker.allow():
                         stats.short_circuited += 1
                         stats.failed(CIRCUIT_OPEN)
@@ -605,8 +638,25 @@ class ToolRunner:
                     if breaker.consecutive or breaker.state != "closed" or breaker.probing:
                         breaker.success()  # otherwise a no-op: skip the call
                     outcomes[i] = "succeeded"
-                    if journal is not None and inv.journal_id is not None:
+                    if journal is None or inv.journal_id is None:
+                        pass
+                    elif inv.journal_id:
                         journal.ended(inv.journal_id, inv.ctx.call_id, attempts, "succeeded", None, result)
+                    else:
+                        ctx = inv.ctx
+                        secrets = secret_args.get((ctx.rule, name), _NO_SECRETS)
+                        later.append(
+                            (
+                                ctx.call_id,
+                                ctx.rule,
+                                "succeeded",
+                                inv.args,
+                                secrets,
+                                ctx.event,
+                                attempts,
+                                result,
+                            )
+                        )
                 else:
                     stats.failed(error)
                     breaker.failure()
@@ -622,6 +672,8 @@ class ToolRunner:
                     )
         finally:
             stats.in_flight -= n
+            if journal is not None:
+                self._journal_ended(journal, lane, invs, outcomes, later, begun)
             for i, inv in enumerate(invs):
                 outcome = outcomes[i]
                 if inv.done is not None and not inv.done.done():
@@ -635,6 +687,27 @@ class ToolRunner:
                         outcome = outcomes[i] or "cancelled"
                         span.set({"reflexd.outcome": outcome})
                         span.end(None if outcome in ("succeeded", "duplicate") else outcome)
+
+    def _journal_ended(
+        self,
+        journal: CallJournal,
+        lane: _Lane,
+        invs: list[Invocation],
+        outcomes: list[str | None],
+        later: list[tuple[Any, ...]],
+        begun: float,
+    ) -> None:
+        """Journal the calls of ``invs`` left to journal when they end (``_LATER``): those that ended
+        alike together, those cut off (shutdown) each as running."""
+        try:
+            if later and self._calls_ended is not None:
+                self._calls_ended(lane.tool.name, begun, later)
+            if len(later) < len(invs):
+                for i, inv in enumerate(invs):
+                    if outcomes[i] is None and inv.journal_id == _LATER:
+                        self._journal_now(journal, lane, inv)
+        except Exception:  # the outcomes stand; the records are released as they would be
+            log.exception("could not journal tool calls", extra={"fields": {"tool": lane.tool.name}})
 
     async def _attempts(
         self, lane: _Lane, invs: list[Invocation], traced: bool = False
@@ -699,6 +772,8 @@ class ToolRunner:
         journal = self.journal
         ctx = inv.ctx
         inv_id = inv.journal_id
+        if inv_id == _LATER and journal is not None:
+            inv_id = self._journal_now(journal, lane, inv)
         if journal is None or not inv.dead_letter:
             if journal is not None and inv_id is not None:
                 journal.ended(inv_id, ctx.call_id, attempts, "failed", error, None)

@@ -258,15 +258,15 @@ def tables(path: Path) -> set[str]:
 async def test_a_schema_1_file_is_migrated_to_2_with_the_agent_tables_beside_the_journal(
     tmp_path: Path,
 ) -> None:
-    """A file written before the agent (schema 1) opens as schema 2: its journal and letters are kept,
-    the agent's tables are created in the same file and work."""
+    """A file written before the agent (schema 1) opens as the current schema: its journal and letters
+    are kept, the agent's tables are created in the same file and work."""
     path = tmp_path / "v1.db"
     with sqlite3.connect(path) as old:
         old.executescript(V1_SCHEMA)
     assert "agent_runs" not in tables(path)
     store = StateStore(path).open()
     try:
-        assert store.db.execute("PRAGMA user_version").fetchone() == (state.SCHEMA_VERSION,) == (2,)
+        assert store.db.execute("PRAGMA user_version").fetchone() == (state.SCHEMA_VERSION,) == (3,)
         assert store.succeeded_keys(10) == ["r:e:0"]
         assert [d.key for d in store.dead_letters()] == ["r:e:1"]
         agent = AgentState(store)

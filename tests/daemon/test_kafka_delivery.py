@@ -96,23 +96,43 @@ async def wait_output(
         await asyncio.sleep(0.3)
 
 
-def ready_lines(log: Path) -> int:
-    return log.read_text(errors="replace").count('"msg":"ready"')
+def log_size(log: Path) -> int:
+    return log.stat().st_size if log.exists() else 0
 
 
-async def wait_ready(log: Path, count: int, timeout: float = 60) -> None:
-    """Until the daemon log (every process appends to it) holds ``count`` "ready" lines: the ``count``-th process
-    spawned is running, its signal handlers installed (a SIGTERM during its imports would just kill it)."""
+def ready_after(log: Path, since: int) -> bool:
+    return b'"msg":"ready"' in log.read_bytes()[since:]
+
+
+async def wait_ready(log: Path, since: int, timeout: float = 60) -> None:
+    """Until the daemon log (every process appends to it) holds a "ready" line after byte ``since`` (its size
+    when the last process was spawned): that process is running, its signal handlers installed (a SIGTERM
+    during its imports would just kill it). Counting all the ready lines instead would wait forever for a
+    process killed before it logged its own."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while ready_lines(log) < count:
-        assert loop.time() < deadline, f"no {count}th ready line in {log}"
+    while not ready_after(log, since):
+        assert loop.time() < deadline, f"no ready line after byte {since} in {log}"
+        await asyncio.sleep(0.05)
+
+
+async def committed_ahead(bootstrap: str, group: str, src: str, out: str, timeout: float = 30) -> None:
+    """Until the group's committed offsets exceed the records written (the output read after the commits)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        committed = await committed_total(bootstrap, group, src)
+        written = len((await read_output(bootstrap, out, timeout=5)).counts)
+        if committed > written:
+            return
+        assert loop.time() < deadline, f"committed offsets never ran ahead of the output ({committed} <= {written})"
         await asyncio.sleep(0.05)
 
 
 async def crash_run(
     tmp_path: Path, bootstrap: str, kafka_topic: KafkaTopicFactory, *, env: dict[str, str] | None = None,
     tool_concurrency: int = 16, n: int = N, settle: float | None = None, max_batch: int = 256,
+    ahead: bool = False,
 ) -> tuple[Ledger, list[int]]:
     """Process ``n`` records, kill -9 the daemon at 1/3 and 2/3 and restart it each time; return the ledger and,
     per kill, how many processed records were not committed yet (the duplicates the kill may cause).
@@ -120,6 +140,9 @@ async def crash_run(
     ``tool_concurrency`` 16 (one batch of 16 calls at a time) keeps the stream flowing for seconds, so both kills
     and the final SIGTERM land on a running daemon (with 64, a fast daemon had written everything before the first
     poll saw 1/3, and the last restart was sent SIGTERM while still importing).
+
+    ``ahead``: kill only once the committed offsets are seen ahead of the output (the control run, whose commits
+    on receipt must be caught ahead of the work, however fast or loaded the machine).
 
     ``settle``: stop waiting once the output has not grown for that long (only for runs expected to lose
     records; a restarted member may wait a whole session timeout for its group to rebalance)."""
@@ -134,14 +157,17 @@ async def crash_run(
     try:
         for k in (1, 2):
             await wait_output(bootstrap, out, k * n // 3)
+            if ahead:
+                await committed_ahead(bootstrap, group, src, out)
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
             processed = len((await read_output(bootstrap, out, timeout=10)).counts)
             committed = await committed_total(bootstrap, group, src)
             exposed.append(processed - committed)  # negative: offsets committed ahead of the work
+            since = log_size(tmp_path / "daemon.log")
             proc = spawn(config, tmp_path / "daemon.log", env)
         await wait_output(bootstrap, out, n, timeout=180, settle=settle)
-        await wait_ready(tmp_path / "daemon.log", 3)
+        await wait_ready(tmp_path / "daemon.log", since)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     finally:
@@ -180,6 +206,7 @@ async def test_checker_sees_loss_when_offsets_are_committed_on_receipt(
         max_batch=1,
         n=4_000,
         settle=15.0,
+        ahead=True,
     )
     lost = ledger.lost(range(4_000))
     print(f"control run (commit on receipt): lost={len(lost)}")
@@ -206,9 +233,10 @@ async def test_sigterm_commits_what_was_processed_and_restart_duplicates_nothing
         committed = await committed_total(bootstrap, group, src)
         assert len(stopped.counts) < N, "the stream had finished before SIGTERM"
         assert committed == len(stopped.counts) == stopped.total
+        since = log_size(tmp_path / "daemon.log")
         proc = spawn(config, tmp_path / "daemon.log")
         final = await wait_output(bootstrap, out, N)
-        await wait_ready(tmp_path / "daemon.log", 2)
+        await wait_ready(tmp_path / "daemon.log", since)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     finally:

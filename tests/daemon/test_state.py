@@ -325,7 +325,13 @@ async def test_dead_letter_is_stored_redacted_with_the_names_it_hid(tmp_path: Pa
     any depth), and the letter keeps which top-level names were hidden; other values are kept as they were."""
     target = Target("t", ToolConfig(type="x", retry={"max_attempts": 1}))
     store, journal, runner = await journaled(tmp_path, target)
-    args = {"text": "hello", "pin": "1234", "token": "s3cr3t", "inner": {"password": "pw-9", "n": 1}, "deep": {"x": {}}}
+    args = {
+        "text": "hello",
+        "pin": "1234",
+        "token": "s3cr3t",
+        "inner": {"password": "pw-9", "n": 1},
+        "deep": {"x": {}},
+    }
     runner.submit("t", args, ctx("dl-redacted"))
     await wait_for(lambda: runner.stats("t").dead_lettered == 1)
     await finish(store, journal, runner)
@@ -389,3 +395,157 @@ def test_state_file_of_a_newer_schema_is_refused(tmp_path: Path) -> None:
         newer.execute(f"PRAGMA user_version = {state.SCHEMA_VERSION + 1}")
     with pytest.raises(StartupError, match="newer reflexd"):
         StateStore(path).open()
+
+
+async def test_a_redelivered_records_call_is_written_once_ended_or_running_after_the_hold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call without a payload (its record comes again after a crash) is held back while it runs, so it
+    is written once, ended, instead of inserted and then updated; past HOLD_RUNNING_SECONDS, or when the
+    journal is flushed, it is written running. A call with a payload is written running at once."""
+    store = StateStore(tmp_path / "s.db").open()
+    journal = Journal(store, flush_seconds=0.005)
+    await journal.start()
+    updates: list[int] = []
+    write_batch = store.write_batch
+
+    def counting(ops: Any) -> None:
+        updates.append(sum(1 for sql, _ in ops if sql.startswith("UPDATE")))
+        write_batch(ops)
+
+    monkeypatch.setattr(store, "write_batch", counting)
+    redelivered = journal.new_id()
+    journal.started(redelivered, "k1", "rule", "t", {"i": 1}, None, resumable=False)
+    resumable = journal.new_id()
+    journal.started(resumable, "k2", "rule", "t", {"i": 2}, None)
+    await wait_for(lambda: journal.written == 1)
+    await asyncio.sleep(0.05)  # several turns of the writer
+    assert rows(store, "SELECT key, outcome FROM invocations") == [("k2", "running")]
+    journal.ended(redelivered, "k1", 1, "succeeded", None, {"offset": 7})
+    await wait_for(lambda: journal.written == 2)
+    assert rows(store, "SELECT key, outcome, payload, result FROM invocations ORDER BY key") == [
+        ("k1", "succeeded", None, '{"offset":7}'),
+        ("k2", "running", '{"i":2}', None),
+    ]
+    assert sum(updates) == 0
+    flushed = journal.new_id()
+    journal.started(flushed, "k3", "rule", "t", {"i": 3}, None, resumable=False)
+    await journal.flush()  # what the agent's durable writes wait for: everything buffered
+    assert rows(store, "SELECT outcome FROM invocations WHERE key = 'k3'") == [("running",)]
+    monkeypatch.setattr(state, "HOLD_RUNNING_SECONDS", 0.0)
+    journal.started(journal.new_id(), "k4", "rule", "t", {"i": 4}, None, resumable=False)
+    await wait_for(lambda: journal.written == 4)
+    assert rows(store, "SELECT outcome FROM invocations WHERE key = 'k4'") == [("running",)]
+    await journal.stop()
+    store.close()
+
+
+async def test_a_batching_tools_record_calls_are_one_row_per_batch_listed_call_by_call(
+    tmp_path: Path,
+) -> None:
+    """The calls of Kafka records a batching tool ran together and that ended alike are one row (per rule
+    and outcome), redacted, without payload; ``reflexd journal`` lists them call by call with their key,
+    arguments, event and result; a failed one has its own row with its error; their keys are remembered
+    after a restart (the calls are skipped as duplicates, journaled too); nothing runs twice."""
+    from argparse import Namespace
+
+    from daemon.journal_cli import _Query
+    from tests.handlers.test_batching import BatchTool
+
+    def decide(args: dict[str, Any], c: CallContext) -> Any:
+        return ToolError("b", "refused", retryable=False) if args["i"] == 3 else {"n": args["i"]}
+
+    def start(store: StateStore) -> tuple[Journal, ToolRunner, BatchTool]:
+        tool = BatchTool(ToolConfig(type="x", concurrency=8), limit=8, decide=decide)
+        journal = Journal(store, flush_seconds=0.005)
+        runner = ToolRunner({"b": tool}, journal=journal, secret_args={("rule", "b"): frozenset({"pin"})})
+        return journal, runner, tool
+
+    async def submit_all(runner: ToolRunner, tracker: OffsetTracker) -> None:
+        for i in range(6):
+            ack = tracker.received(i)
+            meta = {"topic": "in", "partition": 0, "offset": i}
+            event = Event("src", float(i), float(i), f"k{i}", {"i": i}, meta, ack=ack)
+            assert runner.submit(
+                "b", {"i": i, "pin": "1234", "token": "s3cr3t"}, CallContext("b", "rule", event, f"key{i}")
+            )
+            ack.release()
+
+    store = StateStore(tmp_path / "state.db").open()
+    journal, runner, _ = start(store)
+    await journal.start()
+    await runner.start()
+    tracker = OffsetTracker()
+    await submit_all(runner, tracker)
+    await wait_for(lambda: tracker.committable == 6)
+    await runner.stop(5)
+    await journal.stop()
+    stored = rows(store, "SELECT args, payload, outcome, error FROM invocations ORDER BY started, rowid")
+    assert len(stored) < 6  # at least two calls in one row
+    assert all(payload is None for _, payload, _, _ in stored)
+    assert not any("1234" in args or "s3cr3t" in args for args, *_ in stored)
+    listed = _Query(Namespace(rule=None, tool=None, outcome=None), None).rows(store)
+    by_key = {row[2]: row for row in listed}
+    assert sorted(by_key) == [f"key{i}" for i in range(6)] and len(listed) == 6
+    for i in (0, 1, 2, 4, 5):
+        _, _, _, rule, name, args, event, _, ended, attempts, outcome, error, result = by_key[f"key{i}"]
+        assert (rule, name, outcome, attempts, error, result, ended is not None) == (
+            "rule",
+            "b",
+            "succeeded",
+            1,
+            None,
+            {"n": i},
+            True,
+        )
+        assert args == {"i": i, "pin": REDACTED, "token": REDACTED}
+        assert event == {
+            "source": "src",
+            "ts": float(i),
+            "received_at": float(i),
+            "key": f"k{i}",
+            "meta": {"topic": "in", "partition": 0, "offset": i},
+            "kind": "data",
+        }
+    failed = by_key["key3"]
+    assert (failed[10], failed[11]) == ("dead_lettered", "refused")
+    assert len(store.dead_letters()) == 1
+    assert _Query(Namespace(rule=None, tool=None, outcome=None), None).rows(store, limit=2) == listed[-2:]
+
+    journal, runner, again = start(store)  # a restart: the keys that succeeded are remembered
+    await journal.start()
+    await runner.start()
+    tracker = OffsetTracker()
+    await submit_all(runner, tracker)
+    await wait_for(lambda: tracker.committable == 6)
+    await runner.stop(5)
+    await journal.stop()
+    assert runner.stats("b").deduplicated == 5
+    assert [i for batch in again.batches for i, _ in batch] == [3]  # only the one that failed runs again
+    listed = _Query(Namespace(rule=None, tool=None, outcome=["duplicate"]), None).rows(store)
+    assert sorted(row[2] for row in listed) == [f"key{i}" for i in (0, 1, 2, 4, 5)]
+    store.close()
+
+
+async def test_the_dedupe_memory_keeps_the_newest_keys(tmp_path: Path) -> None:
+    """The newest ``remember_keys`` succeeded keys are remembered (twice as many at most), a key that succeeds
+    again is newest; older ones are forgotten."""
+    store = StateStore(tmp_path / "s.db").open()
+    journal = Journal(store, flush_seconds=0.005, remember_keys=16)
+    await journal.start()
+    for i in range(16):
+        journal.ended(journal.new_id(), f"k{i}", 1, "succeeded", None, None)
+    journal.ended(journal.new_id(), "k0", 1, "succeeded", None, None)  # k0 is the newest now
+    for i in range(16, 48):
+        journal.ended(journal.new_id(), f"k{i}", 1, "succeeded", None, None)
+        order = [f"k{j}" for j in range(1, 16)] + ["k0"] + [f"k{j}" for j in range(16, i + 1)]
+        remembered = [k for k in order if journal.succeeded(k)]
+        assert 16 <= len(remembered) <= 32 and remembered == order[-len(remembered) :]
+    newest = [f"k{j}" for j in range(32, 48)]
+    assert (
+        all(journal.succeeded(k) for k in newest)
+        and not journal.succeeded("k0")
+        and not journal.succeeded("k1")
+    )
+    await journal.stop()
+    store.close()

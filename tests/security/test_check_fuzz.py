@@ -176,6 +176,8 @@ REGRESSIONS: dict[str, str | bytes] = {
     ),
     # The size cap was reported without a line.
     "file over the size cap": GOOD + "#" * MAX_CONFIG_BYTES,
+    # A rule key written as an escaped surrogate pair: the rule's error had no field path (IndexError).
+    "surrogate pair as a rule key": GOOD.replace("from: feed", '"\\ud800\\udc00": [feed]'),
 }
 
 
