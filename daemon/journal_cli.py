@@ -31,6 +31,8 @@ from daemon.state import StateStore, batch_calls
 
 __all__ = ["add_journal_parser", "parse_since", "run_journal"]
 
+FOLLOW_BUSY_MS = 1000  # how long a read of `journal -f` waits for a lock before the next poll
+
 EXIT_OK, EXIT_ERROR = 0, 1
 
 _COLUMNS = "rowid, id, key, rule, tool, args, event, started, ended, attempts, outcome, error, result"
@@ -248,6 +250,9 @@ def run_journal(config: AppConfig, args: argparse.Namespace) -> int:
             if not args.json:
                 print(f"{len(rows)} invocation(s)", file=sys.stderr)
             return EXIT_OK
+        # following: a read that waits for a lock gives up after 1 s and is tried at the next poll, so
+        # Ctrl-C (seen only between SQLite calls) never waits out the store's 30 s busy timeout
+        store.db.execute(f"PRAGMA busy_timeout = {FOLLOW_BUSY_MS}")
         _follow(store, query, printer, rows, args.interval)
     except StartupError as exc:  # unreadable, or written by a newer reflexd
         print(f"reflexd journal: {exc.reason}", file=sys.stderr)
