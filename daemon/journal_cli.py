@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import re
+import signal
 import sqlite3
 import sys
 import time
@@ -238,6 +239,10 @@ def run_journal(config: AppConfig, args: argparse.Namespace) -> int:
     query = _Query(args, since)
     printer = _Printer(config, args.json)
     store: StateStore | None = None
+    if args.follow:
+        # Ctrl-C / SIGINT ends it even when started from a shell that ignores SIGINT in its background
+        # jobs (a script's `reflexd journal -f &`): Python then installs no KeyboardInterrupt handler
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         while store is None:  # -f on a daemon not started yet: wait for its file
             if path.exists():

@@ -156,7 +156,9 @@ def test_since_takes_durations_and_zoned_times() -> None:
         parse_since("2026-01-01T00:00:00")
 
 
-def follow(config: Path, events_file: Path) -> subprocess.Popen[str]:
+def follow(config: Path, events_file: Path, *, sigint_ignored: bool = False) -> subprocess.Popen[str]:
+    """``reflexd journal -f``; ``sigint_ignored``: started as a non-interactive shell starts a background
+    job (SIGINT ignored, which Python keeps: it then installs no KeyboardInterrupt handler)."""
     return subprocess.Popen(
         [
             sys.executable,
@@ -175,6 +177,7 @@ def follow(config: Path, events_file: Path) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         env=env(events_file),
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None,
     )
 
 
@@ -225,3 +228,26 @@ async def test_follow_prints_a_row_written_after_it_started_and_stops_cleanly_on
         _, err = proc.communicate(timeout=10)
     assert proc.returncode == 0
     assert "Traceback" not in err and CANARY not in "".join(out.drain())
+
+
+def catches_sigint(pid: int) -> bool:
+    """The process has a handler for SIGINT (``SigCgt`` in ``/proc/<pid>/status``, Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+    return False
+
+
+async def test_follow_stops_on_sigint_even_when_started_with_sigint_ignored(tmp_path: Path) -> None:
+    """Waiting for a daemon's first state file, as a script's `reflexd journal -f &` would: SIGINT ends it."""
+    config = write_config(tmp_path)
+    proc = follow(config, events(tmp_path, "a.jsonl", range(1)), sigint_ignored=True)
+    try:
+        await wait_for(lambda: catches_sigint(proc.pid), within=20, what="journal -f handling SIGINT")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
