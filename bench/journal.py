@@ -38,24 +38,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchlib import GcClock
+
 from daemon.state import Journal, StateStore
 from streams.event import Event, event_record
 
 PAD = "x" * 40
 
-
-class GcClock:
-    """Seconds spent in the cyclic garbage collector (its start/stop callbacks)."""
-
-    total = 0.0
-    _began = 0.0
-
-    @classmethod
-    def callback(cls, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            cls._began = time.perf_counter()
-        else:
-            cls.total += time.perf_counter() - cls._began
 
 
 def call_args(i: int) -> dict[str, Any]:
