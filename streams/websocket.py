@@ -291,10 +291,11 @@ class WebSocketSource(Source):
         # Whole messages websockets has already parsed are taken from its buffer directly: one
         # socket read holds hundreds of frames, and recv() costs several calls per message.
         frames, assembler = _frame_buffer(ws)
+        low = -1 if assembler.low is None else assembler.low  # None: no flow control
         while True:
             if frames and frames[0].fin:  # an unfragmented message (fragments wait for recv())
                 raw = frames.popleft().data  # a bytearray (bytes if inflated): decoded as recv()'s bytes
-                if assembler.paused:  # as recv() does: resume reading once the buffer is low
+                if len(frames) <= low and assembler.paused:  # as recv(): resume reading once low
                     assembler.maybe_resume()
             else:
                 raw = await recv(decode=False)
