@@ -561,6 +561,24 @@ async def test_burst_larger_than_a_read_with_fragmented_messages_arrives_whole_a
     assert [e.meta["seq"] for e in events] == list(range(1, n + 1))
 
 
+async def test_the_read_loop_finds_the_frame_buffer_of_the_websockets_in_use(
+    feed_server: StartServer,
+) -> None:
+    """With the websockets version installed, the read loop takes messages from the connection's own
+    frame buffer: an upgrade that moves it fails here instead of silently reading through ``recv()``."""
+    server = await feed_server(Plan())
+    cfg = WebSocketSourceConfig.model_validate({"type": "websocket", "url": server.url})
+    source = WebSocketSource("feed", cfg)
+    await source.connect()
+    try:
+        ws = source._ws
+        assert ws is not None
+        frames, assembler = _frame_buffer(ws)
+        assert assembler is ws.recv_messages and frames is ws.recv_messages.frames.queue
+    finally:
+        await source.close()
+
+
 async def test_frame_buffer_falls_back_to_recv_when_websockets_keeps_frames_elsewhere() -> None:
     """A connection without websockets 17's frame buffer gives an empty one that stays empty: the read
     loop then takes every message through ``recv()``."""
