@@ -92,8 +92,8 @@ TIME_SCALE: dict[str, float] = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
 Decode = Callable[[bytes | str], tuple[Any, float | None, Any]]
 
 #: ``decode(raw, now, meta) -> Event``; raises :class:`NotJson`, :class:`BadKey`, :class:`BadTime` or
-#: :class:`TooFarAhead`.
-LiveDecode = Callable[[bytes | str, float, dict[str, Any]], Event]
+#: :class:`TooFarAhead`. ``raw`` may be any bytes-like payload (a websocket frame's is a bytearray).
+LiveDecode = Callable[[bytes | bytearray | memoryview | str, float, dict[str, Any]], Event]
 
 
 class NotJson(DecodeError):
@@ -290,8 +290,8 @@ def make_live_decoder(
     build = tuple.__new__  # Event(...) / new_event(...) without a second call per message
     if text:
 
-        def decode_text(raw: bytes | str, now: float, meta: dict[str, Any]) -> Event:
-            data = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
+        def decode_text(raw: bytes | bytearray | memoryview | str, now: float, meta: dict[str, Any]) -> Event:
+            data = raw if isinstance(raw, str) else str(raw, "utf-8", "replace")
             event: Event = build(Event, (source, now, now, None, data, meta, DATA, None))
             return event
 
@@ -307,7 +307,7 @@ def make_live_decoder(
     walk = _walk
     parse = parse_time
 
-    def decode(raw: bytes | str, now: float, meta: dict[str, Any]) -> Event:
+    def decode(raw: bytes | bytearray | memoryview | str, now: float, meta: dict[str, Any]) -> Event:
         try:
             data = loads(raw)
         except not_json as exc:

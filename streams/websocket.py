@@ -5,6 +5,9 @@ One session = one connection: connect (with headers, size limit, keepalive), sen
 queue, whose drop policy decides when the rules fall behind; it never awaits slow work,
 so keepalive pongs keep flowing. An idle watchdog closes a connection that delivered no
 message for ``idle_timeout_seconds``; the engine then reconnects and queues a ``gap``.
+Messages websockets has already parsed (one socket read holds many) are taken straight from its
+frame buffer, as ``recv()`` would return them, flow control included; a fragmented message, or
+an empty buffer, goes through ``recv()`` (:func:`_frame_buffer`).
 
 Redirects: the source follows 3xx handshake answers itself (at most :data:`MAX_REDIRECTS`, within
 ``open_timeout_seconds``), not the library, so that the configured ``headers`` (API keys, tokens,
@@ -20,11 +23,13 @@ from __future__ import annotations
 import asyncio
 import time
 import urllib.parse
+from collections import deque
 from typing import Any, ClassVar, Literal
 
 import orjson
 from pydantic import Field, field_validator
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.messages import Assembler
 from websockets.exceptions import (
     ConnectionClosed,
     InvalidHandshake,
@@ -32,6 +37,7 @@ from websockets.exceptions import (
     InvalidStatus,
     InvalidURI,
 )
+from websockets.frames import Frame
 from websockets.uri import WebSocketURI, parse_uri
 
 from daemon.errors import IdleTimeout, NotConnected
@@ -81,6 +87,17 @@ def redirect_target(current_url: str, location: str | None) -> tuple[str, WebSoc
     if current.secure and not uri.secure:
         raise RedirectRefused(f"refusing a redirect from {origin} to {ws_origin(uri)} (wss:// to ws://)")
     return target, uri
+
+
+def _frame_buffer(ws: ClientConnection) -> tuple[deque[Frame], Assembler]:
+    """The frames ``ws`` has received and not yet handed out (websockets 17's ``Assembler``), for
+    the read loop to take whole messages from without a ``recv()`` each; an empty deque that stays
+    empty (every message then comes through ``recv()``) if the library keeps them elsewhere."""
+    assembler = getattr(ws, "recv_messages", None)
+    frames = getattr(getattr(assembler, "frames", None), "queue", None)
+    if isinstance(assembler, Assembler) and isinstance(frames, deque):
+        return frames, assembler
+    return deque(), Assembler()
 
 
 class _Connect(connect):
@@ -271,8 +288,17 @@ class WebSocketSource(Source):
         keep = cfg.compiled_where()  # None unless `where:` is set: then one call per message
         sleep0 = asyncio.sleep
         received = stats.received  # counted here, stored at once: the status reads stats.received
+        # Whole messages websockets has already parsed are taken from its buffer directly: one
+        # socket read holds hundreds of frames, and recv() costs several calls per message.
+        frames, assembler = _frame_buffer(ws)
+        low = -1 if assembler.low is None else assembler.low  # None: no flow control
         while True:
-            raw = await recv(decode=False)
+            if frames and frames[0].fin:  # an unfragmented message (fragments wait for recv())
+                raw = frames.popleft().data  # a bytearray (bytes if inflated): decoded as recv()'s bytes
+                if len(frames) <= low and assembler.paused:  # as recv(): resume reading once low
+                    assembler.maybe_resume()
+            else:
+                raw = await recv(decode=False)
             now = clock()
             stats.received = received = received + 1
             try:
@@ -295,12 +321,12 @@ class WebSocketSource(Source):
                 # before the queue's drop policy has to act on a burst the CPU can keep up with.
                 await sleep0(0)
 
-    def _bad_frame(self, raw: bytes, reason: str | None = None) -> None:
+    def _bad_frame(self, raw: bytes | bytearray | memoryview, reason: str | None = None) -> None:
         self.stats.decode_errors += 1
         fields: dict[str, object] = {"source": self.name}
         if reason is not None:
             fields["reason"] = reason
-        self._bad_frame_log.hit(**fields, sample=raw[:200].decode("utf-8", "replace"), bytes=len(raw))
+        self._bad_frame_log.hit(**fields, sample=str(raw[:200], "utf-8", "replace"), bytes=len(raw))
 
     async def _watch_idle(self, ws: ClientConnection) -> None:
         idle = self.config.idle_timeout_seconds

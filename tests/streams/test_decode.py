@@ -162,6 +162,21 @@ def test_text_and_bytes_decode_alike() -> None:
     )
 
 
+@pytest.mark.parametrize("text", [False, True], ids=["json", "text"])
+@pytest.mark.parametrize("raw", [b'{"s": "\xc3\x89", "T": 1768485600139}', b'{"s": 1}\xff', b"{not json"])
+def test_the_live_decoder_reads_a_bytearray_or_memoryview_as_its_bytes(raw: bytes, text: bool) -> None:
+    """The websocket source hands frame payloads over as websockets holds them (a bytearray): every
+    bytes-like form of a message decodes to the same event, or fails with the same error."""
+    decode = make_live_decoder("s", "s", "T", text=text)
+    outcomes = []
+    for form in (raw, bytearray(raw), memoryview(raw)):
+        try:
+            outcomes.append(decode(form, NOW, {"seq": 1}))
+        except NotJson as exc:
+            outcomes.append(str(exc))
+    assert outcomes[0] == outcomes[1] == outcomes[2]
+
+
 def test_a_dotted_field_name_is_the_key_with_a_dot_first_then_a_path() -> None:
     """``a.b`` names the top-level key "a.b" when the message has it (what it always meant), and the
     nested field ``{"a": {"b": …}}`` otherwise (Binance's combined streams: ``data.s``)."""

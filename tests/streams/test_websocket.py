@@ -14,19 +14,22 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import orjson
 import pytest
 import yaml
 from pydantic import Field
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.frames import Frame as WsFrame
+from websockets.frames import Opcode
 
 from daemon.config import AppConfig, load_config_text
 from daemon.registry import ComponentSpec, Registry, builtin_registry
 from handlers.base import CallContext, Tool, ToolConfig
 from streams.event import Event
 from streams.reconnect import Reconnector
-from streams.websocket import WebSocketSource, WebSocketSourceConfig
+from streams.websocket import WebSocketSource, WebSocketSourceConfig, _frame_buffer
 from tests.conftest import StartDaemon, StartServer
 from tests.servers import ACCEPT_AND_CLOSE, Plan, holds_for, wait_for
 
@@ -507,3 +510,77 @@ def test_invalid_url_is_a_config_error_that_does_not_echo_the_url() -> None:
     (issue,) = info.value.issues
     assert str(issue).startswith("config.yaml:1 sources.feed.url: not a valid WebSocket URL")
     assert "s3cr3t" not in str(issue)
+
+
+# -- 10. many frames per socket read, fragmented messages among them ------------------------------
+
+
+async def test_burst_larger_than_a_read_with_fragmented_messages_arrives_whole_and_in_order() -> None:
+    """One write of 20,000 frames (megabytes: many socket reads, so websockets pauses and resumes
+    reading as its buffer fills and empties), some messages split into three fragments: every
+    message becomes one event, whole, in order, numbered from 1 (the read loop takes parsed
+    messages from websockets' buffer; a fragmented one still comes through ``recv()``)."""
+    n = 20_000
+    wire = bytearray()
+    for i in range(n):
+        payload = orjson.dumps({"n": i, "pad": "x" * 40})
+        if i % 997 == 5:  # text frame, continuation, final continuation
+            a, b = len(payload) // 3, 2 * len(payload) // 3
+            wire += WsFrame(Opcode.TEXT, payload[:a], fin=False).serialize(mask=False)
+            wire += WsFrame(Opcode.CONT, payload[a:b], fin=False).serialize(mask=False)
+            wire += WsFrame(Opcode.CONT, payload[b:], fin=True).serialize(mask=False)
+        else:
+            wire += WsFrame(Opcode.TEXT, payload).serialize(mask=False)
+
+    async def handler(ws: ServerConnection) -> None:
+        ws.transport.write(bytes(wire))
+        await ws.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0, compression=None) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        cfg = WebSocketSourceConfig.model_validate(
+            {
+                "type": "websocket",
+                "url": f"ws://127.0.0.1:{port}",
+                "compression": "none",
+                "queue": {"max_events": n},
+            }
+        )
+        source = WebSocketSource("feed", cfg)
+        await source.connect()
+        reader = asyncio.create_task(source.read())
+        try:
+            await wait_for(lambda: source.stats.received == n, within=20, what="every message received")
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            await source.close()
+    events = await source.queue.get_batch(n)
+    assert source.stats.decode_errors == 0 and source.queue.evicted == 0
+    assert [e.data["n"] for e in events] == list(range(n))
+    assert [e.meta["seq"] for e in events] == list(range(1, n + 1))
+
+
+async def test_the_read_loop_finds_the_frame_buffer_of_the_websockets_in_use(
+    feed_server: StartServer,
+) -> None:
+    """With the websockets version installed, the read loop takes messages from the connection's own
+    frame buffer: an upgrade that moves it fails here instead of silently reading through ``recv()``."""
+    server = await feed_server(Plan())
+    cfg = WebSocketSourceConfig.model_validate({"type": "websocket", "url": server.url})
+    source = WebSocketSource("feed", cfg)
+    await source.connect()
+    try:
+        ws = source._ws
+        assert ws is not None
+        frames, assembler = _frame_buffer(ws)
+        assert assembler is ws.recv_messages and frames is ws.recv_messages.frames.queue
+    finally:
+        await source.close()
+
+
+async def test_frame_buffer_falls_back_to_recv_when_websockets_keeps_frames_elsewhere() -> None:
+    """A connection without websockets 17's frame buffer gives an empty one that stays empty: the read
+    loop then takes every message through ``recv()``."""
+    frames, assembler = _frame_buffer(cast(Any, object()))
+    assert len(frames) == 0 and not assembler.paused
