@@ -154,6 +154,7 @@ class Invocation(NamedTuple):
 #: with the calls it ran with (``CallJournal.calls_ended``, if the journal has it), not when queued
 _LATER = ""
 _NO_SECRETS: frozenset[str] = frozenset()
+_NO_RULE = object()  # no rule's secret names looked up yet (a rule may be None)
 
 
 #: ``Invocation(...)`` without the NamedTuple's ``__new__`` (reached through ``type.__call__``), for
@@ -416,6 +417,8 @@ class ToolRunner:
         self._calls_ended: Callable[[str, float, list[tuple[Any, ...]]], None] | None = getattr(
             journal, "calls_ended", None
         )
+        #: the journal's test of many keys at once, if it has one (the SQLite journal does)
+        self._succeeded_any: Callable[[list[str]], bool] | None = getattr(journal, "succeeded_any", None)
         self._secret_args = dict(secret_args or {})
         self._lanes = {name: _Lane(tool) for name, tool in self.tools.items()}
         self._full_lanes = 0
@@ -599,9 +602,11 @@ class ToolRunner:
         begun = time.time()
         secret_args = self._secret_args
         name = lane.tool.name
+        secrets_rule: Any = _NO_RULE  # the rule ``secrets`` are the secret argument names of
+        secrets = _NO_SECRETS
         try:
-            if journal is None and breaker.state == "closed":  # nothing to deduplicate, nothing refused
-                run = list(range(n))
+            if breaker.state == "closed" and (journal is None or not self._any_succeeded(journal, invs)):
+                run = list(range(n))  # nothing to deduplicate, nothing refused
             else:
                 run = []
                 for i, inv in enumerate(invs):
@@ -612,9 +617,9 @@ class ToolRunner:
                             journal.ended(inv.journal_id, inv.ctx.call_id, 0, "duplicate", None, None)
                         elif inv.journal_id is not None:
                             ctx = inv.ctx
-                            secrets = secret_args.get((ctx.rule, name), _NO_SECRETS)
+                            hide = secret_args.get((ctx.rule, name), _NO_SECRETS)
                             later.append(
-                                (ctx.call_id, ctx.rule, "duplicate", inv.args, secrets, ctx.event, 0, None)
+                                (ctx.call_id, ctx.rule, "duplicate", inv.args, hide, ctx.event, 0, None)
                             )
                     elif not breaker.allow():
                         stats.short_circuited += 1
@@ -644,11 +649,13 @@ class ToolRunner:
                         journal.ended(inv.journal_id, inv.ctx.call_id, attempts, "succeeded", None, result)
                     else:
                         ctx = inv.ctx
-                        secrets = secret_args.get((ctx.rule, name), _NO_SECRETS)
+                        if ctx.rule is not secrets_rule:  # the calls of a batch mostly have one rule
+                            secrets_rule = ctx.rule
+                            secrets = secret_args.get((secrets_rule, name), _NO_SECRETS)
                         later.append(
                             (
                                 ctx.call_id,
-                                ctx.rule,
+                                secrets_rule,
                                 "succeeded",
                                 inv.args,
                                 secrets,
@@ -687,6 +694,14 @@ class ToolRunner:
                         outcome = outcomes[i] or "cancelled"
                         span.set({"reflexd.outcome": outcome})
                         span.end(None if outcome in ("succeeded", "duplicate") else outcome)
+
+    def _any_succeeded(self, journal: CallJournal, invs: list[Invocation]) -> bool:
+        """Whether the key of any of ``invs`` already succeeded (one set test for them all, if the
+        journal can answer so)."""
+        if self._succeeded_any is not None:
+            return self._succeeded_any([inv.ctx.call_id for inv in invs])
+        succeeded = journal.succeeded
+        return any(succeeded(inv.ctx.call_id) for inv in invs)
 
     def _journal_ended(
         self,
