@@ -620,3 +620,17 @@ def test_calls_ended_alike_build_the_same_rows_as_call_by_call(shape: str) -> No
     journal._batches = []
     assert journal._calls_ended_alike("t", 1.0, 2.0, calls) == (shape in ("alike", "int key"))
     journal.executor.shutdown()
+
+
+def test_a_new_state_file_has_large_pages_and_an_older_one_keeps_its_own(tmp_path: Path) -> None:
+    """A new file is made with :data:`state.PAGE_BYTES` pages (a batch row spans fewer WAL frames); a file
+    made before keeps its page size and opens as before (in WAL mode, its rows readable)."""
+    store = StateStore(tmp_path / "new.db").open()
+    assert store.db.execute("PRAGMA page_size").fetchone() == (state.PAGE_BYTES,) != (4096,)
+    store.close()
+    with sqlite3.connect(tmp_path / "old.db") as old:
+        old.execute("CREATE TABLE older (x)")
+    store = StateStore(tmp_path / "old.db").open()
+    assert store.db.execute("PRAGMA page_size").fetchone() == (4096,)
+    assert store.db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    store.close()
