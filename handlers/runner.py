@@ -373,6 +373,7 @@ class _Lane:
         "fail_log",
         "full",
         "is_async",
+        "later",
         "max_pending",
         "queue",
         "screen",
@@ -385,6 +386,8 @@ class _Lane:
     def __init__(self, tool: Tool) -> None:
         self.tool = tool
         self.worker_count, self.batch = lane_shape(tool)  # batch 0: one call at a time
+        #: a Kafka record's call is journaled when it ends, with the others of its batch (_LATER)
+        self.later = False
         self.max_pending = tool.config.max_pending
         self.queue = _Backlog(self.max_pending + CALL_SLACK)
         self.stats = ToolStats()
@@ -421,6 +424,8 @@ class ToolRunner:
         self._succeeded_any: Callable[[list[str]], bool] | None = getattr(journal, "succeeded_any", None)
         self._secret_args = dict(secret_args or {})
         self._lanes = {name: _Lane(tool) for name, tool in self.tools.items()}
+        for lane in self._lanes.values():
+            lane.later = bool(lane.batch) and self._calls_ended is not None
         self._full_lanes = 0
         self.full = False  # read by the dispatcher after every event: keep it a plain attribute
         self._room = asyncio.Event()
@@ -473,7 +478,12 @@ class ToolRunner:
         event = ctx.event
         ack = event.ack if event is not None else None
         try:
-            journal_id = None if self.journal is None else self._journal_queued(lane, args, ctx, resumable)
+            if self.journal is None:
+                journal_id = None
+            elif lane.later and ack is not None and resumable:  # as _journal_queued decides, inline
+                journal_id = _LATER
+            else:
+                journal_id = self._journal_queued(lane, args, ctx, resumable)
             inv = _new_invocation(Invocation, (args, ctx, ack, done, dead_letter, journal_id))
             lane.queue.put_nowait(inv)
         except asyncio.QueueFull:
@@ -504,7 +514,7 @@ class ToolRunner:
         # a Kafka record: redelivery, not the journal, resumes it after a crash, so its row keeps only
         # where the record came from (its data stays in Kafka, and in the DLQ if it fails)
         redelivered = resumable and event is not None and event.ack is not None
-        if redelivered and lane.batch and self._calls_ended is not None:
+        if redelivered and lane.later:
             return _LATER  # one row for the calls that end alike with it (see _invoke); none if refused
         if lane.queue.full():
             return None  # put_nowait is about to refuse it: nothing to resume
@@ -643,10 +653,10 @@ class ToolRunner:
                     if breaker.consecutive or breaker.state != "closed" or breaker.probing:
                         breaker.success()  # otherwise a no-op: skip the call
                     outcomes[i] = "succeeded"
-                    if journal is None or inv.journal_id is None:
+                    if journal is None or (row := inv.journal_id) is None:
                         pass
-                    elif inv.journal_id:
-                        journal.ended(inv.journal_id, inv.ctx.call_id, attempts, "succeeded", None, result)
+                    elif row:
+                        journal.ended(row, inv.ctx.call_id, attempts, "succeeded", None, result)
                     else:
                         ctx = inv.ctx
                         if ctx.rule is not secrets_rule:  # the calls of a batch mostly have one rule
