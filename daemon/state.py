@@ -160,7 +160,8 @@ _INSERT_HEAD = (
     "INSERT OR REPLACE INTO invocations"
     " (id, key, rule, tool, args, payload, event, started, ended, attempts, outcome, error, result) VALUES "
 )
-_INSERT_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+#: ``args`` may come as UTF-8 bytes (a batch row's, see :func:`_batch_text`): stored as text all the same
+_INSERT_ROW = "(?, ?, ?, ?, CAST(? AS TEXT), ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_COLUMNS = 13
 _INSERT = _INSERT_HEAD + _INSERT_ROW
 #: Journal rows per INSERT statement (fewer if SQLite allows fewer variables). The sqlite3 module
@@ -338,14 +339,15 @@ def batch_calls(args_text: str | None) -> list[BatchCall] | None:
     return out
 
 
-def _batch_text(entries: list[tuple[Any, ...]]) -> str:
-    """A batch row's ``args``: one dump of them all (each on its own if one cannot be dumped)."""
+def _batch_text(entries: list[tuple[Any, ...]]) -> str | bytes:
+    """A batch row's ``args``: one dump of them all (each on its own if one cannot be dumped). UTF-8
+    bytes, not decoded (tens of kB): the INSERT stores them as text (``CAST(? AS TEXT)``)."""
     try:  # without OPT_NON_STR_KEYS first: ~40 % faster, and string keys are the rule
-        return orjson.dumps(entries, default=_plain).decode()
+        return orjson.dumps(entries, default=_plain)
     except TypeError:
         pass
     try:
-        return orjson.dumps(entries, default=_plain, option=orjson.OPT_NON_STR_KEYS).decode()
+        return orjson.dumps(entries, default=_plain, option=orjson.OPT_NON_STR_KEYS)
     except TypeError:
         return "[" + ",".join(_entry_text(entry) for entry in entries) + "]"
 

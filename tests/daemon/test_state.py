@@ -482,6 +482,7 @@ async def test_a_batching_tools_record_calls_are_one_row_per_batch_listed_call_b
     await journal.stop()
     stored = rows(store, "SELECT args, payload, outcome, error FROM invocations ORDER BY started, rowid")
     assert len(stored) < 6  # at least two calls in one row
+    assert rows(store, "SELECT DISTINCT typeof(args) FROM invocations") == [("text",)]  # not the bytes dumped
     assert all(payload is None for _, payload, _, _ in stored)
     assert not any("1234" in args or "s3cr3t" in args for args, *_ in stored)
     listed = _Query(Namespace(rule=None, tool=None, outcome=None), None).rows(store)
@@ -609,7 +610,7 @@ def test_calls_ended_alike_build_the_same_rows_as_call_by_call(shape: str) -> No
     journal = Journal(StateStore(Path("unused.db")))
     built = _batch_rows(journal, calls, alike=True)
     assert built == _batch_rows(journal, calls, alike=False)
-    assert all("s3cr3t" not in row[3] for row in built)
+    assert all(b"s3cr3t" not in row[3] for row in built)
     entries = [entry for row in built for entry in state.orjson.loads(row[3])]
     assert sorted(entry[0] for entry in entries) == [f"key{i}" for i in range(6)]
     assert len(built) == {"two rules": 2, "two outcomes": 2}.get(shape, 1)
