@@ -154,6 +154,7 @@ class Invocation(NamedTuple):
 #: with the calls it ran with (``CallJournal.calls_ended``, if the journal has it), not when queued
 _LATER = ""
 _NO_SECRETS: frozenset[str] = frozenset()
+_NO_RULE = object()  # no rule's secret names looked up yet (a rule may be None)
 
 
 #: ``Invocation(...)`` without the NamedTuple's ``__new__`` (reached through ``type.__call__``), for
@@ -372,6 +373,7 @@ class _Lane:
         "fail_log",
         "full",
         "is_async",
+        "later",
         "max_pending",
         "queue",
         "screen",
@@ -384,6 +386,8 @@ class _Lane:
     def __init__(self, tool: Tool) -> None:
         self.tool = tool
         self.worker_count, self.batch = lane_shape(tool)  # batch 0: one call at a time
+        #: a Kafka record's call is journaled when it ends, with the others of its batch (_LATER)
+        self.later = False
         self.max_pending = tool.config.max_pending
         self.queue = _Backlog(self.max_pending + CALL_SLACK)
         self.stats = ToolStats()
@@ -416,8 +420,12 @@ class ToolRunner:
         self._calls_ended: Callable[[str, float, list[tuple[Any, ...]]], None] | None = getattr(
             journal, "calls_ended", None
         )
+        #: the journal's test of many keys at once, if it has one (the SQLite journal does)
+        self._succeeded_any: Callable[[list[str]], bool] | None = getattr(journal, "succeeded_any", None)
         self._secret_args = dict(secret_args or {})
         self._lanes = {name: _Lane(tool) for name, tool in self.tools.items()}
+        for lane in self._lanes.values():
+            lane.later = bool(lane.batch) and self._calls_ended is not None
         self._full_lanes = 0
         self.full = False  # read by the dispatcher after every event: keep it a plain attribute
         self._room = asyncio.Event()
@@ -470,7 +478,12 @@ class ToolRunner:
         event = ctx.event
         ack = event.ack if event is not None else None
         try:
-            journal_id = None if self.journal is None else self._journal_queued(lane, args, ctx, resumable)
+            if self.journal is None:
+                journal_id = None
+            elif lane.later and ack is not None and resumable:  # as _journal_queued decides, inline
+                journal_id = _LATER
+            else:
+                journal_id = self._journal_queued(lane, args, ctx, resumable)
             inv = _new_invocation(Invocation, (args, ctx, ack, done, dead_letter, journal_id))
             lane.queue.put_nowait(inv)
         except asyncio.QueueFull:
@@ -501,7 +514,7 @@ class ToolRunner:
         # a Kafka record: redelivery, not the journal, resumes it after a crash, so its row keeps only
         # where the record came from (its data stays in Kafka, and in the DLQ if it fails)
         redelivered = resumable and event is not None and event.ack is not None
-        if redelivered and lane.batch and self._calls_ended is not None:
+        if redelivered and lane.later:
             return _LATER  # one row for the calls that end alike with it (see _invoke); none if refused
         if lane.queue.full():
             return None  # put_nowait is about to refuse it: nothing to resume
@@ -599,9 +612,11 @@ class ToolRunner:
         begun = time.time()
         secret_args = self._secret_args
         name = lane.tool.name
+        secrets_rule: Any = _NO_RULE  # the rule ``secrets`` are the secret argument names of
+        secrets = _NO_SECRETS
         try:
-            if journal is None and breaker.state == "closed":  # nothing to deduplicate, nothing refused
-                run = list(range(n))
+            if breaker.state == "closed" and (journal is None or not self._any_succeeded(journal, invs)):
+                run = list(range(n))  # nothing to deduplicate, nothing refused
             else:
                 run = []
                 for i, inv in enumerate(invs):
@@ -612,9 +627,9 @@ class ToolRunner:
                             journal.ended(inv.journal_id, inv.ctx.call_id, 0, "duplicate", None, None)
                         elif inv.journal_id is not None:
                             ctx = inv.ctx
-                            secrets = secret_args.get((ctx.rule, name), _NO_SECRETS)
+                            hide = secret_args.get((ctx.rule, name), _NO_SECRETS)
                             later.append(
-                                (ctx.call_id, ctx.rule, "duplicate", inv.args, secrets, ctx.event, 0, None)
+                                (ctx.call_id, ctx.rule, "duplicate", inv.args, hide, ctx.event, 0, None)
                             )
                     elif not breaker.allow():
                         stats.short_circuited += 1
@@ -638,17 +653,19 @@ class ToolRunner:
                     if breaker.consecutive or breaker.state != "closed" or breaker.probing:
                         breaker.success()  # otherwise a no-op: skip the call
                     outcomes[i] = "succeeded"
-                    if journal is None or inv.journal_id is None:
+                    if journal is None or (row := inv.journal_id) is None:
                         pass
-                    elif inv.journal_id:
-                        journal.ended(inv.journal_id, inv.ctx.call_id, attempts, "succeeded", None, result)
+                    elif row:
+                        journal.ended(row, inv.ctx.call_id, attempts, "succeeded", None, result)
                     else:
                         ctx = inv.ctx
-                        secrets = secret_args.get((ctx.rule, name), _NO_SECRETS)
+                        if ctx.rule is not secrets_rule:  # the calls of a batch mostly have one rule
+                            secrets_rule = ctx.rule
+                            secrets = secret_args.get((secrets_rule, name), _NO_SECRETS)
                         later.append(
                             (
                                 ctx.call_id,
-                                ctx.rule,
+                                secrets_rule,
                                 "succeeded",
                                 inv.args,
                                 secrets,
@@ -687,6 +704,14 @@ class ToolRunner:
                         outcome = outcomes[i] or "cancelled"
                         span.set({"reflexd.outcome": outcome})
                         span.end(None if outcome in ("succeeded", "duplicate") else outcome)
+
+    def _any_succeeded(self, journal: CallJournal, invs: list[Invocation]) -> bool:
+        """Whether the key of any of ``invs`` already succeeded (one set test for them all, if the
+        journal can answer so)."""
+        if self._succeeded_any is not None:
+            return self._succeeded_any([inv.ctx.call_id for inv in invs])
+        succeeded = journal.succeeded
+        return any(succeeded(inv.ctx.call_id) for inv in invs)
 
     def _journal_ended(
         self,

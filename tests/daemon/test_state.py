@@ -482,6 +482,7 @@ async def test_a_batching_tools_record_calls_are_one_row_per_batch_listed_call_b
     await journal.stop()
     stored = rows(store, "SELECT args, payload, outcome, error FROM invocations ORDER BY started, rowid")
     assert len(stored) < 6  # at least two calls in one row
+    assert rows(store, "SELECT DISTINCT typeof(args) FROM invocations") == [("text",)]  # not the bytes dumped
     assert all(payload is None for _, payload, _, _ in stored)
     assert not any("1234" in args or "s3cr3t" in args for args, *_ in stored)
     listed = _Query(Namespace(rule=None, tool=None, outcome=None), None).rows(store)
@@ -547,5 +548,90 @@ async def test_the_dedupe_memory_keeps_the_newest_keys(tmp_path: Path) -> None:
         and not journal.succeeded("k0")
         and not journal.succeeded("k1")
     )
+    older, recent = sorted(journal._older)[0], sorted(journal._recent)[0]  # one key of each generation
+    assert journal.succeeded_any(["k0", older]) and journal.succeeded_any(["k1", recent])
+    assert not journal.succeeded_any(["k0", "k1", "nope"]) and not journal.succeeded_any([])
     await journal.stop()
+    store.close()
+
+
+def _batch_rows(journal: Journal, calls: list[tuple[Any, ...]], *, alike: bool) -> list[tuple[Any, ...]]:
+    """The batch rows ``calls_ended`` buffers for ``calls``, built column by column (``alike``, when it
+    takes them so) or call by call; without their ids (fresh each time)."""
+    journal._batches = []
+    if alike:
+        journal.calls_ended("t", 1.0, calls)
+    else:
+        journal._calls_ended_apart("t", 1.0, 2.0, calls)
+    return [row[1:8] + row[9:] for row in journal._batches]
+
+
+SHAPES = [
+    "alike",
+    "two rules",
+    "two outcomes",
+    "secret name",
+    "configured secret",
+    "nested",
+    "no event",
+    "int key",
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_calls_ended_alike_build_the_same_rows_as_call_by_call(shape: str) -> None:
+    """The row of a batch of calls built column by column (one rule, outcome and set of secret names,
+    nothing to hide) is the row the call-by-call path builds; any other batch takes that path:
+    arguments redacted, one row per rule and outcome."""
+    meta = {"topic": "in", "partition": 1}
+
+    def call(i: int) -> tuple[Any, ...]:
+        args: dict[Any, Any] = {"id": str(i), "p": "1.5"}
+        rule, outcome, secrets = "r", "succeeded", frozenset[str]()
+        where = {**meta, "offset": i}
+        event: Event | None = Event("src", 10.0 + i, 11.0 + i, f"k{i}", {"i": i}, where, "data")
+        if shape == "two rules" and i % 2:
+            rule = "r2"
+        if shape == "two outcomes" and i == 3:
+            outcome = "duplicate"
+        if shape == "secret name" and i == 2:
+            args["api_token"] = "s3cr3t"
+        if shape == "configured secret":
+            secrets = frozenset({"p"})
+        if shape == "nested" and i == 1:
+            args["inner"] = {"password": "s3cr3t", "x": 1}
+        if shape == "no event" and i == 4:
+            event = None
+        if shape == "int key":
+            args[7] = "seven"
+        return (f"key{i}", rule, outcome, args, secrets, event, 1 + i % 2, {"partition": 0, "offset": i // 2})
+
+    calls = [call(i) for i in range(6)]
+    journal = Journal(StateStore(Path("unused.db")))
+    built = _batch_rows(journal, calls, alike=True)
+    assert built == _batch_rows(journal, calls, alike=False)
+    assert all(b"s3cr3t" not in row[3] for row in built)
+    entries = [entry for row in built for entry in state.orjson.loads(row[3])]
+    assert sorted(entry[0] for entry in entries) == [f"key{i}" for i in range(6)]
+    assert len(built) == {"two rules": 2, "two outcomes": 2}.get(shape, 1)
+    if shape == "alike":
+        assert entries[5] == ["key5", {"id": "5", "p": "1.5"}, "src", 15.0, 16.0, "k5",
+                              {"topic": "in", "partition": 1, "offset": 5}, "data", 2,
+                              {"partition": 0, "offset": 2}]  # fmt: skip
+    journal._batches = []
+    assert journal._calls_ended_alike("t", 1.0, 2.0, calls) == (shape in ("alike", "int key"))
+    journal.executor.shutdown()
+
+
+def test_a_new_state_file_has_large_pages_and_an_older_one_keeps_its_own(tmp_path: Path) -> None:
+    """A new file is made with :data:`state.PAGE_BYTES` pages (a batch row spans fewer WAL frames); a file
+    made before keeps its page size and opens as before (in WAL mode, its rows readable)."""
+    store = StateStore(tmp_path / "new.db").open()
+    assert store.db.execute("PRAGMA page_size").fetchone() == (state.PAGE_BYTES,) != (4096,)
+    store.close()
+    with sqlite3.connect(tmp_path / "old.db") as old:
+        old.execute("CREATE TABLE older (x)")
+    store = StateStore(tmp_path / "old.db").open()
+    assert store.db.execute("PRAGMA page_size").fetchone() == (4096,)
+    assert store.db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     store.close()
