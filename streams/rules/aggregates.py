@@ -45,6 +45,7 @@ from streams.expressions import Compiled, compile_expression
 __all__ = [
     "AGGREGATES",
     "RECOMPUTE_SLACK",
+    "SlidingCode",
     "WindowProgram",
     "WindowState",
     "compile_aggregates",
@@ -194,6 +195,25 @@ def _window_state(
     return st
 
 
+@dataclass(frozen=True)
+class SlidingCode:
+    """A sliding window's per-event work as Python lines (:meth:`WindowProgram.sliding_code`), for a
+    step that compiles them into its ``on_next``. The lines read ``item`` (the event), ``ts`` (its
+    time), ``st`` (its window) and ``entries`` (``st.entries``); they name their own locals ``_*``."""
+
+    #: what the lines refer to (the input expressions, helpers): the globals to compile them with
+    names: dict[str, Any]
+    #: the inputs into ``_v0, _v1, ...`` and the tuple ``_values``; raises as :attr:`WindowProgram.evaluate`
+    evaluate: list[str]
+    #: ``_values`` into the window; leaves ``_n`` (events in it) and ``_sums`` (its running sums)
+    add: list[str]
+    #: the oldest event out of a non-empty window
+    remove: list[str]
+    #: (output field, expression) for each aggregate, reading ``_n``, ``_sums``, ``_v*`` and ``_first``
+    #: (the oldest event's values)
+    results: list[tuple[str, str]]
+
+
 def _need_number(x: Any) -> None:
     """Raise unless ``x`` is an int or a finite float (the slow path of the inputs' check)."""
     kind = type(x)
@@ -242,6 +262,65 @@ class WindowProgram:
         self.remove_oldest: Callable[[WindowState], None] = self._remove_any
         if not (self._dx or self._dx2 or self.extremes):
             self.add, self.remove_oldest = self._plain_sums()
+
+    def sliding_code(self) -> SlidingCode | None:
+        """What :meth:`evaluate`, :meth:`add`, :meth:`remove_oldest` and :meth:`results` do to a sliding
+        window, written out as Python lines for a step to compile into its own ``on_next`` (one frame
+        per event instead of four); None unless the aggregates keep only plain running sums (no
+        ``stddev``, ``min``, ``max``). The lines compute the same values in the same order."""
+        if self._dx or self._dx2 or self.extremes:
+            return None
+        count = len(self.inputs)
+        names: dict[str, Any] = {f"_f{i}": fn for i, fn in enumerate(self.inputs)}
+        names.update(_need=_need_number, _recompute=self.recompute, _cancellation=_CANCELLATION)
+        names.update(_slack=RECOMPUTE_SLACK, _slots=len(self.terms))
+        values = "".join(f"_v{i}, " for i in range(count))
+        evaluate = [f"_v{i} = _f{i}(item)" for i in range(count)]
+        for i in self.numeric:  # after every input, as evaluate() does: finite floats pass at once
+            evaluate += [f"if type(_v{i}) is not float or _v{i} - _v{i} != 0.0:", f"    _need(_v{i})"]
+        evaluate.append(f"_values = ({values})")
+        add = [
+            "_n = st.n = st.n + 1",
+            "if _n == 1:",
+            "    st.shift = _values",
+            "    st.first = _values",
+            "st.last = _values",
+            "_sums = st.sums",
+            *(f"_sums[{k}] += _v{i}" for k, i in self._x),
+            *(f"_sums[{k}] += _v{i} * _v{j}" for k, i, j in self._xy),
+            "_seq = st.seq = st.seq + 1",
+            "entries.append((ts, _seq, _values))",
+        ]
+        lost = []
+        remove = ["_old = entries.popleft()[2]", "_n = st.n = st.n - 1", "if _n == 0:"]
+        remove += ["    st.sums = [0] * _slots", "    st.removed = 0", "else:", "    _sums = st.sums"]
+        terms = [(k, f"_old[{i}]") for k, i in self._x] + [
+            (k, f"_old[{i}] * _old[{j}]") for k, i, j in self._xy
+        ]
+        for t, (k, term) in enumerate(terms):
+            remove += [f"    _c{t} = {term}", f"    _l{t} = _sums[{k}] = _sums[{k}] - _c{t}"]
+            lost.append(f"abs(_c{t}) > _cancellation * abs(_l{t})")
+        remove.append("    _removed = st.removed = st.removed + 1")
+        remove += [f"    if {' or '.join([*lost, '_removed > _n + _slack'])}:", "        _recompute(st)"]
+        results = []
+        for name, op, a, b in self._results:
+            if op == _VWAP:
+                value = f"_sums[{a}] / _sums[{b}] if _sums[{b}] else None"
+            elif op == _PCT:
+                value = f"(_v{a} - _first[{a}]) / _first[{a}] * 100.0 if _first[{a}] else None"
+            elif op == _COUNT:
+                value = "_n"
+            elif op == _SUM:
+                value = f"_sums[{a}]"
+            elif op == _AVG:
+                value = f"_sums[{a}] / _n"
+            elif op == _FIRST:
+                value = f"_first[{a}]"
+            else:
+                assert op == _LAST
+                value = f"_v{a}"
+            results.append((name, value))
+        return SlidingCode(names, evaluate, add, remove, results)
 
     def _evaluator(self) -> Callable[[Any], tuple[Any, ...]]:
         inputs, numeric, need = self.inputs, self.numeric, _need_number
