@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from daemon.errors import ExpressionError
-from streams.expressions import Compiled, compile_expression
+from streams.expressions import INLINE_NAMES, Compiled, compile_expression, inline_source
 
 __all__ = [
     "AGGREGATES",
@@ -239,8 +239,14 @@ class WindowProgram:
         aggregates: list[_Aggregate],
         terms: list[tuple[int, int, int]],
         extremes: list[tuple[int, bool]],
+        sources: list[str | None] | None = None,
     ) -> None:
         self.inputs = tuple(inputs)
+        #: each input as a Python expression of ``item`` (:func:`~streams.expressions.inline_source`),
+        #: or None: what :meth:`sliding_code` writes instead of calling the input
+        self.sources: tuple[str | None, ...] = (
+            tuple(sources) if sources is not None else (None,) * len(inputs)
+        )
         self.numeric = tuple(sorted(numeric))
         self.aggregates = tuple(aggregates)
         # (slot, op, i, j): running sum number `slot` of `op` over inputs i (and j)
@@ -272,10 +278,11 @@ class WindowProgram:
             return None
         count = len(self.inputs)
         names: dict[str, Any] = {f"_f{i}": fn for i, fn in enumerate(self.inputs)}
+        names.update(INLINE_NAMES)
         names.update(_need=_need_number, _recompute=self.recompute, _cancellation=_CANCELLATION)
         names.update(_slack=RECOMPUTE_SLACK, _slots=len(self.terms))
         values = "".join(f"_v{i}, " for i in range(count))
-        evaluate = [f"_v{i} = _f{i}(item)" for i in range(count)]
+        evaluate = [f"_v{i} = {source or f'_f{i}(item)'}" for i, source in enumerate(self.sources)]
         for i in self.numeric:  # after every input, as evaluate() does: finite floats pass at once
             evaluate += [f"if type(_v{i}) is not float or _v{i} - _v{i} != 0.0:", f"    _need(_v{i})"]
         evaluate.append(f"_values = ({values})")
@@ -299,7 +306,10 @@ class WindowProgram:
         ]
         for t, (k, term) in enumerate(terms):
             remove += [f"    _c{t} = {term}", f"    _l{t} = _sums[{k}] = _sums[{k}] - _c{t}"]
-            lost.append(f"abs(_c{t}) > _cancellation * abs(_l{t})")
+            # abs() written out (a builtin call less per term; the same comparison, -0.0 and NaN included)
+            lost.append(
+                f"(_c{t} if _c{t} >= 0 else -_c{t}) > _cancellation * (_l{t} if _l{t} >= 0 else -_l{t})"
+            )
         remove.append("    _removed = st.removed = st.removed + 1")
         remove += [f"    if {' or '.join([*lost, '_removed > _n + _slack'])}:", "        _recompute(st)"]
         results = []
@@ -634,6 +644,7 @@ def compile_aggregates(
     :class:`ExpressionError` otherwise.
     """
     inputs: list[Compiled] = []
+    sources: list[str | None] = []
     input_index: dict[str, int] = {}  # normalised argument text → input index
     numeric: set[int] = set()
     terms: list[tuple[int, int, int]] = []
@@ -664,6 +675,7 @@ def compile_aggregates(
                 if normal not in input_index:
                     input_index[normal] = len(inputs)
                     inputs.append(fn)
+                    sources.append(inline_source(arg_text, names))
                 index = input_index[normal]
                 if kind not in _ANY_VALUE:
                     numeric.add(index)
@@ -697,4 +709,4 @@ def compile_aggregates(
             aggregates.append(_Aggregate(out_name, _MAX if kind == "max" else _MIN, extreme_index[key]))
     if failed:
         return None
-    return WindowProgram(inputs, numeric, aggregates, terms, extremes)
+    return WindowProgram(inputs, numeric, aggregates, terms, extremes, sources)

@@ -287,17 +287,17 @@ def build(emit, states):
             to_end(k)
         ts = item.ts
         entries = st.entries
-        cutoff = ts - span
+        cutoff = ts - {span!r}
         while entries and entries[0][0] <= cutoff:
 {remove}
 {add}
-        if _n > max_events:
-            while st.n > max_events:
+        if _n > {max_events!r}:
+            while st.n > {max_events!r}:
                 remove_oldest(st)
                 stats.overflow += 1
             _n = st.n
             _sums = st.sums
-        if _n >= min_events:
+        if {enough}:
 {first}            if len(item) == FIELDS_INDEX and item.kind:  # a plain event: its fields as they are
                 emit(new_row(Row, item + ({{{literal}}},)))
             else:
@@ -332,6 +332,9 @@ def _fused_sliding_time(
     source = _SLIDING_TIME.format(
         evaluate=indent(code.evaluate, 12),
         key="item.key" if per_key else "None",
+        span=float(span),
+        max_events=int(max_events),
+        enough="True" if min_events <= 1 else f"_n >= {int(min_events)}",  # a window holds at least 1
         remove=indent(code.remove, 12),
         add=indent(code.add, 8),
         first="            _first = entries[0][2]\n" if uses_first else "",
@@ -347,10 +350,7 @@ def _fused_sliding_time(
         program=program,
         max_keys=ctx.max_keys,
         stats=ctx.stats,
-        span=span,
         remove_oldest=program.remove_oldest,
-        max_events=max_events,
-        min_events=min_events,
         FIELDS_INDEX=FIELDS_INDEX,
         new_row=new_row,
         Row=Row,

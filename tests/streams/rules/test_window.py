@@ -514,7 +514,7 @@ def test_compiled_sliding_window_equals_the_generic_one(
         pipeline: list[dict[str, Any]] = [{"set": {"x": "data.x", "v": "data.v"}}, {"window": window}]
     else:  # inputs read the event: the window reads a plain event
         window["aggregates"] = {
-            k: a.replace("x", "data.x").replace("(v", "(data.v").replace(" v)", " data.v)")
+            k: a.replace("x", "float(data.x)").replace("(v", "(data.v").replace(" v)", " data.v)")
             for k, a in window["aggregates"].items()
         }
         pipeline = [{"window": window}]
