@@ -240,6 +240,7 @@ class WindowProgram:
         terms: list[tuple[int, int, int]],
         extremes: list[tuple[int, bool]],
         sources: list[str | None] | None = None,
+        keys: list[str | None] | None = None,
     ) -> None:
         self.inputs = tuple(inputs)
         #: each input as a Python expression of ``item`` (:func:`~streams.expressions.inline_source`),
@@ -247,6 +248,9 @@ class WindowProgram:
         self.sources: tuple[str | None, ...] = (
             tuple(sources) if sources is not None else (None,) * len(inputs)
         )
+        #: each input that reads the event alone, as its inline text without computed fields (the key
+        #: of :attr:`~streams.rules.spec.StepContext.values`), or None
+        self.keys: tuple[str | None, ...] = tuple(keys) if keys is not None else (None,) * len(inputs)
         self.numeric = tuple(sorted(numeric))
         self.aggregates = tuple(aggregates)
         # (slot, op, i, j): running sum number `slot` of `op` over inputs i (and j)
@@ -645,6 +649,7 @@ def compile_aggregates(
     """
     inputs: list[Compiled] = []
     sources: list[str | None] = []
+    keys: list[str | None] = []
     input_index: dict[str, int] = {}  # normalised argument text → input index
     numeric: set[int] = set()
     terms: list[tuple[int, int, int]] = []
@@ -676,6 +681,7 @@ def compile_aggregates(
                     input_index[normal] = len(inputs)
                     inputs.append(fn)
                     sources.append(inline_source(arg_text, names))
+                    keys.append(inline_source(arg_text))
                 index = input_index[normal]
                 if kind not in _ANY_VALUE:
                     numeric.add(index)
@@ -709,4 +715,4 @@ def compile_aggregates(
             aggregates.append(_Aggregate(out_name, _MAX if kind == "max" else _MIN, extreme_index[key]))
     if failed:
         return None
-    return WindowProgram(inputs, numeric, aggregates, terms, extremes, sources)
+    return WindowProgram(inputs, numeric, aggregates, terms, extremes, sources, keys)

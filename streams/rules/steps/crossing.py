@@ -81,6 +81,7 @@ def crossing(
     per_key: bool,
     value_source: str | None = None,
     level_source: str | None = None,
+    value_key: str | None = None,
 ) -> Operator:
     """Emit when ``value`` crosses ``level`` (edge-triggered, with a dead band against chattering).
 
@@ -96,16 +97,23 @@ def crossing(
     up = direction in ("up", "both")
     down = direction in ("down", "both")
     pct = hysteresis_pct / 100.0
+    value_text = value_source or "_value(item)"
+    if value_key is not None:  # a step before may have computed it for this very row (StepContext.values)
+        value_text = f"_cell[1] if item is _cell[0] else {value_text}"
     source = _CROSSING.format(
-        value=value_source or "_value(item)",
+        value=value_text,
         level=level_source or "_level(item)",
-        band=f"{float(hysteresis)!r} + abs(lvl) * {pct!r}" if pct else f"{float(hysteresis)!r}",
+        # hysteresis + abs(lvl) * pct; 0.0 + x is x for the x >= 0 (or NaN) that abs(lvl) * pct is
+        band=(f"{float(hysteresis)!r} + " if hysteresis else "") + f"abs(lvl) * {pct!r}"
+        if pct
+        else f"{float(hysteresis)!r}",
         key="item.key" if per_key else "None",
         emits="True" if up and down else "side == 1" if up else "side == -1",
     )
     names: dict[str, Any] = dict(INLINE_NAMES)
     names.update(
         _value=value,
+        _cell=ctx.values.setdefault(value_key, [None, None]) if value_key is not None else None,
         _level=level,
         fail=ctx.fail,
         label=label,
@@ -136,6 +144,7 @@ def compile_crossing(cfg: CrossingConfig, scope: StepScope) -> CompiledStep | No
     value = scope.expr(cfg.value, "value")
     level = scope.expr(cfg.level, "level")
     value_source = inline_source(cfg.value, scope.names)  # read with the names the expressions saw
+    value_key = inline_source(cfg.value)  # it reads the event alone: a step before may hand it over
     level_source = inline_source(cfg.level, scope.names)
     scope.add("direction", "level")
     if value is None or level is None:
@@ -160,6 +169,7 @@ def compile_crossing(cfg: CrossingConfig, scope: StepScope) -> CompiledStep | No
             per_key=cfg.per_key,
             value_source=value_source,
             level_source=level_source,
+            value_key=value_key,
         )
 
     return scope.compiled(summary, make)

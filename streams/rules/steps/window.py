@@ -96,18 +96,20 @@ def window(
         span = seconds
         code = program.sliding_code()
         if code is not None:  # plain running sums: the whole step compiled into one function
-            build_fused = _fused_sliding_time(
-                code,
-                program,
-                ctx,
-                label,
-                span=span,
-                per_key=per_key,
-                min_events=min_events,
-                max_events=max_events,
-            )
 
             def build_compiled(emit: Emit) -> OnNext:
+                assert code is not None
+                # compiled when built: the later steps, made already, have asked for their values
+                build_fused = _fused_sliding_time(
+                    code,
+                    program,
+                    ctx,
+                    label,
+                    span=span,
+                    per_key=per_key,
+                    min_events=min_events,
+                    max_events=max_events,
+                )
                 states: OrderedDict[Any, WindowState] = OrderedDict()
                 on_next = build_fused(emit, states)
 
@@ -298,12 +300,13 @@ def build(emit, states):
             _n = st.n
             _sums = st.sums
         if {enough}:
-{first}            if len(item) == FIELDS_INDEX and item.kind:  # a plain event: its fields as they are
-                emit(new_row(Row, item + ({{{literal}}},)))
+{first}            if len(item) == {plain_length!r} and item.kind:  # a plain event: its fields as they are
+                _row = new_row(Row, item + ({{{literal}}},))
             else:
                 _out = dict(fields_of(item))
 {assign}
-                emit(make_row(item, _out))
+                _row = make_row(item, _out)
+{hand}            emit(_row)
 
     return on_next
 """
@@ -329,9 +332,14 @@ def _fused_sliding_time(
         return "\n".join(" " * depth + line for line in lines)
 
     uses_first = any("_first" in value for _name, value in code.results)
+    # inputs a later step reads too (StepContext.values): handed over with each row
+    cells = {
+        i: ctx.values[key] for i, key in enumerate(program.keys) if key is not None and key in ctx.values
+    }
     source = _SLIDING_TIME.format(
         evaluate=indent(code.evaluate, 12),
         key="item.key" if per_key else "None",
+        plain_length=FIELDS_INDEX,
         span=float(span),
         max_events=int(max_events),
         enough="True" if min_events <= 1 else f"_n >= {int(min_events)}",  # a window holds at least 1
@@ -340,8 +348,10 @@ def _fused_sliding_time(
         first="            _first = entries[0][2]\n" if uses_first else "",
         literal=", ".join(f"{name!r}: {value}" for name, value in code.results),
         assign=indent([f"_out[{name!r}] = {value}" for name, value in code.results], 16),
+        hand="".join(f"            _cell{i}[0] = _row\n            _cell{i}[1] = _v{i}\n" for i in cells),
     )
     names = dict(code.names)
+    names.update({f"_cell{i}": cell for i, cell in cells.items()})
     names.update(
         fail=ctx.fail,
         label=label,
@@ -351,7 +361,6 @@ def _fused_sliding_time(
         max_keys=ctx.max_keys,
         stats=ctx.stats,
         remove_oldest=program.remove_oldest,
-        FIELDS_INDEX=FIELDS_INDEX,
         new_row=new_row,
         Row=Row,
         fields_of=fields_of,

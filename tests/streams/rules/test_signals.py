@@ -299,3 +299,44 @@ def test_crossing_reads_simple_expressions_inline_as_it_would_call_them(
             r.on_next(ev(i, key, p=p, l=lvl))
         runs.append((rec.args, r.stats.as_dict(), r.snapshot().dumps()))
     assert runs[0] == runs[1]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "c"]),
+            st.one_of(st.floats(90, 110).map(lambda x: f"{x:.2f}"), st.sampled_from(["x", None, 100, "nan"])),
+            st.sampled_from(["1", "0.5", "0", "y"]),
+        ),
+        max_size=60,
+    ),
+    st.booleans(),
+    st.sampled_from(["float(data.p)", "data.p"]),
+)
+def test_a_crossing_after_a_window_takes_the_value_the_window_computed_for_its_row(
+    events: list[tuple[str, Any, Any]], between: bool, value: str
+) -> None:
+    """A crossing reading the same expression of the event as the window before it takes the value
+    the window computed for the row it emitted (StepContext.values) instead of computing it again:
+    the same fires, errors and state as computing it; with a step between them (a new row) it computes."""
+    steps: list[dict[str, Any]] = [
+        {"window": {"seconds": 5, "aggregates": {"vw": f"vwap({value}, float(data.q))", "n": "count()"}}},
+        {"crossing": {"value": value, "level": "vw", "hysteresis_pct": 0.01}},
+    ]
+    if between:
+        steps.insert(1, {"set": {"twice": "n * 2"}})
+    real = crossing_step.inline_source
+    runs = []
+    for handed in (True, False):
+        rec = Recorder()
+        with pytest.MonkeyPatch.context() as patch:
+            if not handed:  # the crossing asks for no value
+                patch.setattr(
+                    crossing_step, "inline_source", lambda text, *names: real(text, *names) if names else None
+                )
+            r = make_rule(steps, rec, args={"d": "{direction}", "l": "{level}"}, max_keys=2)
+        for i, (key, p, q) in enumerate(events):
+            r.on_next(ev(i, key, p=p, q=q))
+        runs.append((rec.args, r.stats.as_dict(), r.snapshot().dumps()))
+    assert runs[0] == runs[1]
