@@ -371,7 +371,7 @@ class Rule:
                         return
                     if not ok:
                         return
-                if gate is not None and event.ts < gate.watermark:
+                if gate is not None and not event.ts >= gate.watermark:  # NaN is late, as in the gate
                     if head[0] is not _drop:
                         stats.late += 1
                     return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -266,7 +267,7 @@ def test_a_time_driven_rule_runs_its_leading_where_step_and_gate_inline_as_the_s
     """A time-driven rule runs a leading `where` step and the event-time gate (without allowed
     lateness) in its own on_next, without their frames: the same fires and counters (errors, late)
     as the steps themselves, and, once disposed, nothing counted past `matched`."""
-    times = [1, 2, 1.5, 4, 3, 3.9, 9, 8, 20, 12, 21, 21]
+    times = [1, 2, 1.5, 4, math.nan, 3.9, 9, 8, 20, 12, 21, 21]
     xs: list[Any] = [1, "a", 2, 3, -1, 5, None, 4, 2, "b", 1, 3]
     body = {"from": ["feed"], "then": [{"tool": "t"}], **cfg}
     runs = []
@@ -279,10 +280,10 @@ def test_a_time_driven_rule_runs_its_leading_where_step_and_gate_inline_as_the_s
             r = Rule("r", RuleConfig.model_validate(body), rec, TestScheduler() if live else None)
         assert (r._test is not None, r._gate is not None) == (inlined if inline else (False, False))
         for t, x in zip(times[:9], xs[:9], strict=True):
-            r.on_next(ev(t, x=x))
+            r.on_next(Event("feed", t, t, "BTC", {"x": x}, {}))
         r.dispose()
         for t, x in zip(times[9:], xs[9:], strict=True):
-            r.on_next(ev(t, x=x))
+            r.on_next(Event("feed", t, t, "BTC", {"x": x}, {}))
         runs.append(([(c[2].event.ts, c[2].event.data) for c in rec.calls if c[2].event], r.stats.as_dict()))
     assert runs[0] == runs[1]
     assert runs[0][1]["errors"] > 0
