@@ -62,6 +62,7 @@ from streams.event import READABLE_FIELDS, Event
 
 __all__ = [
     "FUNCTIONS",
+    "INLINE_NAMES",
     "MAX_DEPTH",
     "MAX_EXPRESSION_LENGTH",
     "MAX_INT_STRING_LENGTH",
@@ -74,6 +75,7 @@ __all__ = [
     "compile_expression",
     "compile_template",
     "field_name_problem",
+    "inline_source",
     "is_constant_template",
 ]
 
@@ -447,6 +449,13 @@ _CMP_TEST: Final[Mapping[type[ast.cmpop], Callable[[Any, Any], Any]]] = {
 def _field_vs_constant(field: tuple[int, str], test: Callable[[Any, Any], Any], c: Any) -> Compiled:
     """``data.e == 'trade'``: the field read inline, compared with ``test`` (an ``operator`` function)."""
     index, key = field
+    if test is operator.eq:  # the commonest test, written out: no call of the operator function
+
+        def field_equals(e: Event) -> Any:
+            v = e[index]
+            return (v[key] if type(v) is dict else _field(v, key)) == c
+
+        return field_equals
 
     def field_test(e: Event) -> Any:
         v = e[index]
@@ -1146,6 +1155,54 @@ def compile_expression(
         raise ExpressionError(text, f"syntax error: {exc}", 1) from None
     compiler.check_size(tree.body)
     return compiler.compile(tree.body).fn
+
+
+#: what the lines :func:`inline_source` writes refer to
+INLINE_NAMES: Final[Mapping[str, Any]] = MappingProxyType({"_field": _field, "_float": FUNCTIONS["float"]})
+
+
+def inline_source(text: str, names: Collection[str] = ()) -> str | None:
+    """``text`` as a Python expression reading the event from a variable ``item`` (helpers from
+    :data:`INLINE_NAMES`), for a step that compiles its own ``on_next``: one frame less per use.
+    None unless ``text`` is one of the simplest forms: a number, an event field (``ts``), a computed
+    field of ``names`` (``vwap``), a field of an event field (``data.p``), or ``float()`` of one of
+    those. The expression computes what :func:`compile_expression`'s function does, raising the same
+    exceptions; give it only text that :func:`compile_expression` accepted."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tree = ast.parse(text.strip(), mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    return _inline(tree.body, names)
+
+
+def _inline(node: ast.expr, names: Collection[str]) -> str | None:
+    if isinstance(node, ast.Constant):
+        value = node.value
+        if type(value) is int:
+            return repr(value) if -(10**15) < value < 10**15 else None
+        return repr(value) if type(value) is float and math.isfinite(value) else None
+    if isinstance(node, ast.Name):
+        index = _FIELD_INDEX.get(node.id)
+        if index is not None:
+            return f"item[{index}]"  # as compiled: the event field first, then a computed one
+        return f"item[{_COMPUTED_INDEX}][{node.id!r}]" if node.id in names else None
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in _FIELD_INDEX:
+        if node.attr.startswith("_"):
+            return None
+        field = f"item[{_FIELD_INDEX[node.value.id]}]"
+        return f"({field}[{node.attr!r}] if type({field}) is dict else _field({field}, {node.attr!r}))"
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "float"
+        and len(node.args) == 1
+        and not node.keywords
+    ):
+        inner = _inline(node.args[0], names)
+        return None if inner is None else f"_float({inner})"
+    return None
 
 
 # --------------------------------------------------------------------------------------------

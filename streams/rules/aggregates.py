@@ -40,11 +40,12 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from daemon.errors import ExpressionError
-from streams.expressions import Compiled, compile_expression
+from streams.expressions import INLINE_NAMES, Compiled, compile_expression, inline_source
 
 __all__ = [
     "AGGREGATES",
     "RECOMPUTE_SLACK",
+    "SlidingCode",
     "WindowProgram",
     "WindowState",
     "compile_aggregates",
@@ -194,6 +195,25 @@ def _window_state(
     return st
 
 
+@dataclass(frozen=True)
+class SlidingCode:
+    """A sliding window's per-event work as Python lines (:meth:`WindowProgram.sliding_code`), for a
+    step that compiles them into its ``on_next``. The lines read ``item`` (the event), ``ts`` (its
+    time), ``st`` (its window) and ``entries`` (``st.entries``); they name their own locals ``_*``."""
+
+    #: what the lines refer to (the input expressions, helpers): the globals to compile them with
+    names: dict[str, Any]
+    #: the inputs into ``_v0, _v1, ...`` and the tuple ``_values``; raises as :attr:`WindowProgram.evaluate`
+    evaluate: list[str]
+    #: ``_values`` into the window; leaves ``_n`` (events in it) and ``_sums`` (its running sums)
+    add: list[str]
+    #: the oldest event out of a non-empty window
+    remove: list[str]
+    #: (output field, expression) for each aggregate, reading ``_n``, ``_sums``, ``_v*`` and ``_first``
+    #: (the oldest event's values)
+    results: list[tuple[str, str]]
+
+
 def _need_number(x: Any) -> None:
     """Raise unless ``x`` is an int or a finite float (the slow path of the inputs' check)."""
     kind = type(x)
@@ -219,8 +239,18 @@ class WindowProgram:
         aggregates: list[_Aggregate],
         terms: list[tuple[int, int, int]],
         extremes: list[tuple[int, bool]],
+        sources: list[str | None] | None = None,
+        keys: list[str | None] | None = None,
     ) -> None:
         self.inputs = tuple(inputs)
+        #: each input as a Python expression of ``item`` (:func:`~streams.expressions.inline_source`),
+        #: or None: what :meth:`sliding_code` writes instead of calling the input
+        self.sources: tuple[str | None, ...] = (
+            tuple(sources) if sources is not None else (None,) * len(inputs)
+        )
+        #: each input that reads the event alone, as its inline text without computed fields (the key
+        #: of :attr:`~streams.rules.spec.StepContext.values`), or None
+        self.keys: tuple[str | None, ...] = tuple(keys) if keys is not None else (None,) * len(inputs)
         self.numeric = tuple(sorted(numeric))
         self.aggregates = tuple(aggregates)
         # (slot, op, i, j): running sum number `slot` of `op` over inputs i (and j)
@@ -242,6 +272,69 @@ class WindowProgram:
         self.remove_oldest: Callable[[WindowState], None] = self._remove_any
         if not (self._dx or self._dx2 or self.extremes):
             self.add, self.remove_oldest = self._plain_sums()
+
+    def sliding_code(self) -> SlidingCode | None:
+        """What :meth:`evaluate`, :meth:`add`, :meth:`remove_oldest` and :meth:`results` do to a sliding
+        window, written out as Python lines for a step to compile into its own ``on_next`` (one frame
+        per event instead of four); None unless the aggregates keep only plain running sums (no
+        ``stddev``, ``min``, ``max``). The lines compute the same values in the same order."""
+        if self._dx or self._dx2 or self.extremes:
+            return None
+        count = len(self.inputs)
+        names: dict[str, Any] = {f"_f{i}": fn for i, fn in enumerate(self.inputs)}
+        names.update(INLINE_NAMES)
+        names.update(_need=_need_number, _recompute=self.recompute, _cancellation=_CANCELLATION)
+        names.update(_slack=RECOMPUTE_SLACK, _slots=len(self.terms))
+        values = "".join(f"_v{i}, " for i in range(count))
+        evaluate = [f"_v{i} = {source or f'_f{i}(item)'}" for i, source in enumerate(self.sources)]
+        for i in self.numeric:  # after every input, as evaluate() does: finite floats pass at once
+            evaluate += [f"if type(_v{i}) is not float or _v{i} - _v{i} != 0.0:", f"    _need(_v{i})"]
+        evaluate.append(f"_values = ({values})")
+        add = [
+            "_n = st.n = st.n + 1",
+            "if _n == 1:",
+            "    st.shift = _values",
+            "    st.first = _values",
+            "st.last = _values",
+            "_sums = st.sums",
+            *(f"_sums[{k}] += _v{i}" for k, i in self._x),
+            *(f"_sums[{k}] += _v{i} * _v{j}" for k, i, j in self._xy),
+            "_seq = st.seq = st.seq + 1",
+            "entries.append((ts, _seq, _values))",
+        ]
+        lost = []
+        remove = ["_old = entries.popleft()[2]", "_n = st.n = st.n - 1", "if _n == 0:"]
+        remove += ["    st.sums = [0] * _slots", "    st.removed = 0", "else:", "    _sums = st.sums"]
+        terms = [(k, f"_old[{i}]") for k, i in self._x] + [
+            (k, f"_old[{i}] * _old[{j}]") for k, i, j in self._xy
+        ]
+        for t, (k, term) in enumerate(terms):
+            remove += [f"    _c{t} = {term}", f"    _l{t} = _sums[{k}] = _sums[{k}] - _c{t}"]
+            # abs() written out (a builtin call less per term; the same comparison, -0.0 and NaN included)
+            lost.append(
+                f"(_c{t} if _c{t} >= 0 else -_c{t}) > _cancellation * (_l{t} if _l{t} >= 0 else -_l{t})"
+            )
+        remove.append("    _removed = st.removed = st.removed + 1")
+        remove += [f"    if {' or '.join([*lost, '_removed > _n + _slack'])}:", "        _recompute(st)"]
+        results = []
+        for name, op, a, b in self._results:
+            if op == _VWAP:
+                value = f"_sums[{a}] / _sums[{b}] if _sums[{b}] else None"
+            elif op == _PCT:
+                value = f"(_v{a} - _first[{a}]) / _first[{a}] * 100.0 if _first[{a}] else None"
+            elif op == _COUNT:
+                value = "_n"
+            elif op == _SUM:
+                value = f"_sums[{a}]"
+            elif op == _AVG:
+                value = f"_sums[{a}] / _n"
+            elif op == _FIRST:
+                value = f"_first[{a}]"
+            else:
+                assert op == _LAST
+                value = f"_v{a}"
+            results.append((name, value))
+        return SlidingCode(names, evaluate, add, remove, results)
 
     def _evaluator(self) -> Callable[[Any], tuple[Any, ...]]:
         inputs, numeric, need = self.inputs, self.numeric, _need_number
@@ -555,6 +648,8 @@ def compile_aggregates(
     :class:`ExpressionError` otherwise.
     """
     inputs: list[Compiled] = []
+    sources: list[str | None] = []
+    keys: list[str | None] = []
     input_index: dict[str, int] = {}  # normalised argument text → input index
     numeric: set[int] = set()
     terms: list[tuple[int, int, int]] = []
@@ -585,6 +680,8 @@ def compile_aggregates(
                 if normal not in input_index:
                     input_index[normal] = len(inputs)
                     inputs.append(fn)
+                    sources.append(inline_source(arg_text, names))
+                    keys.append(inline_source(arg_text))
                 index = input_index[normal]
                 if kind not in _ANY_VALUE:
                     numeric.add(index)
@@ -618,4 +715,4 @@ def compile_aggregates(
             aggregates.append(_Aggregate(out_name, _MAX if kind == "max" else _MIN, extreme_index[key]))
     if failed:
         return None
-    return WindowProgram(inputs, numeric, aggregates, terms, extremes)
+    return WindowProgram(inputs, numeric, aggregates, terms, extremes, sources, keys)

@@ -30,6 +30,8 @@ from reactivex import Observable, abc
 from reactivex.disposable import Disposable
 
 from streams.event import Event
+from streams.expressions import Compiled
+from streams.rules.clock import EventClock
 from streams.rules.row import fields_of, make_row
 from streams.rules.spec import Emit, OnNext, Operator, StepContext
 from streams.rules.stats import RuleStats
@@ -56,10 +58,22 @@ class StepOperator:
     (``observable.pipe(op)``), and, through :attr:`build`, a link a rule chains directly — each
     step's ``on_next`` calling the next one's, without an observer hop per step."""
 
-    __slots__ = ("build",)
+    __slots__ = ("build", "gate", "test")
 
-    def __init__(self, build: Callable[[Emit], OnNext]) -> None:
+    def __init__(
+        self,
+        build: Callable[[Emit], OnNext],
+        *,
+        test: tuple[str, Compiled] | None = None,
+        gate: EventClock | None = None,
+    ) -> None:
         self.build = build
+        #: a stateless filter's (label, predicate): what its ``on_next`` does, for a rule to run inline
+        #: (failures reported to ``fail(label, ...)``, items for which it is false dropped)
+        self.test = test
+        #: the event-time gate without allowed lateness: items older than this clock's watermark are
+        #: counted as ``late`` and dropped, the others passed on (what its ``on_next`` does)
+        self.gate = gate
 
     def __call__(self, source: Observable[Event]) -> Observable[Event]:
         build = self.build
@@ -75,9 +89,10 @@ class StepOperator:
         return Observable(subscribe)
 
 
-def operator(build: Callable[[Emit], OnNext]) -> Operator:
-    """An operator whose per-subscription ``on_next`` is ``build(emit)`` (a :class:`StepOperator`)."""
-    return StepOperator(build)
+def operator(build: Callable[[Emit], OnNext], *, test: tuple[str, Compiled] | None = None) -> Operator:
+    """An operator whose per-subscription ``on_next`` is ``build(emit)`` (a :class:`StepOperator`);
+    ``test``: it is a stateless filter, (label, predicate) (see :attr:`StepOperator.test`)."""
+    return StepOperator(build, test=test)
 
 
 def admit(states: OrderedDict[Any, S], key: Any, state: S, bound: int, stats: RuleStats) -> S:
@@ -124,8 +139,10 @@ def event_time_gate(ctx: StepContext) -> Operator:
     clock = ctx.need_clock()
     stats = ctx.stats
 
+    lateness = clock.lateness
+
     def build(emit: Emit) -> OnNext:
-        if clock.lateness <= 0:
+        if lateness <= 0:
 
             def on_next(item: Event) -> None:
                 if item.ts >= clock.watermark:
@@ -159,7 +176,7 @@ def event_time_gate(ctx: StepContext) -> Operator:
 
         return on_next_held
 
-    return operator(build)
+    return StepOperator(build, gate=clock if lateness <= 0 else None)
 
 
 def quiet_keys(ctx: StepContext, *, seconds: float, per_key: bool, absence: bool, repeat: bool) -> Operator:

@@ -240,15 +240,24 @@ class Rule:
         self.summary = [step.summary for step in plan.steps]
         self._disposed = False
         self._subscription: abc.DisposableBase | None = None
-        #: what an event that passed `where` is handed to: the first step (or the fire, without steps)
+        #: what an event that passed `where` is handed to: the first step (or the fire, without steps);
+        #: for a time-driven rule, the first step after those its ``on_next`` runs inline (below)
         self.push: Callable[[Event], None]
+        #: run by a time-driven rule's ``on_next`` itself: a leading ``where`` step's (label, predicate)
+        #: and the event-time gate after it (without allowed lateness), instead of their own frames
+        self._test: tuple[str, Callable[[Event], Any]] | None = None
+        self._gate: EventClock | None = None
         if all(isinstance(op, StepOperator) for op in operators):
             # Steps chained directly, each step's on_next calling the next one's: no Subject (lock,
             # observer list copy) and no observer frame per step. Built last to first, as
             # subscribing builds them. A disposed rule drops what still reaches its end.
             emit: Callable[[Event], None] = self._on_fire if not operators else self._fire_unless_disposed
-            for op in reversed(operators):
-                assert isinstance(op, StepOperator)
+            chain = [op for op in operators if isinstance(op, StepOperator)]
+            if self.clock is not None and chain and chain[0].test is not None:
+                self._test = chain.pop(0).test
+            if self.clock is not None and chain and chain[0].gate is not None:
+                self._gate = chain.pop(0).gate
+            for op in reversed(chain):
                 emit = op.build(emit)
             self.push = emit
         else:  # a step kind whose operator is a reactivex pipeline of its own
@@ -278,6 +287,8 @@ class Rule:
         # one, the newest event time that now() reports
         clock = self.clock
         observe = clock.observe if clock is not None else self._note_time if replay else None
+        if self._test is not None or self._gate is not None:
+            return self._entry_inline(head)
         if observe is not None:
 
             def on_next_timed(event: Event) -> None:
@@ -320,6 +331,55 @@ class Rule:
                 crashed(exc, event)
 
         return on_next
+
+    def _entry_inline(self, head: list[Callable[[Event], None]]) -> Callable[[Event], None]:
+        """The ``on_next`` of a time-driven rule whose first steps are a ``where`` step and/or the
+        event-time gate: theirs run here, as their own ``on_next`` would (see :attr:`_test`). Once
+        the rule is disposed (``head[0]`` is :func:`_drop`) they count nothing, as the steps would
+        see nothing; the test itself is an expression, which changes nothing."""
+        kinds = self._kinds
+        crashed = self._crashed
+        failed = self._step_failed
+        stats = self.stats
+        where = self._where
+        assert self.clock is not None
+        observe = self.clock.observe
+        label, test = self._test or ("", None)
+        gate = self._gate
+
+        def on_next_inline(event: Event) -> None:
+            if event.kind not in kinds:
+                return
+            try:
+                observe(event.ts)
+                stats.own_seen += 1
+                if where is not None:
+                    try:
+                        ok = where(event)
+                    except Exception as exc:
+                        failed("where", exc, event)
+                        return
+                    if not ok:
+                        return
+                stats.matched += 1
+                if test is not None:
+                    try:
+                        ok = test(event)
+                    except Exception as exc:
+                        if head[0] is not _drop:
+                            failed(label, exc, event)
+                        return
+                    if not ok:
+                        return
+                if gate is not None and not event.ts >= gate.watermark:  # NaN is late, as in the gate
+                    if head[0] is not _drop:
+                        stats.late += 1
+                    return
+                head[0](event)
+            except Exception as exc:
+                crashed(exc, event)
+
+        return on_next_inline
 
     def _note_time(self, ts: float) -> None:
         if ts > self._latest_ts:

@@ -115,6 +115,11 @@ class StepContext:
     label: str = ""
     #: label → the keeper of that step's state, filled by :meth:`keep` as the operators are built.
     keepers: dict[str, StepKeeper] = field(default_factory=dict)
+    #: An expression of the event alone (its :func:`~streams.expressions.inline_source` text) → a
+    #: cell ``[row, value]``: a step that reads it asks for the cell when it is made; a step that
+    #: computes it puts there, when it is built, each row it emits with the value it computed for it,
+    #: so that the reader, handed that very row, takes the value instead of computing it again.
+    values: dict[str, list[Any]] = field(default_factory=dict)
 
     def keep(self, snapshot: Callable[[], Any], restore: Callable[[Any], None]) -> None:
         """Register the state of the step being built (see :class:`StepKeeper`); called from the

@@ -16,10 +16,12 @@ from daemon.errors import ExpressionError, RuleError
 from streams.event import Event
 from streams.expressions import (
     FUNCTIONS,
+    INLINE_NAMES,
     MAX_EXPRESSION_LENGTH,
     compile_expression,
     compile_template,
     field_name_problem,
+    inline_source,
     is_constant_template,
 )
 from streams.rules.row import make_row
@@ -895,3 +897,69 @@ def test_a_function_or_comparison_of_a_field_gives_what_reading_the_field_first_
         fn = compile_expression(text)
         for item in (e, row):
             assert _outcome(fn, item) == _outcome(expected, item), (text, data)
+
+
+_INLINE_TEXTS = [
+    "data.p",
+    "float(data.p)",
+    " float( data.p )",
+    "meta.seq",
+    "ts",
+    "key",
+    "vwap",
+    "float(vwap)",
+    "12",
+    "3.5e-2",
+    "0.25",
+    "data.vwap",
+]
+_NOT_INLINE = [
+    "data.p * 2",
+    "data['p']",
+    "int(data.p)",
+    "true",
+    "-1",
+    "lower(data.s)",
+    "1e999",
+    "x.p",
+    "now()",
+]
+_ANY_VALUE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.floats(allow_nan=False),
+    st.sampled_from(["1.5", "abc", " 2 ", "nan", ""]),
+    st.lists(st.integers(), max_size=2),
+)
+
+
+def _result(fn: Callable[[], Any]) -> tuple[str, Any]:
+    try:
+        return "value", repr(fn())
+    except Exception as exc:
+        return type(exc).__name__, str(exc)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(_INLINE_TEXTS),
+    st.one_of(st.dictionaries(st.sampled_from(["p", "q", "vwap"]), _ANY_VALUE, max_size=3), _ANY_VALUE),
+    st.one_of(st.none(), st.dictionaries(st.sampled_from(["vwap", "x"]), _ANY_VALUE, max_size=2)),
+)
+def test_inline_source_computes_what_the_compiled_expression_does(text: str, data: Any, fields: Any) -> None:
+    """The Python text a step compiles into its own on_next (:func:`inline_source`) gives the compiled
+    expression's value, or raises its exception with its message, on events and rows of any shape."""
+    event = Event("feed", 5.0, 5.0, "BTC", data, {"seq": 7})
+    item = event if fields is None else make_row(event, fields)
+    source = inline_source(text, {"vwap", "x"})
+    assert source is not None
+    fn = compile_expression(text, {"vwap", "x"})
+    namespace = dict(INLINE_NAMES)
+    assert _result(lambda: eval(source, namespace, {"item": item})) == _result(lambda: fn(item))
+
+
+def test_inline_source_is_none_for_anything_but_the_simplest_forms() -> None:
+    for text in _NOT_INLINE:
+        assert inline_source(text, {"vwap"}) is None, text
+    assert inline_source("vwap", ()) is None  # not a computed field here

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import Field
 
-from streams.event import Event
-from streams.expressions import Compiled
+from streams.expressions import INLINE_NAMES, Compiled, inline_source
 from streams.rules.operators import admit, operator, with_fields
 from streams.rules.spec import (
     CompiledStep,
@@ -35,6 +35,40 @@ class CrossingConfig(StepModel):
     per_key: bool = Field(True, description="Track each event key separately.")
 
 
+_CROSSING = """\
+def build(emit, sides):
+    get, to_end = sides.get, sides.move_to_end
+
+    def on_next(item):
+        try:
+            v = {value}
+            lvl = {level}
+            band = {band}
+            if v > lvl + band:
+                side = 1
+            elif v < lvl - band:
+                side = -1
+            else:
+                return
+        except Exception as exc:
+            fail(label, exc, item)
+            return
+        k = {key}
+        old = get(k)
+        if old is None:
+            admit(sides, k, side, max_keys, stats)
+            return
+        to_end(k)
+        if old == side:
+            return
+        sides[k] = side
+        if {emits}:
+            emit(with_fields(item, {{"direction": "up" if side == 1 else "down", "level": lvl}}))
+
+    return on_next
+"""
+
+
 def crossing(
     value: Compiled,
     level: Compiled,
@@ -45,6 +79,9 @@ def crossing(
     hysteresis: float,
     hysteresis_pct: float,
     per_key: bool,
+    value_source: str | None = None,
+    level_source: str | None = None,
+    value_key: str | None = None,
 ) -> Operator:
     """Emit when ``value`` crosses ``level`` (edge-triggered, with a dead band against chattering).
 
@@ -52,42 +89,46 @@ def crossing(
     (``band = hysteresis + |level| * hysteresis_pct / 100``); in between it keeps its side. A
     crossing is a change of side (never the first side seen); it is emitted for ``up`` (below →
     above), ``down`` (above → below) or ``both``, with fields ``direction`` and ``level``.
+
+    The ``on_next`` is compiled for the configuration, with ``value`` and ``level`` written in
+    when they are simple (``value_source`` / ``level_source``, from
+    :func:`~streams.expressions.inline_source`) and called otherwise.
     """
-    stats = ctx.stats
-    fail = ctx.fail
-    max_keys = ctx.max_keys
     up = direction in ("up", "both")
     down = direction in ("down", "both")
     pct = hysteresis_pct / 100.0
+    value_text = value_source or "_value(item)"
+    if value_key is not None:  # a step before may have computed it for this very row (StepContext.values)
+        value_text = f"_cell[1] if item is _cell[0] else {value_text}"
+    source = _CROSSING.format(
+        value=value_text,
+        level=level_source or "_level(item)",
+        # hysteresis + abs(lvl) * pct; 0.0 + x is x for the x >= 0 (or NaN) that abs(lvl) * pct is
+        band=(f"{float(hysteresis)!r} + " if hysteresis else "") + f"abs(lvl) * {pct!r}"
+        if pct
+        else f"{float(hysteresis)!r}",
+        key="item.key" if per_key else "None",
+        emits="True" if up and down else "side == 1" if up else "side == -1",
+    )
+    names: dict[str, Any] = dict(INLINE_NAMES)
+    names.update(
+        _value=value,
+        _cell=ctx.values.setdefault(value_key, [None, None]) if value_key is not None else None,
+        _level=level,
+        fail=ctx.fail,
+        label=label,
+        admit=admit,
+        max_keys=ctx.max_keys,
+        stats=ctx.stats,
+        with_fields=with_fields,
+    )
+    exec(compile(source, f"<crossing {label}>", "exec"), names)  # our lines; text only from inline_source
+    build_compiled: Callable[[Emit, OrderedDict[Any, int]], OnNext] = names["build"]
+    max_keys = ctx.max_keys
 
     def build(emit: Emit) -> OnNext:
         sides: OrderedDict[Any, int] = OrderedDict()
-
-        def on_next(item: Event) -> None:
-            try:
-                v = value(item)
-                lvl = level(item)
-                band = hysteresis + abs(lvl) * pct if pct else hysteresis
-                if v > lvl + band:
-                    side = 1
-                elif v < lvl - band:
-                    side = -1
-                else:
-                    return
-            except Exception as exc:
-                fail(label, exc, item)
-                return
-            k = item.key if per_key else None
-            old = sides.get(k)
-            if old is None:
-                admit(sides, k, side, max_keys, stats)
-                return
-            sides.move_to_end(k)
-            if old == side:
-                return
-            sides[k] = side
-            if (up and side == 1) or (down and side == -1):
-                emit(with_fields(item, {"direction": "up" if side == 1 else "down", "level": lvl}))
+        on_next = build_compiled(emit, sides)
 
         def restore(saved: list[tuple[Any, int]]) -> None:
             sides.clear()
@@ -102,6 +143,9 @@ def crossing(
 def compile_crossing(cfg: CrossingConfig, scope: StepScope) -> CompiledStep | None:
     value = scope.expr(cfg.value, "value")
     level = scope.expr(cfg.level, "level")
+    value_source = inline_source(cfg.value, scope.names)  # read with the names the expressions saw
+    value_key = inline_source(cfg.value)  # it reads the event alone: a step before may hand it over
+    level_source = inline_source(cfg.level, scope.names)
     scope.add("direction", "level")
     if value is None or level is None:
         return None
@@ -123,6 +167,9 @@ def compile_crossing(cfg: CrossingConfig, scope: StepScope) -> CompiledStep | No
             hysteresis=cfg.hysteresis,
             hysteresis_pct=cfg.hysteresis_pct,
             per_key=cfg.per_key,
+            value_source=value_source,
+            level_source=level_source,
+            value_key=value_key,
         )
 
     return scope.compiled(summary, make)

@@ -26,7 +26,7 @@ def where(predicate: Compiled, ctx: StepContext, label: str) -> Operator:
 
         return on_next
 
-    return operator(build)
+    return operator(build, test=(label, predicate))  # a rule may run the test inline instead
 
 
 def compile_where(text: str, scope: StepScope) -> CompiledStep | None:

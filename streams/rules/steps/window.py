@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from daemon.errors import ExpressionError
 from streams.event import Event
-from streams.rules.aggregates import WindowProgram, WindowState, compile_aggregates
+from streams.rules.aggregates import SlidingCode, WindowProgram, WindowState, compile_aggregates
 from streams.rules.operators import admit, later, operator
 from streams.rules.row import FIELDS_INDEX, Row, fields_of, make_row
 from streams.rules.spec import (
@@ -93,6 +94,33 @@ def window(
 
     if not tumbling and seconds is not None:  # the common case, on its own: per event, nothing else
         span = seconds
+        code = program.sliding_code()
+        if code is not None:  # plain running sums: the whole step compiled into one function
+
+            def build_compiled(emit: Emit) -> OnNext:
+                assert code is not None
+                # compiled when built: the later steps, made already, have asked for their values
+                build_fused = _fused_sliding_time(
+                    code,
+                    program,
+                    ctx,
+                    label,
+                    span=span,
+                    per_key=per_key,
+                    min_events=min_events,
+                    max_events=max_events,
+                )
+                states: OrderedDict[Any, WindowState] = OrderedDict()
+                on_next = build_fused(emit, states)
+
+                def restore(saved: list[tuple[Any, WindowState]]) -> None:
+                    states.clear()
+                    states.update(saved[-max_keys:])
+
+                ctx.keep(lambda: list(states.items()), restore)  # key → its window's events and sums
+                return on_next
+
+            return operator(build_compiled)
 
         def build_sliding_time(emit: Emit) -> OnNext:
             states: OrderedDict[Any, WindowState] = OrderedDict()
@@ -241,6 +269,106 @@ def window(
         return on_next
 
     return operator(build_tumbling_time)
+
+
+_SLIDING_TIME = """\
+def build(emit, states):
+    get, to_end = states.get, states.move_to_end
+
+    def on_next(item):
+        try:
+{evaluate}
+        except Exception as exc:
+            fail(label, exc, item)
+            return
+        k = {key}
+        st = get(k)
+        if st is None:
+            st = admit(states, k, WindowState(program, True), max_keys, stats)
+        else:
+            to_end(k)
+        ts = item.ts
+        entries = st.entries
+        cutoff = ts - {span!r}
+        while entries and entries[0][0] <= cutoff:
+{remove}
+{add}
+        if _n > {max_events!r}:
+            while st.n > {max_events!r}:
+                remove_oldest(st)
+                stats.overflow += 1
+            _n = st.n
+            _sums = st.sums
+        if {enough}:
+{first}            if len(item) == {plain_length!r} and item.kind:  # a plain event: its fields as they are
+                _row = new_row(Row, item + ({{{literal}}},))
+            else:
+                _out = dict(fields_of(item))
+{assign}
+                _row = make_row(item, _out)
+{hand}            emit(_row)
+
+    return on_next
+"""
+
+
+def _fused_sliding_time(
+    code: SlidingCode,
+    program: WindowProgram,
+    ctx: StepContext,
+    label: str,
+    *,
+    span: float,
+    per_key: bool,
+    min_events: int,
+    max_events: int,
+) -> Callable[[Emit, OrderedDict[Any, WindowState]], OnNext]:
+    """``build(emit, states) -> on_next`` of a sliding time window whose aggregates keep plain running
+    sums: what the generic ``on_next`` below does with :class:`WindowProgram`'s functions, with their
+    lines (:meth:`WindowProgram.sliding_code`) written into one function. The same values, in the
+    same order; the state is the same :class:`WindowState`."""
+
+    def indent(lines: list[str], depth: int) -> str:
+        return "\n".join(" " * depth + line for line in lines)
+
+    uses_first = any("_first" in value for _name, value in code.results)
+    # inputs a later step reads too (StepContext.values): handed over with each row
+    cells = {
+        i: ctx.values[key] for i, key in enumerate(program.keys) if key is not None and key in ctx.values
+    }
+    source = _SLIDING_TIME.format(
+        evaluate=indent(code.evaluate, 12),
+        key="item.key" if per_key else "None",
+        plain_length=FIELDS_INDEX,
+        span=float(span),
+        max_events=int(max_events),
+        enough="True" if min_events <= 1 else f"_n >= {int(min_events)}",  # a window holds at least 1
+        remove=indent(code.remove, 12),
+        add=indent(code.add, 8),
+        first="            _first = entries[0][2]\n" if uses_first else "",
+        literal=", ".join(f"{name!r}: {value}" for name, value in code.results),
+        assign=indent([f"_out[{name!r}] = {value}" for name, value in code.results], 16),
+        hand="".join(f"            _cell{i}[0] = _row\n            _cell{i}[1] = _v{i}\n" for i in cells),
+    )
+    names = dict(code.names)
+    names.update({f"_cell{i}": cell for i, cell in cells.items()})
+    names.update(
+        fail=ctx.fail,
+        label=label,
+        admit=admit,
+        WindowState=WindowState,
+        program=program,
+        max_keys=ctx.max_keys,
+        stats=ctx.stats,
+        remove_oldest=program.remove_oldest,
+        new_row=new_row,
+        Row=Row,
+        fields_of=fields_of,
+        make_row=make_row,
+    )
+    exec(compile(source, f"<window {label}>", "exec"), names)  # our lines; names only as repr() literals
+    build: Callable[[Emit, OrderedDict[Any, WindowState]], OnNext] = names["build"]
+    return build
 
 
 def compile_window(cfg: WindowConfig, scope: StepScope) -> CompiledStep | None:

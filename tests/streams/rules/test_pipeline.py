@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,7 +12,10 @@ from reactivex.testing import ReactiveTest, TestScheduler
 
 from handlers.base import CallContext
 from streams.event import GAP, Event
+from streams.rules import operators
+from streams.rules.operators import StepOperator
 from streams.rules.pipeline import Rule, RuleConfig
+from streams.rules.steps import where
 
 
 def ev(ts: float, key: str = "BTC", **data: Any) -> Event:
@@ -213,3 +217,74 @@ def test_a_submit_that_raises_is_counted_and_logged_rate_limited(reflexd_logs: _
     assert r.stats.rejected == 100 and r.stats.fired == 100
     assert not [rec for rec in reflexd_logs.records if rec.exc_info]
     assert len(reflexd_logs.records) == 1
+
+
+def plain_operator(build: Any, **_: Any) -> operators.StepOperator:
+    """A step operator without ``test`` / ``gate``: what a rule runs as a step, never inline."""
+    return StepOperator(build)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "inlined"),
+    [
+        (
+            {
+                "where": "data.x != 3",
+                "steps": [
+                    {"where": "data.x > 0"},
+                    {"window": {"seconds": 5, "aggregates": {"n": "count()"}}},
+                ],
+            },
+            (True, True),
+        ),
+        ({"steps": [{"where": "data.x > 0"}, {"throttle": {"seconds": 2}}]}, (False, False)),  # no clock
+        (
+            {
+                "steps": [
+                    {"window": {"seconds": 5, "aggregates": {"s": "sum(float(data.x))"}}},
+                    {"where": "s > 2"},
+                ]
+            },
+            (False, True),
+        ),
+        (
+            {
+                "allowed_lateness_seconds": 1.5,
+                "steps": [
+                    {"where": "data.x > 0"},
+                    {"window": {"seconds": 5, "aggregates": {"n": "count()"}}},
+                ],
+            },
+            (True, False),
+        ),
+        ({"steps": [{"where": "data.x > 0"}, {"set": {"y": "data.x * 2"}}]}, (False, False)),
+    ],
+)
+@pytest.mark.parametrize("live", [False, True])
+def test_a_time_driven_rule_runs_its_leading_where_step_and_gate_inline_as_the_steps_would(
+    cfg: dict[str, Any], inlined: tuple[bool, bool], live: bool
+) -> None:
+    """A time-driven rule runs a leading `where` step and the event-time gate (without allowed
+    lateness) in its own on_next, without their frames: the same fires and counters (errors, late)
+    as the steps themselves, and, once disposed, nothing counted past `matched`."""
+    times = [1, 2, 1.5, 4, math.nan, 3.9, 9, 8, 20, 12, 21, 21]
+    xs: list[Any] = [1, "a", 2, 3, -1, 5, None, 4, 2, "b", 1, 3]
+    body = {"from": ["feed"], "then": [{"tool": "t"}], **cfg}
+    runs = []
+    for inline in (True, False):
+        rec = Recorder()
+        with pytest.MonkeyPatch.context() as patch:
+            if not inline:  # the steps without what lets a rule run them inline
+                patch.setattr(operators, "StepOperator", plain_operator)
+                patch.setattr(where, "operator", plain_operator)
+            r = Rule("r", RuleConfig.model_validate(body), rec, TestScheduler() if live else None)
+        assert (r._test is not None, r._gate is not None) == (inlined if inline else (False, False))
+        for t, x in zip(times[:9], xs[:9], strict=True):
+            r.on_next(Event("feed", t, t, "BTC", {"x": x}, {}))
+        r.dispose()
+        for t, x in zip(times[9:], xs[9:], strict=True):
+            r.on_next(Event("feed", t, t, "BTC", {"x": x}, {}))
+        runs.append(([(c[2].event.ts, c[2].event.data) for c in rec.calls if c[2].event], r.stats.as_dict()))
+    assert runs[0] == runs[1]
+    assert runs[0][1]["errors"] > 0
+    assert runs[0][0]

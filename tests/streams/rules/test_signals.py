@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from reactivex.testing import TestScheduler
 
+from streams.rules.steps import crossing as crossing_step
 from tests.streams.rules.helpers import Recorder, ev, make_rule, run
 
 PRICE = {"set": {"price": "float(data.p)"}}
@@ -238,3 +242,101 @@ def test_sample_is_per_key() -> None:
         (10, "a", 3),
         (10, "b", 2),
     ]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "c"]),
+            st.one_of(st.floats(90, 110).map(lambda x: f"{x:.1f}"), st.sampled_from(["x", None, 100])),
+            st.one_of(st.floats(95, 105), st.sampled_from([None, "100", 0.0, -0.0])),
+        ),
+        max_size=60,
+    ),
+    st.sampled_from(
+        [("float(data.p)", "data.l"), ("price", "100"), ("data.p", "level_in"), ("float(data.p)", "99.5")]
+    ),
+    st.sampled_from(["up", "down", "both"]),
+    st.sampled_from([0.0, 0.5]),
+    st.sampled_from([0.0, 0.01, 1.0]),
+    st.booleans(),
+)
+def test_crossing_reads_simple_expressions_inline_as_it_would_call_them(
+    events: list[tuple[str, Any, Any]],
+    exprs: tuple[str, str],
+    direction: str,
+    hysteresis: float,
+    hysteresis_pct: float,
+    per_key: bool,
+) -> None:
+    """The crossing's compiled on_next writes simple `value` / `level` expressions in
+    (:func:`streams.expressions.inline_source`): the same fires, errors and state as calling them."""
+    value, level = exprs
+    steps: list[dict[str, Any]] = [
+        {"set": {"price": "float(data.p)", "level_in": "data.l"}},
+        {
+            "crossing": {
+                "value": value,
+                "level": level,
+                "direction": direction,
+                "hysteresis": hysteresis,
+                "hysteresis_pct": hysteresis_pct,
+                "per_key": per_key,
+            }
+        },
+    ]
+    if value == "float(data.p)":
+        steps = steps[1:]  # the crossing reads the plain event
+    runs = []
+    for inline in (True, False):
+        rec = Recorder()
+        with pytest.MonkeyPatch.context() as patch:
+            if not inline:
+                patch.setattr(crossing_step, "inline_source", lambda *_: None)
+            r = make_rule(steps, rec, args={"d": "{direction}", "l": "{level}"}, max_keys=2)
+        for i, (key, p, lvl) in enumerate(events):
+            r.on_next(ev(i, key, p=p, l=lvl))
+        runs.append((rec.args, r.stats.as_dict(), r.snapshot().dumps()))
+    assert runs[0] == runs[1]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "c"]),
+            st.one_of(st.floats(90, 110).map(lambda x: f"{x:.2f}"), st.sampled_from(["x", None, 100, "nan"])),
+            st.sampled_from(["1", "0.5", "0", "y"]),
+        ),
+        max_size=60,
+    ),
+    st.booleans(),
+    st.sampled_from(["float(data.p)", "data.p"]),
+)
+def test_a_crossing_after_a_window_takes_the_value_the_window_computed_for_its_row(
+    events: list[tuple[str, Any, Any]], between: bool, value: str
+) -> None:
+    """A crossing reading the same expression of the event as the window before it takes the value
+    the window computed for the row it emitted (StepContext.values) instead of computing it again:
+    the same fires, errors and state as computing it; with a step between them (a new row) it computes."""
+    steps: list[dict[str, Any]] = [
+        {"window": {"seconds": 5, "aggregates": {"vw": f"vwap({value}, float(data.q))", "n": "count()"}}},
+        {"crossing": {"value": value, "level": "vw", "hysteresis_pct": 0.01}},
+    ]
+    if between:
+        steps.insert(1, {"set": {"twice": "n * 2"}})
+    real = crossing_step.inline_source
+    runs = []
+    for handed in (True, False):
+        rec = Recorder()
+        with pytest.MonkeyPatch.context() as patch:
+            if not handed:  # the crossing asks for no value
+                patch.setattr(
+                    crossing_step, "inline_source", lambda text, *names: real(text, *names) if names else None
+                )
+            r = make_rule(steps, rec, args={"d": "{direction}", "l": "{level}"}, max_keys=2)
+        for i, (key, p, q) in enumerate(events):
+            r.on_next(ev(i, key, p=p, q=q))
+        runs.append((rec.args, r.stats.as_dict(), r.snapshot().dumps()))
+    assert runs[0] == runs[1]
