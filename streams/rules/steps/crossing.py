@@ -30,8 +30,12 @@ class CrossingConfig(StepModel):
     value: str = Field(description="Expression whose crossings are watched.")
     level: str = Field(description="Expression or number: the level to cross (e.g. `vwap`).")
     direction: Literal["up", "down", "both"] = Field("both", description="Which crossings emit.")
-    hysteresis: float = Field(0.0, ge=0, description="Dead band: the value must pass level ± this.")
-    hysteresis_pct: float = Field(0.0, ge=0, le=100, description="Dead band in percent of |level|.")
+    hysteresis: float = Field(
+        0.0, ge=0, allow_inf_nan=False, description="Dead band: the value must pass level ± this."
+    )
+    hysteresis_pct: float = Field(
+        0.0, ge=0, le=100, allow_inf_nan=False, description="Dead band in percent of |level|."
+    )
     per_key: bool = Field(True, description="Track each event key separately.")
 
 

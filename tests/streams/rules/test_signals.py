@@ -60,6 +60,17 @@ def test_hysteresis_in_percent_of_the_level() -> None:
     assert rec.times == [3, 5]
 
 
+@pytest.mark.parametrize(
+    "band", [{"hysteresis": float("inf")}, {"hysteresis": float("nan")}, {"hysteresis_pct": float("nan")}]
+)
+def test_a_dead_band_that_is_not_a_finite_number_is_a_config_error(band: dict[str, float]) -> None:
+    """``hysteresis: .inf`` (or NaN) would never let a value cross: refused when the rule is built,
+    not turned into an error per event by the compiled step."""
+    (name,) = band
+    with pytest.raises(ValueError, match=f"{name}[\\s\\S]*finite number"):
+        crossing_step.CrossingConfig.model_validate({"value": "price", "level": "100", **band})
+
+
 def test_crossing_another_field_and_one_direction() -> None:
     """The level may be another field; `direction: up` ignores downward crossings."""
     rec = Recorder()
