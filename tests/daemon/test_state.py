@@ -575,6 +575,7 @@ SHAPES = [
     "nested",
     "no event",
     "int key",
+    "numbers",
 ]
 
 
@@ -604,6 +605,8 @@ def test_calls_ended_alike_build_the_same_rows_as_call_by_call(shape: str) -> No
             event = None
         if shape == "int key":
             args[7] = "seven"
+        if shape == "numbers":  # values that are not strings, none of them a dict: nothing to hide
+            args.update(n=i, f=1.5, none=None, items=[1, "two"])
         return (f"key{i}", rule, outcome, args, secrets, event, 1 + i % 2, {"partition": 0, "offset": i // 2})
 
     calls = [call(i) for i in range(6)]
@@ -624,7 +627,7 @@ def test_calls_ended_alike_build_the_same_rows_as_call_by_call(shape: str) -> No
             {"partition": 0, "offset": 2},
         )  # fmt: skip
     journal._batches = []
-    assert journal._calls_ended_alike("t", 1.0, 2.0, calls) == (shape in ("alike", "int key"))
+    assert journal._calls_ended_alike("t", 1.0, 2.0, calls) == (shape in ("alike", "int key", "numbers"))
     journal.executor.shutdown()
 
 
