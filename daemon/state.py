@@ -288,15 +288,26 @@ def _any_hidden(calls_args: Sequence[dict[str, Any]], explicit: frozenset[str]) 
     the types of their values, without Python code per call."""
     if _any_name_to_hide(frozenset().union(*calls_args), explicit):
         return True
-    values = itertools.chain.from_iterable
-    try:  # every value a string (the common case) is no dict: one join tells, ~40 % faster than the types
-        "".join(values(map(dict.values, calls_args)))
-    except TypeError:
-        pass
-    else:
-        return False
-    types = set(map(type, values(map(dict.values, calls_args))))
+    types = set(map(type, itertools.chain.from_iterable(map(dict.values, calls_args))))
     return any(issubclass(kind, dict) for kind in types)
+
+
+def _shown_args_json(calls_args: Sequence[dict[str, Any]], explicit: frozenset[str]) -> bytes | bool:
+    """:func:`_any_hidden`, and when nothing is hidden the arguments dumped (a JSON array, one object
+    per call) if that is how they tell it: the names first, then the dump, in which a dict value
+    always shows as ``":{`` (a string may hold that too: then the types decide). ~10 times cheaper
+    than the types of the values of a Kafka tool's batch, which are cold by then. True: something
+    to hide; False: nothing, but no dump (a name that is not a string, a value orjson cannot dump
+    as it is)."""
+    if _any_name_to_hide(frozenset().union(*calls_args), explicit):
+        return True
+    try:
+        dumped = orjson.dumps(calls_args, default=_plain)
+    except TypeError:
+        return _any_hidden(calls_args, explicit)
+    if b'":{' not in dumped:
+        return dumped
+    return _any_hidden(calls_args, explicit) or False
 
 
 def redact_names(args: dict[str, Any], secret_names: Iterable[str] = ()) -> tuple[dict[str, Any], list[str]]:
@@ -360,14 +371,14 @@ def batch_calls(args_text: str | None) -> list[BatchCall] | None:
     return out
 
 
-def _batch_text(columns: Sequence[Sequence[Any]]) -> str | bytes:
+def _batch_text(columns: Sequence[Sequence[Any]], args_json: bytes | None = None) -> str | bytes:
     """A batch row's ``args`` from its calls' fields (``columns``: one sequence per field of
     :data:`BATCH_ENTRY`, in that order, a value per call): ``[{"each": ..., "same": ...}]``, a field
     whose value is one and the same object for every call (the rule's source, the kind, a producer
     batch's result, the attempts) once in ``same``, the others (the keys always) as lists in ``each``;
     one dump of it all. UTF-8 bytes, not decoded (tens of kB): the INSERT stores them as text
     (``CAST(? AS TEXT)``). If that cannot be dumped, one entry per call (schema 3's layout, each
-    dumped on its own)."""
+    dumped on its own). ``args_json``: the arguments' column as its dump would be (written as it is)."""
     each: dict[str, Any] = {}
     same: dict[str, Any] = {}
     is_ = operator.is_
@@ -376,6 +387,8 @@ def _batch_text(columns: Sequence[Sequence[Any]]) -> str | bytes:
         # the same object each time (not only equal: 1 == 1.0 == True would be written alike)
         if name != "key" and all(map(is_, column, itertools.repeat(first))):
             same[name] = first
+        elif name == "args" and args_json is not None:
+            each[name] = orjson.Fragment(args_json)
         else:
             each[name] = column
     doc = [{"each": each, "same": same}]
@@ -959,16 +972,17 @@ class Journal:
             or outcomes.count(outcome) != n
             or secrets.count(hide) != n
             or None in events
-            or _any_hidden(args, hide)
         ):
+            return False
+        dumped = _shown_args_json(args, hide)
+        if dumped is True:
             return False
         fields = list(zip(*events, strict=True))  # the events' fields, one tuple each
         where = [fields[i] for i in _EVENT_INDEXES]
         if outcome == "succeeded":
             self._remember_all(keys)
-        self._batch_row(
-            tool, started, now, rule, outcome, (keys, args, *where, attempts, results), max(attempts)
-        )
+        columns = (keys, args, *where, attempts, results)
+        self._batch_row(tool, started, now, rule, outcome, columns, max(attempts), dumped or None)
         return True
 
     def _calls_ended_apart(
@@ -1011,9 +1025,10 @@ class Journal:
         outcome: str,
         columns: Sequence[Sequence[Any]],
         attempts: int,
+        args_json: bytes | None = None,
     ) -> None:
         """Buffer the row of calls ended alike (``columns``: the fields of :data:`BATCH_ENTRY`, a
-        sequence of a value per call each)."""
+        sequence of a value per call each; ``args_json``: their arguments' column dumped already)."""
         keys = columns[0]
         self._batches.append(
             (
@@ -1021,7 +1036,7 @@ class Journal:
                 keys[0],
                 rule,
                 tool,
-                _batch_text(columns),
+                _batch_text(columns, args_json),
                 None,
                 None,
                 started,
