@@ -107,8 +107,9 @@ async def run(n: int, journaled: bool) -> tuple[float, float]:
             store.close()
             with contextlib.closing(sqlite3.connect(path)) as db:
                 (calls,) = db.execute(
-                    "SELECT COALESCE(SUM(json_array_length(args)), 0) FROM invocations"
-                    " WHERE outcome = 'succeeded' AND substr(args, 1, 1) = '['"
+                    "SELECT COALESCE(SUM(CASE WHEN substr(args, 1, 2) = '[{'"
+                    " THEN json_array_length(args, '$[0].each.key') ELSE json_array_length(args) END), 0)"
+                    " FROM invocations WHERE outcome = 'succeeded' AND substr(args, 1, 1) = '['"
                 ).fetchone()
             if calls != n:
                 raise RuntimeError(f"the journal holds {calls} succeeded calls in batch rows, want {n}")

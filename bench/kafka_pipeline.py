@@ -402,9 +402,11 @@ async def reflexd_run(
         await delete_topics_on(bootstrap, [out])
         if journal:
             with contextlib.closing(sqlite3.connect(state_path)) as db:
-                # a batch row (daemon.state.batch_calls) counts its calls
+                # a batch row (daemon.state.batch_calls) counts its calls, in either layout
                 query = (
-                    "SELECT COALESCE(SUM(CASE WHEN substr(args, 1, 1) = '[' THEN json_array_length(args)"
+                    "SELECT COALESCE(SUM(CASE WHEN substr(args, 1, 2) = '[{'"
+                    " THEN json_array_length(args, '$[0].each.key')"
+                    " WHEN substr(args, 1, 1) = '[' THEN json_array_length(args)"
                     " ELSE 1 END), 0) FROM invocations WHERE outcome = 'succeeded'"
                 )
                 (rows,) = db.execute(query).fetchone()

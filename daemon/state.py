@@ -19,9 +19,11 @@
   already succeeded (a redelivered Kafka record, a DLQ replay) is skipped.
 - **Batch rows**: the calls of a Kafka record taken together by a batching tool that ended alike
   (succeeded, or skipped as duplicates) are one row (:meth:`Journal.calls_ended`): its ``args``
-  is a JSON array with one entry per call (:data:`BATCH_ENTRY`), where a call's own row holds a JSON
-  object; :func:`batch_calls` expands it. Such a row never runs and keeps no payload (the record is
-  delivered again after a crash); ``key`` is its first call's key.
+  is a JSON array (where a call's own row holds a JSON object) holding the calls' fields
+  (:data:`BATCH_ENTRY`) column by column, a value shared by them all once (schema 4; a file of
+  schema 3 holds one entry per call instead, still read); :func:`batch_calls` expands it. Such a
+  row never runs and keeps no payload (the record is delivered again after a crash); ``key`` is its
+  first call's key.
 
 The store is used from the event loop through :class:`Journal` (batched, async) and directly,
 synchronously, by the ``reflexd dlq`` commands.
@@ -197,7 +199,10 @@ RESULT_CHARS = 65536
 #: 3: batch rows in ``invocations`` (``args`` a JSON array of the calls, see :data:`BATCH_ENTRY`); no
 #:    table changes, but a reflexd that knows only 2 would read such a row as one call (and
 #:    remember only one of its keys), so it refuses the file.
-SCHEMA_VERSION = 3
+#: 4: batch rows column by column (``[{"each": {field: [value per call]}, "same": {field: value}}]``,
+#:    see :func:`_batch_text`); no table changes, but a reflexd that knows only 3 cannot read such a
+#:    row's calls, so it refuses the file. Rows of one entry per call (schema 3) are still read.
+SCHEMA_VERSION = 4
 
 REDACTED = "***"
 _SECRET_NAMES = ("password", "passwd", "secret", "token", "authorization", "api_key", "apikey", "private_key")
@@ -287,6 +292,24 @@ def _any_hidden(calls_args: Sequence[dict[str, Any]], explicit: frozenset[str]) 
     return any(issubclass(kind, dict) for kind in types)
 
 
+def _shown_args_json(calls_args: Sequence[dict[str, Any]], explicit: frozenset[str]) -> bytes | bool:
+    """:func:`_any_hidden`, and when nothing is hidden the arguments dumped (a JSON array, one object
+    per call) if that is how they tell it: the names first, then the dump, in which a dict value
+    always shows as ``":{`` (a string may hold that too: then the types decide). ~10 times cheaper
+    than the types of the values of a Kafka tool's batch, which are cold by then. True: something
+    to hide; False: nothing, but no dump (a name that is not a string, a value orjson cannot dump
+    as it is)."""
+    if _any_name_to_hide(frozenset().union(*calls_args), explicit):
+        return True
+    try:
+        dumped = orjson.dumps(calls_args, default=_plain)
+    except TypeError:
+        return _any_hidden(calls_args, explicit)
+    if b'":{' not in dumped:
+        return dumped
+    return _any_hidden(calls_args, explicit) or False
+
+
 def redact_names(args: dict[str, Any], secret_names: Iterable[str] = ()) -> tuple[dict[str, Any], list[str]]:
     """:func:`redact` and the top-level names whose values it changed (a dict value counts when
     something inside it was hidden)."""
@@ -313,7 +336,7 @@ BATCH_ENTRY = (
 )
 _EVENT_FIELDS = ("source", "ts", "received_at", "key", "meta", "kind")
 #: The event's fields of a batch entry, by their index in an :class:`Event` (``data`` and ``ack`` left out).
-_EVENT_GETTERS = tuple(operator.itemgetter(Event._fields.index(name)) for name in _EVENT_FIELDS)
+_EVENT_INDEXES = tuple(Event._fields.index(name) for name in _EVENT_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -331,25 +354,52 @@ def batch_calls(args_text: str | None) -> list[BatchCall] | None:
     """The calls of a batch row, from its ``args``; None for the row of one call (a JSON object)."""
     if not args_text or args_text[0] != "[":
         return None
+    doc = orjson.loads(args_text)
+    entries: Iterable[Sequence[Any]] = doc
+    if doc and isinstance(doc[0], dict):  # column by column (schema 4, see _batch_text)
+        each, same = doc[0]["each"], doc[0]["same"]
+        n = len(each["key"])
+        entries = zip(
+            *(each[name] if name in each else itertools.repeat(same[name], n) for name in BATCH_ENTRY),
+            strict=True,
+        )
     out: list[BatchCall] = []
-    for entry in orjson.loads(args_text):
+    for entry in entries:
         key, args, source, *where, attempts, result = entry
         event = None if source is None else dict(zip(_EVENT_FIELDS, (source, *where), strict=True))
         out.append(BatchCall(key, args, event, attempts, result))
     return out
 
 
-def _batch_text(entries: list[tuple[Any, ...]]) -> str | bytes:
-    """A batch row's ``args``: one dump of them all (each on its own if one cannot be dumped). UTF-8
-    bytes, not decoded (tens of kB): the INSERT stores them as text (``CAST(? AS TEXT)``)."""
+def _batch_text(columns: Sequence[Sequence[Any]], args_json: bytes | None = None) -> str | bytes:
+    """A batch row's ``args`` from its calls' fields (``columns``: one sequence per field of
+    :data:`BATCH_ENTRY`, in that order, a value per call): ``[{"each": ..., "same": ...}]``, a field
+    whose value is one and the same object for every call (the rule's source, the kind, a producer
+    batch's result, the attempts) once in ``same``, the others (the keys always) as lists in ``each``;
+    one dump of it all. UTF-8 bytes, not decoded (tens of kB): the INSERT stores them as text
+    (``CAST(? AS TEXT)``). If that cannot be dumped, one entry per call (schema 3's layout, each
+    dumped on its own). ``args_json``: the arguments' column as its dump would be (written as it is)."""
+    each: dict[str, Any] = {}
+    same: dict[str, Any] = {}
+    is_ = operator.is_
+    for name, column in zip(BATCH_ENTRY, columns, strict=True):
+        first = column[0]
+        # the same object each time (not only equal: 1 == 1.0 == True would be written alike)
+        if name != "key" and all(map(is_, column, itertools.repeat(first))):
+            same[name] = first
+        elif name == "args" and args_json is not None:
+            each[name] = orjson.Fragment(args_json)
+        else:
+            each[name] = column
+    doc = [{"each": each, "same": same}]
     try:  # without OPT_NON_STR_KEYS first: ~40 % faster, and string keys are the rule
-        return orjson.dumps(entries, default=_plain)
+        return orjson.dumps(doc, default=_plain)
     except TypeError:
         pass
     try:
-        return orjson.dumps(entries, default=_plain, option=orjson.OPT_NON_STR_KEYS)
+        return orjson.dumps(doc, default=_plain, option=orjson.OPT_NON_STR_KEYS)
     except TypeError:
-        return "[" + ",".join(_entry_text(entry) for entry in entries) + "]"
+        return "[" + ",".join(_entry_text(entry) for entry in zip(*columns, strict=True)) + "]"
 
 
 def _entry_text(entry: tuple[Any, ...]) -> str:
@@ -922,14 +972,17 @@ class Journal:
             or outcomes.count(outcome) != n
             or secrets.count(hide) != n
             or None in events
-            or _any_hidden(args, hide)
         ):
             return False
-        where = [map(getter, events) for getter in _EVENT_GETTERS]
-        entries = list(zip(keys, args, *where, attempts, results, strict=True))
+        dumped = _shown_args_json(args, hide)
+        if dumped is True:
+            return False
+        fields = list(zip(*events, strict=True))  # the events' fields, one tuple each
+        where = [fields[i] for i in _EVENT_INDEXES]
         if outcome == "succeeded":
             self._remember_all(keys)
-        self._batch_row(tool, started, now, rule, outcome, entries, max(attempts))
+        columns = (keys, args, *where, attempts, results)
+        self._batch_row(tool, started, now, rule, outcome, columns, max(attempts), dumped or None)
         return True
 
     def _calls_ended_apart(
@@ -960,7 +1013,8 @@ class Journal:
         if succeeded:
             self._remember_all(succeeded)
         for (rule, outcome), entries in groups.items():
-            self._batch_row(tool, started, now, rule, outcome, entries, max(entry[8] for entry in entries))
+            columns = list(zip(*entries, strict=True))
+            self._batch_row(tool, started, now, rule, outcome, columns, max(columns[8]))
 
     def _batch_row(
         self,
@@ -969,17 +1023,20 @@ class Journal:
         now: float,
         rule: str | None,
         outcome: str,
-        entries: list[tuple[Any, ...]],
+        columns: Sequence[Sequence[Any]],
         attempts: int,
+        args_json: bytes | None = None,
     ) -> None:
-        """Buffer the row of calls ended alike (``entries``: one :data:`BATCH_ENTRY` each)."""
+        """Buffer the row of calls ended alike (``columns``: the fields of :data:`BATCH_ENTRY`, a
+        sequence of a value per call each; ``args_json``: their arguments' column dumped already)."""
+        keys = columns[0]
         self._batches.append(
             (
                 self.new_id(),
-                entries[0][0],
+                keys[0],
                 rule,
                 tool,
-                _batch_text(entries),
+                _batch_text(columns, args_json),
                 None,
                 None,
                 started,
@@ -990,7 +1047,7 @@ class Journal:
                 None,
             )
         )
-        self._batched_calls += len(entries)
+        self._batched_calls += len(keys)
 
     def queue(self, sql: str, params: Sequence[Any]) -> bool:
         """Buffer one statement for the writer; False (counted) when the buffer is full."""

@@ -266,7 +266,7 @@ async def test_a_schema_1_file_is_migrated_to_2_with_the_agent_tables_beside_the
     assert "agent_runs" not in tables(path)
     store = StateStore(path).open()
     try:
-        assert store.db.execute("PRAGMA user_version").fetchone() == (state.SCHEMA_VERSION,) == (3,)
+        assert store.db.execute("PRAGMA user_version").fetchone() == (state.SCHEMA_VERSION,) == (4,)
         assert store.succeeded_keys(10) == ["r:e:0"]
         assert [d.key for d in store.dead_letters()] == ["r:e:1"]
         agent = AgentState(store)

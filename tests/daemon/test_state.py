@@ -7,7 +7,7 @@ import sqlite3
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import pytest
 
@@ -566,6 +566,11 @@ def _batch_rows(journal: Journal, calls: list[tuple[Any, ...]], *, alike: bool) 
     return [row[1:8] + row[9:] for row in journal._batches]
 
 
+class OffsetAndTime(NamedTuple):
+    offset: int
+    at: float
+
+
 SHAPES = [
     "alike",
     "two rules",
@@ -575,6 +580,9 @@ SHAPES = [
     "nested",
     "no event",
     "int key",
+    "numbers",
+    "brace in a string",
+    "named tuple",
 ]
 
 
@@ -604,6 +612,12 @@ def test_calls_ended_alike_build_the_same_rows_as_call_by_call(shape: str) -> No
             event = None
         if shape == "int key":
             args[7] = "seven"
+        if shape == "numbers":  # values that are not strings, none of them a dict: nothing to hide
+            args.update(n=i, f=1.5, none=None, items=[1, "two"])
+        if shape == "brace in a string":  # looks like a dict value in the dump: the types tell it is not
+            args["text"] = '{"a":{"password": 1}}'
+        if shape == "named tuple":  # dumped as an object, but not a dict: nothing to hide
+            args["at"] = OffsetAndTime(i, 2.5)
         return (f"key{i}", rule, outcome, args, secrets, event, 1 + i % 2, {"partition": 0, "offset": i // 2})
 
     calls = [call(i) for i in range(6)]
@@ -611,15 +625,22 @@ def test_calls_ended_alike_build_the_same_rows_as_call_by_call(shape: str) -> No
     built = _batch_rows(journal, calls, alike=True)
     assert built == _batch_rows(journal, calls, alike=False)
     assert all(b"s3cr3t" not in row[3] for row in built)
-    entries = [entry for row in built for entry in state.orjson.loads(row[3])]
-    assert sorted(entry[0] for entry in entries) == [f"key{i}" for i in range(6)]
+    expanded = [call for row in built for call in state.batch_calls(row[3].decode()) or ()]
+    assert sorted(call.key for call in expanded) == [f"key{i}" for i in range(6)]
     assert len(built) == {"two rules": 2, "two outcomes": 2}.get(shape, 1)
     if shape == "alike":
-        assert entries[5] == ["key5", {"id": "5", "p": "1.5"}, "src", 15.0, 16.0, "k5",
-                              {"topic": "in", "partition": 1, "offset": 5}, "data", 2,
-                              {"partition": 0, "offset": 2}]  # fmt: skip
+        assert expanded[5] == state.BatchCall(
+            "key5",
+            {"id": "5", "p": "1.5"},
+            {"source": "src", "ts": 15.0, "received_at": 16.0, "key": "k5",
+             "meta": {"topic": "in", "partition": 1, "offset": 5}, "kind": "data"},
+            2,
+            {"partition": 0, "offset": 2},
+        )  # fmt: skip
     journal._batches = []
-    assert journal._calls_ended_alike("t", 1.0, 2.0, calls) == (shape in ("alike", "int key"))
+    assert journal._calls_ended_alike("t", 1.0, 2.0, calls) == (
+        shape in ("alike", "int key", "numbers", "brace in a string", "named tuple")
+    )
     journal.executor.shutdown()
 
 
@@ -634,4 +655,126 @@ def test_a_new_state_file_has_large_pages_and_an_older_one_keeps_its_own(tmp_pat
     store = StateStore(tmp_path / "old.db").open()
     assert store.db.execute("PRAGMA page_size").fetchone() == (4096,)
     assert store.db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    store.close()
+
+
+def _schema3_text(calls: list[tuple[Any, ...]]) -> str:
+    """A batch row's ``args`` as schema 3 wrote it: one entry per call (key, args, the event's fields, attempts,
+    result)."""
+    entries = []
+    for key, _rule, _outcome, args, _secrets, event, attempts, result in calls:
+        where = (
+            [None] * 6
+            if event is None
+            else [event.source, event.ts, event.received_at, event.key, event.meta, event.kind]
+        )
+        entries.append([key, args, *where, attempts, result])
+    return state.orjson.dumps(entries).decode()
+
+
+@pytest.mark.parametrize("shape", ["kafka", "mixed", "one call", "equal not same"])
+def test_a_batch_row_column_by_column_expands_to_the_calls_of_one_entry_each(shape: str) -> None:
+    """A batch row of schema 4 (the calls' fields column by column, a value shared by every call once) expands
+    to exactly the calls a row of schema 3 (one entry per call) holding them expands to; a value shared only
+    by equality (1, 1.0, True) is kept per call, as it was."""
+    shared_result = {"partition": 0, "base_offset": 40}
+
+    def call(i: int) -> tuple[Any, ...]:
+        event: Event | None = Event(
+            "src", 10.5 + i, 11.25 + i, None, {"i": i}, {"topic": "in", "offset": i}, "data"
+        )
+        result: Any = shared_result
+        attempts = 1
+        if shape == "mixed":
+            event = None if i == 2 else event._replace(key=f"k{i}", kind="data" if i % 2 else "other")
+            result, attempts = {"n": i}, 1 + i % 3
+        if shape == "equal not same":
+            result = [1, 1.0, True, 1][i % 4]
+        return (
+            f"key{i}",
+            "r",
+            "succeeded",
+            {"id": str(i), "p": "1.5"},
+            frozenset[str](),
+            event,
+            attempts,
+            result,
+        )
+
+    calls = [call(i) for i in range(1 if shape == "one call" else 7)]
+    journal = Journal(StateStore(Path("unused.db")))
+    built = _batch_rows(journal, calls, alike=shape != "mixed")
+    journal.executor.shutdown()
+    assert len(built) == 1
+    text = built[0][3].decode()
+    assert text.startswith('[{"each":')
+    layout = state.orjson.loads(text)[0]
+    if shape == "kafka":  # what every call shares is stored once
+        assert layout["same"] == {"source": "src", "event_key": None, "kind": "data", "attempts": 1,
+                                  "result": shared_result}  # fmt: skip
+        assert sorted(layout["each"]) == ["args", "key", "meta", "received_at", "ts"]
+    if shape == "equal not same":
+        assert layout["each"]["result"] == [1, 1.0, True, 1, 1, 1.0, True]
+    expanded = state.batch_calls(text)
+    assert expanded is not None and expanded == state.batch_calls(_schema3_text(calls))
+    assert [call.key for call in expanded] == [c[0] for c in calls]
+    if shape == "equal not same":
+        assert [type(call.result) for call in expanded[:3]] == [int, float, bool]
+
+
+async def test_a_schema_3_file_is_read_migrated_and_its_batch_rows_still_expand(tmp_path: Path) -> None:
+    """A state file of schema 3 (batch rows of one entry per call) opens as schema 4; its batch rows' keys are
+    remembered as succeeded and the journal lists their calls, next to the rows written in the new layout."""
+    from argparse import Namespace
+
+    from daemon.journal_cli import _Query
+
+    path = tmp_path / "s.db"
+    store = StateStore(path).open()
+    now = time.time()
+    old_calls = [
+        (
+            f"old{i}",
+            "r",
+            "succeeded",
+            {"id": i},
+            frozenset[str](),
+            Event("src", 1.0, 2.0, None, {}, {"o": i}, "data"),
+            1,
+            None,
+        )
+        for i in range(3)
+    ]
+    store.db.execute(
+        "INSERT INTO invocations (id, key, rule, tool, args, started, ended, attempts, outcome)"
+        " VALUES ('old-1', 'old0', 'r', 't', ?, ?, ?, 1, 'succeeded')",
+        (_schema3_text(old_calls), now, now),
+    )
+    store.db.execute("PRAGMA user_version = 3")
+    store.db.commit()
+    store.close()
+    store = StateStore(path).open()
+    assert store.db.execute("PRAGMA user_version").fetchone() == (4,)
+    journal = Journal(store, flush_seconds=0.005)
+    await journal.start()
+    assert journal.succeeded_any(["old2"]) and not journal.succeeded_any(["new0"])
+    new_calls = [
+        (f"new{i}", "r", "succeeded", {"id": i}, frozenset[str](), None, 1, {"n": i}) for i in range(2)
+    ]
+    journal.calls_ended("t", now, new_calls)
+    await journal.stop()
+    listed = _Query(Namespace(rule=None, tool=None, outcome=None), None).rows(store)
+    assert [(row[2], row[5], row[12]) for row in listed] == [
+        ("old0", {"id": 0}, None), ("old1", {"id": 1}, None), ("old2", {"id": 2}, None),
+        ("new0", {"id": 0}, {"n": 0}), ("new1", {"id": 1}, {"n": 1}),
+    ]  # fmt: skip
+    assert listed[1][6] == {
+        "source": "src",
+        "ts": 1.0,
+        "received_at": 2.0,
+        "key": None,
+        "meta": {"o": 1},
+        "kind": "data",
+    }
+    assert sorted(store.succeeded_keys(10)) == ["new0", "new1", "old0", "old1", "old2"]
     store.close()
