@@ -109,6 +109,18 @@ def admit(states: OrderedDict[Any, S], key: Any, state: S, bound: int, stats: Ru
     return state
 
 
+def keep_per_key(ctx: StepContext, states: OrderedDict[Any, Any]) -> None:
+    """Register ``states`` (key → the step's state for it, least recently updated first) as the
+    step's saved state: saved as its items, restored keeping the newest ``max_keys`` of them."""
+    bound = ctx.max_keys
+
+    def restore(saved: list[tuple[Any, Any]]) -> None:
+        states.clear()
+        states.update(saved[-bound:])
+
+    ctx.keep(lambda: list(states.items()), restore)
+
+
 def with_fields(item: Event, extra: dict[str, Any], ts: float | None = None) -> Event:
     """``item`` with the computed fields ``extra`` added (and its time replaced by ``ts``)."""
     fields = dict(fields_of(item))

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from streams.event import Event
 from streams.expressions import Compiled
-from streams.rules.operators import admit, operator, with_fields
+from streams.rules.operators import admit, keep_per_key, operator, with_fields
 from streams.rules.spec import (
     VALUE,
     CompiledStep,
@@ -64,11 +64,7 @@ def changed(value: Compiled, ctx: StepContext, label: str, *, per_key: bool, emi
             last[k] = v
             emit(with_fields(item, {"previous": old}))
 
-        def restore(saved: list[tuple[Any, Any]]) -> None:
-            last.clear()
-            last.update(saved[-max_keys:])
-
-        ctx.keep(lambda: list(last.items()), restore)  # key → last value
+        keep_per_key(ctx, last)  # key → last value
         return on_next
 
     return operator(build)

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from streams.expressions import INLINE_NAMES, Compiled, inline_source
-from streams.rules.operators import admit, operator, with_fields
+from streams.rules.operators import admit, keep_per_key, operator, with_fields
 from streams.rules.spec import (
     CompiledStep,
     Emit,
@@ -128,17 +128,12 @@ def crossing(
     )
     exec(compile(source, f"<crossing {label}>", "exec"), names)  # our lines; text only from inline_source
     build_compiled: Callable[[Emit, OrderedDict[Any, int]], OnNext] = names["build"]
-    max_keys = ctx.max_keys
 
     def build(emit: Emit) -> OnNext:
         sides: OrderedDict[Any, int] = OrderedDict()
         on_next = build_compiled(emit, sides)
 
-        def restore(saved: list[tuple[Any, int]]) -> None:
-            sides.clear()
-            sides.update(saved[-max_keys:])
-
-        ctx.keep(lambda: list(sides.items()), restore)  # key → side (1 above, -1 below)
+        keep_per_key(ctx, sides)  # key → side (1 above, -1 below)
         return on_next
 
     return operator(build)

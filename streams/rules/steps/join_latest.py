@@ -9,7 +9,7 @@ from pydantic import Field
 
 from streams.event import Event
 from streams.expressions import Compiled, field_name_problem
-from streams.rules.operators import admit, operator, with_fields
+from streams.rules.operators import admit, keep_per_key, operator, with_fields
 from streams.rules.spec import (
     CompiledStep,
     Emit,
@@ -90,11 +90,7 @@ def join_latest(
                         return
             emit(with_fields(item, {name: side[1] for name, side in st.items()}))
 
-        def restore(saved: list[tuple[Any, dict[str, tuple[float, Any]]]]) -> None:
-            latest.clear()
-            latest.update(saved[-max_keys:])
-
-        ctx.keep(lambda: list(latest.items()), restore)  # key → side → (time, value)
+        keep_per_key(ctx, latest)  # key → side → (time, value)
         return on_next
 
     return operator(build)

@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 from daemon.errors import ExpressionError
 from streams.event import Event
 from streams.rules.aggregates import SlidingCode, WindowProgram, WindowState, compile_aggregates
-from streams.rules.operators import admit, later, operator
+from streams.rules.operators import admit, keep_per_key, later, operator
 from streams.rules.row import FIELDS_INDEX, Row, fields_of, make_row
 from streams.rules.spec import (
     CompiledStep,
@@ -113,11 +113,7 @@ def window(
                 states: OrderedDict[Any, WindowState] = OrderedDict()
                 on_next = build_fused(emit, states)
 
-                def restore(saved: list[tuple[Any, WindowState]]) -> None:
-                    states.clear()
-                    states.update(saved[-max_keys:])
-
-                ctx.keep(lambda: list(states.items()), restore)  # key → its window's events and sums
+                keep_per_key(ctx, states)  # key → its window's events and sums
                 return on_next
 
             return operator(build_compiled)
@@ -155,11 +151,7 @@ def window(
                     else:
                         emit(make_row(item, results(st, dict(fields_of(item)))))
 
-            def restore(saved: list[tuple[Any, WindowState]]) -> None:
-                states.clear()
-                states.update(saved[-max_keys:])
-
-            ctx.keep(lambda: list(states.items()), restore)  # key → its window's events and sums
+            keep_per_key(ctx, states)  # key → its window's events and sums
             return on_next
 
         return operator(build_sliding_time)
@@ -206,11 +198,7 @@ def window(
                 if st.n >= min_events:
                     emit(make_row(item, results(st, dict(fields_of(item)))))
 
-            def restore(saved: list[tuple[Any, WindowState]]) -> None:
-                states.clear()
-                states.update(saved[-max_keys:])
-
-            ctx.keep(lambda: list(states.items()), restore)  # key → its window's events and sums
+            keep_per_key(ctx, states)  # key → its window's events and sums
             return on_next
 
         return operator(build_untimed)
