@@ -967,12 +967,75 @@ class Journal:
         keys, rules, outcomes, args, secrets, events, attempts, results = zip(*calls, strict=True)
         n = len(keys)
         rule, outcome, hide = rules[0], outcomes[0], secrets[0]
-        if (
-            rules.count(rule) != n
-            or outcomes.count(outcome) != n
-            or secrets.count(hide) != n
-            or None in events
+        if rules.count(rule) != n or outcomes.count(outcome) != n or secrets.count(hide) != n:
+            return False
+        return self._columns_row(
+            tool, started, now, rule, outcome, hide, keys, args, events, attempts, results
+        )
+
+    def calls_succeeded(
+        self,
+        tool: str,
+        started: float,
+        rule: str | None,
+        secret_args: frozenset[str],
+        keys: Sequence[str],
+        args: Sequence[dict[str, Any]],
+        events: Sequence[Any],
+        attempts: Sequence[int],
+        results: Sequence[Any],
+    ) -> None:
+        """:meth:`calls_ended` for calls of one rule that all succeeded, given column by column (a
+        sequence of a value per call each; ``secret_args``: the rule's secret argument names): the
+        same rows, without a tuple per call to build and take apart (a Kafka tool's batch, as the
+        runner has it)."""
+        if not keys:
+            return
+        if self._batched_calls + len(self._started) + len(self._ops) >= self.max_buffered:
+            self._remember_all(keys)  # as ended() does
+            self.dropped += len(keys)
+            return
+        now = time.time()
+        wake = not self._batches
+        if not self._columns_row(
+            tool, started, now, rule, "succeeded", secret_args, keys, args, events, attempts, results
         ):
+            n = len(keys)
+            calls = list(
+                zip(
+                    keys,
+                    [rule] * n,
+                    ["succeeded"] * n,
+                    args,
+                    [secret_args] * n,
+                    events,
+                    attempts,
+                    results,
+                    strict=True,
+                )
+            )
+            self._calls_ended_apart(tool, started, now, calls)
+        if wake:
+            self._wake.set()
+
+    def _columns_row(
+        self,
+        tool: str,
+        started: float,
+        now: float,
+        rule: str | None,
+        outcome: str,
+        hide: frozenset[str],
+        keys: Sequence[str],
+        args: Sequence[dict[str, Any]],
+        events: Sequence[Any],
+        attempts: Sequence[int],
+        results: Sequence[Any],
+    ) -> bool:
+        """The row of calls of one rule and outcome with one set of secret names, column by column
+        (:meth:`_calls_ended_alike`); False (nothing done) if a call has no event or something is to
+        hide."""
+        if None in events:
             return False
         dumped = _shown_args_json(args, hide)
         if dumped is True:
