@@ -18,7 +18,8 @@
 - **Idempotency**: keys that succeeded within the retention are remembered, so a call whose key
   already succeeded (a redelivered Kafka record, a DLQ replay) is skipped.
 - **Batch rows**: the calls of a Kafka record taken together by a batching tool that ended alike
-  (succeeded, or skipped as duplicates) are one row (:meth:`Journal.calls_ended`): its ``args``
+  (succeeded, or skipped as duplicates) are one row (:meth:`Journal.calls_ended`;
+  :meth:`Journal.calls_succeeded` takes a batch that succeeded whole column by column): its ``args``
   is a JSON array (where a call's own row holds a JSON object) holding the calls' fields
   (:data:`BATCH_ENTRY`) column by column, a value shared by them all once (schema 4; a file of
   schema 3 holds one entry per call instead, still read); :func:`batch_calls` expands it. Such a
