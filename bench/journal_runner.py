@@ -8,7 +8,8 @@ once, one producer-batch-like result shared by the calls of a batch; ``--n`` cal
 Kafka source does (an event with its record's :class:`~streams.ack.Ack`, the kafka tool's five
 string arguments, a call id naming the record), waiting for room when the lane is full. With the
 journal on (:class:`daemon.state.Journal` on a fresh file in a temp dir) these calls take the
-``calls_ended`` path: one batch row per rule and outcome, keys remembered for deduplication.
+``calls_succeeded`` path (``calls_ended`` given columns as the runner has them): one batch row per rule and
+outcome, keys remembered for deduplication.
 
 The garbage collector is set as a running daemon sets it (young threshold
 :data:`daemon.supervisor.GC_YOUNG_THRESHOLD`, the heap frozen). Per run: process CPU (all threads:

@@ -18,7 +18,8 @@
 - **Idempotency**: keys that succeeded within the retention are remembered, so a call whose key
   already succeeded (a redelivered Kafka record, a DLQ replay) is skipped.
 - **Batch rows**: the calls of a Kafka record taken together by a batching tool that ended alike
-  (succeeded, or skipped as duplicates) are one row (:meth:`Journal.calls_ended`): its ``args``
+  (succeeded, or skipped as duplicates) are one row (:meth:`Journal.calls_ended`;
+  :meth:`Journal.calls_succeeded` takes a batch that succeeded whole column by column): its ``args``
   is a JSON array (where a call's own row holds a JSON object) holding the calls' fields
   (:data:`BATCH_ENTRY`) column by column, a value shared by them all once (schema 4; a file of
   schema 3 holds one entry per call instead, still read); :func:`batch_calls` expands it. Such a
@@ -967,12 +968,75 @@ class Journal:
         keys, rules, outcomes, args, secrets, events, attempts, results = zip(*calls, strict=True)
         n = len(keys)
         rule, outcome, hide = rules[0], outcomes[0], secrets[0]
-        if (
-            rules.count(rule) != n
-            or outcomes.count(outcome) != n
-            or secrets.count(hide) != n
-            or None in events
+        if rules.count(rule) != n or outcomes.count(outcome) != n or secrets.count(hide) != n:
+            return False
+        return self._columns_row(
+            tool, started, now, rule, outcome, hide, keys, args, events, attempts, results
+        )
+
+    def calls_succeeded(
+        self,
+        tool: str,
+        started: float,
+        rule: str | None,
+        secret_args: frozenset[str],
+        keys: Sequence[str],
+        args: Sequence[dict[str, Any]],
+        events: Sequence[Any],
+        attempts: Sequence[int],
+        results: Sequence[Any],
+    ) -> None:
+        """:meth:`calls_ended` for calls of one rule that all succeeded, given column by column (a
+        sequence of a value per call each; ``secret_args``: the rule's secret argument names): the
+        same rows, without a tuple per call to build and take apart (a Kafka tool's batch, as the
+        runner has it)."""
+        if not keys:
+            return
+        if self._batched_calls + len(self._started) + len(self._ops) >= self.max_buffered:
+            self._remember_all(keys)  # as ended() does
+            self.dropped += len(keys)
+            return
+        now = time.time()
+        wake = not self._batches
+        if not self._columns_row(
+            tool, started, now, rule, "succeeded", secret_args, keys, args, events, attempts, results
         ):
+            n = len(keys)
+            calls = list(
+                zip(
+                    keys,
+                    [rule] * n,
+                    ["succeeded"] * n,
+                    args,
+                    [secret_args] * n,
+                    events,
+                    attempts,
+                    results,
+                    strict=True,
+                )
+            )
+            self._calls_ended_apart(tool, started, now, calls)
+        if wake:
+            self._wake.set()
+
+    def _columns_row(
+        self,
+        tool: str,
+        started: float,
+        now: float,
+        rule: str | None,
+        outcome: str,
+        hide: frozenset[str],
+        keys: Sequence[str],
+        args: Sequence[dict[str, Any]],
+        events: Sequence[Any],
+        attempts: Sequence[int],
+        results: Sequence[Any],
+    ) -> bool:
+        """The row of calls of one rule and outcome with one set of secret names, column by column
+        (:meth:`_calls_ended_alike`); False (nothing done) if a call has no event or something is to
+        hide."""
+        if None in events:
             return False
         dumped = _shown_args_json(args, hide)
         if dumped is True:

@@ -34,6 +34,7 @@ import bisect
 import functools
 import inspect
 import logging
+import operator
 import random
 import time
 import traceback
@@ -155,6 +156,15 @@ class Invocation(NamedTuple):
 _LATER = ""
 _NO_SECRETS: frozenset[str] = frozenset()
 _NO_RULE = object()  # no rule's secret names looked up yet (a rule may be None)
+#: fields of an invocation, its context and its ``_attempts`` outcome, by index (an attribute of a named
+#: tuple is a descriptor call): the columns ``calls_succeeded`` takes
+_CTX = operator.itemgetter(Invocation._fields.index("ctx"))
+_ARGS = operator.itemgetter(Invocation._fields.index("args"))
+_RULE = operator.itemgetter(CallContext._fields.index("rule"))
+_EVENT = operator.itemgetter(CallContext._fields.index("event"))
+_CALL_ID = operator.itemgetter(CallContext._fields.index("call_id"))
+_ATTEMPTS = operator.itemgetter(0)
+_RESULT = operator.itemgetter(1)
 
 
 #: ``Invocation(...)`` without the NamedTuple's ``__new__`` (reached through ``type.__call__``), for
@@ -420,6 +430,9 @@ class ToolRunner:
         self._calls_ended: Callable[[str, float, list[tuple[Any, ...]]], None] | None = getattr(
             journal, "calls_ended", None
         )
+        #: its record of calls of one rule that all succeeded, column by column, if it has one (the SQLite
+        #: journal does): a Kafka tool's batch without a tuple per call
+        self._calls_succeeded: Callable[..., None] | None = getattr(journal, "calls_succeeded", None)
         #: the journal's test of many keys at once, if it has one (the SQLite journal does)
         self._succeeded_any: Callable[[list[str]], bool] | None = getattr(journal, "succeeded_any", None)
         self._secret_args = dict(secret_args or {})
@@ -609,11 +622,14 @@ class ToolRunner:
         breaker = lane.breaker
         #: calls journaled as they end, together (``_LATER``): what ``calls_ended`` takes
         later: list[tuple[Any, ...]] = []
+        #: those of them that succeeded, by their index in ``run`` / ``ended`` (their entries of ``later``
+        #: are built only if they cannot be journaled column by column, see _journal_ended)
+        succeeded_later: list[int] = []
+        run: list[int] = []
+        ended: list[tuple[int, Any, str | None]] = []
         begun = time.time()
         secret_args = self._secret_args
         name = lane.tool.name
-        secrets_rule: Any = _NO_RULE  # the rule ``secrets`` are the secret argument names of
-        secrets = _NO_SECRETS
         try:
             if breaker.state == "closed" and (journal is None or not self._any_succeeded(journal, invs)):
                 run = list(range(n))  # nothing to deduplicate, nothing refused
@@ -658,22 +674,7 @@ class ToolRunner:
                     elif row:
                         journal.ended(row, inv.ctx.call_id, attempts, "succeeded", None, result)
                     else:
-                        ctx = inv.ctx
-                        if ctx.rule is not secrets_rule:  # the calls of a batch mostly have one rule
-                            secrets_rule = ctx.rule
-                            secrets = secret_args.get((secrets_rule, name), _NO_SECRETS)
-                        later.append(
-                            (
-                                ctx.call_id,
-                                secrets_rule,
-                                "succeeded",
-                                inv.args,
-                                secrets,
-                                ctx.event,
-                                attempts,
-                                result,
-                            )
-                        )
+                        succeeded_later.append(k)
                 else:
                     stats.failed(error)
                     breaker.failure()
@@ -690,7 +691,7 @@ class ToolRunner:
         finally:
             stats.in_flight -= n
             if journal is not None:
-                self._journal_ended(journal, lane, invs, outcomes, later, begun)
+                self._journal_ended(journal, lane, invs, outcomes, later, begun, run, ended, succeeded_later)
             for i, inv in enumerate(invs):
                 outcome = outcomes[i]
                 if inv.done is not None and not inv.done.done():
@@ -721,10 +722,39 @@ class ToolRunner:
         outcomes: list[str | None],
         later: list[tuple[Any, ...]],
         begun: float,
+        run: list[int],
+        ended: list[tuple[int, Any, str | None]],
+        succeeded_later: list[int],
     ) -> None:
         """Journal the calls of ``invs`` left to journal when they end (``_LATER``): those that ended
-        alike together, those cut off (shutdown) each as running."""
+        alike together, those cut off (shutdown) each as running. Those that succeeded are
+        ``succeeded_later``, indexes in ``run`` and ``ended``: when they are all of ``invs`` and have one
+        rule (a Kafka tool's batch, the common case), their columns go to ``calls_succeeded`` as they
+        are; otherwise each becomes an entry of ``later``, after its duplicates."""
         try:
+            if succeeded_later:
+                n = len(succeeded_later)
+                ctxs = list(map(_CTX, invs))
+                rule = ctxs[0].rule
+                if (
+                    n == len(invs)
+                    and self._calls_succeeded is not None
+                    and list(map(_RULE, ctxs)).count(rule) == n
+                ):
+                    secrets = self._secret_args.get((rule, lane.tool.name), _NO_SECRETS)
+                    self._calls_succeeded(
+                        lane.tool.name,
+                        begun,
+                        rule,
+                        secrets,
+                        list(map(_CALL_ID, ctxs)),
+                        list(map(_ARGS, invs)),
+                        list(map(_EVENT, ctxs)),
+                        list(map(_ATTEMPTS, ended)),
+                        list(map(_RESULT, ended)),
+                    )
+                    return
+                self._later_entries(lane, invs, later, run, ended, succeeded_later)
             if later and self._calls_ended is not None:
                 self._calls_ended(lane.tool.name, begun, later)
             if len(later) < len(invs):
@@ -733,6 +763,31 @@ class ToolRunner:
                         self._journal_now(journal, lane, inv)
         except Exception:  # the outcomes stand; the records are released as they would be
             log.exception("could not journal tool calls", extra={"fields": {"tool": lane.tool.name}})
+
+    def _later_entries(
+        self,
+        lane: _Lane,
+        invs: list[Invocation],
+        later: list[tuple[Any, ...]],
+        run: list[int],
+        ended: list[tuple[int, Any, str | None]],
+        succeeded_later: list[int],
+    ) -> None:
+        """The entries of ``later`` (what ``calls_ended`` takes) of the calls that succeeded, in order."""
+        secret_args = self._secret_args
+        name = lane.tool.name
+        secrets_rule: Any = _NO_RULE  # the rule ``secrets`` are the secret argument names of
+        secrets = _NO_SECRETS
+        for k in succeeded_later:
+            inv = invs[run[k]]
+            attempts, result, _ = ended[k]
+            ctx = inv.ctx
+            if ctx.rule is not secrets_rule:  # the calls of a batch mostly have one rule
+                secrets_rule = ctx.rule
+                secrets = secret_args.get((secrets_rule, name), _NO_SECRETS)
+            later.append(
+                (ctx.call_id, secrets_rule, "succeeded", inv.args, secrets, ctx.event, attempts, result)
+            )
 
     async def _attempts(
         self, lane: _Lane, invs: list[Invocation], traced: bool = False

@@ -644,6 +644,43 @@ def test_calls_ended_alike_build_the_same_rows_as_call_by_call(shape: str) -> No
     journal.executor.shutdown()
 
 
+@pytest.mark.parametrize("shape", [shape for shape in SHAPES if shape not in ("two rules", "two outcomes")])
+def test_calls_succeeded_build_the_rows_calls_ended_builds(shape: str) -> None:
+    """The calls of one rule that all succeeded, given to ``calls_succeeded`` column by column, make the
+    rows ``calls_ended`` makes of them (column by column, or call by call when something is to hide or a
+    call has no event), and their keys are remembered."""
+    secrets = frozenset({"p"}) if shape == "configured secret" else frozenset[str]()
+
+    def call(i: int) -> tuple[Any, ...]:
+        args: dict[Any, Any] = {"id": str(i), "p": "1.5"}
+        event: Event | None = Event("src", 10.0 + i, 11.0 + i, None, {"i": i}, {"offset": i}, "data")
+        if shape == "secret name" and i == 2:
+            args["api_token"] = "s3cr3t"
+        if shape == "nested" and i == 1:
+            args["inner"] = {"password": "s3cr3t", "x": 1}
+        if shape == "no event" and i == 4:
+            event = None
+        if shape == "int key":
+            args[7] = "seven"
+        if shape == "numbers":
+            args.update(n=i, f=1.5, none=None, items=[1, "two"])
+        if shape == "brace in a string":
+            args["text"] = '{"a":{"password": 1}}'
+        if shape == "named tuple":
+            args["at"] = OffsetAndTime(i, 2.5)
+        return (f"key{i}", "r", "succeeded", args, secrets, event, 1 + i % 2, {"partition": 0})
+
+    calls = [call(i) for i in range(6)]
+    journal = Journal(StateStore(Path("unused.db")))
+    expected = _batch_rows(journal, calls, alike=True)
+    journal._batches, journal._batched_calls, journal._recent = [], 0, set()
+    keys, _, _, args, _, events, attempts, results = (list(column) for column in zip(*calls, strict=True))
+    journal.calls_succeeded("t", 1.0, "r", secrets, keys, args, events, attempts, results)
+    assert [row[1:8] + row[9:] for row in journal._batches] == expected
+    assert journal._batched_calls == 6 and all(journal.succeeded(f"key{i}") for i in range(6))
+    journal.executor.shutdown()
+
+
 def test_a_new_state_file_has_large_pages_and_an_older_one_keeps_its_own(tmp_path: Path) -> None:
     """A new file is made with :data:`state.PAGE_BYTES` pages (a batch row spans fewer WAL frames); a file
     made before keeps its page size and opens as before (in WAL mode, its rows readable)."""

@@ -342,3 +342,65 @@ async def test_finished_calls_release_their_record() -> None:
     submit_records(runner, tracker, 4)
     await wait_for(lambda: tracker.committable == 4)
     await runner.stop(5)
+
+
+class ColumnsJournal(FlakyJournal):
+    """The runner's journal interface in memory, with both records of calls ended together: which one
+    took which calls. The key ``rule:5:0`` already succeeded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused = True  # records every end
+        self.by_call: list[list[tuple[Any, ...]]] = []  # calls_ended: its calls, (key, rule, outcome, ...)
+        self.by_column: list[tuple[Any, ...]] = []  # calls_succeeded: its columns
+
+    def succeeded(self, key: str) -> bool:
+        return key == "rule:5:0"
+
+    def calls_ended(self, tool: str, started: float, calls: list[tuple[Any, ...]]) -> None:
+        self.by_call.append([(key, rule, outcome, args["i"], hide, attempts, result)
+                             for key, rule, outcome, args, hide, _, attempts, result in calls])  # fmt: skip
+
+    def calls_succeeded(
+        self,
+        tool: str,
+        started: float,
+        rule: str | None,
+        secret_args: frozenset[str],
+        keys: Sequence[str],
+        args: Sequence[dict[str, Any]],
+        events: Sequence[Event],
+        attempts: Sequence[int],
+        results: Sequence[Any],
+    ) -> None:
+        data = [event.data["i"] for event in events]
+        self.by_column.append((tool, rule, secret_args, list(keys), [a["i"] for a in args], data, list(attempts), list(results)))  # fmt: skip
+
+
+async def test_a_batch_that_succeeded_whole_is_journaled_column_by_column() -> None:
+    """The calls of a Kafka record (journaled when they end) of a batch that all succeeded with one rule
+    go to the journal's ``calls_succeeded`` as columns, without a tuple each; a batch with a duplicate
+    in it goes to ``calls_ended`` call by call as before: the duplicate, then the others, in order."""
+    tracker = OffsetTracker()
+    tool = BatchTool(ToolConfig(type="x", concurrency=4), limit=4, decide=lambda a, c: f"r{a['i']}")
+    journal = ColumnsJournal()
+    hide = frozenset({"token"})
+    runner = ToolRunner({"b": tool}, journal=journal, secret_args={("rule", "b"): hide})  # type: ignore[arg-type]
+    await runner.start()
+    submit_records(runner, tracker, 8)
+    await wait_for(lambda: tracker.committable == 8)
+    await runner.stop(5)
+    assert runner.stats("b").deduplicated == 1 and runner.stats("b").succeeded == 7
+    [with_duplicate] = journal.by_call  # the batch that 5 was taken in
+    others = [entry[3] for entry in with_duplicate[1:]]
+    assert with_duplicate[0] == ("rule:5:0", "rule", "duplicate", 5, hide, 0, None)
+    assert others == sorted(others) and with_duplicate[1:] == [
+        (f"rule:{i}:0", "rule", "succeeded", i, hide, 1, f"r{i}") for i in others
+    ]
+    assert journal.by_column  # fails if every batch took calls_ended
+    whole = [i for columns in journal.by_column for i in columns[4]]
+    assert sorted([*whole, 5, *others]) == list(range(8))
+    for tool_name, rule, secrets, keys, args, data, attempts, results in journal.by_column:
+        assert (tool_name, rule, secrets) == ("b", "rule", hide)
+        assert keys == [f"rule:{i}:0" for i in args] and data == args
+        assert attempts == [1] * len(args) and results == [f"r{i}" for i in args]
