@@ -41,7 +41,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -942,11 +942,7 @@ class Journal:
         event, attempts, result), outcome ``succeeded`` or ``duplicate``: one row per rule and outcome
         (see :func:`batch_calls`), for calls their source delivers again after a crash (nothing to
         resume: no payload, no row while they run). ``event`` is an :class:`Event` or None."""
-        if not calls:
-            return
-        if self._batched_calls + len(self._started) + len(self._ops) >= self.max_buffered:
-            self._remember_all([call[0] for call in calls if call[2] == "succeeded"])  # as ended() does
-            self.dropped += len(calls)
+        if not calls or self._buffer_full(len(calls), lambda: [c[0] for c in calls if c[2] == "succeeded"]):
             return
         now = time.time()
         wake = not self._batches
@@ -954,6 +950,16 @@ class Journal:
             self._calls_ended_apart(tool, started, now, calls)
         if wake:
             self._wake.set()
+
+    def _buffer_full(self, n: int, succeeded: Callable[[], Iterable[str]]) -> bool:
+        """Whether the writer's buffer has no room for the rows of ``n`` more calls: then they are
+        counted as dropped and the keys of those that succeeded (``succeeded()``) remembered, as
+        :meth:`ended` does."""
+        if self._batched_calls + len(self._started) + len(self._ops) < self.max_buffered:
+            return False
+        self._remember_all(succeeded())
+        self.dropped += n
+        return True
 
     def _calls_ended_alike(
         self,
@@ -990,11 +996,7 @@ class Journal:
         sequence of a value per call each; ``secret_args``: the rule's secret argument names): the
         same rows, without a tuple per call to build and take apart (a Kafka tool's batch, as the
         runner has it)."""
-        if not keys:
-            return
-        if self._batched_calls + len(self._started) + len(self._ops) >= self.max_buffered:
-            self._remember_all(keys)  # as ended() does
-            self.dropped += len(keys)
+        if not keys or self._buffer_full(len(keys), lambda: keys):
             return
         now = time.time()
         wake = not self._batches

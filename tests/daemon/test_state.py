@@ -681,6 +681,37 @@ def test_calls_succeeded_build_the_rows_calls_ended_builds(shape: str) -> None:
     journal.executor.shutdown()
 
 
+@pytest.mark.parametrize("way", ["calls_ended", "calls_succeeded"])
+def test_batch_calls_beyond_the_writers_buffer_are_dropped_counted_and_their_keys_still_remembered(
+    way: str,
+) -> None:
+    """With the writer's buffer full, a batch's calls get no row: they are counted as ``dropped``, and
+    the keys of those that succeeded are remembered all the same (a redelivery is still skipped), as
+    for a call's own row."""
+    journal = Journal(StateStore(Path("unused.db")), max_buffered=3)
+    event = Event("src", 1.0, 1.0, None, {}, {}, "data")
+
+    def calls(first: int, outcome: str = "succeeded") -> list[tuple[Any, ...]]:
+        return [
+            (f"k{i}", "r", outcome, {"i": i}, frozenset[str](), event, 1, None)
+            for i in range(first, first + 3)
+        ]
+
+    journal.calls_ended("t", 1.0, calls(0))  # room when it came: now full
+    assert journal._batched_calls == 3 and journal.dropped == 0
+    if way == "calls_ended":
+        journal.calls_ended("t", 1.0, calls(3) + calls(6, "duplicate"))
+    else:
+        more = calls(3)
+        keys, _, _, args, _, events, attempts, results = (list(c) for c in zip(*more, strict=True))
+        journal.calls_succeeded("t", 1.0, "r", frozenset(), keys, args, events, attempts, results)
+    assert journal._batched_calls == 3 and len(journal._batches) == 1
+    assert journal.dropped == (6 if way == "calls_ended" else 3)
+    assert all(journal.succeeded(f"k{i}") for i in range(6))
+    assert not any(journal.succeeded(f"k{i}") for i in range(6, 9))
+    journal.executor.shutdown()
+
+
 def test_a_new_state_file_has_large_pages_and_an_older_one_keeps_its_own(tmp_path: Path) -> None:
     """A new file is made with :data:`state.PAGE_BYTES` pages (a batch row spans fewer WAL frames); a file
     made before keeps its page size and opens as before (in WAL mode, its rows readable)."""
