@@ -189,26 +189,40 @@ def routing_headers(message: types.JSONRPCMessage, legacy_version: str | None) -
 
 class _Relay:
     """What the bridge remembers between the two directions: the session-era version, from the answer
-    to the client's ``initialize``."""
+    to the client's ``initialize``, and whether that answer is still awaited."""
 
     def __init__(self) -> None:
         self.legacy_version: str | None = None
         self._initialize: types.RequestId | None = None
+        self._answered: anyio.Event | None = None
+
+    async def initialized(self) -> None:
+        """Return once no ``initialize`` awaits its answer. The daemon names a session-era session
+        only in that answer, so a message posted before it would be refused (400, "Missing session
+        ID"): a client that writes its next lines without waiting (the specification asks it to wait;
+        not every client does) has them held here until the answer, then sent in order."""
+        if self._answered is not None:
+            await self._answered.wait()
 
     def up(self, message: types.JSONRPCMessage) -> dict[str, str] | None:
         if isinstance(message, types.JSONRPCRequest) and message.method == "initialize":
             self._initialize, self.legacy_version = message.id, None
+            self._answered = anyio.Event()
         return routing_headers(message, self.legacy_version)
 
     def down(self, message: types.JSONRPCMessage) -> None:
         if (
             self._initialize is not None
-            and isinstance(message, types.JSONRPCResponse)
+            and isinstance(message, types.JSONRPCResponse | types.JSONRPCError)
             and message.id == self._initialize
         ):
             self._initialize = None
-            version = message.result.get("protocolVersion")
-            self.legacy_version = version if isinstance(version, str) else None
+            if isinstance(message, types.JSONRPCResponse):
+                version = message.result.get("protocolVersion")
+                self.legacy_version = version if isinstance(version, str) else None
+            if self._answered is not None:
+                self._answered.set()
+                self._answered = None
 
 
 def _http_client(target: BridgeTarget) -> httpx2.AsyncClient:
@@ -370,6 +384,7 @@ async def relay(target: BridgeTarget) -> int:
                 if isinstance(item, Exception):
                     print(f"reflexd mcp: not a JSON-RPC message on stdin: {item}", file=sys.stderr)
                     continue
+                await state.initialized()
                 headers = state.up(item.message)
                 await daemon_write.send(
                     SessionMessage(item.message, metadata=ClientMessageMetadata(headers=headers))
