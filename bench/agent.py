@@ -173,7 +173,8 @@ def registry(client: ModelClient | None) -> Registry:
 
 
 def config_text(state_dir: str, *, journal: bool, base_url: str, rounds: int) -> str:
-    state = f'state_path: "{state_dir}/state.db"' if journal else "journal: {enabled: false}"
+    # the state file in state_dir either way (never the working directory's var/reflexd.db)
+    state = f'state_path: "{state_dir}/state.db"' + ("" if journal else "\n  journal: {enabled: false}")
     Path(state_dir, "idle.jsonl").write_text("{}\n")
     llm = f'type: llm, base_url: "{base_url}", model: bench, tools: [echo]'
     return f"""

@@ -26,7 +26,9 @@ import asyncio
 import gc
 import multiprocessing as mp
 import platform
+import shutil
 import sys
+import tempfile
 import time
 import tracemalloc
 from multiprocessing.connection import Connection
@@ -170,8 +172,10 @@ async def soak(args: argparse.Namespace) -> int:
         "reconnect": {"initial_seconds": 0.05, "max_seconds": 2, "healthy_after_seconds": 5},
         "queue": {"max_events": 10_000, "when_full": "drop_oldest"},
     }
+    state_dir = tempfile.mkdtemp(prefix="reflexd-soak-")  # not the working directory's var/reflexd.db
     cfg = daemon_config(
         registry,
+        state_path=f"{state_dir}/state.db",
         sources={
             "trades": {**common, "symbols": symbols},
             "book": {**common, "symbols": symbols[:1], "channel": "order_book", "depth": 10},
@@ -245,6 +249,7 @@ async def soak(args: argparse.Namespace) -> int:
     sink = sinks[0]
     dup_total = sink.duplicates
     await daemon.stop()
+    shutil.rmtree(state_dir, ignore_errors=True)
     parent.send("quit")
     proc.join(10)
 

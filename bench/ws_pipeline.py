@@ -57,6 +57,7 @@ import io
 import multiprocessing as mp
 import platform
 import pstats
+import shutil
 import statistics
 import sys
 import tempfile
@@ -285,9 +286,11 @@ JOURNAL = False
 MCP = False
 
 
-def daemon_config(url: str, cooldown: float, state_dir: str | None = None) -> str:
-    """The daemon under test; with ``state_dir`` every tool call is journaled in SQLite there."""
-    journal = f'state_path: "{state_dir}/state.db"' if state_dir else "journal: {enabled: false}"
+def daemon_config(url: str, cooldown: float, state_dir: str, *, journal: bool = False) -> str:
+    """The daemon under test, its state file in ``state_dir`` (never the working directory's
+    ``var/reflexd.db``: a run there would overwrite the rule state a ``make run`` saved, its rule
+    having the same name); with ``journal`` every tool call is journaled in it too."""
+    state = f'state_path: "{state_dir}/state.db"' + ("" if journal else "\n  journal: {enabled: false}")
     agent = 'agent: {mcp: {listen: "127.0.0.1:0", auth: none}}' if MCP else ""
     return f"""
 {agent}
@@ -295,7 +298,7 @@ daemon:
   log_level: warning
   http: null
   shutdown_timeout_seconds: 5
-  {journal}
+  {state}
 sources:
   trades:
     type: websocket
@@ -413,16 +416,17 @@ async def wait_until(cond: Callable[[], bool], what: str) -> None:
 class DaemonRun:
     daemon: Daemon
     tool: BenchSink
+    state_dir: str
 
 
 async def start_daemon(url: str, cooldown: float, last_seq: int) -> DaemonRun:
-    state_dir = tempfile.mkdtemp(prefix="reflexd-bench-") if JOURNAL else None
-    config = load_config_text(daemon_config(url, cooldown, state_dir), bench_registry())
+    state_dir = tempfile.mkdtemp(prefix="reflexd-bench-")
+    config = load_config_text(daemon_config(url, cooldown, state_dir, journal=JOURNAL), bench_registry())
     daemon = Daemon(config)
     tool = cast(BenchSink, daemon.tools["sink"])
     tool.last_seq = last_seq
     await daemon.start()
-    return DaemonRun(daemon, tool)
+    return DaemonRun(daemon, tool, state_dir)
 
 
 async def finish_daemon(run: DaemonRun, n: int, matches: int) -> dict[str, Any]:
@@ -443,6 +447,7 @@ async def finish_daemon(run: DaemonRun, n: int, matches: int) -> dict[str, Any]:
     await wait_until(lambda: run.tool.calls >= rule.stats.submitted, "the tool calls")
     status = d.status()
     await d.stop()
+    shutil.rmtree(run.state_dir, ignore_errors=True)
     q = src.queue
     counters = {
         "received": src.stats.received,

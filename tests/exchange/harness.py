@@ -106,13 +106,15 @@ def daemon_config(
     http: str | None = None,
     http_token: str | None = None,
     env: dict[str, str] | None = None,
+    state_path: str | None = None,
 ) -> AppConfig:
-    """A configuration built as YAML text and validated like a user's file."""
+    """A configuration built as YAML text and validated like a user's file (``state_path``: the
+    daemon's state file, else the default one under the working directory)."""
     ops = {"listen": http, **({"token": http_token} if http_token else {})} if http else None
-    doc: dict[str, Any] = {
-        "daemon": {"http": ops, "shutdown_timeout_seconds": 5},
-        "sources": sources,
-    }
+    daemon: dict[str, Any] = {"http": ops, "shutdown_timeout_seconds": 5}
+    if state_path is not None:
+        daemon["state_path"] = state_path
+    doc: dict[str, Any] = {"daemon": daemon, "sources": sources}
     if tools:
         doc["tools"] = tools
     if rules:
