@@ -109,16 +109,18 @@ def admit(states: OrderedDict[Any, S], key: Any, state: S, bound: int, stats: Ru
     return state
 
 
-def keep_per_key(ctx: StepContext, states: OrderedDict[Any, Any]) -> None:
-    """Register ``states`` (key → the step's state for it, least recently updated first) as the
-    step's saved state: saved as its items, restored keeping the newest ``max_keys`` of them."""
-    bound = ctx.max_keys
+def keep_per_key(
+    keep: Callable[[Callable[[], Any], Callable[[Any], None]], None], states: dict[Any, Any], bound: int
+) -> None:
+    """Register ``states`` (key → the step's state for it, least recently updated first) with
+    ``keep`` (:meth:`StepContext.keep`) as the step's saved state: saved as its items, restored
+    keeping the newest ``bound`` of them."""
 
     def restore(saved: list[tuple[Any, Any]]) -> None:
         states.clear()
         states.update(saved[-bound:])
 
-    ctx.keep(lambda: list(states.items()), restore)
+    keep(lambda: list(states.items()), restore)
 
 
 def with_fields(item: Event, extra: dict[str, Any], ts: float | None = None) -> Event:

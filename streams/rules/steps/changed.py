@@ -64,7 +64,7 @@ def changed(value: Compiled, ctx: StepContext, label: str, *, per_key: bool, emi
             last[k] = v
             emit(with_fields(item, {"previous": old}))
 
-        keep_per_key(ctx, last)  # key → last value
+        keep_per_key(ctx.keep, last, ctx.max_keys)  # key → last value
         return on_next
 
     return operator(build)

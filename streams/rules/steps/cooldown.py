@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import Field
 
 from streams.event import Event
-from streams.rules.operators import operator
+from streams.rules.operators import keep_per_key, operator
 from streams.rules.spec import (
     SECONDS,
     CompiledStep,
@@ -73,15 +73,7 @@ def cooldown_by_key(
             emit(event)
 
         if keep is not None:
-
-            def snapshot() -> list[tuple[Any, float]]:
-                return list(last.items())  # least recently let through first
-
-            def restore(saved: list[tuple[Any, float]]) -> None:
-                last.clear()
-                last.update(saved[-max_keys:])
-
-            keep(snapshot, restore)
+            keep_per_key(keep, last, max_keys)  # key → when it last let one through
         return on_next
 
     return operator(build)

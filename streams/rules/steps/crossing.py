@@ -133,7 +133,7 @@ def crossing(
         sides: OrderedDict[Any, int] = OrderedDict()
         on_next = build_compiled(emit, sides)
 
-        keep_per_key(ctx, sides)  # key → side (1 above, -1 below)
+        keep_per_key(ctx.keep, sides, ctx.max_keys)  # key → side (1 above, -1 below)
         return on_next
 
     return operator(build)

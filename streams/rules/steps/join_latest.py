@@ -90,7 +90,7 @@ def join_latest(
                         return
             emit(with_fields(item, {name: side[1] for name, side in st.items()}))
 
-        keep_per_key(ctx, latest)  # key → side → (time, value)
+        keep_per_key(ctx.keep, latest, ctx.max_keys)  # key → side → (time, value)
         return on_next
 
     return operator(build)

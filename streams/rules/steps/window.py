@@ -113,7 +113,7 @@ def window(
                 states: OrderedDict[Any, WindowState] = OrderedDict()
                 on_next = build_fused(emit, states)
 
-                keep_per_key(ctx, states)  # key → its window's events and sums
+                keep_per_key(ctx.keep, states, ctx.max_keys)  # key → its window's events and sums
                 return on_next
 
             return operator(build_compiled)
@@ -151,7 +151,7 @@ def window(
                     else:
                         emit(make_row(item, results(st, dict(fields_of(item)))))
 
-            keep_per_key(ctx, states)  # key → its window's events and sums
+            keep_per_key(ctx.keep, states, ctx.max_keys)  # key → its window's events and sums
             return on_next
 
         return operator(build_sliding_time)
@@ -198,7 +198,7 @@ def window(
                 if st.n >= min_events:
                     emit(make_row(item, results(st, dict(fields_of(item)))))
 
-            keep_per_key(ctx, states)  # key → its window's events and sums
+            keep_per_key(ctx.keep, states, ctx.max_keys)  # key → its window's events and sums
             return on_next
 
         return operator(build_untimed)
