@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from daemon.state import Journal, StateStore
+from daemon.state import ROW_CALLS_SQL, Journal, StateStore
 from daemon.supervisor import GC_YOUNG_THRESHOLD
 from handlers.base import CallContext, StartedCalls, Tool, ToolConfig
 from handlers.runner import ToolRunner
@@ -108,8 +108,7 @@ async def run(n: int, journaled: bool) -> tuple[float, float]:
             store.close()
             with contextlib.closing(sqlite3.connect(path)) as db:
                 (calls,) = db.execute(
-                    "SELECT COALESCE(SUM(CASE WHEN substr(args, 1, 2) = '[{'"
-                    " THEN json_array_length(args, '$[0].each.key') ELSE json_array_length(args) END), 0)"
+                    f"SELECT COALESCE(SUM({ROW_CALLS_SQL}), 0)"
                     " FROM invocations WHERE outcome = 'succeeded' AND substr(args, 1, 1) = '['"
                 ).fetchone()
             if calls != n:

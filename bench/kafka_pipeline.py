@@ -176,8 +176,6 @@ def proc_cpu_seconds(pid: int | None) -> float | None:
         return None
 
 
-
-
 gc.callbacks.append(GcClock.callback)
 
 
@@ -402,14 +400,12 @@ async def reflexd_run(
         await delete_topics_on(bootstrap, [out])
         if journal:
             with contextlib.closing(sqlite3.connect(state_path)) as db:
-                # a batch row (daemon.state.batch_calls) counts its calls, in either layout
-                query = (
-                    "SELECT COALESCE(SUM(CASE WHEN substr(args, 1, 2) = '[{'"
-                    " THEN json_array_length(args, '$[0].each.key')"
-                    " WHEN substr(args, 1, 1) = '[' THEN json_array_length(args)"
-                    " ELSE 1 END), 0) FROM invocations WHERE outcome = 'succeeded'"
-                )
-                (rows,) = db.execute(query).fetchone()
+                # a batch row (daemon.state.batch_calls) counts its calls; imported here, not at the
+                # top: the raw loop's RSS is this process's
+                from daemon.state import ROW_CALLS_SQL
+
+                query = f"SELECT COALESCE(SUM({ROW_CALLS_SQL}), 0) FROM invocations"
+                (rows,) = db.execute(query + " WHERE outcome = 'succeeded'").fetchone()
             if rows != expected:
                 raise RuntimeError(f"the journal holds {rows} succeeded invocations, want {expected}")
         return result

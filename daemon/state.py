@@ -351,6 +351,14 @@ class BatchCall:
     result: Any
 
 
+#: SQL: the number of calls a row of ``invocations`` stands for (1 for a call's own row, a batch
+#: row's calls in either layout) — for counting calls in a state file without expanding its rows
+ROW_CALLS_SQL = (
+    "CASE WHEN substr(args, 1, 2) = '[{' THEN json_array_length(args, '$[0].each.key')"
+    " WHEN substr(args, 1, 1) = '[' THEN json_array_length(args) ELSE 1 END"
+)
+
+
 def batch_calls(args_text: str | None) -> list[BatchCall] | None:
     """The calls of a batch row, from its ``args``; None for the row of one call (a JSON object)."""
     if not args_text or args_text[0] != "[":
