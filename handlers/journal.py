@@ -4,14 +4,18 @@ The runner records each call when it is queued and when it ends, skips a call wh
 key already succeeded, and parks a final failure as a dead letter. The daemon's SQLite journal
 (``daemon.state.Journal``) is one; the runner never imports it, so ``handlers`` does not depend on
 ``daemon``. Events are passed in their journaled form (:func:`streams.event.event_record`).
+
+A journal that also records a batching tool's calls together when they end
+(:class:`BatchCallJournal`, as the SQLite journal does) lets the runner journal a Kafka record's
+call once, with the others of its batch, instead of when it is queued and again when it ends.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, Protocol
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["CallJournal"]
+__all__ = ["BatchCallJournal", "CallJournal"]
 
 
 class CallJournal(Protocol):
@@ -58,4 +62,38 @@ class CallJournal(Protocol):
         secret_args: Iterable[str] = (),
     ) -> None:
         """Durably park a call that failed for good."""
+        ...
+
+
+@runtime_checkable
+class BatchCallJournal(CallJournal, Protocol):
+    """A journal that records calls that ended together (the runner checks for it once, when built)."""
+
+    def succeeded_any(self, keys: list[str]) -> bool:
+        """Whether any of ``keys`` already succeeded (:meth:`succeeded` for many at once)."""
+        ...
+
+    def calls_ended(
+        self,
+        tool: str,
+        started: float,
+        calls: Sequence[tuple[str, str | None, str, dict[str, Any], frozenset[str], Any, int, Any]],
+    ) -> None:
+        """Record calls that ended together, each (key, rule, outcome, args, secret argument names,
+        event, attempts, result), outcome ``succeeded`` or ``duplicate``."""
+        ...
+
+    def calls_succeeded(
+        self,
+        tool: str,
+        started: float,
+        rule: str | None,
+        secret_args: frozenset[str],
+        keys: Sequence[str],
+        args: Sequence[dict[str, Any]],
+        events: Sequence[Any],
+        attempts: Sequence[int],
+        results: Sequence[Any],
+    ) -> None:
+        """:meth:`calls_ended` for calls of one rule that all succeeded, given column by column."""
         ...

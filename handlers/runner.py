@@ -39,7 +39,7 @@ import random
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
@@ -47,7 +47,7 @@ from daemon.errors import ShutdownTimeout, ToolError
 from daemon.logs import RateLimitedLog, get_logger
 from handlers.base import CallContext, CallReply, CircuitConfig, RetryConfig, Tool
 from handlers.batching import BatchAttempt, Outcome, lane_shape
-from handlers.journal import CallJournal
+from handlers.journal import BatchCallJournal, CallJournal
 from streams.ack import Ack
 from streams.backoff import backoff_delay
 from streams.event import event_record
@@ -152,7 +152,7 @@ class Invocation(NamedTuple):
 
 
 #: ``Invocation.journal_id`` of a Kafka record's call to a batching tool: journaled when it ends,
-#: with the calls it ran with (``CallJournal.calls_ended``, if the journal has it), not when queued
+#: with the calls it ran with (``BatchCallJournal.calls_ended``, if the journal is one), not when queued
 _LATER = ""
 _NO_SECRETS: frozenset[str] = frozenset()
 _NO_RULE = object()  # no rule's secret names looked up yet (a rule may be None)
@@ -426,19 +426,12 @@ class ToolRunner:
     ) -> None:
         self.tools = dict(tools)
         self.journal = journal
-        #: the journal's record of calls ended together, if it has one (the SQLite journal does)
-        self._calls_ended: Callable[[str, float, list[tuple[Any, ...]]], None] | None = getattr(
-            journal, "calls_ended", None
-        )
-        #: its record of calls of one rule that all succeeded, column by column, if it has one (the SQLite
-        #: journal does): a Kafka tool's batch without a tuple per call
-        self._calls_succeeded: Callable[..., None] | None = getattr(journal, "calls_succeeded", None)
-        #: the journal's test of many keys at once, if it has one (the SQLite journal does)
-        self._succeeded_any: Callable[[list[str]], bool] | None = getattr(journal, "succeeded_any", None)
+        #: the journal, if it records calls that ended together (the SQLite journal does)
+        self._batch_journal = journal if isinstance(journal, BatchCallJournal) else None
         self._secret_args = dict(secret_args or {})
         self._lanes = {name: _Lane(tool) for name, tool in self.tools.items()}
         for lane in self._lanes.values():
-            lane.later = bool(lane.batch) and self._calls_ended is not None
+            lane.later = bool(lane.batch) and self._batch_journal is not None
         self._full_lanes = 0
         self.full = False  # read by the dispatcher after every event: keep it a plain attribute
         self._room = asyncio.Event()
@@ -709,8 +702,8 @@ class ToolRunner:
     def _any_succeeded(self, journal: CallJournal, invs: list[Invocation]) -> bool:
         """Whether the key of any of ``invs`` already succeeded (one set test for them all, if the
         journal can answer so)."""
-        if self._succeeded_any is not None:
-            return self._succeeded_any([inv.ctx.call_id for inv in invs])
+        if self._batch_journal is not None:
+            return self._batch_journal.succeeded_any([inv.ctx.call_id for inv in invs])
         succeeded = journal.succeeded
         return any(succeeded(inv.ctx.call_id) for inv in invs)
 
@@ -736,13 +729,10 @@ class ToolRunner:
                 n = len(succeeded_later)
                 ctxs = list(map(_CTX, invs))
                 rule = ctxs[0].rule
-                if (
-                    n == len(invs)
-                    and self._calls_succeeded is not None
-                    and list(map(_RULE, ctxs)).count(rule) == n
-                ):
+                batch_journal = self._batch_journal
+                if n == len(invs) and batch_journal is not None and list(map(_RULE, ctxs)).count(rule) == n:
                     secrets = self._secret_args.get((rule, lane.tool.name), _NO_SECRETS)
-                    self._calls_succeeded(
+                    batch_journal.calls_succeeded(
                         lane.tool.name,
                         begun,
                         rule,
@@ -755,8 +745,8 @@ class ToolRunner:
                     )
                     return
                 self._later_entries(lane, invs, later, run, ended, succeeded_later)
-            if later and self._calls_ended is not None:
-                self._calls_ended(lane.tool.name, begun, later)
+            if later and self._batch_journal is not None:
+                self._batch_journal.calls_ended(lane.tool.name, begun, later)
             if len(later) < len(invs):
                 for i, inv in enumerate(invs):
                     if outcomes[i] is None and inv.journal_id == _LATER:

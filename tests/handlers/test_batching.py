@@ -357,6 +357,9 @@ class ColumnsJournal(FlakyJournal):
     def succeeded(self, key: str) -> bool:
         return key == "rule:5:0"
 
+    def succeeded_any(self, keys: list[str]) -> bool:
+        return any(map(self.succeeded, keys))
+
     def calls_ended(self, tool: str, started: float, calls: list[tuple[Any, ...]]) -> None:
         self.by_call.append([(key, rule, outcome, args["i"], hide, attempts, result)
                              for key, rule, outcome, args, hide, _, attempts, result in calls])  # fmt: skip
